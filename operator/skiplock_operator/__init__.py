@@ -1,0 +1,1 @@
+"""Skiplock operator: runs and autoscales JobQueue workers on Kubernetes."""

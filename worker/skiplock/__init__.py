@@ -1,0 +1,38 @@
+"""Skiplock: a job queue on PostgreSQL with leases, fenced writes and idempotent results."""
+
+from .app import App, JobContext, Task
+from .client import Client
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    EnqueueOutcomeUnknown,
+    InvalidArguments,
+    InvalidTransition,
+    JobNotFound,
+    PermanentError,
+    SkiplockError,
+    UnknownTask,
+)
+from .retry import Backoff
+from .settings import Settings
+from .worker import Worker
+
+__all__ = [
+    "App",
+    "Backoff",
+    "Client",
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "EnqueueOutcomeUnknown",
+    "InvalidArguments",
+    "InvalidTransition",
+    "JobContext",
+    "JobNotFound",
+    "PermanentError",
+    "Settings",
+    "SkiplockError",
+    "Task",
+    "UnknownTask",
+    "Worker",
+]
+__version__ = "0.1.0"

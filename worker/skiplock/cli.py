@@ -1,0 +1,250 @@
+"""The ``skiplock`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import inspect as inspection
+from . import logs
+from .app import load_app
+from .client import Client
+from .db import Database
+from .errors import ConfigurationError, SkiplockError
+from .settings import Settings
+from .worker import Worker
+
+log = logging.getLogger("skiplock.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "schema", None):
+        overrides["schema_name"] = args.schema
+    base = Settings()
+    return base.model_copy(update=overrides) if overrides else base
+
+
+def _database(s: Settings) -> Database:
+    if not s.database_url:
+        raise ConfigurationError(
+            "no database URL: set SKIPLOCK_DATABASE_URL or pass --database-url "
+            "(e.g. postgresql://user:pass@localhost:5432/app)")
+    return Database(s.database_url, schema=s.schema_name, connect_timeout=s.connect_timeout,
+                    statement_timeout=s.statement_timeout, application_name="skiplock-cli")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    with _database(_settings(args)) as db:
+        applied = db.migrate()
+    print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    app = load_app(args.app)
+    worker = Worker.from_settings(
+        app, s, queues=args.queue or ["default"], concurrency=args.concurrency,
+        lease_seconds=args.lease_seconds, shutdown_grace=args.shutdown_grace,
+        poll_interval=args.poll_interval)
+    if s.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(s.metrics_port)
+    asyncio.run(worker.run(install_signal_handlers=True))
+    # A sync handler still running in a thread after its job was released must not keep the
+    # process alive past the grace period; the job is already back in the queue.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise SkiplockError(f"--args is not valid JSON ({exc}); example: --args '{{\"n\": 1}}'") from None
+    if not isinstance(payload, dict):
+        raise SkiplockError("--args must be a JSON object of keyword arguments, e.g. '{\"n\": 1}'")
+    with Client(settings=_settings(args), validate=not args.no_validate) as client:
+        job_id = client.enqueue(args.task, payload, queue=args.queue, priority=args.priority,
+                                delay=args.delay, max_attempts=args.max_attempts,
+                                unique_key=args.unique_key)
+    print(job_id)
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _database(_settings(args)) as db:
+        rows = db.list_jobs(state=args.state, queue=args.queue, task=args.task, stuck=args.stuck,
+                            min_attempts=args.min_attempts, limit=args.limit)
+    if args.json:
+        print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2))
+        return 0
+    print(f"{'id':>8} {'state':<10} {'queue':<12} {'task':<20} {'att':>5} last_error")
+    for r in rows:
+        err = (r["last_error"] or "").splitlines()[0][:60] if r["last_error"] else ""
+        flag = " (stuck)" if r["stuck"] else ""
+        print(f"{r['id']:>8} {r['state'] + flag:<10} {r['queue']:<12} {r['task']:<20} "
+              f"{r['attempts']:>2}/{r['max_attempts']:<2} {err}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _database(_settings(args)) as db:
+        stats = inspection.queue_stats(db, args.queue or ())
+    if args.json:
+        print(json.dumps([s.as_dict() for s in stats], indent=2))
+        return 0
+    cols = ("queue", "runnable", "scheduled", "in_flight", "stuck", "dead", "dead_last_hour",
+            "high_retry", "oldest_runnable_age")
+    print(" ".join(f"{c:>14}" for c in cols))
+    for s in stats:
+        d = s.as_dict()
+        age = d["oldest_runnable_age"]
+        d["oldest_runnable_age"] = f"{age:.1f}s" if age is not None else "-"
+        print(" ".join(f"{d[c]!s:>14}" for c in cols))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with _database(_settings(args)) as db:
+        if db.retry_job(args.job_id):
+            print(f"job {args.job_id} queued again")
+            return 0
+        state = db.job_state(args.job_id)
+    if state is None:
+        raise SkiplockError(f"job {args.job_id} does not exist")
+    raise SkiplockError(f"job {args.job_id} is {state}; only dead or cancelled jobs can be retried")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _database(_settings(args)) as db:
+        if db.cancel_job(args.job_id):
+            print(f"job {args.job_id} cancelled")
+            return 0
+        state = db.job_state(args.job_id)
+    if state is None:
+        raise SkiplockError(f"job {args.job_id} does not exist")
+    raise SkiplockError(f"job {args.job_id} is {state}; only queued jobs can be cancelled")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    retention = args.older_than if args.older_than is not None else s.retention_seconds
+    with _database(s) as db:
+        n = db.prune_finished(retention)
+    print(f"pruned {n} finished job(s) older than {retention:.0f}s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(_settings(args).database_url, workers=args.workers, jobs=args.jobs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skiplock", description=__doc__)
+    p.add_argument("--database-url", help="overrides SKIPLOCK_DATABASE_URL")
+    p.add_argument("--schema", help="overrides SKIPLOCK_SCHEMA (default: skiplock)")
+    p.add_argument("--log-level", default=None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="create or upgrade the schema (safe to run concurrently)"
+                   ).set_defaults(func=cmd_migrate)
+
+    w = sub.add_parser("worker", help="run a worker for MODULE:APP")
+    w.add_argument("app", metavar="MODULE:APP")
+    w.add_argument("--queue", "-q", action="append", help="queue to serve (repeatable)")
+    w.add_argument("--concurrency", "-c", type=int)
+    w.add_argument("--lease-seconds", type=float)
+    w.add_argument("--shutdown-grace", type=float)
+    w.add_argument("--poll-interval", type=float)
+    w.set_defaults(func=cmd_worker)
+
+    e = sub.add_parser("enqueue", help="enqueue one job; prints its id")
+    e.add_argument("task")
+    e.add_argument("--args", default="{}", help="JSON object of keyword arguments")
+    e.add_argument("--queue")
+    e.add_argument("--priority", type=int, default=0)
+    e.add_argument("--delay", type=float)
+    e.add_argument("--max-attempts", type=int)
+    e.add_argument("--unique-key")
+    e.add_argument("--no-validate", action="store_true", help="skip the task catalogue check")
+    e.set_defaults(func=cmd_enqueue)
+
+    j = sub.add_parser("jobs", help="list jobs, newest first")
+    j.add_argument("--state", choices=["queued", "running", "succeeded", "dead", "cancelled"])
+    j.add_argument("--queue")
+    j.add_argument("--task")
+    j.add_argument("--stuck", action="store_true", help="running with an expired lease")
+    j.add_argument("--min-attempts", type=int)
+    j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=cmd_jobs)
+
+    st = sub.add_parser("stats", help="per-queue backlog, in-flight, stuck, high-retry, dead")
+    st.add_argument("--queue", action="append")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stats)
+
+    for name, func, text in (("retry", cmd_retry, "queue a dead or cancelled job again"),
+                             ("cancel", cmd_cancel, "cancel a queued job")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("job_id", type=int)
+        c.set_defaults(func=func)
+
+    pr = sub.add_parser("prune", help="delete finished jobs past retention")
+    pr.add_argument("--older-than", type=float, help="seconds (default SKIPLOCK_RETENTION_SECONDS)")
+    pr.set_defaults(func=cmd_prune)
+
+    d = sub.add_parser("demo", help="run a self-contained demo (embedded Postgres if no URL)")
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--jobs", type=int, default=200, help="fast jobs to enqueue")
+    d.set_defaults(func=cmd_demo)
+    _add_extensions(sub)
+    return p
+
+
+def _add_extensions(sub: Any) -> None:
+    """Subcommands from optional parts (the HTTP API) when they are installed."""
+    try:
+        from .api.cli import add_api_command
+    except ImportError:
+        return
+    add_api_command(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    s = Settings()
+    logs.configure(args.log_level or s.log_level, s.log_json)
+    try:
+        return int(args.func(args))
+    except (SkiplockError, ValueError) as exc:
+        print(f"skiplock: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""The only module that talks to psycopg: one method per named query.
+
+Everything above this boundary sees plain Python values and Skiplock errors; driver errors are
+wrapped here with the password scrubbed from their text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from . import sql
+from .errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SkiplockError
+from .redact import redact_url, scrub
+
+log = logging.getLogger("skiplock.db")
+Row = dict[str, Any]
+Q = sql.queries()
+_MIGRATION_LOCK = "skiplock-migrate"
+
+
+def conninfo(url: str, schema: str, connect_timeout: float, statement_timeout: float,
+             application_name: str = "skiplock") -> str:
+    """The URL plus the options every Skiplock connection needs (schema, bounded timeouts)."""
+    options = f"-c search_path={schema},public -c statement_timeout={int(statement_timeout * 1000)}"
+    return psycopg.conninfo.make_conninfo(
+        url,
+        connect_timeout=max(1, round(connect_timeout)),
+        application_name=application_name,
+        options=options,
+        # Detect a dead peer (cut cable, frozen host) instead of waiting forever on a socket.
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
+        tcp_user_timeout=int((connect_timeout + statement_timeout) * 1000),
+    )
+
+
+def wrap_error(exc: BaseException, url: str | None, doing: str) -> SkiplockError:
+    """A Skiplock error for a driver error, saying what failed and what to do, no secrets."""
+    where = redact_url(url)
+    detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout | OSError):
+        return DatabaseUnavailable(
+            f"{doing}: database at {where} is unreachable ({detail}). "
+            "Check that PostgreSQL is running and SKIPLOCK_DATABASE_URL is right; "
+            "nothing was changed by this call."
+        )
+    return SkiplockError(f"{doing}: database error at {where}: {detail}")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    task: str
+    args: Mapping[str, Any]
+    queue: str
+    priority: int
+    max_attempts: int
+    run_at: dt.datetime | None = None
+    delay: float | None = None
+    unique_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    queue: str
+    task: str
+    args: dict[str, Any]
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    id: int
+    attempt: int
+    error: str
+    delay: float
+    permanent: bool
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class Database:
+    """Synchronous access for producers, the CLI, the API and the operator (a small pool)."""
+
+    def __init__(self, url: str, *, schema: str = "skiplock", connect_timeout: float = 5.0,
+                 statement_timeout: float = 30.0, max_size: int = 4,
+                 application_name: str = "skiplock") -> None:
+        self.url = url
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self._conninfo = conninfo(url, schema, connect_timeout, statement_timeout, application_name)
+        self._pool = ConnectionPool(
+            self._conninfo, min_size=0, max_size=max_size, open=True,
+            timeout=connect_timeout, reconnect_timeout=0, check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True},
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _conn(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise wrap_error(exc, self.url, doing) from None
+        except psycopg.Error as exc:
+            raise wrap_error(exc, self.url, doing) from None
+
+    def _rows(self, name: str, params: Mapping[str, Any] | None = None,
+              doing: str | None = None) -> list[Row]:
+        with self._conn(doing or name) as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(Q[name], params or {})
+            return cur.fetchall() if cur.description else []
+
+    # -- migrations -----------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations under an advisory lock; returns the names applied."""
+        applied: list[str] = []
+        with self._conn("migrate") as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", [f"{_MIGRATION_LOCK}:{self.schema}"])
+            try:
+                schema_id = pgsql.Identifier(self.schema)
+                conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
+                conn.execute(pgsql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())").format(schema_id))
+                done = {r[0] for r in conn.execute(pgsql.SQL(
+                    "SELECT version FROM {}.schema_migrations").format(schema_id))}
+                for version, name, body in sql.migrations():
+                    if version in done:
+                        continue
+                    with conn.transaction():
+                        conn.execute(pgsql.SQL("SET LOCAL search_path TO {}, public").format(schema_id))
+                        conn.execute(body)  # type: ignore[call-overload]
+                        conn.execute(pgsql.SQL(
+                            "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
+                        ).format(schema_id), [version, name])
+                    applied.append(f"{version:04d}_{name}")
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [f"{_MIGRATION_LOCK}:{self.schema}"])
+        return applied
+
+    # -- producers --------------------------------------------------------------------------
+
+    def enqueue(self, job: NewJob, connection: psycopg.Connection[Any] | None = None) -> tuple[int, bool]:
+        """Insert one job (or find the one with its unique key): (id, created)."""
+        params = {
+            "queue": job.queue, "task": job.task, "args": Jsonb(dict(job.args)),
+            "priority": job.priority, "max_attempts": job.max_attempts, "run_at": job.run_at,
+            "delay": job.delay, "unique_key": job.unique_key,
+        }
+        if connection is not None:
+            return self._enqueue_in(connection, params)
+        # A failure before COMMIT is sent means nothing was stored, so one retry on a fresh
+        # connection is safe; a failure during COMMIT is ambiguous and reported as such.
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn:
+                    conn.autocommit = False
+                    try:
+                        row = conn.execute(Q["enqueue"], params).fetchone()
+                    except psycopg.OperationalError:
+                        if attempt == 1:
+                            continue
+                        raise
+                    try:
+                        conn.commit()
+                    except psycopg.OperationalError as exc:
+                        raise EnqueueOutcomeUnknown(
+                            f"enqueue {job.task!r}: the connection to {redact_url(self.url)} "
+                            "died while committing, so the job may or may not exist. Retry with a "
+                            "unique_key to make the retry safe."
+                        ) from exc
+                    finally:
+                        conn.autocommit = True
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise wrap_error(exc, self.url, f"enqueue {job.task!r}") from None
+            except psycopg.Error as exc:
+                raise wrap_error(exc, self.url, f"enqueue {job.task!r}") from None
+            if row is None:  # a concurrent insert with the same key is not yet visible
+                continue
+            return int(row[0]), bool(row[1])
+        raise DatabaseUnavailable(f"enqueue {job.task!r}: could not insert or find the job")
+
+    def _enqueue_in(self, conn: psycopg.Connection[Any], params: Mapping[str, Any]) -> tuple[int, bool]:
+        """Run inside the caller's transaction, with our schema only for this statement."""
+        try:
+            previous = conn.execute("SELECT current_setting('search_path')").fetchone()
+            conn.execute("SELECT set_config('search_path', %s, true)", [f"{self.schema}, public"])
+            try:
+                row = conn.execute(Q["enqueue"], params).fetchone()
+            finally:
+                conn.execute("SELECT set_config('search_path', %s, true)",
+                             [previous[0] if previous else "public"])
+        except psycopg.Error as exc:
+            raise wrap_error(exc, self.url, "enqueue in caller's transaction") from None
+        if row is None:
+            raise SkiplockError("enqueue: a job with this unique_key is being inserted concurrently")
+        return int(row[0]), bool(row[1])
+
+    def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
+        """Bulk insert with COPY (no unique keys, no schedule): the fastest path."""
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                with cur.copy("COPY jobs (queue, task, args, priority, max_attempts) FROM STDIN") as copy:
+                    for j in jobs:
+                        copy.write_row((j.queue, j.task, _dumps(dict(j.args)), j.priority, j.max_attempts))
+        except psycopg.Error as exc:
+            raise wrap_error(exc, self.url, f"enqueue_many ({len(jobs)} jobs)") from None
+        return len(jobs)
+
+    def enqueue_unnest(self, jobs: Sequence[NewJob]) -> list[int]:
+        """Bulk insert that honours run_at and unique keys; returns the ids created."""
+        now_based = [j.run_at for j in jobs]
+        params = {
+            "queues": [j.queue for j in jobs], "tasks": [j.task for j in jobs],
+            "args": [_dumps(dict(j.args)) for j in jobs], "priorities": [j.priority for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs], "run_ats": now_based,
+            "unique_keys": [j.unique_key for j in jobs],
+        }
+        if any(j.delay for j in jobs):
+            raise ValueError("enqueue_many takes run_at, not delay, per job")
+        rows = self._rows("enqueue_many_unnest", params, f"enqueue_many ({len(jobs)} jobs)")
+        return [int(r["id"]) for r in rows]
+
+    def list_tasks(self) -> dict[str, Row]:
+        return {r["name"]: r for r in self._rows("list_tasks")}
+
+    # -- inspection and admin ---------------------------------------------------------------
+
+    def get_job(self, job_id: int) -> Row | None:
+        rows = self._rows("get_job", {"id": job_id}, f"get job {job_id}")
+        return rows[0] if rows else None
+
+    def list_jobs(self, **filters: Any) -> list[Row]:
+        params: dict[str, Any] = {
+            "state": None, "queue": None, "task": None, "stuck": False, "min_attempts": None,
+            "created_after": None, "created_before": None, "finished_after": None,
+            "finished_before": None, "error_contains": None, "before_id": None, "limit": 100,
+        }
+        unknown = set(filters) - set(params)
+        if unknown:
+            raise TypeError(f"unknown job filters: {sorted(unknown)}")
+        params.update(filters)
+        return self._rows("list_jobs", params, "list jobs")
+
+    def queue_stats(self, queues: Sequence[str] = (), cap: int = 1_000_000,
+                    high_attempts: int = 3) -> list[Row]:
+        return self._rows("queue_stats", {"queues": list(queues), "cap": cap,
+                                          "high_attempts": high_attempts}, "queue stats")
+
+    def state_counts(self) -> list[Row]:
+        return self._rows("state_counts")
+
+    def busy_workers(self, queues: Sequence[str]) -> dict[str, int]:
+        rows = self._rows("busy_workers", {"queues": list(queues)}, "busy workers")
+        return {r["locked_by"]: int(r["running"]) for r in rows}
+
+    def retry_job(self, job_id: int) -> Row | None:
+        rows = self._rows("retry_job", {"id": job_id}, f"retry job {job_id}")
+        if rows:
+            self._rows("notify_queue", {"channel": f"{self.schema}_jobs", "queue": rows[0]["queue"]})
+        return rows[0] if rows else None
+
+    def cancel_job(self, job_id: int) -> bool:
+        return bool(self._rows("cancel_job", {"id": job_id}, f"cancel job {job_id}"))
+
+    def job_state(self, job_id: int) -> str | None:
+        rows = self._rows("job_state", {"id": job_id})
+        return str(rows[0]["state"]) if rows else None
+
+    def prune_finished(self, retention_seconds: float, limit: int = 10_000) -> int:
+        total = 0
+        while True:
+            n = len(self._rows("prune_finished", {"retention_seconds": retention_seconds,
+                                                   "limit": limit}, "prune"))
+            total += n
+            if n < limit:
+                return total
+
+    def now(self) -> dt.datetime:
+        return self._rows("database_now")[0]["now"]  # type: ignore[no-any-return]
+
+
+class WorkerConnection:
+    """One async connection a worker service owns; reconnects lazily after any failure."""
+
+    def __init__(self, url: str, *, schema: str, connect_timeout: float, statement_timeout: float,
+                 application_name: str) -> None:
+        self.url = url
+        self.schema = schema
+        self._conninfo = conninfo(url, schema, connect_timeout, statement_timeout, application_name)
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _get(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
+                                                               prepare_threshold=0)
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+    @contextlib.asynccontextmanager
+    async def cursor(self, doing: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        try:
+            conn = await self._get()
+            async with conn.cursor() as cur:
+                yield cur
+        except (psycopg.OperationalError, OSError) as exc:
+            await self.close()
+            raise wrap_error(exc, self.url, doing) from None
+        except psycopg.Error as exc:
+            raise wrap_error(exc, self.url, doing) from None
+
+    async def claim(self, queues: Sequence[str], limit: int, worker_id: str,
+                    lease_seconds: float) -> list[ClaimedJob]:
+        async with self.cursor("claim jobs") as cur:
+            await cur.execute(Q["claim"], {"queues": list(queues), "limit": limit,
+                                           "worker_id": worker_id, "lease_seconds": lease_seconds})
+            return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5]) for r in await cur.fetchall()]
+
+    async def rescue_expired(self, queues: Sequence[str], limit: int = 1000) -> list[tuple[int, str, int]]:
+        async with self.cursor("rescue expired leases") as cur:
+            await cur.execute(Q["rescue_expired"], {"queues": list(queues), "limit": limit})
+            return [(int(r[0]), str(r[1]), int(r[2])) for r in await cur.fetchall()]
+
+    async def renew_leases(self, owned: Sequence[tuple[int, int]], worker_id: str,
+                           lease_seconds: float) -> set[int]:
+        async with self.cursor("renew leases") as cur:
+            await cur.execute(Q["renew_leases"], {
+                "ids": [i for i, _ in owned], "attempts": [a for _, a in owned],
+                "worker_id": worker_id, "lease_seconds": lease_seconds})
+            return {int(r[0]) for r in await cur.fetchall()}
+
+    async def complete_succeeded(self, done: Sequence[tuple[int, int, Any]], worker_id: str) -> set[int]:
+        async with self.cursor("record results") as cur:
+            await cur.execute(Q["complete_succeeded"], {
+                "ids": [i for i, _, _ in done], "attempts": [a for _, a, _ in done],
+                "results": [_dumps(r) for _, _, r in done], "worker_id": worker_id})
+            return {int(r[0]) for r in await cur.fetchall()}
+
+    async def complete_failed(self, failures: Sequence[Failure], worker_id: str) -> dict[int, str]:
+        async with self.cursor("record failures") as cur:
+            await cur.execute(Q["complete_failed"], {
+                "ids": [f.id for f in failures], "attempts": [f.attempt for f in failures],
+                "errors": [f.error for f in failures], "delays": [f.delay for f in failures],
+                "permanent": [f.permanent for f in failures], "worker_id": worker_id})
+            return {int(r[0]): str(r[1]) for r in await cur.fetchall()}
+
+    async def release(self, owned: Sequence[tuple[int, int]], worker_id: str) -> set[int]:
+        async with self.cursor("release jobs") as cur:
+            await cur.execute(Q["release"], {"ids": [i for i, _ in owned],
+                                             "attempts": [a for _, a in owned], "worker_id": worker_id})
+            return {int(r[0]) for r in await cur.fetchall()}
+
+    async def register_tasks(self, tasks: Iterable[tuple[str, Mapping[str, Any], int, str]]) -> None:
+        async with self.cursor("register tasks") as cur:
+            for name, params, max_attempts, queue in tasks:
+                await cur.execute(Q["register_task"], {"name": name, "params": Jsonb(dict(params)),
+                                                       "max_attempts": max_attempts, "queue": queue})
+
+    async def listen(self, channel: str) -> AsyncIterator[str]:
+        """Yield notification payloads; raises DatabaseUnavailable when the link dies."""
+        try:
+            conn = await self._get()
+            await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+            async for note in conn.notifies():
+                yield note.payload
+        except (psycopg.OperationalError, OSError) as exc:
+            await self.close()
+            raise wrap_error(exc, self.url, "listen for new jobs") from None

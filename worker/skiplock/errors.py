@@ -1,0 +1,42 @@
+"""One root error type; driver errors are wrapped at the database boundary."""
+
+from __future__ import annotations
+
+
+class SkiplockError(Exception):
+    """Root of every error Skiplock raises on purpose."""
+
+
+class ConfigurationError(SkiplockError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+class DatabaseUnavailable(SkiplockError):
+    """The database could not be reached (or stopped answering) within the bounded timeout."""
+
+
+class EnqueueOutcomeUnknown(DatabaseUnavailable):
+    """The connection died while committing: the job may or may not exist.
+
+    Retry with the same ``unique_key`` to make the retry safe.
+    """
+
+
+class UnknownTask(SkiplockError):
+    """The task name is not in the catalogue that running workers registered."""
+
+
+class InvalidArguments(SkiplockError):
+    """The job arguments do not fit the task's signature."""
+
+
+class JobNotFound(SkiplockError):
+    """No job has this id."""
+
+
+class InvalidTransition(SkiplockError):
+    """The job is not in a state that allows the requested action."""
+
+
+class PermanentError(SkiplockError):
+    """Raise from a handler to fail the job at once, without retries."""

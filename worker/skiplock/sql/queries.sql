@@ -1,0 +1,235 @@
+-- Every query Skiplock runs, by name. Loaded by skiplock.db; parameters use %(name)s.
+-- All scheduling and lease comparisons use the database clock (now()), never the caller's.
+
+-- name: enqueue
+WITH inserted AS (
+    INSERT INTO jobs (queue, task, args, priority, max_attempts, run_at, unique_key)
+    VALUES (
+        %(queue)s, %(task)s, %(args)s, %(priority)s, %(max_attempts)s,
+        coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s, 0))),
+        %(unique_key)s
+    )
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT id, true AS created FROM inserted
+UNION ALL
+SELECT id, false AS created FROM jobs
+WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: enqueue_many_unnest
+INSERT INTO jobs (queue, task, args, priority, max_attempts, run_at, unique_key)
+SELECT q, t, a, p, m, coalesce(r, now()), u
+FROM unnest(
+    %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
+    %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[]
+) AS x(q, t, a, p, m, r, u)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: claim
+-- One short transaction: lock up to %(limit)s runnable jobs, skipping rows other workers hold.
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE state = 'queued' AND queue = ANY(%(queues)s) AND run_at <= now()
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    locked_by = %(worker_id)s,
+    locked_until = now() + make_interval(secs => %(lease_seconds)s),
+    started_at = now()
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts;
+
+-- name: rescue_expired
+-- Jobs whose worker stopped renewing: back to queued, or dead once out of attempts.
+-- SKIP LOCKED so the rescuer never waits on (or deadlocks with) a worker's own writes.
+WITH expired AS (
+    SELECT id FROM jobs
+    WHERE state = 'running' AND queue = ANY(%(queues)s) AND locked_until < now()
+    ORDER BY locked_until
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead'::job_state ELSE 'queued'::job_state END,
+    run_at = now(),
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    last_error = format('lease expired: worker %%s stopped renewing attempt %%s of %%s (crashed or cut off)',
+                        j.locked_by, j.attempts, j.max_attempts),
+    errors = j.errors || jsonb_build_object(
+        'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
+        'error', format('lease expired: worker %%s stopped renewing', j.locked_by)),
+    locked_by = NULL,
+    locked_until = NULL
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.state, j.attempts;
+
+-- name: renew_leases
+-- Fenced: only rows this worker still owns at this attempt are extended.
+UPDATE jobs AS j
+SET locked_until = now() + make_interval(secs => %(lease_seconds)s)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS f(id, attempt)
+WHERE j.id = f.id AND j.state = 'running' AND j.locked_by = %(worker_id)s AND j.attempts = f.attempt
+RETURNING j.id;
+
+-- name: complete_succeeded
+-- Fenced completion and its result in one statement: a stale worker updates no row, so it
+-- writes no result either; ON CONFLICT keeps the first result if one was ever written.
+WITH done AS (
+    UPDATE jobs AS j
+    SET state = 'succeeded', finished_at = now(), locked_by = NULL, locked_until = NULL
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) AS f(id, attempt, result)
+    WHERE j.id = f.id AND j.state = 'running' AND j.locked_by = %(worker_id)s AND j.attempts = f.attempt
+    RETURNING j.id, f.result
+), stored AS (
+    INSERT INTO results (job_id, result)
+    SELECT id, result FROM done
+    ON CONFLICT (job_id) DO NOTHING
+)
+SELECT id FROM done;
+
+-- name: complete_failed
+-- Fenced failure: retry later (run_at = now() + backoff) or dead when out of attempts or permanent.
+UPDATE jobs AS j
+SET state = CASE WHEN f.permanent OR j.attempts >= j.max_attempts
+                 THEN 'dead'::job_state ELSE 'queued'::job_state END,
+    run_at = CASE WHEN f.permanent OR j.attempts >= j.max_attempts
+                  THEN j.run_at ELSE now() + make_interval(secs => f.delay) END,
+    finished_at = CASE WHEN f.permanent OR j.attempts >= j.max_attempts THEN now() END,
+    last_error = f.error,
+    errors = j.errors || jsonb_build_object(
+        'attempt', j.attempts, 'worker', j.locked_by, 'at', now(), 'error', f.error),
+    locked_by = NULL,
+    locked_until = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[],
+            %(delays)s::float8[], %(permanent)s::bool[]) AS f(id, attempt, error, delay, permanent)
+WHERE j.id = f.id AND j.state = 'running' AND j.locked_by = %(worker_id)s AND j.attempts = f.attempt
+RETURNING j.id, j.state;
+
+-- name: release
+-- Fenced hand-back on shutdown: the attempt does not count, the job is runnable at once.
+UPDATE jobs AS j
+SET state = 'queued', attempts = j.attempts - 1, run_at = now(), locked_by = NULL, locked_until = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS f(id, attempt)
+WHERE j.id = f.id AND j.state = 'running' AND j.locked_by = %(worker_id)s AND j.attempts = f.attempt
+RETURNING j.id;
+
+-- name: register_task
+INSERT INTO tasks (name, params, max_attempts, queue, updated_at)
+VALUES (%(name)s, %(params)s, %(max_attempts)s, %(queue)s, now())
+ON CONFLICT (name) DO UPDATE
+SET params = excluded.params, max_attempts = excluded.max_attempts, queue = excluded.queue,
+    updated_at = now();
+
+-- name: list_tasks
+SELECT name, params, max_attempts, queue FROM tasks ORDER BY name;
+
+-- name: get_job
+SELECT j.id, j.queue, j.task, j.args, j.state::text AS state, j.priority, j.attempts,
+       j.max_attempts, j.run_at, j.locked_until, j.locked_by, j.last_error, j.errors,
+       j.unique_key, j.created_at, j.started_at, j.finished_at, r.result,
+       (j.state = 'running' AND j.locked_until < now()) AS stuck
+FROM jobs AS j LEFT JOIN results AS r ON r.job_id = j.id
+WHERE j.id = %(id)s;
+
+-- name: list_jobs
+SELECT j.id, j.queue, j.task, j.args, j.state::text AS state, j.priority, j.attempts,
+       j.max_attempts, j.run_at, j.locked_until, j.locked_by, j.last_error, j.errors,
+       j.unique_key, j.created_at, j.started_at, j.finished_at, r.result,
+       (j.state = 'running' AND j.locked_until < now()) AS stuck
+FROM jobs AS j LEFT JOIN results AS r ON r.job_id = j.id
+WHERE (%(state)s::job_state IS NULL OR j.state = %(state)s::job_state)
+  AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR j.task = %(task)s)
+  AND (NOT %(stuck)s OR (j.state = 'running' AND j.locked_until < now()))
+  AND (%(min_attempts)s::int IS NULL OR j.attempts >= %(min_attempts)s)
+  AND (%(created_after)s::timestamptz IS NULL OR j.created_at >= %(created_after)s)
+  AND (%(created_before)s::timestamptz IS NULL OR j.created_at < %(created_before)s)
+  AND (%(finished_after)s::timestamptz IS NULL OR j.finished_at >= %(finished_after)s)
+  AND (%(finished_before)s::timestamptz IS NULL OR j.finished_at < %(finished_before)s)
+  AND (%(error_contains)s::text IS NULL OR strpos(j.last_error, %(error_contains)s) > 0)
+  AND (%(before_id)s::bigint IS NULL OR j.id < %(before_id)s)
+ORDER BY j.id DESC
+LIMIT %(limit)s;
+
+-- name: queue_stats
+-- Per-queue counts for the CLI, API, metrics and the operator. Each count is capped at
+-- %(cap)s so the cost stays bounded on huge tables: past the cap the number changes no decision.
+WITH names AS (
+    SELECT DISTINCT queue FROM (
+        SELECT unnest(%(queues)s::text[]) AS queue
+        UNION ALL
+        SELECT queue FROM tasks WHERE %(queues)s::text[] = '{}'
+        UNION ALL
+        (SELECT DISTINCT queue FROM jobs WHERE %(queues)s::text[] = '{}' AND state IN ('queued', 'running'))
+    ) AS all_names
+)
+SELECT n.queue,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' AND queue = n.queue
+                              AND run_at <= now() LIMIT %(cap)s) AS x) AS runnable,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' AND queue = n.queue
+                              AND run_at > now() LIMIT %(cap)s) AS x) AS scheduled,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'running' AND queue = n.queue
+                              AND locked_until >= now() LIMIT %(cap)s) AS x) AS in_flight,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'running' AND queue = n.queue
+                              AND locked_until < now() LIMIT %(cap)s) AS x) AS stuck,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'dead' AND queue = n.queue
+                              LIMIT %(cap)s) AS x) AS dead,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'dead' AND queue = n.queue
+                              AND finished_at > now() - interval '1 hour' LIMIT %(cap)s) AS x) AS dead_last_hour,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state IN ('queued', 'running') AND queue = n.queue
+                              AND attempts >= %(high_attempts)s LIMIT %(cap)s) AS x) AS high_retry,
+       (SELECT extract(epoch FROM now() - min(run_at)) FROM jobs
+        WHERE state = 'queued' AND queue = n.queue AND run_at <= now()) AS oldest_runnable_age
+FROM names AS n
+ORDER BY n.queue;
+
+-- name: state_counts
+SELECT queue, state::text AS state, count(*) AS n FROM jobs GROUP BY queue, state ORDER BY queue, state;
+
+-- name: busy_workers
+-- Which workers hold live leases (the operator uses it to pick idle pods to remove first).
+SELECT locked_by, count(*) AS running FROM jobs
+WHERE state = 'running' AND queue = ANY(%(queues)s) AND locked_until >= now()
+GROUP BY locked_by;
+
+-- name: retry_job
+UPDATE jobs
+SET state = 'queued', run_at = now(), finished_at = NULL,
+    max_attempts = greatest(max_attempts, attempts + 1)
+WHERE id = %(id)s AND state IN ('dead', 'cancelled')
+RETURNING id, queue;
+
+-- name: cancel_job
+UPDATE jobs
+SET state = 'cancelled', finished_at = now(), locked_by = NULL, locked_until = NULL
+WHERE id = %(id)s AND state = 'queued'
+RETURNING id;
+
+-- name: job_state
+SELECT state::text AS state FROM jobs WHERE id = %(id)s;
+
+-- name: notify_queue
+SELECT pg_notify(%(channel)s, %(queue)s);
+
+-- name: prune_finished
+-- Delete finished jobs past retention, in bounded batches so pruning never holds long locks.
+WITH old AS (
+    SELECT id FROM jobs
+    WHERE finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => %(retention_seconds)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobs AS j USING old WHERE j.id = old.id
+RETURNING j.id;
+
+-- name: database_now
+SELECT now() AS now;

@@ -1,0 +1,85 @@
+-- The whole Skiplock schema as it stands (tests prove the migrations produce exactly this).
+
+CREATE TYPE job_state AS ENUM ('queued', 'running', 'succeeded', 'dead', 'cancelled');
+
+CREATE TABLE jobs (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue        text        NOT NULL DEFAULT 'default',
+    task         text        NOT NULL,
+    args         jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    state        job_state   NOT NULL DEFAULT 'queued',
+    priority     smallint    NOT NULL DEFAULT 0,
+    attempts     integer     NOT NULL DEFAULT 0,
+    max_attempts integer     NOT NULL DEFAULT 5,
+    run_at       timestamptz NOT NULL DEFAULT now(),
+    locked_until timestamptz,
+    locked_by    text,
+    last_error   text,
+    -- one entry per failed attempt: {attempt, error, worker, at}
+    errors       jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    unique_key   text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    started_at   timestamptz,
+    finished_at  timestamptz,
+    CONSTRAINT jobs_queue_valid CHECK (length(queue) BETWEEN 1 AND 128),
+    CONSTRAINT jobs_task_valid CHECK (length(task) BETWEEN 1 AND 256),
+    CONSTRAINT jobs_args_object CHECK (jsonb_typeof(args) = 'object'),
+    CONSTRAINT jobs_max_attempts_positive CHECK (max_attempts >= 1),
+    -- "running" always implies a lease, so a crashed worker's job always comes back.
+    CONSTRAINT jobs_running_has_lease CHECK (
+        state <> 'running' OR (locked_until IS NOT NULL AND locked_by IS NOT NULL)
+    ),
+    CONSTRAINT jobs_terminal_has_finish CHECK (
+        state NOT IN ('succeeded', 'dead', 'cancelled') OR finished_at IS NOT NULL
+    )
+);
+
+-- The claim scan: only queued rows, in claim order.
+CREATE INDEX jobs_runnable_idx ON jobs (queue, priority, run_at, id) WHERE state = 'queued';
+-- Lease checks (rescue, in-flight and stuck counts) touch only running rows.
+CREATE INDEX jobs_running_idx ON jobs (queue, locked_until) WHERE state = 'running';
+-- Dead-job listing and rate.
+CREATE INDEX jobs_dead_idx ON jobs (queue, finished_at) WHERE state = 'dead';
+-- Pruning finished jobs by age.
+CREATE INDEX jobs_finished_idx ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- Idempotent enqueue: one job per unique key for as long as the job row exists.
+CREATE UNIQUE INDEX jobs_unique_key_idx ON jobs (unique_key) WHERE unique_key IS NOT NULL;
+
+-- A hot, update-heavy table: vacuum it early and leave room for HOT updates.
+ALTER TABLE jobs SET (
+    fillfactor = 80,
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02
+);
+
+CREATE TABLE results (
+    job_id     bigint      PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    result     jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- What running workers can execute, so enqueue can reject unknown tasks and bad arguments.
+CREATE TABLE tasks (
+    name         text        PRIMARY KEY,
+    params       jsonb       NOT NULL,
+    max_attempts integer     NOT NULL,
+    queue        text        NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Wake idle workers once per inserting statement (not per row), one notification per queue.
+CREATE FUNCTION notify_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    q text;
+BEGIN
+    FOR q IN SELECT DISTINCT queue FROM inserted LOOP
+        PERFORM pg_notify(TG_TABLE_SCHEMA || '_jobs', q);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER jobs_notify_inserted
+    AFTER INSERT ON jobs
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_jobs_inserted();

@@ -109,7 +109,7 @@ SRC
 # import_rootfs TARBALL REPO -> prints image ref REPO:<tarball key>, importing once.
 import_rootfs() {
   local tarball="$1" repo="$2" tag ref
-  tag="$(basename "$tarball" .tar)"; tag="${tag#*-}"
+  tag="$(basename "$tarball" .tar | awk -F- '{print $(NF-1) "-" $NF}')"
   ref="$repo:$tag"
   if ! docker image inspect "$ref" >/dev/null 2>&1; then
     log "docker import $tarball as $ref"

@@ -1,0 +1,68 @@
+"""Tasks the tests run in real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import skiplock
+from skiplock import Backoff, JobContext
+
+app = skiplock.App()
+FAST_BACKOFF = Backoff(base=0.2, factor=2, cap=2, jitter=0)
+
+
+@app.task(max_attempts=3)
+def noop(ctx: JobContext) -> None:
+    return None
+
+
+@app.task(max_attempts=5)
+def add(ctx: JobContext, a: int, b: int) -> dict[str, int]:
+    return {"sum": a + b}
+
+
+@app.task(max_attempts=5)
+def sleep(ctx: JobContext, seconds: float, marker: str | None = None) -> dict[str, object]:
+    """Sleeps; appends a line to ``marker`` at start so tests can count executions."""
+    if marker:
+        with open(marker, "a") as f:
+            f.write(f"{ctx.job_id} {ctx.attempt} {ctx.worker_id} {os.getpid()}\n")
+    time.sleep(seconds)
+    return {"slept": seconds, "attempt": ctx.attempt}
+
+
+@app.task(max_attempts=5)
+async def async_sleep(ctx: JobContext, seconds: float) -> dict[str, float]:
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+@app.task(max_attempts=4, backoff=FAST_BACKOFF)
+def poison(ctx: JobContext) -> None:
+    raise RuntimeError(f"always fails (attempt {ctx.attempt})")
+
+
+@app.task(max_attempts=5, backoff=FAST_BACKOFF)
+def flaky(ctx: JobContext, fail_times: int) -> dict[str, int]:
+    if ctx.attempt <= fail_times:
+        raise RuntimeError(f"transient failure {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@app.task(max_attempts=5)
+def permanent(ctx: JobContext) -> None:
+    raise skiplock.PermanentError("input can never work")
+
+
+@app.task(max_attempts=5)
+def wait_for_file(ctx: JobContext, path: str, timeout: float = 60) -> dict[str, int]:
+    """Runs until ``path`` exists: lets a test decide exactly when a job finishes."""
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+    return {"attempt": ctx.attempt}

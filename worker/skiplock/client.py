@@ -12,7 +12,7 @@ import psycopg
 
 from .catalogue import check_known, validate_args
 from .db import Database, NewJob
-from .errors import ConfigurationError, InvalidArguments
+from .errors import ConfigurationError, InvalidArguments, UnknownTask
 from .settings import Settings
 
 _CATALOGUE_TTL = 5.0
@@ -124,8 +124,8 @@ class Client:
                     validate))
             except KeyError:
                 raise InvalidArguments(f"job #{i} has no 'task'") from None
-            except InvalidArguments as exc:
-                raise InvalidArguments(f"job #{i}: {exc}") from None
+            except (InvalidArguments, UnknownTask) as exc:
+                raise type(exc)(f"job #{i}: {exc}") from None
         if not prepared:
             return 0
         if all(j.run_at is None and j.unique_key is None for j in prepared):

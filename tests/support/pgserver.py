@@ -39,7 +39,10 @@ def free_port() -> int:
 
 
 class PgServer:
-    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, root: Path | None = None, port: int | None = None,
+                 durable: bool = False) -> None:
+        # durable=True keeps fsync and full_page_writes on (benchmarks); tests trade them for speed.
+        self.durable = durable
         self.bindir = find_bindir()
         self.root = root or Path(tempfile.mkdtemp(prefix="skiplock-pg-"))
         self.datadir = self.root / "data"
@@ -63,7 +66,8 @@ class PgServer:
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.write(
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{self.root}'\nfsync = off\nfull_page_writes = off\n"
+                f"unix_socket_directories = '{self.root}'\n"
+                + ("" if self.durable else "fsync = off\nfull_page_writes = off\n") +
                 "max_connections = 300\nshared_buffers = 256MB\nlog_min_messages = warning\n"
             )
 

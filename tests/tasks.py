@@ -66,3 +66,48 @@ def wait_for_file(ctx: JobContext, path: str, timeout: float = 60) -> dict[str, 
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.02)
     return {"attempt": ctx.attempt}
+
+
+# -- tasks for the failure-mode suite (tests/integration/failures) ------------------------------
+
+
+@app.task(max_attempts=5, backoff=FAST_BACKOFF)
+def tracked(
+    ctx: JobContext,
+    marker: str,
+    hold: str | None = None,
+    seconds: float = 0.0,
+    hold_timeout: float = 60,
+) -> dict[str, object]:
+    """Appends ``job attempt worker pid`` to ``marker`` when it starts (one line per execution),
+    then waits for the file ``hold`` to exist (if given) and sleeps ``seconds``."""
+    with open(marker, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {ctx.worker_id} {os.getpid()}\n")
+    if hold:
+        deadline = time.monotonic() + hold_timeout
+        while not Path(hold).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{hold} never appeared")
+            time.sleep(0.02)
+    if seconds:
+        time.sleep(seconds)
+    return {"attempt": ctx.attempt, "worker": ctx.worker_id}
+
+
+@app.task(max_attempts=1)
+def wall_clock(ctx: JobContext) -> dict[str, float]:
+    """What this worker process believes the time is (to prove a clock-skew fault is real)."""
+    return {"time": time.time(), "monotonic": time.monotonic()}
+
+
+@app.task(max_attempts=3)
+def crash_on_first_attempt(ctx: JobContext, marker: str) -> dict[str, int]:
+    """SIGKILLs its own worker process on attempt 1, right after the claim: a real crash
+    between claiming a job and recording any outcome."""
+    import signal
+
+    with open(marker, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {ctx.worker_id} {os.getpid()}\n")
+    if ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"attempt": ctx.attempt}

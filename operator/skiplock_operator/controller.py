@@ -1,0 +1,299 @@
+"""One JobQueue's reconcile loop body: spec -> Secret -> Deployment -> stats -> decision ->
+scale -> status. Synchronous (the kubernetes client and the Database are); the kopf daemon
+runs ``poll()`` in a thread once per poll interval.
+
+Nothing here may raise out of ``poll()`` for a known problem: every failure becomes a
+condition, an event and a held replica count, and the next poll tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from skiplock import inspect as inspection
+from skiplock.db import Database
+from skiplock.errors import DatabaseUnavailable, SkiplockError
+
+from . import conditions as cond
+from . import metrics, resources
+from .kube import Kube, SecretProblem
+from .models import InvalidSpec, JobQueueSpec, parse_spec
+from .scaling import Decision, History, Load, Policy, decide
+from .settings import OperatorSettings
+
+log = logging.getLogger("skiplock.operator")
+DEFAULT_POLL = 15.0
+
+
+def policy_of(spec: JobQueueSpec) -> Policy:
+    s = spec.scaling
+    return Policy(min_replicas=s.min_replicas, max_replicas=s.max_replicas,
+                  jobs_per_replica=s.jobs_per_replica,
+                  activation_threshold=s.activation_threshold,
+                  scale_up_pods=s.scale_up.pods, scale_up_percent=s.scale_up.percent,
+                  scale_up_period=s.scale_up.period_seconds,
+                  scale_down_window=s.scale_down_stabilization_seconds, paused=s.paused)
+
+
+@dataclass
+class _Db:
+    key: str
+    db: Database
+    migrated: bool = False
+
+
+class QueueController:
+    def __init__(self, kube: Kube, settings: OperatorSettings, namespace: str, name: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.namespace = namespace
+        self.name = name
+        self.clock = clock
+        self.history: History | None = None
+        self._db: _Db | None = None
+        self._last_warning: dict[str, float] = {}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.db.close()
+            self._db = None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _warn(self, body: dict[str, Any], reason: str, message: str) -> None:
+        """A Warning event, repeated for the same reason at most every warning_repeat_seconds
+        (an outage polled every few seconds must not flood the event store)."""
+        now = self.clock()
+        last = self._last_warning.get(reason)
+        if last is not None and now - last < self.settings.warning_repeat_seconds:
+            return
+        self._last_warning[reason] = now
+        self._event(body, "Warning", reason, message)
+
+    def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            self.kube.event(body, type_, reason, message)
+        except ApiException as exc:  # an event is best effort; the status says it all too
+            log.warning("could not post event %s for %s/%s: %s", reason, self.namespace,
+                        self.name, exc.reason)
+
+    def _database(self, url: str, spec: JobQueueSpec) -> Database:
+        key = hashlib.sha256(
+            f"{url}\0{spec.database.schema_name}\0{spec.database.connect_timeout_seconds}"
+            .encode()).hexdigest()
+        if self._db is None or self._db.key != key:
+            self.close()
+            timeout = spec.database.connect_timeout_seconds
+            self._db = _Db(key, Database(url, schema=spec.database.schema_name,
+                                         connect_timeout=timeout, statement_timeout=timeout,
+                                         max_size=2, application_name="skiplock-operator"))
+        if spec.database.migrate and not self._db.migrated:
+            applied = self._db.db.migrate()
+            if applied:
+                log.info("%s/%s: applied migrations %s", self.namespace, self.name, applied)
+            self._db.migrated = True
+        return self._db.db
+
+    def _clear_warning(self, reason: str) -> None:
+        self._last_warning.pop(reason, None)
+
+    # -- the poll -----------------------------------------------------------------------------
+
+    def poll(self, body: dict[str, Any]) -> float:
+        """One reconcile; returns the seconds until the next one."""
+        meta, status = body["metadata"], dict(body.get("status") or {})
+        generation = meta.get("generation")
+        conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+        labels = (self.namespace, self.name)
+
+        def finish(extra: dict[str, Any]) -> None:
+            new = {**extra, "conditions": conditions, "observedGeneration": generation}
+            self.kube.patch_status(self.namespace, self.name, new)
+
+        try:
+            spec = parse_spec(body.get("spec"))
+        except InvalidSpec as exc:
+            conditions = cond.set_condition(conditions, cond.READY, False, "InvalidSpec",
+                                            str(exc), generation)
+            conditions = cond.set_condition(conditions, cond.SCALING, False, "InvalidSpec",
+                                            "not scaling until the spec is fixed", generation)
+            self._warn(body, "InvalidSpec", str(exc))
+            metrics.RECONCILE_ERRORS.labels(*labels, "InvalidSpec").inc()
+            finish({})
+            return DEFAULT_POLL
+        self._clear_warning("InvalidSpec")
+        poll_interval = spec.scaling.poll_interval_seconds
+        policy = policy_of(spec)
+
+        # The URL only lives in memory: never in status, events, logs or the Deployment.
+        ref = spec.database.url_secret_ref
+        try:
+            url: str | None = self.kube.secret_value(self.namespace, ref.name, ref.key)
+            self._clear_warning("SecretProblem")
+        except SecretProblem as exc:
+            url = None
+            secret_problem: SecretProblem | None = exc
+        else:
+            secret_problem = None
+
+        dep_name = resources.deployment_name(self.name)
+        existing = self.kube.get_deployment(self.namespace, dep_name)
+        desired_dep = resources.deployment(
+            body, spec, replicas=self._initial_replicas(status, policy))
+        if existing is None:
+            existing = self.kube.create_deployment(self.namespace, desired_dep)
+            self._event(body, "Normal", "DeploymentCreated",
+                        f"created Deployment {dep_name} with "
+                        f"{desired_dep['spec']['replicas']} replica(s)")
+        elif ((existing["metadata"].get("annotations") or {}).get(resources.SPEC_HASH)
+              != desired_dep["metadata"]["annotations"][resources.SPEC_HASH]):
+            self.kube.replace_deployment(self.namespace, dep_name,
+                                         resources.for_update(desired_dep, existing))
+            self._event(body, "Normal", "DeploymentUpdated",
+                        f"applied the JobQueue spec to Deployment {dep_name}")
+        current = int((existing.get("spec") or {}).get("replicas") or 0)
+        ready = int((existing.get("status") or {}).get("readyReplicas") or 0)
+
+        stats: inspection.QueueStats | None = None
+        if secret_problem is not None:
+            conditions = cond.set_condition(conditions, cond.DATABASE_REACHABLE, False,
+                                            secret_problem.reason, str(secret_problem),
+                                            generation)
+            self._warn(body, "SecretProblem", str(secret_problem))
+            metrics.RECONCILE_ERRORS.labels(*labels, secret_problem.reason).inc()
+        else:
+            assert url is not None
+            stats, db_error = self._read_stats(url, spec, policy)
+            if stats is None:
+                conditions = cond.set_condition(conditions, cond.DATABASE_REACHABLE, False,
+                                                db_error[0], db_error[1], generation)
+                self._warn(body, db_error[0], db_error[1])
+                metrics.RECONCILE_ERRORS.labels(*labels, db_error[0]).inc()
+            else:
+                for reason in ("DatabaseUnavailable", "QueryFailed"):
+                    self._clear_warning(reason)
+                conditions = cond.set_condition(
+                    conditions, cond.DATABASE_REACHABLE, True, "StatsRead",
+                    f"read stats for queue(s) {', '.join(spec.queues)}", generation)
+        metrics.DATABASE_UP.labels(*labels).set(1 if stats is not None else 0)
+
+        now = self.clock()
+        if self.history is None:
+            # First poll since the operator (re)started: act as if the current count had just
+            # been recommended, so a restart never scales down before a full window has passed.
+            self.history = History.seeded(now, current)
+        load = Load(stats.backlog, stats.in_flight) if stats is not None else None
+        decision = decide(policy, load, current, self.history, now)
+        self.history = decision.history
+        scaled_at: str | None = None
+        if decision.desired != current:
+            scaled_at = self._scale(body, spec, dep_name, current, decision)
+
+        if policy.paused:
+            conditions = cond.set_condition(conditions, cond.SCALING, False, "Paused",
+                                            decision.message, generation)
+        elif load is None:
+            conditions = cond.set_condition(conditions, cond.SCALING, False, decision.reason,
+                                            decision.message, generation)
+        else:
+            conditions = cond.set_condition(conditions, cond.SCALING, True, decision.reason,
+                                            decision.message, generation)
+        reachable = stats is not None
+        conditions = cond.set_condition(
+            conditions, cond.READY, reachable,
+            "Reconciled" if reachable else "DatabaseUnreachable",
+            (f"Deployment {dep_name} has {decision.desired} replica(s), {ready} ready"
+             if reachable else
+             f"holding {decision.desired} replica(s) until the database can be read"),
+            generation)
+
+        extra: dict[str, Any] = {
+            "queues": ",".join(spec.queues),
+            "deployment": dep_name,
+            "replicas": decision.desired,
+            "desiredReplicas": decision.desired,
+            "recommendedReplicas": decision.raw,
+            "readyReplicas": ready,
+        }
+        if scaled_at:
+            extra["lastScaleTime"] = scaled_at
+        if stats is not None:
+            extra.update({
+                "backlog": stats.backlog, "inFlight": stats.in_flight, "dead": stats.dead,
+                "stuck": stats.stuck, "scheduled": stats.scheduled,
+                "oldestRunnableAgeSeconds": (round(stats.oldest_runnable_age, 3)
+                                             if stats.oldest_runnable_age is not None else None),
+                "countCap": self._cap(policy),
+            })
+            metrics.BACKLOG.labels(*labels).set(stats.backlog)
+            metrics.IN_FLIGHT.labels(*labels).set(stats.in_flight)
+            metrics.DEAD.labels(*labels).set(stats.dead)
+        metrics.DESIRED.labels(*labels).set(decision.desired)
+        metrics.REPLICAS.labels(*labels).set(decision.desired)
+        finish(extra)
+        return poll_interval
+
+    def _initial_replicas(self, status: dict[str, Any], policy: Policy) -> int:
+        """Replicas for a Deployment created now: what we last decided (a deleted Deployment
+        comes back at its old size), else the minimum."""
+        last = status.get("desiredReplicas")
+        base = int(last) if isinstance(last, int) else policy.min_replicas
+        return max(policy.min_replicas, min(policy.max_replicas, base))
+
+    def _cap(self, policy: Policy) -> int:
+        return max(self.settings.count_cap_floor,
+                   policy.max_replicas * policy.jobs_per_replica + 1)
+
+    def _read_stats(self, url: str, spec: JobQueueSpec, policy: Policy
+                    ) -> tuple[inspection.QueueStats | None, tuple[str, str]]:
+        started = time.perf_counter()
+        try:
+            db = self._database(url, spec)
+            per_queue = inspection.queue_stats(db, spec.queues, cap=self._cap(policy))
+        except SkiplockError as exc:
+            # DatabaseUnavailable text is already scrubbed of the password at the boundary.
+            reason = ("DatabaseUnavailable" if isinstance(exc, DatabaseUnavailable)
+                      else "QueryFailed")
+            return None, (reason, str(exc))
+        metrics.STATS_SECONDS.labels(self.namespace, self.name).observe(
+            time.perf_counter() - started)
+        return inspection.totals(per_queue), ("", "")
+
+    def _scale(self, body: dict[str, Any], spec: JobQueueSpec, dep_name: str, current: int,
+               decision: Decision) -> str:
+        if decision.desired < current:
+            self._mark_idle_first(body, spec)
+        self.kube.scale_deployment(self.namespace, dep_name, decision.desired)
+        direction = "up" if decision.desired > current else "down"
+        metrics.SCALE_EVENTS.labels(self.namespace, self.name, direction).inc()
+        self._event(body, "Normal", decision.reason, decision.message)
+        log.info("%s/%s: %s", self.namespace, self.name, decision.message)
+        return cond.timestamp()
+
+    def _mark_idle_first(self, body: dict[str, Any], spec: JobQueueSpec) -> None:
+        """Just before scaling in, give each pod a deletion cost equal to the jobs it is
+        running, so the ReplicaSet removes idle pods first. Set once here, not on every poll:
+        the Kubernetes docs warn that frequent updates load the API server."""
+        if self._db is None:
+            return
+        try:
+            busy = inspection.busy_pods(self._db.db, spec.queues)
+        except SkiplockError as exc:
+            log.warning("%s/%s: cannot tell busy pods apart (%s); scaling in without marks",
+                        self.namespace, self.name, exc)
+            return
+        pods = self.kube.list_pods(self.namespace, resources.selector_labels(self.name))
+        costs = resources.deletion_costs([p["metadata"]["name"] for p in pods], busy)
+        for pod in pods:
+            pod_name = pod["metadata"]["name"]
+            value = str(costs[pod_name])
+            if (pod["metadata"].get("annotations") or {}).get(resources.DELETION_COST) != value:
+                self.kube.annotate_pod(self.namespace, pod_name, {resources.DELETION_COST: value})

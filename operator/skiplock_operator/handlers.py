@@ -1,0 +1,98 @@
+"""Thin kopf handlers: one daemon per JobQueue runs the controller's poll in a thread.
+
+Run with ``python -m skiplock_operator`` (adds liveness and metrics) or
+``kopf run -m skiplock_operator.handlers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from . import metrics
+from .controller import DEFAULT_POLL, QueueController
+from .kube import Kube, api_client
+from .resources import GROUP, PLURAL, VERSION
+from .settings import OperatorSettings
+
+log = logging.getLogger("skiplock.operator")
+# Back-off after an unexpected error (API server hiccup, write conflict), capped.
+ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+# How often a sleeping daemon checks for a spec change or a stop request.
+TICK = 0.5
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours = OperatorSettings()
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.connect_timeout = ours.watch_connect_timeout
+    # One replica with the Recreate strategy: no peering objects to install or clean up.
+    settings.peering.standalone = True
+    # Keep kopf's bookkeeping in our own annotations and finalizer, not in status (the
+    # status schema is ours and the API server would drop unknown fields).
+    settings.persistence.finalizer = f"{GROUP}/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    memo.settings = ours
+    memo.kube = Kube(api_client())
+
+
+@kopf.on.probe(id="jobqueues")
+def probe(memo: kopf.Memo, **_: Any) -> int:
+    return len(getattr(memo, "running", ()))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped,
+                   memo: kopf.Memo, **_: Any) -> None:
+    kube: Kube = memo.kube
+    assert namespace is not None  # JobQueue is a namespaced resource
+    ctl = QueueController(kube, memo.settings, namespace, name)
+    failures = 0
+    try:
+        while not stopped:
+            snapshot = _plain(body)
+            try:
+                interval = await asyncio.to_thread(ctl.poll, snapshot)
+                failures = 0
+            except ApiException as exc:
+                # 404/409 and the like: the object changed under us; the next poll re-reads.
+                interval = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
+                failures += 1
+                metrics.RECONCILE_ERRORS.labels(namespace, name, f"Api{exc.status}").inc()
+                log.warning("%s/%s: Kubernetes API error %s (%s); retrying in %.0fs",
+                            namespace, name, exc.status, exc.reason, interval)
+            except Exception:
+                interval = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
+                failures += 1
+                metrics.RECONCILE_ERRORS.labels(namespace, name, "Unexpected").inc()
+                log.exception("%s/%s: poll failed; retrying in %.0fs", namespace, name, interval)
+            await _sleep(interval or DEFAULT_POLL, body, snapshot, stopped)
+    finally:
+        await asyncio.to_thread(ctl.close)
+        metrics.forget(namespace, name)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return {"metadata": dict(body.metadata), "spec": dict(body.spec),
+            "status": dict(body.status)}
+
+
+async def _sleep(seconds: float, body: kopf.Body, seen: dict[str, Any],
+                 stopped: kopf.DaemonStopped) -> None:
+    """Sleep until the next poll, but wake early for a spec change (new generation) or a stop."""
+    deadline = time.monotonic() + seconds
+    generation = seen["metadata"].get("generation")
+    while not stopped and time.monotonic() < deadline:
+        if body.metadata.get("generation") != generation:
+            return
+        await asyncio.sleep(min(TICK, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,30 @@
+"""Prometheus metrics for the operator, labelled by JobQueue."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_L = ("namespace", "jobqueue")
+
+BACKLOG = Gauge("skiplock_operator_backlog", "Runnable plus stuck jobs (capped)", _L)
+IN_FLIGHT = Gauge("skiplock_operator_in_flight", "Running jobs with a live lease", _L)
+DEAD = Gauge("skiplock_operator_dead", "Dead jobs (capped)", _L)
+DESIRED = Gauge("skiplock_operator_desired_replicas", "Replicas the decision asked for", _L)
+REPLICAS = Gauge("skiplock_operator_replicas", "Replicas set on the worker Deployment", _L)
+DATABASE_UP = Gauge("skiplock_operator_database_up", "1 if the last stats query worked", _L)
+SCALE_EVENTS = Counter("skiplock_operator_scale_events_total", "Replica changes",
+                       (*_L, "direction"))
+RECONCILE_ERRORS = Counter("skiplock_operator_reconcile_errors_total",
+                           "Polls that ended in an error", (*_L, "reason"))
+STATS_SECONDS = Histogram("skiplock_operator_stats_query_seconds",
+                          "Time to read queue stats from Postgres", _L,
+                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+def forget(namespace: str, jobqueue: str) -> None:
+    """Drop a deleted JobQueue's series so dashboards don't show stale numbers."""
+    for gauge in (BACKLOG, IN_FLIGHT, DEAD, DESIRED, REPLICAS, DATABASE_UP):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, jobqueue)

@@ -1,0 +1,127 @@
+"""The JobQueue spec as typed models.
+
+The CRD schema (deploy/crd.yaml) rejects most bad specs at admission; these models check the
+same rules again because a cluster may run an older CRD, or one installed without CEL, and a
+bad spec must end as a condition that says what is wrong, never as a crashed handler.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+_QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_APP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Model(BaseModel):
+    # camelCase on the wire (Kubernetes style), snake_case in Python; unknown fields are an
+    # error so a typo ("maxReplica") is reported instead of silently ignored.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              frozen=True)
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(default="url", min_length=1, max_length=253)
+
+
+class DatabaseSpec(_Model):
+    url_secret_ref: SecretKeyRef
+    schema_name: str = Field(default="skiplock", alias="schema")
+    # The operator applies pending migrations (advisory-locked, idempotent) before it reads
+    # stats: with minReplicas 0 no worker may ever start, so workers cannot be the ones to do it.
+    migrate: bool = True
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema(cls, v: str) -> str:
+        if not _SCHEMA.match(v):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, underscore)")
+        return v
+
+
+class WorkerSpec(_Model):
+    image: str = Field(min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    app: str = Field(default="skiplock.demo_tasks:app")
+    args: list[str] = Field(default_factory=list)
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    resources: dict[str, Any] = Field(default_factory=dict)
+    concurrency: int = Field(default=10, ge=1, le=10000)
+    lease_seconds: float = Field(default=30.0, ge=1, le=86400)
+    shutdown_grace_period_seconds: int = Field(default=30, ge=0, le=86400)
+    metrics_port: int | None = Field(default=9100, ge=1, le=65535)
+    service_account_name: str | None = None
+    # Free-form pod template overrides, deep-merged into what the operator builds.
+    pod_template: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        if not _APP.match(v):
+            raise ValueError("must look like 'package.module:attribute'")
+        return v
+
+
+class ScaleUpSpec(_Model):
+    # HPA-like: per period, add at most max(pods, percent of the replicas at its start).
+    pods: int = Field(default=4, ge=1, le=1000)
+    percent: int = Field(default=100, ge=0, le=1000)
+    period_seconds: float = Field(default=15, ge=1, le=3600)
+
+
+class ScalingSpec(_Model):
+    min_replicas: int = Field(default=0, ge=0, le=1000)
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    jobs_per_replica: int = Field(default=10, ge=1, le=100000)
+    activation_threshold: int = Field(default=0, ge=0)
+    poll_interval_seconds: float = Field(default=15, ge=1, le=3600)
+    scale_up: ScaleUpSpec = Field(default_factory=ScaleUpSpec)
+    scale_down_stabilization_seconds: float = Field(default=300, ge=0, le=86400)
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) must be <= maxReplicas "
+                             f"({self.max_replicas})")
+        return self
+
+
+class JobQueueSpec(_Model):
+    queues: list[str] = Field(min_length=1, max_length=64)
+    database: DatabaseSpec
+    worker: WorkerSpec
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+
+    @field_validator("queues")
+    @classmethod
+    def _queues(cls, v: list[str]) -> list[str]:
+        bad = [q for q in v if not _QUEUE.match(q)]
+        if bad:
+            raise ValueError(f"invalid queue name(s) {bad}: use letters, digits, '_.:-', "
+                             "at most 128 characters")
+        if len(set(v)) != len(v):
+            raise ValueError("queue names must be unique")
+        return v
+
+
+class InvalidSpec(ValueError):
+    """The spec does not parse; the message lists every problem by field path."""
+
+
+def parse_spec(raw: Any) -> JobQueueSpec:
+    try:
+        return JobQueueSpec.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path = ".".join(str(p) for p in err["loc"]) or "spec"
+            problems.append(f"spec.{path}: {err['msg']}")
+        raise InvalidSpec("; ".join(problems)) from None

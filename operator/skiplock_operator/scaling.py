@@ -1,0 +1,144 @@
+"""The replica decision: a pure function of the policy, what the database said, the current
+replica count and a small history. No I/O, no clock: the caller passes ``now``.
+
+The rules, in order:
+1. paused: hold whatever runs now.
+2. database unreadable (``load`` is None): hold the current replicas (clamped into [min, max]);
+   never drop to zero because a number could not be read.
+3. raw = clamp(ceil((backlog + in_flight) / jobs_per_replica), min, max). In-flight jobs count
+   too: counting only waiting jobs would scale busy workers away.
+4. activation: at zero replicas, stay at zero until backlog + in_flight exceeds the activation
+   threshold; going to zero also needs the work to be at or below it and nothing in flight.
+5. scale-up is rate limited per period: at most max(pods, percent of the replicas at the
+   period's start) added.
+6. scale-down is stabilized: the target is the highest recommendation seen during the window,
+   so a dip shorter than the window changes nothing (no flapping). A fresh history (operator
+   start) is seeded with the current replicas, so a restart never scales down at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_replicas: int = 0
+    max_replicas: int = 10
+    jobs_per_replica: int = 10
+    activation_threshold: int = 0
+    scale_up_pods: int = 4
+    scale_up_percent: int = 100
+    scale_up_period: float = 15.0
+    scale_down_window: float = 300.0
+    paused: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ValueError("need 0 <= min_replicas <= max_replicas")
+        if self.jobs_per_replica < 1 or self.scale_up_pods < 1:
+            raise ValueError("jobs_per_replica and scale_up_pods must be >= 1")
+
+
+@dataclass(frozen=True)
+class Load:
+    backlog: int    # runnable + stuck (expired lease): work no live worker is doing
+    in_flight: int  # running with a live lease
+
+    @property
+    def total(self) -> int:
+        return self.backlog + self.in_flight
+
+
+@dataclass(frozen=True)
+class History:
+    """What the decision remembers between polls (kept in memory by the operator)."""
+
+    recommendations: tuple[tuple[float, int], ...] = ()   # (time, raw recommendation)
+    scale_ups: tuple[tuple[float, int], ...] = ()         # (time, replicas added)
+
+    @classmethod
+    def seeded(cls, now: float, current: int) -> History:
+        return cls(recommendations=((now, current),))
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    raw: int            # the clamped formula before activation, rate limit and stabilization
+    reason: str         # CamelCase, used as condition and event reason
+    message: str
+    history: History = field(default_factory=History)
+
+    @property
+    def changes(self) -> bool:
+        return self.reason in ("ScaledUp", "ScaledDown")
+
+
+def clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def recommend(policy: Policy, load: Load, current: int) -> int:
+    """Steps 3 and 4: the replicas the load asks for, within [min, max]."""
+    total = load.total
+    # At or below the activation threshold: zero, unless workers still run jobs (they would
+    # be cut off) while replicas are up.
+    if total <= policy.activation_threshold and (load.in_flight == 0 or current == 0):
+        wanted = 0
+    else:
+        wanted = max(1, math.ceil(total / policy.jobs_per_replica)) if total > 0 else 0
+    return clamp(wanted, policy.min_replicas, policy.max_replicas)
+
+
+def decide(policy: Policy, load: Load | None, current: int, history: History,
+           now: float) -> Decision:
+    if policy.paused:
+        return Decision(current, current, "Paused",
+                        f"scaling is paused; holding {current} replica(s)", history)
+    held = clamp(current, policy.min_replicas, policy.max_replicas)
+    if load is None:
+        return Decision(held, held, "DatabaseUnavailable",
+                        f"stats unavailable; holding {held} replica(s)", history)
+
+    raw = recommend(policy, load, current)
+    window_start = now - policy.scale_down_window
+    recs = (*(r for r in history.recommendations if r[0] > window_start), (now, raw))
+    period_start = now - policy.scale_up_period
+    ups = tuple(u for u in history.scale_ups if u[0] > period_start)
+    numbers = (f"backlog={load.backlog} inFlight={load.in_flight} "
+               f"jobsPerReplica={policy.jobs_per_replica} current={current} "
+               f"recommended={raw}")
+
+    if raw > current:
+        base = max(0, current - sum(n for _, n in ups))
+        allowed = max(policy.scale_up_pods, math.ceil(base * policy.scale_up_percent / 100))
+        limit = base + allowed
+        desired = max(current, min(raw, limit))
+        if current < policy.min_replicas:
+            desired = max(desired, policy.min_replicas)  # the spec's floor is not rate limited
+        reason = "ScaledUp" if desired > current else "RateLimited"
+        if desired < raw:
+            numbers += f" rateLimit={limit}"
+        if desired > current:
+            ups = (*ups, (now, desired - current))
+        new = History(recs, ups)
+        return Decision(desired, raw, reason, f"{current} -> {desired}: {numbers}", new)
+
+    if raw < current:
+        highest = max(r for _, r in recs)
+        desired = clamp(min(current, highest), policy.min_replicas, policy.max_replicas)
+        new = History(recs, ups)
+        if desired < current:
+            return Decision(desired, raw, "ScaledDown", f"{current} -> {desired}: {numbers}", new)
+        return Decision(current, raw, "Stabilizing",
+                        f"holding {current}: a recommendation of {highest} was seen within the "
+                        f"{policy.scale_down_window:g}s window; {numbers}", new)
+
+    return Decision(current, raw, "Steady", f"holding {current}: {numbers}", History(recs, ups))
+
+
+def with_seed(history: History, now: float, current: int) -> History:
+    """A history that has seen ``current`` at ``now`` (used after a restart or a re-create)."""
+    return replace(history, recommendations=(*history.recommendations, (now, current)))

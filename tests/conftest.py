@@ -69,15 +69,29 @@ def sql(database_url: str) -> Iterator[Callable[..., list[tuple[object, ...]]]]:
 class WorkerProcess:
     """A real ``skiplock worker`` process."""
 
-    def __init__(self, database_url: str, app: str, *args: str, env: dict[str, str] | None = None,
-                 name: str = "test-worker") -> None:
+    def __init__(
+        self,
+        database_url: str,
+        app: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        name: str = "test-worker",
+    ) -> None:
         self.log_path = Path(f"/tmp/skiplock-worker-{os.getpid()}-{next(_counter)}.log")
-        environment = {**os.environ, "SKIPLOCK_DATABASE_URL": database_url,
-                       "SKIPLOCK_WORKER_NAME": name, "PYTHONPATH": f"{ROOT}:{ROOT / 'worker'}",
-                       **(env or {})}
+        environment = {
+            **os.environ,
+            "SKIPLOCK_DATABASE_URL": database_url,
+            "SKIPLOCK_WORKER_NAME": name,
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'worker'}",
+            **(env or {}),
+        }
         self.log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "skiplock", "worker", app, *args],
-                                     env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "skiplock", "worker", app, *args],
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def pid(self) -> int:
@@ -116,8 +130,12 @@ def spawn_worker(database_url: str) -> Iterator[Callable[..., WorkerProcess]]:
         w.close()
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.05,
-               message: str = "condition") -> object:
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 30,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> object:
     """Poll until ``predicate()`` is truthy; on timeout fail with what was last seen."""
     deadline = time.monotonic() + timeout
     last: object = None

@@ -80,10 +80,12 @@ def tracked(
     hold_timeout: float = 60,
 ) -> dict[str, object]:
     """Appends ``job attempt worker pid`` to ``marker`` when it starts (one line per execution),
-    then waits for the file ``hold`` to exist (if given) and sleeps ``seconds``."""
+    then waits for the file ``hold`` to exist (if given; ``{attempt}`` in it is replaced by the
+    attempt number) and sleeps ``seconds``."""
     with open(marker, "a") as f:
         f.write(f"{ctx.job_id} {ctx.attempt} {ctx.worker_id} {os.getpid()}\n")
     if hold:
+        hold = hold.replace("{attempt}", str(ctx.attempt))  # a separate gate per attempt
         deadline = time.monotonic() + hold_timeout
         while not Path(hold).exists():
             if time.monotonic() > deadline:

@@ -33,8 +33,11 @@ def register_catalogue(database_url: str) -> None:
 def test_enqueue_returns_id_and_defaults(database_url: str, sql: Sql) -> None:
     with Client(database_url) as c:
         job_id = c.enqueue("add", {"a": 1, "b": 2}, priority=3)
-    (row,) = sql("SELECT queue, task, state, priority, attempts, max_attempts, run_at <= now() "
-                 "FROM jobs WHERE id = %s", job_id)
+    (row,) = sql(
+        "SELECT queue, task, state, priority, attempts, max_attempts, run_at <= now() "
+        "FROM jobs WHERE id = %s",
+        job_id,
+    )
     assert row == ("default", "add", "queued", 3, 0, 5, True)
 
 
@@ -49,13 +52,15 @@ def test_unique_key_gives_the_same_job(database_url: str, sql: Sql) -> None:
 def test_delay_uses_database_time(database_url: str, sql: Sql) -> None:
     with Client(database_url) as c:
         job_id = c.enqueue("add", {"a": 1, "b": 2}, delay=3600)
-    (gap,) = sql("SELECT extract(epoch FROM run_at - created_at) FROM jobs WHERE id = %s", job_id)[0]
+    (gap,) = sql("SELECT extract(epoch FROM run_at - created_at) FROM jobs WHERE id = %s", job_id)[
+        0
+    ]
     assert 3599 <= float(gap) <= 3601
 
 
 def test_naive_run_at_is_rejected(database_url: str, sql: Sql) -> None:
     with Client(database_url) as c, pytest.raises(InvalidArguments, match="timezone-aware"):
-        c.enqueue("add", {"a": 1, "b": 2}, run_at=dt.datetime(2030, 1, 1))  # noqa: DTZ001
+        c.enqueue("add", {"a": 1, "b": 2}, run_at=dt.datetime(2030, 1, 1))
     assert sql("SELECT count(*) FROM jobs") == [(0,)]
 
 
@@ -77,17 +82,24 @@ def test_transactional_enqueue_rolls_back_with_the_caller(database_url: str, sql
 
 def test_enqueue_many_copy_and_unnest(database_url: str, sql: Sql) -> None:
     with Client(database_url) as c:
-        assert c.enqueue_many({"task": "add", "args": {"a": i, "b": 1}} for i in range(1000)) == 1000
+        assert (
+            c.enqueue_many({"task": "add", "args": {"a": i, "b": 1}} for i in range(1000)) == 1000
+        )
         later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-        n = c.enqueue_many([{"task": "add", "args": {"a": 1, "b": 1}, "unique_key": "k1"},
-                            {"task": "add", "args": {"a": 1, "b": 1}, "unique_key": "k1"},
-                            {"task": "add", "args": {"a": 2, "b": 2}, "run_at": later}])
+        n = c.enqueue_many(
+            [
+                {"task": "add", "args": {"a": 1, "b": 1}, "unique_key": "k1"},
+                {"task": "add", "args": {"a": 1, "b": 1}, "unique_key": "k1"},
+                {"task": "add", "args": {"a": 2, "b": 2}, "run_at": later},
+            ]
+        )
     assert n == 2
     assert sql("SELECT count(*) FROM jobs") == [(1002,)]
 
 
-def test_catalogue_rejects_unknown_task_and_bad_args_nothing_inserted(database_url: str,
-                                                                      sql: Sql) -> None:
+def test_catalogue_rejects_unknown_task_and_bad_args_nothing_inserted(
+    database_url: str, sql: Sql
+) -> None:
     register_catalogue(database_url)
     with Client(database_url) as c:
         with pytest.raises(UnknownTask, match="unknown task 'ad'"):
@@ -96,7 +108,7 @@ def test_catalogue_rejects_unknown_task_and_bad_args_nothing_inserted(database_u
             c.enqueue("add", {"a": 1})
         with pytest.raises(InvalidArguments, match="'a' must be integer, got string"):
             c.enqueue("add", {"a": "x", "b": 1})
-        with pytest.raises(UnknownTask, match="job #1: unknown task .nope."):
+        with pytest.raises(UnknownTask, match=r"job #1: unknown task .nope."):
             c.enqueue_many([{"task": "add", "args": {"a": 1, "b": 1}}, {"task": "nope"}])
         assert sql("SELECT count(*) FROM jobs") == [(0,)]
         # the catalogue also supplies the task's max_attempts

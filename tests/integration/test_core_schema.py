@@ -16,11 +16,21 @@ from tests.support.pgserver import PgServer
 
 def _dump(pg: PgServer, dbname: str) -> str:
     out = subprocess.run(
-        [str(pg.bindir / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges",
-         "--schema=skiplock", "--exclude-table=skiplock.schema_migrations", pg.url(dbname)],
-        check=True, capture_output=True, text=True).stdout
+        [
+            str(pg.bindir / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--schema=skiplock",
+            "--exclude-table=skiplock.schema_migrations",
+            pg.url(dbname),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     # pg_dump prints a random \restrict token on newer minor versions; it is not schema.
-    return "\n".join(l for l in out.splitlines() if not re.match(r"^\\(un)?restrict ", l))
+    return "\n".join(line for line in out.splitlines() if not re.match(r"^\\(un)?restrict ", line))
 
 
 def test_migrations_give_exactly_schema_sql(pg: PgServer) -> None:
@@ -46,8 +56,12 @@ def test_concurrent_migrate_from_several_processes(pg: PgServer) -> None:
     url = pg.url("migrate_race")
 
     def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "skiplock", "--database-url", url, "migrate"],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "skiplock", "--database-url", url, "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: run(), range(4)))

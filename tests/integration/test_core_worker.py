@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,11 @@ def test_in_process_worker_runs_sync_and_async_handlers(database_url: str, sql: 
     async def go() -> None:
         task = asyncio.create_task(worker.run())
         await asyncio.wait_for(worker.ready.wait(), 10)
-        while worker.processed < len(ids):
-            await asyncio.sleep(0.02)
+        async def all_processed() -> None:
+            while worker.processed < len(ids):  # noqa: ASYNC110 - polls a plain counter
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(all_processed(), 30)
         worker.request_stop()
         await asyncio.wait_for(task, 20)
 
@@ -43,97 +47,136 @@ def test_in_process_worker_runs_sync_and_async_handlers(database_url: str, sql: 
     assert states(sql) == {"succeeded": 21}
 
 
-def test_each_job_claimed_by_one_worker_at_a_time(database_url: str, sql: Sql, spawn_worker: Spawn,
-                                                  tmp_path: Path) -> None:
+def test_each_job_claimed_by_one_worker_at_a_time(
+    database_url: str, sql: Sql, spawn_worker: Spawn, tmp_path: Path
+) -> None:
     marker = tmp_path / "runs.txt"
     with Client(database_url) as c:
-        c.enqueue_many({"task": "sleep", "args": {"seconds": 0.005, "marker": str(marker)}}
-                       for _ in range(400))
-    workers = [spawn_worker("tests.tasks:app", "--concurrency", "6", name=f"w{i}") for i in range(4)]
+        c.enqueue_many(
+            {"task": "sleep", "args": {"seconds": 0.005, "marker": str(marker)}} for _ in range(400)
+        )
+    workers = [
+        spawn_worker("tests.tasks:app", "--concurrency", "6", name=f"w{i}") for i in range(4)
+    ]
     wait_until(lambda: states(sql) == {"succeeded": 400}, timeout=90, message="400 jobs succeeded")
     runs = collections.Counter(line.split()[0] for line in marker.read_text().splitlines())
     assert len(runs) == 400 and set(runs.values()) == {1}, "a job ran twice without a lease expiry"
-    by_worker = collections.Counter(line.split()[2].split(":")[0] for line in marker.read_text().splitlines())
+    by_worker = collections.Counter(
+        line.split()[2].split(":")[0] for line in marker.read_text().splitlines()
+    )
     assert len(by_worker) >= 2, f"work was not shared: {by_worker}"
     assert sql("SELECT count(*) FROM results") == [(400,)]
     for w in workers:
         assert w.terminate() == 0
 
 
-def test_sigkill_mid_job_is_rerun_after_the_lease(database_url: str, sql: Sql,
-                                                  spawn_worker: Spawn) -> None:
+def test_sigkill_mid_job_is_rerun_after_the_lease(
+    database_url: str, sql: Sql, spawn_worker: Spawn
+) -> None:
     with Client(database_url) as c:
         job_id = c.enqueue("sleep", {"seconds": 1.5})
     victim = spawn_worker("tests.tasks:app", "--lease-seconds", "2", name="victim")
-    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("running",)],
-               message="job running")
+    wait_until(
+        lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("running",)],
+        message="job running",
+    )
     victim.kill()
-    spawn_worker("tests.tasks:app", "--lease-seconds", "2", "--poll-interval", "0.2", name="rescuer")
-    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("succeeded",)],
-               timeout=30, message="job re-run and succeeded")
-    (attempts, errors), = sql("SELECT attempts, errors FROM jobs WHERE id=%s", job_id)
+    spawn_worker(
+        "tests.tasks:app", "--lease-seconds", "2", "--poll-interval", "0.2", name="rescuer"
+    )
+    wait_until(
+        lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("succeeded",)],
+        timeout=30,
+        message="job re-run and succeeded",
+    )
+    ((attempts, errors),) = sql("SELECT attempts, errors FROM jobs WHERE id=%s", job_id)
     assert attempts == 2
     assert "lease expired" in errors[0]["error"] and errors[0]["worker"].startswith("victim:")
     assert_all_terminal(sql)
 
 
-def test_crash_right_after_claim_leaves_nothing_stuck(database_url: str, sql: Sql,
-                                                      spawn_worker: Spawn) -> None:
+def test_crash_right_after_claim_leaves_nothing_stuck(
+    database_url: str, sql: Sql, spawn_worker: Spawn
+) -> None:
     with Client(database_url) as c:
         ids = [c.enqueue("add", {"a": 1, "b": i}) for i in range(5)]
     # A worker that claimed (real claim query) and died before running anything.
-    sql("UPDATE jobs SET state='running', attempts=1, locked_by='ghost:1:abc', "
-        "locked_until=now() + interval '1 second' WHERE id = ANY(%s)", ids)
+    sql(
+        "UPDATE jobs SET state='running', attempts=1, locked_by='ghost:1:abc', "
+        "locked_until=now() + interval '1 second' WHERE id = ANY(%s)",
+        ids,
+    )
     spawn_worker("tests.tasks:app", "--poll-interval", "0.2")
     wait_until(lambda: states(sql) == {"succeeded": 5}, timeout=30, message="ghost's jobs finished")
     assert sql("SELECT DISTINCT attempts FROM jobs") == [(2,)]
     assert_all_terminal(sql)
 
 
-def test_lease_expiry_at_max_attempts_goes_dead(database_url: str, sql: Sql,
-                                                spawn_worker: Spawn) -> None:
+def test_lease_expiry_at_max_attempts_goes_dead(
+    database_url: str, sql: Sql, spawn_worker: Spawn
+) -> None:
     with Client(database_url) as c:
         job_id = c.enqueue("add", {"a": 1, "b": 1}, max_attempts=1)
-    sql("UPDATE jobs SET state='running', attempts=1, locked_by='ghost:1:abc', "
-        "locked_until=now() - interval '1 second' WHERE id = %s", job_id)
+    sql(
+        "UPDATE jobs SET state='running', attempts=1, locked_by='ghost:1:abc', "
+        "locked_until=now() - interval '1 second' WHERE id = %s",
+        job_id,
+    )
     spawn_worker("tests.tasks:app", "--poll-interval", "0.2")
-    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("dead",)],
-               message="dead after lease expiry")
-    (error,), = sql("SELECT last_error FROM jobs WHERE id=%s", job_id)
+    wait_until(
+        lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("dead",)],
+        message="dead after lease expiry",
+    )
+    ((error,),) = sql("SELECT last_error FROM jobs WHERE id=%s", job_id)
     assert "lease expired" in error and "attempt 1 of 1" in error
 
 
-def test_stale_worker_is_fenced_and_result_written_once(database_url: str, sql: Sql,
-                                                        spawn_worker: Spawn, tmp_path: Path) -> None:
+def test_stale_worker_is_fenced_and_result_written_once(
+    database_url: str, sql: Sql, spawn_worker: Spawn, tmp_path: Path
+) -> None:
     release = tmp_path / "release"
     with Client(database_url) as c:
         job_id = c.enqueue("wait_for_file", {"path": str(release)})
     stale = spawn_worker("tests.tasks:app", "--lease-seconds", "30", name="stale")
-    wait_until(lambda: sql("SELECT locked_by FROM jobs WHERE id=%s AND state='running'", job_id),
-               message="stale worker holds the job")
+    wait_until(
+        lambda: sql("SELECT locked_by FROM jobs WHERE id=%s AND state='running'", job_id),
+        message="stale worker holds the job",
+    )
     # Force an early expiry: the stale worker is still running the handler.
     sql("UPDATE jobs SET locked_until = now() - interval '1 second' WHERE id=%s", job_id)
-    fresh = spawn_worker("tests.tasks:app", "--lease-seconds", "30", "--poll-interval", "0.2",
-                         name="fresh")
-    wait_until(lambda: sql("SELECT 1 FROM jobs WHERE id=%s AND locked_by LIKE 'fresh:%%'", job_id),
-               message="fresh worker re-claimed the job")
+    fresh = spawn_worker(
+        "tests.tasks:app", "--lease-seconds", "30", "--poll-interval", "0.2", name="fresh"
+    )
+    wait_until(
+        lambda: sql("SELECT 1 FROM jobs WHERE id=%s AND locked_by LIKE 'fresh:%%'", job_id),
+        message="fresh worker re-claimed the job",
+    )
     release.touch()  # both executions finish now
-    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("succeeded",)],
-               message="succeeded")
+    wait_until(
+        lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("succeeded",)],
+        message="succeeded",
+    )
     wait_until(lambda: "no longer ours" in stale.output(), message="stale worker logs the fence")
-    assert sql("SELECT count(*), min(result->>'attempt') FROM results WHERE job_id=%s", job_id) == [(1, "2")]
+    assert sql("SELECT count(*), min(result->>'attempt') FROM results WHERE job_id=%s", job_id) == [
+        (1, "2")
+    ]
     assert fresh.terminate() == 0 and stale.terminate() == 0
 
 
-def test_poison_pill_goes_dead_with_growing_backoff(database_url: str, sql: Sql,
-                                                    spawn_worker: Spawn) -> None:
+def test_poison_pill_goes_dead_with_growing_backoff(
+    database_url: str, sql: Sql, spawn_worker: Spawn
+) -> None:
     with Client(database_url) as c:
         job_id = c.enqueue("poison", {}, max_attempts=4)
     spawn_worker("tests.tasks:app", "--poll-interval", "0.1")
-    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("dead",)],
-               timeout=30, message="poison dead")
-    (attempts, errors, last_error), = sql("SELECT attempts, errors, last_error FROM jobs WHERE id=%s",
-                                          job_id)
+    wait_until(
+        lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("dead",)],
+        timeout=30,
+        message="poison dead",
+    )
+    ((attempts, errors, last_error),) = sql(
+        "SELECT attempts, errors, last_error FROM jobs WHERE id=%s", job_id
+    )
     assert attempts == 4
     assert [e["attempt"] for e in errors] == [1, 2, 3, 4]
     assert "always fails (attempt 4)" in last_error
@@ -141,13 +184,14 @@ def test_poison_pill_goes_dead_with_growing_backoff(database_url: str, sql: Sql,
     import datetime as dt
 
     at = [dt.datetime.fromisoformat(e["at"]) for e in errors]
-    gaps = [(b - a).total_seconds() for a, b in zip(at, at[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(at)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
     assert gaps[0] < gaps[1] < gaps[2], gaps
 
 
-def test_unknown_task_and_bad_payload_die_at_once(database_url: str, sql: Sql,
-                                                  spawn_worker: Spawn) -> None:
+def test_unknown_task_and_bad_payload_die_at_once(
+    database_url: str, sql: Sql, spawn_worker: Spawn
+) -> None:
     with Client(database_url, validate=False) as c:
         unknown = c.enqueue("resize_image", {"id": 1})
         bad = c.enqueue("add", {"a": 1})
@@ -164,37 +208,57 @@ def test_flaky_job_succeeds_after_retries(database_url: str, sql: Sql, spawn_wor
     with Client(database_url) as c:
         job_id = c.enqueue("flaky", {"fail_times": 2})
     spawn_worker("tests.tasks:app", "--poll-interval", "0.1")
-    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("succeeded",)],
-               message="flaky succeeded")
+    wait_until(
+        lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("succeeded",)],
+        message="flaky succeeded",
+    )
     assert sql("SELECT result FROM results WHERE job_id=%s", job_id) == [({"attempt": 3},)]
 
 
-def test_notify_wakes_idle_workers_and_survives_restart(pg: PgServer, database_url: str, sql: Sql,
-                                                        spawn_worker: Spawn) -> None:
+def test_notify_wakes_idle_workers_and_survives_restart(
+    pg: PgServer, database_url: str, sql: Sql, spawn_worker: Spawn
+) -> None:
     # Polling every 60 s: only LISTEN/NOTIFY can start a job quickly.
     worker = spawn_worker("tests.tasks:app", "--poll-interval", "60")
     del worker
-    wait_until(lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%' "
-                           "AND datname = current_database()") == [(1,)],
-               message="worker listening")
+    wait_until(
+        lambda: (
+            sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%' "
+                "AND datname = current_database()"
+            )
+            == [(1,)]
+        ),
+        message="worker listening",
+    )
     with Client(database_url) as c:
         first = c.enqueue("add", {"a": 1, "b": 1})
-        wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", first) == [("succeeded",)],
-                   timeout=10, message="woken by NOTIFY")
+        wait_until(
+            lambda: sql("SELECT state::text FROM jobs WHERE id=%s", first) == [("succeeded",)],
+            timeout=10,
+            message="woken by NOTIFY",
+        )
         pg.stop("fast")
         pg.start()
-        wait_until(lambda: sql_after_restart(database_url), timeout=30, message="worker re-listening")
+        wait_until(
+            lambda: sql_after_restart(database_url), timeout=30, message="worker re-listening"
+        )
         second = c.enqueue("add", {"a": 2, "b": 2})
-    wait_until(lambda: state_of(database_url, second) == "succeeded", timeout=10,
-               message="woken by NOTIFY after the restart")
+    wait_until(
+        lambda: state_of(database_url, second) == "succeeded",
+        timeout=10,
+        message="woken by NOTIFY after the restart",
+    )
 
 
 def sql_after_restart(database_url: str) -> bool:
     import psycopg
 
     with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%' "
-                           "AND datname = current_database()").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%' "
+            "AND datname = current_database()"
+        ).fetchone()
     return bool(row and row[0] == 1)
 
 
@@ -206,18 +270,30 @@ def state_of(database_url: str, job_id: int) -> str | None:
     return row[0] if row else None
 
 
-def test_database_restart_mid_run_every_job_finishes(pg: PgServer, database_url: str,
-                                                     spawn_worker: Spawn) -> None:
+def test_database_restart_mid_run_every_job_finishes(
+    pg: PgServer, database_url: str, spawn_worker: Spawn
+) -> None:
     with Client(database_url) as c:
         c.enqueue_many({"task": "sleep", "args": {"seconds": 0.02}} for _ in range(300))
     for i in range(2):
-        spawn_worker("tests.tasks:app", "--concurrency", "4", "--lease-seconds", "3",
-                     "--poll-interval", "0.2", name=f"w{i}")
+        spawn_worker(
+            "tests.tasks:app",
+            "--concurrency",
+            "4",
+            "--lease-seconds",
+            "3",
+            "--poll-interval",
+            "0.2",
+            name=f"w{i}",
+        )
     wait_until(lambda: count_state(database_url, "succeeded") >= 30, message="some progress")
     pg.stop("fast")
     pg.start()
-    wait_until(lambda: count_state(database_url, "succeeded") == 300, timeout=120,
-               message="all 300 succeeded after the restart")
+    wait_until(
+        lambda: count_state(database_url, "succeeded") == 300,
+        timeout=120,
+        message="all 300 succeeded after the restart",
+    )
     import psycopg
 
     with psycopg.connect(database_url, options="-c search_path=skiplock") as conn:
@@ -229,19 +305,24 @@ def count_state(database_url: str, state: str) -> int:
 
     try:
         with psycopg.connect(database_url, connect_timeout=2) as conn:
-            row = conn.execute("SELECT count(*) FROM skiplock.jobs WHERE state=%s", [state]).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM skiplock.jobs WHERE state=%s", [state]
+            ).fetchone()
     except psycopg.OperationalError:
         return -1
     return int(row[0]) if row else 0
 
 
-def test_sigterm_drains_running_jobs_then_exits_zero(database_url: str, sql: Sql,
-                                                     spawn_worker: Spawn) -> None:
+def test_sigterm_drains_running_jobs_then_exits_zero(
+    database_url: str, sql: Sql, spawn_worker: Spawn
+) -> None:
     with Client(database_url) as c:
         job_id = c.enqueue("sleep", {"seconds": 1.0})
     worker = spawn_worker("tests.tasks:app", "--shutdown-grace", "20")
-    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("running",)],
-               message="running")
+    wait_until(
+        lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("running",)],
+        message="running",
+    )
     with Client(database_url) as c:
         later = c.enqueue("add", {"a": 1, "b": 1})
     assert worker.terminate() == 0
@@ -251,22 +332,29 @@ def test_sigterm_drains_running_jobs_then_exits_zero(database_url: str, sql: Sql
     assert sql("SELECT state::text FROM jobs WHERE id=%s", later)[0][0] in ("queued", "succeeded")
 
 
-def test_sigterm_releases_jobs_that_outlive_the_grace(database_url: str, sql: Sql,
-                                                      spawn_worker: Spawn) -> None:
+def test_sigterm_releases_jobs_that_outlive_the_grace(
+    database_url: str, sql: Sql, spawn_worker: Spawn
+) -> None:
     with Client(database_url) as c:
         job_id = c.enqueue("sleep", {"seconds": 60})
     worker = spawn_worker("tests.tasks:app", "--shutdown-grace", "0.5")
-    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("running",)],
-               message="running")
+    wait_until(
+        lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("running",)],
+        message="running",
+    )
     assert worker.terminate(timeout=15) == 0
     assert sql("SELECT state::text, attempts, locked_by FROM jobs WHERE id=%s", job_id) == [
-        ("queued", 0, None)]
+        ("queued", 0, None)
+    ]
 
 
 def test_prune_removes_old_finished_jobs(database_url: str, sql: Sql) -> None:
     with Client(database_url) as c:
         ids = [c.enqueue("add", {"a": 1, "b": 1}, validate=False) for _ in range(3)]
-        sql("UPDATE jobs SET state='succeeded', finished_at = now() - interval '2 days' "
-            "WHERE id = ANY(%s)", ids[:2])
+        sql(
+            "UPDATE jobs SET state='succeeded', finished_at = now() - interval '2 days' "
+            "WHERE id = ANY(%s)",
+            ids[:2],
+        )
         assert c.db.prune_finished(retention_seconds=86400) == 2
     assert sql("SELECT id FROM jobs") == [(ids[2],)]

@@ -29,7 +29,9 @@ def find_bindir() -> Path:
     pg_ctl = shutil.which("pg_ctl")
     if pg_ctl:
         return Path(pg_ctl).resolve().parent
-    raise RuntimeError("no PostgreSQL server binaries: apt-get install postgresql (or set PG_BINDIR)")
+    raise RuntimeError(
+        "no PostgreSQL server binaries: apt-get install postgresql (or set PG_BINDIR)"
+    )
 
 
 def free_port() -> int:
@@ -39,8 +41,9 @@ def free_port() -> int:
 
 
 class PgServer:
-    def __init__(self, root: Path | None = None, port: int | None = None,
-                 durable: bool = False) -> None:
+    def __init__(
+        self, root: Path | None = None, port: int | None = None, durable: bool = False
+    ) -> None:
         # durable=True keeps fsync and full_page_writes on (benchmarks); tests trade them for speed.
         self.durable = durable
         self.bindir = find_bindir()
@@ -61,23 +64,50 @@ class PgServer:
         if self.as_user:
             pw = pwd.getpwnam(self.as_user)
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-                  "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        )
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.write(
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\n"
-                + ("" if self.durable else "fsync = off\nfull_page_writes = off\n") +
-                "max_connections = 300\nshared_buffers = 256MB\nlog_min_messages = warning\n"
+                + ("" if self.durable else "fsync = off\nfull_page_writes = off\n")
+                + "max_connections = 300\nshared_buffers = 256MB\nlog_min_messages = warning\n"
             )
 
     def start(self) -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log),
-                  "-w", "-t", "60", "start")
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop",
-                  check=False)
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-m",
+            mode,
+            "-w",
+            "stop",
+            check=False,
+        )
 
     def postmaster_pid(self) -> int:
         return int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
@@ -85,7 +115,9 @@ class PgServer:
     def kill9(self) -> None:
         """SIGKILL the postmaster (and its backends), like a crashed server."""
         pid = self.postmaster_pid()
-        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True
+        ).stdout.split()
         os.kill(pid, signal.SIGKILL)
         for c in children:
             with contextlib.suppress(ProcessLookupError):

@@ -7,7 +7,9 @@ from skiplock.catalogue import check_known, describe_params, validate_args
 from skiplock.errors import InvalidArguments, UnknownTask
 
 
-def handler(ctx: JobContext, image_id: int, size: str = "small", ratio: float | None = None) -> None:
+def handler(
+    ctx: JobContext, image_id: int, size: str = "small", ratio: float | None = None
+) -> None:
     pass
 
 
@@ -47,7 +49,7 @@ def test_var_keyword_accepts_anything() -> None:
 
 
 def test_unknown_task_lists_known() -> None:
-    with pytest.raises(UnknownTask, match="unknown task 'resise'.*registered resize"):
+    with pytest.raises(UnknownTask, match=r"unknown task 'resise'.*registered resize"):
         check_known("resise", {"resize": {}})
 
 

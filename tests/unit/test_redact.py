@@ -2,7 +2,9 @@ from skiplock.redact import redact_url, scrub
 
 
 def test_redact_url_drops_password() -> None:
-    assert redact_url("postgresql://app:s3cret@db.internal:5432/jobs") == "app@db.internal:5432/jobs"
+    assert (
+        redact_url("postgresql://app:s3cret@db.internal:5432/jobs") == "app@db.internal:5432/jobs"
+    )
     assert redact_url("host=db user=app password=s3cret") == "host=db user=app password=***"
 
 

@@ -8,7 +8,8 @@ from skiplock.retry import Backoff, backoff_delay, reconnect_delay
 
 
 @pytest.mark.parametrize(
-    ("attempt", "expected"), [(1, 1.0), (2, 2.0), (3, 4.0), (10, 512.0), (13, 3600.0), (500, 3600.0)]
+    ("attempt", "expected"),
+    [(1, 1.0), (2, 2.0), (3, 4.0), (10, 512.0), (13, 3600.0), (500, 3600.0)],
 )
 def test_exponential_without_jitter(attempt: int, expected: float) -> None:
     assert backoff_delay(Backoff(jitter=0), attempt) == expected

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .catalogue import describe_params
 from .retry import Backoff
@@ -45,15 +45,31 @@ class App:
         self.default_max_attempts = default_max_attempts
         self.tasks: dict[str, Task] = {}
 
+    @overload
+    def task(self, func: F, /) -> F: ...
+
+    @overload
     def task(
         self,
-        func: Callable[..., Any] | None = None,
+        func: None = None,
+        /,
         *,
         name: str | None = None,
         queue: str | None = None,
         max_attempts: int | None = None,
         backoff: Backoff | None = None,
-    ) -> Any:
+    ) -> Callable[[F], F]: ...
+
+    def task(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> F | Callable[[F], F]:
         """Register a handler ``f(ctx, **args)``; usable bare or with options."""
 
         def register(f: F) -> F:

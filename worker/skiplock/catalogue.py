@@ -98,7 +98,8 @@ def validate_args(task: str, params: Mapping[str, Any], args: Mapping[str, Any])
         unknown = sorted(set(args) - set(declared))
         if unknown:
             problems.append(
-                "unexpected " + ", ".join(repr(u) for u in unknown)
+                "unexpected "
+                + ", ".join(repr(u) for u in unknown)
                 + f" (accepted: {', '.join(declared) or 'none'})"
             )
     for name, value in args.items():

@@ -38,9 +38,15 @@ def _database(s: Settings) -> Database:
     if not s.database_url:
         raise ConfigurationError(
             "no database URL: set SKIPLOCK_DATABASE_URL or pass --database-url "
-            "(e.g. postgresql://user:pass@localhost:5432/app)")
-    return Database(s.database_url, schema=s.schema_name, connect_timeout=s.connect_timeout,
-                    statement_timeout=s.statement_timeout, application_name="skiplock-cli")
+            "(e.g. postgresql://user:pass@localhost:5432/app)"
+        )
+    return Database(
+        s.database_url,
+        schema=s.schema_name,
+        connect_timeout=s.connect_timeout,
+        statement_timeout=s.statement_timeout,
+        application_name="skiplock-cli",
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -54,9 +60,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     s = _settings(args)
     app = load_app(args.app)
     worker = Worker.from_settings(
-        app, s, queues=args.queue or ["default"], concurrency=args.concurrency,
-        lease_seconds=args.lease_seconds, shutdown_grace=args.shutdown_grace,
-        poll_interval=args.poll_interval)
+        app,
+        s,
+        queues=args.queue or ["default"],
+        concurrency=args.concurrency,
+        lease_seconds=args.lease_seconds,
+        shutdown_grace=args.shutdown_grace,
+        poll_interval=args.poll_interval,
+    )
     if s.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -73,13 +84,21 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     try:
         payload = json.loads(args.args)
     except json.JSONDecodeError as exc:
-        raise SkiplockError(f"--args is not valid JSON ({exc}); example: --args '{{\"n\": 1}}'") from None
+        raise SkiplockError(
+            f"--args is not valid JSON ({exc}); example: --args '{{\"n\": 1}}'"
+        ) from None
     if not isinstance(payload, dict):
         raise SkiplockError("--args must be a JSON object of keyword arguments, e.g. '{\"n\": 1}'")
     with Client(settings=_settings(args), validate=not args.no_validate) as client:
-        job_id = client.enqueue(args.task, payload, queue=args.queue, priority=args.priority,
-                                delay=args.delay, max_attempts=args.max_attempts,
-                                unique_key=args.unique_key)
+        job_id = client.enqueue(
+            args.task,
+            payload,
+            queue=args.queue,
+            priority=args.priority,
+            delay=args.delay,
+            max_attempts=args.max_attempts,
+            unique_key=args.unique_key,
+        )
     print(job_id)
     return 0
 
@@ -92,8 +111,14 @@ def _jsonable(value: Any) -> Any:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _database(_settings(args)) as db:
-        rows = db.list_jobs(state=args.state, queue=args.queue, task=args.task, stuck=args.stuck,
-                            min_attempts=args.min_attempts, limit=args.limit)
+        rows = db.list_jobs(
+            state=args.state,
+            queue=args.queue,
+            task=args.task,
+            stuck=args.stuck,
+            min_attempts=args.min_attempts,
+            limit=args.limit,
+        )
     if args.json:
         print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2))
         return 0
@@ -101,8 +126,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for r in rows:
         err = (r["last_error"] or "").splitlines()[0][:60] if r["last_error"] else ""
         flag = " (stuck)" if r["stuck"] else ""
-        print(f"{r['id']:>8} {r['state'] + flag:<10} {r['queue']:<12} {r['task']:<20} "
-              f"{r['attempts']:>2}/{r['max_attempts']:<2} {err}")
+        print(
+            f"{r['id']:>8} {r['state'] + flag:<10} {r['queue']:<12} {r['task']:<20} "
+            f"{r['attempts']:>2}/{r['max_attempts']:<2} {err}"
+        )
     return 0
 
 
@@ -112,8 +139,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.as_dict() for s in stats], indent=2))
         return 0
-    cols = ("queue", "runnable", "scheduled", "in_flight", "stuck", "dead", "dead_last_hour",
-            "high_retry", "oldest_runnable_age")
+    cols = (
+        "queue",
+        "runnable",
+        "scheduled",
+        "in_flight",
+        "stuck",
+        "dead",
+        "dead_last_hour",
+        "high_retry",
+        "oldest_runnable_age",
+    )
     print(" ".join(f"{c:>14}" for c in cols))
     for s in stats:
         d = s.as_dict()
@@ -167,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None)
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("migrate", help="create or upgrade the schema (safe to run concurrently)"
-                   ).set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "migrate", help="create or upgrade the schema (safe to run concurrently)"
+    ).set_defaults(func=cmd_migrate)
 
     w = sub.add_parser("worker", help="run a worker for MODULE:APP")
     w.add_argument("app", metavar="MODULE:APP")
@@ -205,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stats)
 
-    for name, func, text in (("retry", cmd_retry, "queue a dead or cancelled job again"),
-                             ("cancel", cmd_cancel, "cancel a queued job")):
+    for name, func, text in (
+        ("retry", cmd_retry, "queue a dead or cancelled job again"),
+        ("cancel", cmd_cancel, "cancel a queued job"),
+    ):
         c = sub.add_parser(name, help=text)
         c.add_argument("job_id", type=int)
         c.set_defaults(func=func)

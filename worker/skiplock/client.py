@@ -21,9 +21,15 @@ _CATALOGUE_TTL = 5.0
 class Client:
     """Enqueue jobs and manage them. Thread-safe; keep one per process."""
 
-    def __init__(self, database_url: str | None = None, *, schema: str | None = None,
-                 connect_timeout: float | None = None, validate: bool = True,
-                 settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        schema: str | None = None,
+        connect_timeout: float | None = None,
+        validate: bool = True,
+        settings: Settings | None = None,
+    ) -> None:
         s = settings or Settings()
         url = database_url or s.database_url
         if not url:
@@ -32,9 +38,13 @@ class Client:
                 "(e.g. postgresql://user:pass@localhost:5432/app)"
             )
         self.validate = validate
-        self.db = Database(url, schema=schema or s.schema_name,
-                           connect_timeout=connect_timeout or s.connect_timeout,
-                           statement_timeout=s.statement_timeout, application_name="skiplock-client")
+        self.db = Database(
+            url,
+            schema=schema or s.schema_name,
+            connect_timeout=connect_timeout or s.connect_timeout,
+            statement_timeout=s.statement_timeout,
+            application_name="skiplock-client",
+        )
         self._catalogue: dict[str, dict[str, Any]] = {}
         self._catalogue_at = float("-inf")
 
@@ -57,10 +67,18 @@ class Client:
             self._catalogue_at = time.monotonic()
         return self._catalogue
 
-    def _prepare(self, task: str, args: Mapping[str, Any] | None, queue: str | None,
-                 priority: int, max_attempts: int | None, run_at: dt.datetime | None,
-                 delay: float | dt.timedelta | None, unique_key: str | None,
-                 validate: bool | None) -> NewJob:
+    def _prepare(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None,
+        queue: str | None,
+        priority: int,
+        max_attempts: int | None,
+        run_at: dt.datetime | None,
+        delay: float | dt.timedelta | None,
+        unique_key: str | None,
+        validate: bool | None,
+    ) -> NewJob:
         if not isinstance(task, str) or not task.strip():
             raise InvalidArguments("task name must be a non-empty string")
         arguments = dict(args or {})
@@ -69,17 +87,23 @@ class Client:
         try:
             json.dumps(arguments)
         except (TypeError, ValueError) as exc:
-            raise InvalidArguments(f"arguments for {task!r} must be JSON-serialisable: {exc}") from None
+            raise InvalidArguments(
+                f"arguments for {task!r} must be JSON-serialisable: {exc}"
+            ) from None
         if run_at is not None and delay is not None:
             raise InvalidArguments("pass run_at or delay, not both")
         if run_at is not None and run_at.tzinfo is None:
-            raise InvalidArguments("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+            raise InvalidArguments(
+                "run_at must be timezone-aware (e.g. datetime.now(timezone.utc))"
+            )
         if isinstance(delay, dt.timedelta):
             delay = delay.total_seconds()
         if delay is not None and delay < 0:
             raise InvalidArguments("delay must be >= 0 seconds")
         if not -32768 <= priority <= 32767:
-            raise InvalidArguments("priority must fit in a smallint (-32768..32767); lower runs first")
+            raise InvalidArguments(
+                "priority must fit in a smallint (-32768..32767); lower runs first"
+            )
         if max_attempts is not None and max_attempts < 1:
             raise InvalidArguments("max_attempts must be >= 1")
         entry: Mapping[str, Any] | None = None
@@ -91,25 +115,40 @@ class Client:
                 entry = check_known(task, catalogue)
                 validate_args(task, entry["params"], arguments)
         return NewJob(
-            task=task, args=arguments,
+            task=task,
+            args=arguments,
             queue=queue or (entry["queue"] if entry else "default"),
             priority=priority,
             max_attempts=max_attempts or (int(entry["max_attempts"]) if entry else 5),
-            run_at=run_at, delay=delay, unique_key=unique_key,
+            run_at=run_at,
+            delay=delay,
+            unique_key=unique_key,
         )
 
-    def enqueue(self, task: str, args: Mapping[str, Any] | None = None, *, queue: str | None = None,
-                priority: int = 0, run_at: dt.datetime | None = None,
-                delay: float | dt.timedelta | None = None, max_attempts: int | None = None,
-                unique_key: str | None = None, validate: bool | None = None,
-                connection: psycopg.Connection[Any] | None = None) -> int:
+    def enqueue(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        run_at: dt.datetime | None = None,
+        delay: float | dt.timedelta | None = None,
+        max_attempts: int | None = None,
+        unique_key: str | None = None,
+        validate: bool | None = None,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> int:
         """Insert a job and return its id (the existing job's id for a repeated unique_key)."""
-        job = self._prepare(task, args, queue, priority, max_attempts, run_at, delay, unique_key,
-                            validate)
+        job = self._prepare(
+            task, args, queue, priority, max_attempts, run_at, delay, unique_key, validate
+        )
         job_id, _created = self.db.enqueue(job, connection=connection)
         return job_id
 
-    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, validate: bool | None = None) -> int:
+    def enqueue_many(
+        self, jobs: Iterable[Mapping[str, Any]], *, validate: bool | None = None
+    ) -> int:
         """Insert many jobs in one round trip (COPY when it can); returns how many were inserted.
 
         Each item: ``{"task": ..., "args": {...}, "queue"?, "priority"?, "max_attempts"?,
@@ -118,10 +157,19 @@ class Client:
         prepared = []
         for i, spec in enumerate(jobs):
             try:
-                prepared.append(self._prepare(
-                    spec["task"], spec.get("args"), spec.get("queue"), spec.get("priority", 0),
-                    spec.get("max_attempts"), spec.get("run_at"), None, spec.get("unique_key"),
-                    validate))
+                prepared.append(
+                    self._prepare(
+                        spec["task"],
+                        spec.get("args"),
+                        spec.get("queue"),
+                        spec.get("priority", 0),
+                        spec.get("max_attempts"),
+                        spec.get("run_at"),
+                        None,
+                        spec.get("unique_key"),
+                        validate,
+                    )
+                )
             except KeyError:
                 raise InvalidArguments(f"job #{i} has no 'task'") from None
             except (InvalidArguments, UnknownTask) as exc:

@@ -28,10 +28,16 @@ log = logging.getLogger("skiplock.db")
 Row = dict[str, Any]
 Q = sql.queries()
 _MIGRATION_LOCK = "skiplock-migrate"
+_COPY_JOBS = "COPY jobs (queue, task, args, priority, max_attempts) FROM STDIN"
 
 
-def conninfo(url: str, schema: str, connect_timeout: float, statement_timeout: float,
-             application_name: str = "skiplock") -> str:
+def conninfo(
+    url: str,
+    schema: str,
+    connect_timeout: float,
+    statement_timeout: float,
+    application_name: str = "skiplock",
+) -> str:
     """The URL plus the options every Skiplock connection needs (schema, bounded timeouts)."""
     options = f"-c search_path={schema},public -c statement_timeout={int(statement_timeout * 1000)}"
     return psycopg.conninfo.make_conninfo(
@@ -51,7 +57,9 @@ def conninfo(url: str, schema: str, connect_timeout: float, statement_timeout: f
 def wrap_error(exc: BaseException, url: str | None, doing: str) -> SkiplockError:
     """A Skiplock error for a driver error, saying what failed and what to do, no secrets."""
     where = redact_url(url)
-    detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+    detail = scrub(
+        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url
+    )
     if isinstance(exc, psycopg.OperationalError | PoolTimeout | OSError):
         return DatabaseUnavailable(
             f"{doing}: database at {where} is unreachable ({detail}). "
@@ -99,16 +107,28 @@ def _dumps(value: Any) -> str:
 class Database:
     """Synchronous access for producers, the CLI, the API and the operator (a small pool)."""
 
-    def __init__(self, url: str, *, schema: str = "skiplock", connect_timeout: float = 5.0,
-                 statement_timeout: float = 30.0, max_size: int = 4,
-                 application_name: str = "skiplock") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "skiplock",
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+        max_size: int = 4,
+        application_name: str = "skiplock",
+    ) -> None:
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
         self._conninfo = conninfo(url, schema, connect_timeout, statement_timeout, application_name)
         self._pool = ConnectionPool(
-            self._conninfo, min_size=0, max_size=max_size, open=True,
-            timeout=connect_timeout, reconnect_timeout=0, check=ConnectionPool.check_connection,
+            self._conninfo,
+            min_size=0,
+            max_size=max_size,
+            open=True,
+            timeout=connect_timeout,
+            reconnect_timeout=0,
+            check=ConnectionPool.check_connection,
             kwargs={"autocommit": True},
         )
 
@@ -131,8 +151,9 @@ class Database:
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, doing) from None
 
-    def _rows(self, name: str, params: Mapping[str, Any] | None = None,
-              doing: str | None = None) -> list[Row]:
+    def _rows(
+        self, name: str, params: Mapping[str, Any] | None = None, doing: str | None = None
+    ) -> list[Row]:
         with self._conn(doing or name) as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(Q[name], params or {})
             return cur.fetchall() if cur.description else []
@@ -143,38 +164,61 @@ class Database:
         """Apply pending migrations under an advisory lock; returns the names applied."""
         applied: list[str] = []
         with self._conn("migrate") as conn:
-            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", [f"{_MIGRATION_LOCK}:{self.schema}"])
+            conn.execute(
+                "SELECT pg_advisory_lock(hashtext(%s))", [f"{_MIGRATION_LOCK}:{self.schema}"]
+            )
             try:
                 schema_id = pgsql.Identifier(self.schema)
                 conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
-                conn.execute(pgsql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())").format(schema_id))
-                done = {r[0] for r in conn.execute(pgsql.SQL(
-                    "SELECT version FROM {}.schema_migrations").format(schema_id))}
+                conn.execute(
+                    pgsql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                        " version integer PRIMARY KEY, name text NOT NULL,"
+                        " applied_at timestamptz NOT NULL DEFAULT now())"
+                    ).format(schema_id)
+                )
+                done = {
+                    r[0]
+                    for r in conn.execute(
+                        pgsql.SQL("SELECT version FROM {}.schema_migrations").format(schema_id)
+                    )
+                }
                 for version, name, body in sql.migrations():
                     if version in done:
                         continue
                     with conn.transaction():
-                        conn.execute(pgsql.SQL("SET LOCAL search_path TO {}, public").format(schema_id))
-                        conn.execute(body)  # type: ignore[call-overload]
-                        conn.execute(pgsql.SQL(
-                            "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
-                        ).format(schema_id), [version, name])
+                        conn.execute(
+                            pgsql.SQL("SET LOCAL search_path TO {}, public").format(schema_id)
+                        )
+                        conn.execute(body)
+                        conn.execute(
+                            pgsql.SQL(
+                                "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
+                            ).format(schema_id),
+                            [version, name],
+                        )
                     applied.append(f"{version:04d}_{name}")
             finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [f"{_MIGRATION_LOCK}:{self.schema}"])
+                conn.execute(
+                    "SELECT pg_advisory_unlock(hashtext(%s))", [f"{_MIGRATION_LOCK}:{self.schema}"]
+                )
         return applied
 
     # -- producers --------------------------------------------------------------------------
 
-    def enqueue(self, job: NewJob, connection: psycopg.Connection[Any] | None = None) -> tuple[int, bool]:
+    def enqueue(
+        self, job: NewJob, connection: psycopg.Connection[Any] | None = None
+    ) -> tuple[int, bool]:
         """Insert one job (or find the one with its unique key): (id, created)."""
         params = {
-            "queue": job.queue, "task": job.task, "args": Jsonb(dict(job.args)),
-            "priority": job.priority, "max_attempts": job.max_attempts, "run_at": job.run_at,
-            "delay": job.delay, "unique_key": job.unique_key,
+            "queue": job.queue,
+            "task": job.task,
+            "args": Jsonb(dict(job.args)),
+            "priority": job.priority,
+            "max_attempts": job.max_attempts,
+            "run_at": job.run_at,
+            "delay": job.delay,
+            "unique_key": job.unique_key,
         }
         if connection is not None:
             return self._enqueue_in(connection, params)
@@ -209,7 +253,9 @@ class Database:
             return int(row[0]), bool(row[1])
         raise DatabaseUnavailable(f"enqueue {job.task!r}: could not insert or find the job")
 
-    def _enqueue_in(self, conn: psycopg.Connection[Any], params: Mapping[str, Any]) -> tuple[int, bool]:
+    def _enqueue_in(
+        self, conn: psycopg.Connection[Any], params: Mapping[str, Any]
+    ) -> tuple[int, bool]:
         """Run inside the caller's transaction, with our schema only for this statement."""
         try:
             previous = conn.execute("SELECT current_setting('search_path')").fetchone()
@@ -217,21 +263,31 @@ class Database:
             try:
                 row = conn.execute(Q["enqueue"], params).fetchone()
             finally:
-                conn.execute("SELECT set_config('search_path', %s, true)",
-                             [previous[0] if previous else "public"])
+                conn.execute(
+                    "SELECT set_config('search_path', %s, true)",
+                    [previous[0] if previous else "public"],
+                )
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, "enqueue in caller's transaction") from None
         if row is None:
-            raise SkiplockError("enqueue: a job with this unique_key is being inserted concurrently")
+            raise SkiplockError(
+                "enqueue: a job with this unique_key is being inserted concurrently"
+            )
         return int(row[0]), bool(row[1])
 
     def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
         """Bulk insert with COPY (no unique keys, no schedule): the fastest path."""
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                with cur.copy("COPY jobs (queue, task, args, priority, max_attempts) FROM STDIN") as copy:
-                    for j in jobs:
-                        copy.write_row((j.queue, j.task, _dumps(dict(j.args)), j.priority, j.max_attempts))
+            with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(_COPY_JOBS) as copy,
+            ):
+                for j in jobs:
+                    copy.write_row(
+                        (j.queue, j.task, _dumps(dict(j.args)), j.priority, j.max_attempts)
+                    )
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, f"enqueue_many ({len(jobs)} jobs)") from None
         return len(jobs)
@@ -240,15 +296,79 @@ class Database:
         """Bulk insert that honours run_at and unique keys; returns the ids created."""
         now_based = [j.run_at for j in jobs]
         params = {
-            "queues": [j.queue for j in jobs], "tasks": [j.task for j in jobs],
-            "args": [_dumps(dict(j.args)) for j in jobs], "priorities": [j.priority for j in jobs],
-            "max_attempts": [j.max_attempts for j in jobs], "run_ats": now_based,
+            "queues": [j.queue for j in jobs],
+            "tasks": [j.task for j in jobs],
+            "args": [_dumps(dict(j.args)) for j in jobs],
+            "priorities": [j.priority for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "run_ats": now_based,
             "unique_keys": [j.unique_key for j in jobs],
         }
         if any(j.delay for j in jobs):
             raise ValueError("enqueue_many takes run_at, not delay, per job")
         rows = self._rows("enqueue_many_unnest", params, f"enqueue_many ({len(jobs)} jobs)")
         return [int(r["id"]) for r in rows]
+
+    def enqueue_batch(self, jobs: Sequence[NewJob]) -> list[tuple[int, bool]]:
+        """Insert jobs all-or-nothing in one transaction: (id, created) per job, in order.
+
+        Unlike enqueue_unnest this returns the existing job's id for a repeated unique_key,
+        which is what an HTTP caller retrying a batch needs.
+        """
+        params = [
+            {
+                "queue": j.queue,
+                "task": j.task,
+                "args": Jsonb(dict(j.args)),
+                "priority": j.priority,
+                "max_attempts": j.max_attempts,
+                "run_at": j.run_at,
+                "delay": j.delay,
+                "unique_key": j.unique_key,
+            }
+            for j in jobs
+        ]
+        doing = f"enqueue batch ({len(jobs)} jobs)"
+        for attempt in (1, 2):
+            committing = False
+            try:
+                with self._pool.connection() as conn:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.executemany(Q["enqueue"], params, returning=True)
+                        out: list[tuple[int, bool]] = []
+                        while True:
+                            row = cur.fetchone()
+                            if row is None:  # a concurrent insert with the same key
+                                raise DatabaseUnavailable(
+                                    f"{doing}: a job with the same unique_key is being inserted "
+                                    "concurrently; nothing was stored, retry the batch"
+                                )
+                            out.append((int(row[0]), bool(row[1])))
+                            if not cur.nextset():
+                                break
+                        committing = True
+                    return out
+            except psycopg.OperationalError as exc:
+                if committing:
+                    raise EnqueueOutcomeUnknown(
+                        f"{doing}: the connection to {redact_url(self.url)} died while "
+                        "committing, so the jobs may or may not exist. Retry with unique keys "
+                        "to make the retry safe."
+                    ) from exc
+                if attempt == 1:  # nothing was committed: one retry on a fresh connection is safe
+                    continue
+                raise wrap_error(exc, self.url, doing) from None
+            except (PoolTimeout, psycopg.Error) as exc:
+                raise wrap_error(exc, self.url, doing) from None
+        raise DatabaseUnavailable(f"{doing}: could not insert the jobs")
+
+    def throughput(self, window_seconds: float, bucket_seconds: float) -> list[Row]:
+        """Finished jobs per queue, final state and time bucket over the last window."""
+        return self._rows(
+            "throughput",
+            {"window_seconds": window_seconds, "bucket_seconds": bucket_seconds},
+            "throughput",
+        )
 
     def list_tasks(self) -> dict[str, Row]:
         return {r["name"]: r for r in self._rows("list_tasks")}
@@ -261,9 +381,18 @@ class Database:
 
     def list_jobs(self, **filters: Any) -> list[Row]:
         params: dict[str, Any] = {
-            "state": None, "queue": None, "task": None, "stuck": False, "min_attempts": None,
-            "created_after": None, "created_before": None, "finished_after": None,
-            "finished_before": None, "error_contains": None, "before_id": None, "limit": 100,
+            "state": None,
+            "queue": None,
+            "task": None,
+            "stuck": False,
+            "min_attempts": None,
+            "created_after": None,
+            "created_before": None,
+            "finished_after": None,
+            "finished_before": None,
+            "error_contains": None,
+            "before_id": None,
+            "limit": 100,
         }
         unknown = set(filters) - set(params)
         if unknown:
@@ -271,10 +400,36 @@ class Database:
         params.update(filters)
         return self._rows("list_jobs", params, "list jobs")
 
-    def queue_stats(self, queues: Sequence[str] = (), cap: int = 1_000_000,
-                    high_attempts: int = 3) -> list[Row]:
-        return self._rows("queue_stats", {"queues": list(queues), "cap": cap,
-                                          "high_attempts": high_attempts}, "queue stats")
+    def search_jobs(self, **filters: Any) -> list[Row]:
+        """list_jobs for the HTTP API: ``states`` is a list, rows carry no args/errors/result."""
+        params: dict[str, Any] = {
+            "states": None,
+            "queue": None,
+            "task": None,
+            "stuck": False,
+            "min_attempts": None,
+            "created_after": None,
+            "created_before": None,
+            "finished_after": None,
+            "finished_before": None,
+            "error_contains": None,
+            "before_id": None,
+            "limit": 100,
+        }
+        unknown = set(filters) - set(params)
+        if unknown:
+            raise TypeError(f"unknown job filters: {sorted(unknown)}")
+        params.update(filters)
+        return self._rows("search_jobs", params, "search jobs")
+
+    def queue_stats(
+        self, queues: Sequence[str] = (), cap: int = 1_000_000, high_attempts: int = 3
+    ) -> list[Row]:
+        return self._rows(
+            "queue_stats",
+            {"queues": list(queues), "cap": cap, "high_attempts": high_attempts},
+            "queue stats",
+        )
 
     def state_counts(self) -> list[Row]:
         return self._rows("state_counts")
@@ -286,7 +441,9 @@ class Database:
     def retry_job(self, job_id: int) -> Row | None:
         rows = self._rows("retry_job", {"id": job_id}, f"retry job {job_id}")
         if rows:
-            self._rows("notify_queue", {"channel": f"{self.schema}_jobs", "queue": rows[0]["queue"]})
+            self._rows(
+                "notify_queue", {"channel": f"{self.schema}_jobs", "queue": rows[0]["queue"]}
+            )
         return rows[0] if rows else None
 
     def cancel_job(self, job_id: int) -> bool:
@@ -299,8 +456,13 @@ class Database:
     def prune_finished(self, retention_seconds: float, limit: int = 10_000) -> int:
         total = 0
         while True:
-            n = len(self._rows("prune_finished", {"retention_seconds": retention_seconds,
-                                                   "limit": limit}, "prune"))
+            n = len(
+                self._rows(
+                    "prune_finished",
+                    {"retention_seconds": retention_seconds, "limit": limit},
+                    "prune",
+                )
+            )
             total += n
             if n < limit:
                 return total
@@ -312,8 +474,15 @@ class Database:
 class WorkerConnection:
     """One async connection a worker service owns; reconnects lazily after any failure."""
 
-    def __init__(self, url: str, *, schema: str, connect_timeout: float, statement_timeout: float,
-                 application_name: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str,
+        connect_timeout: float,
+        statement_timeout: float,
+        application_name: str,
+    ) -> None:
         self.url = url
         self.schema = schema
         self._conninfo = conninfo(url, schema, connect_timeout, statement_timeout, application_name)
@@ -321,8 +490,9 @@ class WorkerConnection:
 
     async def _get(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
-                                                               prepare_threshold=0)
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, prepare_threshold=0
+            )
         return self._conn
 
     async def close(self) -> None:
@@ -343,52 +513,99 @@ class WorkerConnection:
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, doing) from None
 
-    async def claim(self, queues: Sequence[str], limit: int, worker_id: str,
-                    lease_seconds: float) -> list[ClaimedJob]:
+    async def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease_seconds: float
+    ) -> list[ClaimedJob]:
         async with self.cursor("claim jobs") as cur:
-            await cur.execute(Q["claim"], {"queues": list(queues), "limit": limit,
-                                           "worker_id": worker_id, "lease_seconds": lease_seconds})
+            await cur.execute(
+                Q["claim"],
+                {
+                    "queues": list(queues),
+                    "limit": limit,
+                    "worker_id": worker_id,
+                    "lease_seconds": lease_seconds,
+                },
+            )
             return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5]) for r in await cur.fetchall()]
 
-    async def rescue_expired(self, queues: Sequence[str], limit: int = 1000) -> list[tuple[int, str, int]]:
+    async def rescue_expired(
+        self, queues: Sequence[str], limit: int = 1000
+    ) -> list[tuple[int, str, int]]:
         async with self.cursor("rescue expired leases") as cur:
             await cur.execute(Q["rescue_expired"], {"queues": list(queues), "limit": limit})
             return [(int(r[0]), str(r[1]), int(r[2])) for r in await cur.fetchall()]
 
-    async def renew_leases(self, owned: Sequence[tuple[int, int]], worker_id: str,
-                           lease_seconds: float) -> set[int]:
+    async def renew_leases(
+        self, owned: Sequence[tuple[int, int]], worker_id: str, lease_seconds: float
+    ) -> set[int]:
         async with self.cursor("renew leases") as cur:
-            await cur.execute(Q["renew_leases"], {
-                "ids": [i for i, _ in owned], "attempts": [a for _, a in owned],
-                "worker_id": worker_id, "lease_seconds": lease_seconds})
+            await cur.execute(
+                Q["renew_leases"],
+                {
+                    "ids": [i for i, _ in owned],
+                    "attempts": [a for _, a in owned],
+                    "worker_id": worker_id,
+                    "lease_seconds": lease_seconds,
+                },
+            )
             return {int(r[0]) for r in await cur.fetchall()}
 
-    async def complete_succeeded(self, done: Sequence[tuple[int, int, Any]], worker_id: str) -> set[int]:
+    async def complete_succeeded(
+        self, done: Sequence[tuple[int, int, Any]], worker_id: str
+    ) -> set[int]:
         async with self.cursor("record results") as cur:
-            await cur.execute(Q["complete_succeeded"], {
-                "ids": [i for i, _, _ in done], "attempts": [a for _, a, _ in done],
-                "results": [_dumps(r) for _, _, r in done], "worker_id": worker_id})
+            await cur.execute(
+                Q["complete_succeeded"],
+                {
+                    "ids": [i for i, _, _ in done],
+                    "attempts": [a for _, a, _ in done],
+                    "results": [_dumps(r) for _, _, r in done],
+                    "worker_id": worker_id,
+                },
+            )
             return {int(r[0]) for r in await cur.fetchall()}
 
     async def complete_failed(self, failures: Sequence[Failure], worker_id: str) -> dict[int, str]:
         async with self.cursor("record failures") as cur:
-            await cur.execute(Q["complete_failed"], {
-                "ids": [f.id for f in failures], "attempts": [f.attempt for f in failures],
-                "errors": [f.error for f in failures], "delays": [f.delay for f in failures],
-                "permanent": [f.permanent for f in failures], "worker_id": worker_id})
+            await cur.execute(
+                Q["complete_failed"],
+                {
+                    "ids": [f.id for f in failures],
+                    "attempts": [f.attempt for f in failures],
+                    "errors": [f.error for f in failures],
+                    "delays": [f.delay for f in failures],
+                    "permanent": [f.permanent for f in failures],
+                    "worker_id": worker_id,
+                },
+            )
             return {int(r[0]): str(r[1]) for r in await cur.fetchall()}
 
     async def release(self, owned: Sequence[tuple[int, int]], worker_id: str) -> set[int]:
         async with self.cursor("release jobs") as cur:
-            await cur.execute(Q["release"], {"ids": [i for i, _ in owned],
-                                             "attempts": [a for _, a in owned], "worker_id": worker_id})
+            await cur.execute(
+                Q["release"],
+                {
+                    "ids": [i for i, _ in owned],
+                    "attempts": [a for _, a in owned],
+                    "worker_id": worker_id,
+                },
+            )
             return {int(r[0]) for r in await cur.fetchall()}
 
-    async def register_tasks(self, tasks: Iterable[tuple[str, Mapping[str, Any], int, str]]) -> None:
+    async def register_tasks(
+        self, tasks: Iterable[tuple[str, Mapping[str, Any], int, str]]
+    ) -> None:
         async with self.cursor("register tasks") as cur:
             for name, params, max_attempts, queue in tasks:
-                await cur.execute(Q["register_task"], {"name": name, "params": Jsonb(dict(params)),
-                                                       "max_attempts": max_attempts, "queue": queue})
+                await cur.execute(
+                    Q["register_task"],
+                    {
+                        "name": name,
+                        "params": Jsonb(dict(params)),
+                        "max_attempts": max_attempts,
+                        "queue": queue,
+                    },
+                )
 
     async def listen(self, channel: str) -> AsyncIterator[str]:
         """Yield notification payloads; raises DatabaseUnavailable when the link dies."""

@@ -26,16 +26,17 @@ TASKS = "skiplock.demo_tasks:app"
 def embedded_postgres() -> Iterator[str]:
     """A throwaway PostgreSQL from the ``pgserver`` wheel (pip install 'skiplock[embedded]')."""
     try:
-        import pgserver  # type: ignore[import-untyped]
+        import pgserver
     except ImportError:
         raise SkiplockError(
             "no database URL and no embedded Postgres: pip install 'skiplock[embedded]' "
-            "or set SKIPLOCK_DATABASE_URL") from None
+            "or set SKIPLOCK_DATABASE_URL"
+        ) from None
     import logging
 
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     with tempfile.TemporaryDirectory(prefix="skiplock-demo-") as folder:
-        server = pgserver.get_server(folder, cleanup_mode="stop")
+        server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
         try:
             yield str(server.get_uri())
         finally:
@@ -43,12 +44,28 @@ def embedded_postgres() -> Iterator[str]:
 
 
 def _spawn_worker(url: str, index: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SKIPLOCK_DATABASE_URL": url, "SKIPLOCK_WORKER_NAME": f"demo-worker-{index}",
-           "SKIPLOCK_LOG_LEVEL": "ERROR"}
+    env = {
+        **os.environ,
+        "SKIPLOCK_DATABASE_URL": url,
+        "SKIPLOCK_WORKER_NAME": f"demo-worker-{index}",
+        "SKIPLOCK_LOG_LEVEL": "ERROR",
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "skiplock", "worker", TASKS, "--concurrency", "4",
-         "--lease-seconds", str(LEASE_SECONDS), "--poll-interval", "0.5"],
-        env=env)
+        [
+            sys.executable,
+            "-m",
+            "skiplock",
+            "worker",
+            TASKS,
+            "--concurrency",
+            "4",
+            "--lease-seconds",
+            str(LEASE_SECONDS),
+            "--poll-interval",
+            "0.5",
+        ],
+        env=env,
+    )
 
 
 def _counts(client: Client) -> dict[str, int]:
@@ -88,9 +105,13 @@ def run_demo(database_url: str | None, workers: int = 2, jobs: int = 200) -> int
         while time.monotonic() < deadline:
             c = _counts(client)
             done = c["succeeded"] + c["dead"] + c["cancelled"]
-            print(f"\r  [{time.monotonic() - started:5.1f}s] queued={c['queued']:<4} "
-                  f"running={c['running']:<3} succeeded={c['succeeded']:<4} dead={c['dead']:<2} "
-                  f"({done}/{expected})", end="", flush=True)
+            print(
+                f"\r  [{time.monotonic() - started:5.1f}s] queued={c['queued']:<4} "
+                f"running={c['running']:<3} succeeded={c['succeeded']:<4} dead={c['dead']:<2} "
+                f"({done}/{expected})",
+                end="",
+                flush=True,
+            )
             if done >= expected:
                 break
             time.sleep(0.5)
@@ -104,8 +125,10 @@ def run_demo(database_url: str | None, workers: int = 2, jobs: int = 200) -> int
     print(f"  {'state':<12}{'jobs':>6}")
     for state in ("succeeded", "dead", "queued", "running", "cancelled"):
         print(f"  {state:<12}{c[state]:>6}")
-    print(f"  results written: {rows['results']} (one per succeeded job: "
-          f"{'yes' if rows['results'] == c['succeeded'] else 'NO'})")
+    print(
+        f"  results written: {rows['results']} (one per succeeded job: "
+        f"{'yes' if rows['results'] == c['succeeded'] else 'NO'})"
+    )
     print(f"  slow jobs re-run after the SIGKILL: {rows['rerun']}")
     print(f"  time taken: {elapsed:.1f}s")
     ok = c["succeeded"] == expected - 2 and c["dead"] == 2 and rows["results"] == c["succeeded"]
@@ -122,8 +145,9 @@ def _wait_for_catalogue(client: Client, timeout: float = 30) -> None:
     raise SkiplockError("workers did not register their tasks within 30s")
 
 
-def _kill_worker_holding(client: Client, job_ids: list[int], procs: list[subprocess.Popen[bytes]]
-                         ) -> int | None:
+def _kill_worker_holding(
+    client: Client, job_ids: list[int], procs: list[subprocess.Popen[bytes]]
+) -> int | None:
     """SIGKILL the worker process running one of ``job_ids``: its lease must bring it back."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -134,9 +158,11 @@ def _kill_worker_holding(client: Client, job_ids: list[int], procs: list[subproc
                 for p in procs:
                     if p.pid == pid:
                         p.send_signal(signal.SIGKILL)
-                        print(f"SIGKILLed worker pid {pid} while it ran slow job {job_id}; "
-                              f"its lease ({LEASE_SECONDS:.0f}s) will expire and another worker "
-                              "re-runs it")
+                        print(
+                            f"SIGKILLed worker pid {pid} while it ran slow job {job_id}; "
+                            f"its lease ({LEASE_SECONDS:.0f}s) will expire and another worker "
+                            "re-runs it"
+                        )
                         return pid
         time.sleep(0.1)
     return None

@@ -17,13 +17,13 @@ HIGH_RETRY_ATTEMPTS = 3
 @dataclass(frozen=True)
 class QueueStats:
     queue: str
-    runnable: int          # queued with run_at <= now()
-    scheduled: int         # queued for later (delayed or waiting for a retry)
-    in_flight: int         # running with a live lease
-    stuck: int             # running with an expired lease: its worker is gone
+    runnable: int  # queued with run_at <= now()
+    scheduled: int  # queued for later (delayed or waiting for a retry)
+    in_flight: int  # running with a live lease
+    stuck: int  # running with an expired lease: its worker is gone
     dead: int
     dead_last_hour: int
-    high_retry: int        # not finished, attempts >= HIGH_RETRY_ATTEMPTS
+    high_retry: int  # not finished, attempts >= HIGH_RETRY_ATTEMPTS
     oldest_runnable_age: float | None  # seconds, database time
 
     @property
@@ -35,17 +35,28 @@ class QueueStats:
         return {**asdict(self), "backlog": self.backlog}
 
 
-def queue_stats(db: Database, queues: Sequence[str] = (), *, cap: int = DEFAULT_COUNT_CAP,
-                high_attempts: int = HIGH_RETRY_ATTEMPTS) -> list[QueueStats]:
+def queue_stats(
+    db: Database,
+    queues: Sequence[str] = (),
+    *,
+    cap: int = DEFAULT_COUNT_CAP,
+    high_attempts: int = HIGH_RETRY_ATTEMPTS,
+) -> list[QueueStats]:
     """Per-queue counts; with no queues named, every queue that has tasks or live jobs."""
     rows = db.queue_stats(queues, cap=cap, high_attempts=high_attempts)
     return [
         QueueStats(
-            queue=r["queue"], runnable=int(r["runnable"]), scheduled=int(r["scheduled"]),
-            in_flight=int(r["in_flight"]), stuck=int(r["stuck"]), dead=int(r["dead"]),
-            dead_last_hour=int(r["dead_last_hour"]), high_retry=int(r["high_retry"]),
-            oldest_runnable_age=(float(r["oldest_runnable_age"])
-                                 if r["oldest_runnable_age"] is not None else None),
+            queue=r["queue"],
+            runnable=int(r["runnable"]),
+            scheduled=int(r["scheduled"]),
+            in_flight=int(r["in_flight"]),
+            stuck=int(r["stuck"]),
+            dead=int(r["dead"]),
+            dead_last_hour=int(r["dead_last_hour"]),
+            high_retry=int(r["high_retry"]),
+            oldest_runnable_age=(
+                float(r["oldest_runnable_age"]) if r["oldest_runnable_age"] is not None else None
+            ),
         )
         for r in rows
     ]
@@ -56,9 +67,12 @@ def totals(stats: Sequence[QueueStats]) -> QueueStats:
     ages = [s.oldest_runnable_age for s in stats if s.oldest_runnable_age is not None]
     return QueueStats(
         queue="*",
-        runnable=sum(s.runnable for s in stats), scheduled=sum(s.scheduled for s in stats),
-        in_flight=sum(s.in_flight for s in stats), stuck=sum(s.stuck for s in stats),
-        dead=sum(s.dead for s in stats), dead_last_hour=sum(s.dead_last_hour for s in stats),
+        runnable=sum(s.runnable for s in stats),
+        scheduled=sum(s.scheduled for s in stats),
+        in_flight=sum(s.in_flight for s in stats),
+        stuck=sum(s.stuck for s in stats),
+        dead=sum(s.dead for s in stats),
+        dead_last_hour=sum(s.dead_last_hour for s in stats),
         high_retry=sum(s.high_retry for s in stats),
         oldest_runnable_age=max(ages) if ages else None,
     )

@@ -32,15 +32,20 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         extra = " ".join(
-            f"{n}={getattr(record, n)}" for n in _CONTEXT_FIELDS if getattr(record, n, None) is not None
+            f"{n}={getattr(record, n)}"
+            for n in _CONTEXT_FIELDS
+            if getattr(record, n, None) is not None
         )
         return f"{base} {extra}" if extra else base
 
 
 def configure(level: str = "INFO", as_json: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else TextFormatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if as_json
+        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -2,24 +2,93 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .errors import SkiplockError
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from .inspect import QueueStats
 
 JOBS_CLAIMED = Counter("skiplock_jobs_claimed", "Jobs claimed by this worker", ["queue", "task"])
 JOBS_SUCCEEDED = Counter("skiplock_jobs_succeeded", "Jobs that succeeded", ["queue", "task"])
-JOBS_RETRIED = Counter("skiplock_jobs_retried", "Failed attempts scheduled for retry", ["queue", "task"])
+JOBS_RETRIED = Counter(
+    "skiplock_jobs_retried", "Failed attempts scheduled for retry", ["queue", "task"]
+)
 JOBS_DEAD = Counter("skiplock_jobs_dead", "Jobs that went dead here", ["queue", "task"])
 JOBS_RELEASED = Counter("skiplock_jobs_released", "Jobs handed back at shutdown", ["queue"])
 JOB_SECONDS = Histogram(
-    "skiplock_job_duration_seconds", "Handler run time", ["queue", "task"],
+    "skiplock_job_duration_seconds",
+    "Handler run time",
+    ["queue", "task"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
 )
 CLAIM_SECONDS = Histogram(
-    "skiplock_claim_duration_seconds", "Time for one claim transaction",
+    "skiplock_claim_duration_seconds",
+    "Time for one claim transaction",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
 LEASE_RENEWALS = Counter("skiplock_lease_renewals", "Leases extended by heartbeats")
 LEASES_LOST = Counter("skiplock_leases_lost", "Heartbeats that found the job no longer ours")
-STALE_WRITES = Counter("skiplock_stale_writes_rejected",
-                       "Completions rejected by the fence (another worker owns the job now)")
+STALE_WRITES = Counter(
+    "skiplock_stale_writes_rejected",
+    "Completions rejected by the fence (another worker owns the job now)",
+)
 DB_ERRORS = Counter("skiplock_database_errors", "Database operations that failed", ["operation"])
 RESCUED = Counter("skiplock_leases_rescued", "Expired leases returned to the queue or marked dead")
+
+
+# (metric suffix, QueueStats attribute, help): the shared stats as gauges, one series per queue.
+_QUEUE_GAUGES = (
+    ("backlog", "backlog", "Runnable plus stuck jobs: work no live worker is doing"),
+    ("runnable", "runnable", "Queued jobs whose run_at has passed"),
+    ("scheduled", "scheduled", "Queued jobs waiting for their run_at (delays and retry backoff)"),
+    ("in_flight", "in_flight", "Running jobs with a live lease"),
+    ("stuck", "stuck", "Running jobs whose lease expired: their worker is gone"),
+    ("high_retry", "high_retry", "Unfinished jobs on their third attempt or later"),
+    ("dead", "dead", "Dead jobs still stored"),
+    ("dead_last_hour", "dead_last_hour", "Jobs that went dead in the last hour"),
+)
+
+
+class QueueStatsCollector(Collector):
+    """Queue gauges computed at scrape time from skiplock.inspect.queue_stats.
+
+    A scrape while the database is down yields ``skiplock_queue_stats_up 0`` and no queue
+    series, so an alert can tell "no backlog" from "could not look".
+    """
+
+    def __init__(self, stats: Callable[[], Sequence[QueueStats]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "skiplock_queue_stats_up", "1 when the last queue stats query succeeded"
+        )
+        try:
+            stats = self._stats()
+        except SkiplockError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for suffix, attr, text in _QUEUE_GAUGES:
+            family = GaugeMetricFamily(f"skiplock_queue_{suffix}", text, labels=["queue"])
+            for s in stats:
+                family.add_metric([s.queue], float(getattr(s, attr)))
+            yield family
+        age = GaugeMetricFamily(
+            "skiplock_queue_oldest_runnable_age_seconds",
+            "Age of the oldest runnable job (0 when none)",
+            labels=["queue"],
+        )
+        for s in stats:
+            age.add_metric([s.queue], s.oldest_runnable_age or 0.0)
+        yield age

@@ -57,11 +57,22 @@ class _Outcomes:
 
 
 class Worker:
-    def __init__(self, app: App, database_url: str, *, queues: Sequence[str] = ("default",),
-                 concurrency: int = 10, lease_seconds: float = 30.0, poll_interval: float = 1.0,
-                 shutdown_grace: float = 30.0, schema: str = "skiplock",
-                 connect_timeout: float = 5.0, statement_timeout: float = 30.0,
-                 worker_id: str | None = None, heartbeat_fraction: float = 1 / 3) -> None:
+    def __init__(
+        self,
+        app: App,
+        database_url: str,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 10,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        shutdown_grace: float = 30.0,
+        schema: str = "skiplock",
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+        worker_id: str | None = None,
+        heartbeat_fraction: float = 1 / 3,
+    ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue")
         if concurrency < 1:
@@ -79,15 +90,21 @@ class Worker:
         self.channel = f"{schema}_jobs"
 
         def conn(role: str) -> WorkerConnection:
-            return WorkerConnection(database_url, schema=schema, connect_timeout=connect_timeout,
-                                    statement_timeout=statement_timeout,
-                                    application_name=f"skiplock-worker-{role}")
+            return WorkerConnection(
+                database_url,
+                schema=schema,
+                connect_timeout=connect_timeout,
+                statement_timeout=statement_timeout,
+                application_name=f"skiplock-worker-{role}",
+            )
 
         self._claim_db = conn("claim")
         self._write_db = conn("write")
         self._listen_db = conn("listen")
         self._write_lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="skiplock-job")
+        self._executor = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="skiplock-job"
+        )
         self._owned: dict[int, _Owned] = {}
         self._executing: dict[int, asyncio.Task[None]] = {}
         self._outcomes = _Outcomes()
@@ -104,9 +121,12 @@ class Worker:
         if not settings.database_url:
             raise SkiplockError("no database URL: set SKIPLOCK_DATABASE_URL or pass --database-url")
         params: dict[str, Any] = {
-            "concurrency": settings.concurrency, "lease_seconds": settings.lease_seconds,
-            "poll_interval": settings.poll_interval, "shutdown_grace": settings.shutdown_grace,
-            "schema": settings.schema_name, "connect_timeout": settings.connect_timeout,
+            "concurrency": settings.concurrency,
+            "lease_seconds": settings.lease_seconds,
+            "poll_interval": settings.poll_interval,
+            "shutdown_grace": settings.shutdown_grace,
+            "schema": settings.schema_name,
+            "connect_timeout": settings.connect_timeout,
             "statement_timeout": settings.statement_timeout,
             "worker_id": make_worker_id(settings.worker_name) if settings.worker_name else None,
         }
@@ -118,8 +138,11 @@ class Worker:
     def request_stop(self) -> None:
         """Stop claiming; running jobs get the grace period to finish (SIGTERM does this)."""
         if not self._stopping.is_set():
-            log.info("stopping: no new claims; %d job(s) running", len(self._executing),
-                     extra={"worker_id": self.worker_id})
+            log.info(
+                "stopping: no new claims; %d job(s) running",
+                len(self._executing),
+                extra={"worker_id": self.worker_id},
+            )
         self._stopping.set()
         self._wake.set()
 
@@ -128,9 +151,14 @@ class Worker:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
-        log.info("worker %s starting: queues=%s concurrency=%d lease=%.0fs", self.worker_id,
-                 ",".join(self.queues), self.concurrency, self.lease_seconds,
-                 extra={"worker_id": self.worker_id})
+        log.info(
+            "worker %s starting: queues=%s concurrency=%d lease=%.0fs",
+            self.worker_id,
+            ",".join(self.queues),
+            self.concurrency,
+            self.lease_seconds,
+            extra={"worker_id": self.worker_id},
+        )
         await self._register_tasks()
         services = [
             asyncio.create_task(self._listen_loop(), name="listen"),
@@ -149,8 +177,12 @@ class Worker:
             for c in (self._claim_db, self._write_db, self._listen_db):
                 await c.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
-            log.info("worker %s stopped after %d job(s)", self.worker_id, self.processed,
-                     extra={"worker_id": self.worker_id})
+            log.info(
+                "worker %s stopped after %d job(s)",
+                self.worker_id,
+                self.processed,
+                extra={"worker_id": self.worker_id},
+            )
 
     def _on_signal(self) -> None:
         if self._stopping.is_set():
@@ -210,8 +242,13 @@ class Worker:
         self._last_rescue = now
         for job_id, state, attempt in await self._claim_db.rescue_expired(self.queues):
             metrics.RESCUED.inc()
-            log.warning("job %d: lease expired on attempt %d; now %s", job_id, attempt, state,
-                        extra={"job_id": job_id, "attempt": attempt})
+            log.warning(
+                "job %d: lease expired on attempt %d; now %s",
+                job_id,
+                attempt,
+                state,
+                extra={"job_id": job_id, "attempt": attempt},
+            )
 
     async def _claim(self, limit: int) -> int:
         started = time.perf_counter()
@@ -238,8 +275,13 @@ class Worker:
     # -- executing ---------------------------------------------------------------------------
 
     async def _execute(self, job: ClaimedJob) -> None:
-        extra = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
-                 "queue": job.queue, "worker_id": self.worker_id}
+        extra = {
+            "job_id": job.id,
+            "task": job.task,
+            "attempt": job.attempt,
+            "queue": job.queue,
+            "worker_id": self.worker_id,
+        }
         started = time.perf_counter()
         try:
             task = self.app.tasks.get(job.task)
@@ -247,7 +289,9 @@ class Worker:
                 known = ", ".join(sorted(self.app.tasks)) or "none"
                 self._fail(job, f"unknown task {job.task!r}: this worker runs {known}", 0.0, True)
                 return
-            ctx = JobContext(job.id, job.attempt, job.max_attempts, job.queue, job.task, self.worker_id)
+            ctx = JobContext(
+                job.id, job.attempt, job.max_attempts, job.queue, job.task, self.worker_id
+            )
             try:
                 inspect.signature(task.func).bind(ctx, **job.args)
             except TypeError as exc:
@@ -259,7 +303,8 @@ class Worker:
                 else:
                     loop = asyncio.get_running_loop()
                     result = await loop.run_in_executor(
-                        self._executor, functools.partial(task.func, ctx, **job.args))
+                        self._executor, functools.partial(task.func, ctx, **job.args)
+                    )
                 json.dumps(result)
             except asyncio.CancelledError:
                 raise
@@ -270,13 +315,21 @@ class Worker:
                 delay = backoff_delay(task.backoff, job.attempt)
                 error = f"{type(exc).__name__}: {exc}\n{_short_traceback(exc)}"
                 self._fail(job, error, delay, False)
-                log.info("job %d attempt %d/%d failed: %s", job.id, job.attempt, job.max_attempts,
-                         exc, extra=extra)
+                log.info(
+                    "job %d attempt %d/%d failed: %s",
+                    job.id,
+                    job.attempt,
+                    job.max_attempts,
+                    exc,
+                    extra=extra,
+                )
             else:
                 self._outcomes.succeeded.append((job.id, job.attempt, result))
                 self._outcome_ready.set()
             finally:
-                metrics.JOB_SECONDS.labels(job.queue, job.task).observe(time.perf_counter() - started)
+                metrics.JOB_SECONDS.labels(job.queue, job.task).observe(
+                    time.perf_counter() - started
+                )
         finally:
             self._executing.pop(job.id, None)
             if self._more_waiting:
@@ -301,8 +354,9 @@ class Worker:
                     failures += 1
                     metrics.DB_ERRORS.labels("complete").inc()
                     delay = reconnect_delay(failures)
-                    log.warning("%s; %d outcome(s) kept, retrying in %.1fs", exc,
-                                len(self._outcomes), delay)
+                    log.warning(
+                        "%s; %d outcome(s) kept, retrying in %.1fs", exc, len(self._outcomes), delay
+                    )
                     await asyncio.sleep(delay)
 
     async def _flush(self) -> None:
@@ -311,7 +365,9 @@ class Worker:
         try:
             async with self._write_lock:
                 if batch.succeeded:
-                    accepted = await self._write_db.complete_succeeded(batch.succeeded, self.worker_id)
+                    accepted = await self._write_db.complete_succeeded(
+                        batch.succeeded, self.worker_id
+                    )
                     for job_id, attempt, _ in batch.succeeded:
                         self._settle(job_id, attempt, job_id in accepted, "succeeded")
                     batch.succeeded = []
@@ -331,17 +387,25 @@ class Worker:
         queue, task = (job.queue, job.task) if job else ("?", "?")
         if not accepted:
             metrics.STALE_WRITES.inc()
-            log.warning("job %d attempt %d: outcome discarded, the job is no longer ours "
-                        "(lease expired and it was re-claimed or finished)", job_id, attempt,
-                        extra={"job_id": job_id, "attempt": attempt, "worker_id": self.worker_id})
+            log.warning(
+                "job %d attempt %d: outcome discarded, the job is no longer ours "
+                "(lease expired and it was re-claimed or finished)",
+                job_id,
+                attempt,
+                extra={"job_id": job_id, "attempt": attempt, "worker_id": self.worker_id},
+            )
             return
         self.processed += 1
         if state == "succeeded":
             metrics.JOBS_SUCCEEDED.labels(queue, task).inc()
         elif state == "dead":
             metrics.JOBS_DEAD.labels(queue, task).inc()
-            log.warning("job %d is dead after attempt %d", job_id, attempt,
-                        extra={"job_id": job_id, "task": task, "attempt": attempt})
+            log.warning(
+                "job %d is dead after attempt %d",
+                job_id,
+                attempt,
+                extra={"job_id": job_id, "task": task, "attempt": attempt},
+            )
         else:
             metrics.JOBS_RETRIED.labels(queue, task).inc()
 
@@ -353,25 +417,34 @@ class Worker:
             except DatabaseUnavailable as exc:
                 failures += 1
                 log.warning("%s; %d outcome(s) not yet recorded", exc, len(self._outcomes))
-                await asyncio.sleep(min(reconnect_delay(failures), max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(
+                    min(reconnect_delay(failures), max(0.0, deadline - time.monotonic()))
+                )
         if self._outcomes:
-            log.error("%d outcome(s) could not be recorded before exit; their leases will expire "
-                      "and the jobs will run again", len(self._outcomes))
+            log.error(
+                "%d outcome(s) could not be recorded before exit; their leases will expire "
+                "and the jobs will run again",
+                len(self._outcomes),
+            )
 
     # -- leases ------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         failures = 0
         while True:
-            await asyncio.sleep(self.heartbeat_interval if failures == 0
-                                else min(self.heartbeat_interval, reconnect_delay(failures)))
+            await asyncio.sleep(
+                self.heartbeat_interval
+                if failures == 0
+                else min(self.heartbeat_interval, reconnect_delay(failures))
+            )
             owned = [(i, o.job.attempt) for i, o in self._owned.items() if not o.lost]
             if not owned:
                 continue
             try:
                 async with self._write_lock:
-                    renewed = await self._write_db.renew_leases(owned, self.worker_id,
-                                                                self.lease_seconds)
+                    renewed = await self._write_db.renew_leases(
+                        owned, self.worker_id, self.lease_seconds
+                    )
                 failures = 0
             except DatabaseUnavailable as exc:
                 failures += 1
@@ -384,9 +457,13 @@ class Worker:
                 if job_id not in renewed and current is not None and current.job.attempt == attempt:
                     current.lost = True
                     metrics.LEASES_LOST.inc()
-                    log.warning("job %d attempt %d: lease lost (expired and taken over); "
-                                "its outcome will be discarded", job_id, attempt,
-                                extra={"job_id": job_id, "attempt": attempt})
+                    log.warning(
+                        "job %d attempt %d: lease lost (expired and taken over); "
+                        "its outcome will be discarded",
+                        job_id,
+                        attempt,
+                        extra={"job_id": job_id, "attempt": attempt},
+                    )
 
     # -- wake-ups ----------------------------------------------------------------------------
 
@@ -410,10 +487,14 @@ class Worker:
 
     async def _drain(self) -> None:
         if self._executing:
-            log.info("waiting up to %.0fs for %d running job(s)", self.shutdown_grace,
-                     len(self._executing))
-            _done, pending = await asyncio.wait(list(self._executing.values()),
-                                                timeout=max(self.shutdown_grace, 0.001))
+            log.info(
+                "waiting up to %.0fs for %d running job(s)",
+                self.shutdown_grace,
+                len(self._executing),
+            )
+            _done, pending = await asyncio.wait(
+                list(self._executing.values()), timeout=max(self.shutdown_grace, 0.001)
+            )
             if pending:
                 await self._release_unfinished()
                 for t in pending:
@@ -421,7 +502,9 @@ class Worker:
         await self._flush_all(deadline=time.monotonic() + max(5.0, self.shutdown_grace))
 
     async def _release_unfinished(self) -> None:
-        unfinished = [(i, self._owned[i].job.attempt) for i in list(self._executing) if i in self._owned]
+        unfinished = [
+            (i, self._owned[i].job.attempt) for i in list(self._executing) if i in self._owned
+        ]
         if not unfinished:
             return
         for attempt in range(1, 4):

@@ -233,3 +233,39 @@ RETURNING j.id;
 
 -- name: database_now
 SELECT now() AS now;
+
+-- name: throughput
+-- Jobs that finished, per queue, final state and time bucket over a recent window. The range
+-- on finished_at lets the planner use jobs_finished_idx, so the cost follows the window, not
+-- the table.
+SELECT queue, state::text AS state,
+       date_bin(make_interval(secs => %(bucket_seconds)s), finished_at,
+                timestamptz '2000-01-01 00:00:00+00') AS bucket,
+       count(*) AS n
+FROM jobs
+WHERE finished_at >= now() - make_interval(secs => %(window_seconds)s)
+GROUP BY 1, 2, 3
+ORDER BY 3, 1, 2;
+
+-- name: search_jobs
+-- The jobs list of the HTTP API and dashboard: the filters of list_jobs plus several states at
+-- once, without args, errors or results (they can be large; the detail view reads them).
+-- Newest first with an id cursor, so a page costs the same at any depth.
+SELECT j.id, j.queue, j.task, j.state::text AS state, j.priority, j.attempts, j.max_attempts,
+       j.run_at, j.locked_until, j.locked_by, left(j.last_error, 500) AS last_error,
+       j.unique_key, j.created_at, j.started_at, j.finished_at,
+       (j.state = 'running' AND j.locked_until < now()) AS stuck
+FROM jobs AS j
+WHERE (%(states)s::job_state[] IS NULL OR j.state = ANY(%(states)s::job_state[]))
+  AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR j.task = %(task)s)
+  AND (NOT %(stuck)s OR (j.state = 'running' AND j.locked_until < now()))
+  AND (%(min_attempts)s::int IS NULL OR j.attempts >= %(min_attempts)s)
+  AND (%(created_after)s::timestamptz IS NULL OR j.created_at >= %(created_after)s)
+  AND (%(created_before)s::timestamptz IS NULL OR j.created_at < %(created_before)s)
+  AND (%(finished_after)s::timestamptz IS NULL OR j.finished_at >= %(finished_after)s)
+  AND (%(finished_before)s::timestamptz IS NULL OR j.finished_at < %(finished_before)s)
+  AND (%(error_contains)s::text IS NULL OR strpos(j.last_error, %(error_contains)s) > 0)
+  AND (%(before_id)s::bigint IS NULL OR j.id < %(before_id)s)
+ORDER BY j.id DESC
+LIMIT %(limit)s;

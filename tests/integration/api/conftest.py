@@ -1,0 +1,45 @@
+"""An API app on a fresh database, with the test tasks registered as a worker would."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+import httpx
+from pydantic import SecretStr
+
+from skiplock.api.config import ApiSettings
+from skiplock.settings import Settings
+from tests.integration.api.server import client, serve
+from tests.tasks import app as task_app
+
+TOKEN = "s3cret-t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def register_tasks(sql: Callable[..., list[tuple[object, ...]]]) -> None:
+    for t in task_app.tasks.values():
+        sql("INSERT INTO tasks (name, params, max_attempts, queue) VALUES (%s, %s, %s, %s)",
+            t.name, json.dumps(dict(t.params)), t.max_attempts, t.queue)
+
+
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, connect_timeout=2)
+
+
+@pytest.fixture
+def api(database_url: str, sql: Callable[..., list[tuple[object, ...]]]) -> Iterator[httpx.Client]:
+    register_tasks(sql)
+    with serve(settings(database_url), ApiSettings(token=SecretStr(TOKEN), sample_interval=0.1)
+               ) as url, client(url) as c:
+        yield c
+
+
+@pytest.fixture
+def open_api(database_url: str, sql: Callable[..., list[tuple[object, ...]]]
+             ) -> Iterator[httpx.Client]:
+    """The same API without a token configured."""
+    register_tasks(sql)
+    with serve(settings(database_url), ApiSettings()) as url, client(url) as c:
+        yield c

@@ -1,0 +1,220 @@
+"""The FastAPI application: JSON API under /v1, dashboard under /ui, health and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as prometheus_text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from .. import inspect as inspection
+from ..client import Client
+from ..db import Database
+from ..errors import (
+    DatabaseUnavailable,
+    InvalidArguments,
+    InvalidTransition,
+    JobNotFound,
+    SkiplockError,
+    UnknownTask,
+)
+from ..metrics import QueueStatsCollector
+from ..settings import Settings
+from .config import ApiSettings
+from .history import BacklogHistory
+from .models import FieldProblem, Problem
+
+log = logging.getLogger("skiplock.api")
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class ApiState:
+    db: Database
+    client: Client
+    api: ApiSettings
+    history: BacklogHistory
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+
+
+def state_of(request: Request) -> ApiState:
+    st: ApiState = request.app.state.skiplock
+    return st
+
+
+State = Annotated[ApiState, Depends(state_of)]
+_bearer = HTTPBearer(auto_error=False, description="SKIPLOCK_API_TOKEN, when one is configured")
+
+
+def require_token(request: Request,
+                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Mutating endpoints need the bearer token when one is configured."""
+    expected = state_of(request).api.token
+    if expected is None:
+        return
+    given = creds.credentials if creds is not None else ""
+    # compare_digest takes time independent of where the strings differ.
+    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise _Unauthorized()
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def _problem(status: int, message: str, fields: Sequence[FieldProblem] = (),
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    body = Problem(error=message, fields=list(fields)).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field_name(loc: Sequence[int | str]) -> str:
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    name = ""
+    for p in parts:
+        name += f"[{p}]" if isinstance(p, int) else (f".{p}" if name else str(p))
+    return name or str(loc[0] if loc else "request")
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for e in exc.errors():
+            msg = str(e.get("msg", "invalid"))
+            if e.get("type") == "extra_forbidden":
+                msg = "unknown field (check the spelling)"
+            fields.append(FieldProblem(field=_field_name(e.get("loc", ())), message=msg))
+        text = "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
+        return _problem(422, f"invalid request: {text}", fields)
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+        return _problem(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(UnknownTask)
+    async def _unknown(request: Request, exc: UnknownTask) -> JSONResponse:
+        return _problem(422, str(exc), [FieldProblem(field="task", message=str(exc))])
+
+    @app.exception_handler(InvalidArguments)
+    async def _bad_args(request: Request, exc: InvalidArguments) -> JSONResponse:
+        field = getattr(exc, "field", "args")
+        return _problem(422, str(exc), [FieldProblem(field=field, message=str(exc))])
+
+    @app.exception_handler(JobNotFound)
+    async def _missing(request: Request, exc: JobNotFound) -> JSONResponse:
+        return _problem(404, str(exc))
+
+    @app.exception_handler(InvalidTransition)
+    async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
+        return _problem(409, str(exc))
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        # The message is already scrubbed of the password by the database boundary.
+        retry_after = str(state_of(request).api.retry_after)
+        return _problem(503, str(exc), headers={"Retry-After": retry_after})
+
+    @app.exception_handler(SkiplockError)
+    async def _other(request: Request, exc: SkiplockError) -> JSONResponse:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return _problem(500, "internal error; the API log has the details")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(exc.status_code, str(exc.detail),
+                        headers=dict(exc.headers) if exc.headers else None)
+
+
+def create_app(settings: Settings | None = None, api: ApiSettings | None = None) -> FastAPI:
+    s = settings or Settings()
+    a = api or ApiSettings()
+    if not s.database_url:
+        from ..errors import ConfigurationError
+
+        raise ConfigurationError(
+            "no database URL: set SKIPLOCK_DATABASE_URL or pass --database-url")
+    db = Database(s.database_url, schema=s.schema_name, connect_timeout=s.connect_timeout,
+                  statement_timeout=s.statement_timeout, max_size=a.pool_size,
+                  application_name="skiplock-api")
+    client = Client(settings=s)
+    history = BacklogHistory(lambda: inspection.queue_stats(db), a.sample_interval, a.history_size)
+    # A registry of its own: the API's /metrics must not depend on what else was imported.
+    registry = CollectorRegistry()
+    registry.register(QueueStatsCollector(lambda: inspection.queue_stats(db)))
+    requests = Counter("skiplock_api_requests", "HTTP requests served",
+                       ["method", "route", "status"], registry=registry)
+    latency = Histogram("skiplock_api_request_duration_seconds", "HTTP request latency",
+                        ["method", "route"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    st = ApiState(db=db, client=client, api=a, history=history, registry=registry,
+                  requests=requests, latency=latency)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        history.start()
+        try:
+            yield
+        finally:
+            history.stop()
+            client.close()
+            db.close()
+
+    app = FastAPI(
+        title="Skiplock", version=__version__, lifespan=lifespan,
+        description="Enqueue and inspect Skiplock jobs over HTTP. Mutating endpoints need "
+                    "`Authorization: Bearer <token>` when the server has a token configured.",
+        responses={503: {"model": Problem, "description": "database unreachable; see Retry-After"}},
+    )
+    app.state.skiplock = st
+    _install_handlers(app)
+
+    @app.middleware("http")
+    async def _observe(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        # The route template, not the path: one series per endpoint, not one per job id.
+        name = getattr(route, "path", "unmatched")
+        st.requests.labels(request.method, name, str(response.status_code)).inc()
+        st.latency.labels(request.method, name).observe(time.perf_counter() - started)
+        if name.startswith("/ui"):
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    from . import dashboard, routes
+
+    app.include_router(routes.router)
+    app.include_router(dashboard.router)
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def _root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)
+
+    @app.get("/metrics", include_in_schema=False)
+    def _metrics() -> Response:
+        return Response(prometheus_text(st.registry), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,194 @@
+"""Server-rendered dashboard under /ui: queues overview, jobs list with filters, job detail.
+
+Pages are plain HTML from Jinja2 templates (autoescaped) with inline SVG charts; the only
+script is static/app.js (retry/cancel buttons, token, auto-refresh). Nothing loads from
+another origin, and the Content-Security-Policy set in app.py forbids it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from ..errors import DatabaseUnavailable, JobNotFound
+from . import charts, service
+from .app import HERE, State
+from .models import BIGINT_MAX, INT_MAX, JobState, check_text
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=HERE / "templates")
+PAGE_SIZE = 50
+WINDOWS = (15, 30, 60, 180, 720, 1440)
+OK, DEAD, BACKLOG, INFLIGHT, STUCK = "#3c9a5f", "#c8443a", "#4a78c2", "#8a6bc2", "#e0a030"
+
+
+class BadFilter(ValueError):
+    pass
+
+
+def _when(value: str, name: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadFilter(f"{name}: {value!r} is not a date and time like 2024-05-01T13:30") from None
+    # A datetime-local input has no zone; the dashboard shows and takes UTC throughout.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _int(value: str, name: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadFilter(f"{name}: {value!r} is not a whole number") from None
+    if not low <= n <= high:
+        raise BadFilter(f"{name}: must be between {low} and {high}")
+    return n
+
+
+def parse_filters(q: dict[str, str]) -> tuple[service.JobFilters, int | None]:
+    """The jobs page's query string (empty fields ignored) as filters and a cursor."""
+    q = {k: v.strip() for k, v in q.items() if v.strip()}
+    for k, v in q.items():
+        try:
+            check_text(v, k)
+        except ValueError as exc:
+            raise BadFilter(str(exc)) from None
+    states: list[JobState] = []
+    if "state" in q:
+        if q["state"] == "unfinished":
+            states = list(service.UNFINISHED)
+        else:
+            try:
+                states = [JobState(q["state"])]
+            except ValueError:
+                raise BadFilter(f"state: {q['state']!r} is not one of "
+                                f"{', '.join(s.value for s in JobState)}, unfinished") from None
+    for name, limit in (("queue", 128), ("task", 256), ("error", 200)):
+        if len(q.get(name, "")) > limit:
+            raise BadFilter(f"{name}: at most {limit} characters")
+    f = service.JobFilters(
+        states=states, queue=q.get("queue"), task=q.get("task"),
+        stuck=q.get("stuck") in ("1", "on", "true"),
+        min_attempts=_int(q["min_attempts"], "min_attempts", 0, INT_MAX)
+        if "min_attempts" in q else None,
+        created_after=_when(q["created_after"], "created_after") if "created_after" in q else None,
+        created_before=_when(q["created_before"], "created_before")
+        if "created_before" in q else None,
+        finished_after=_when(q["finished_after"], "finished_after")
+        if "finished_after" in q else None,
+        finished_before=_when(q["finished_before"], "finished_before")
+        if "finished_before" in q else None,
+        error=q.get("error"))
+    cursor = _int(q["cursor"], "cursor", 1, BIGINT_MAX) if "cursor" in q else None
+    return f, cursor
+
+
+def _ctx(request: Request, st: State, **kw: Any) -> dict[str, Any]:
+    return {"request": request, "auth_required": st.api.token is not None,
+            "nav": kw.pop("nav", ""), **kw}
+
+
+NONE = "-"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return NONE
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+templates.env.filters["age"] = _age
+templates.env.filters["ts"] = (
+    lambda t: t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if t else NONE)
+templates.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+
+
+def _unavailable(request: Request, st: State, exc: DatabaseUnavailable) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request, "error.html", _ctx(request, st, title="Database unavailable", message=str(exc)),
+        status_code=503, headers={"Retry-After": str(st.api.retry_after)})
+
+
+@router.get("/ui/", response_class=HTMLResponse)
+def queues_page(request: Request, st: State) -> HTMLResponse:
+    raw = request.query_params.get("window", "30")
+    window = int(raw) if raw.isdigit() and int(raw) in WINDOWS else 30
+    try:
+        data = service.overview(st.db, st.history, window)
+    except DatabaseUnavailable as exc:
+        return _unavailable(request, st, exc)
+    rows = []
+    for q in data.queues:
+        times = [p.at for p in q.throughput]
+        flow = charts.stacked_bars(
+            f"{q.queue}: jobs finished per {data.bucket_seconds // 60} min", times,
+            [charts.Series("succeeded", OK, [p.succeeded for p in q.throughput]),
+             charts.Series("dead", DEAD, [p.dead for p in q.throughput])])
+        h = q.backlog_history
+        backlog = charts.lines(
+            f"{q.queue}: backlog, in-flight and stuck (sampled every {st.api.sample_interval:g}s)",
+            [p.at for p in h],
+            [charts.Series("backlog", BACKLOG, [p.backlog for p in h]),
+             charts.Series("in-flight", INFLIGHT, [p.in_flight for p in h]),
+             charts.Series("stuck", STUCK, [p.stuck for p in h])])
+        rows.append({"q": q, "flow": flow, "backlog": backlog})
+    return templates.TemplateResponse(request, "queues.html", _ctx(
+        request, st, nav="queues", title="Queues", data=data, rows=rows, windows=WINDOWS,
+        window=window, high_attempts=3))
+
+
+@router.get("/ui/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request, st: State) -> HTMLResponse:
+    params = dict(request.query_params)
+    error = None
+    page = None
+    try:
+        filters, cursor = parse_filters(params)
+        page = service.search(st.db, filters, cursor, PAGE_SIZE)
+    except BadFilter as exc:
+        error = str(exc)
+    except DatabaseUnavailable as exc:
+        return _unavailable(request, st, exc)
+    keep = {k: v for k, v in params.items() if k != "cursor" and v.strip()}
+    older = (f"/ui/jobs?{urlencode({**keep, 'cursor': page.next_cursor})}"
+             if page and page.next_cursor else None)
+    newest = f"/ui/jobs?{urlencode(keep)}" if "cursor" in params else None
+    return templates.TemplateResponse(request, "jobs.html", _ctx(
+        request, st, nav="jobs", title="Jobs", page=page, error=error, f=params,
+        states=[s.value for s in JobState], older=older, newest=newest),
+        status_code=400 if error else 200)
+
+
+@router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, st: State, job_id: str) -> HTMLResponse:
+    if not job_id.isdigit() or not 1 <= int(job_id) <= BIGINT_MAX:
+        return templates.TemplateResponse(request, "error.html", _ctx(
+            request, st, title="Not found", message=f"{job_id!r} is not a job id"),
+            status_code=404)
+    try:
+        job = service.job_detail(st.db, int(job_id))
+    except JobNotFound as exc:
+        return templates.TemplateResponse(request, "error.html", _ctx(
+            request, st, title="Not found", message=str(exc)), status_code=404)
+    except DatabaseUnavailable as exc:
+        return _unavailable(request, st, exc)
+    marks = [(e.at, f"#{e.attempt} failed", DEAD) for e in job.errors if e.at is not None]
+    end = job.finished_at or dt.datetime.now(dt.UTC)
+    if job.finished_at is not None:
+        colour = {"succeeded": OK, "dead": DEAD}.get(job.state.value, "#777")
+        marks.append((job.finished_at, job.state.value, colour))
+    elif job.state is JobState.running and job.started_at is not None:
+        marks.append((job.started_at, f"#{job.attempts} running", STUCK if job.stuck else INFLIGHT))
+    timeline = charts.attempt_timeline(job.created_at, marks, max([end, *[m[0] for m in marks]]))
+    return templates.TemplateResponse(request, "job.html", _ctx(
+        request, st, nav="jobs", title=f"Job {job.id}", job=job, timeline=timeline))

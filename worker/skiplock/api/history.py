@@ -1,0 +1,69 @@
+"""Backlog over time: the jobs table keeps no history of its queue lengths, so this process
+samples the shared queue stats at a fixed interval into a bounded ring."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..errors import SkiplockError
+from ..inspect import QueueStats
+
+log = logging.getLogger("skiplock.api.history")
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: dt.datetime
+    stats: dict[str, QueueStats]
+
+
+class BacklogHistory:
+    def __init__(self, sample: Callable[[], Sequence[QueueStats]], interval: float,
+                 size: int) -> None:
+        self._sample = sample
+        self.interval = interval
+        self._ring: collections.deque[Sample] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def sample_once(self) -> None:
+        try:
+            stats = self._sample()
+        except SkiplockError as exc:
+            if not self._failing:  # one line per outage, not one per interval
+                log.warning("backlog sampling paused: %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("backlog sampling resumed")
+        self._failing = False
+        with self._lock:
+            self._ring.append(Sample(dt.datetime.now(dt.UTC), {s.queue: s for s in stats}))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample_once()
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="skiplock-backlog-sampler",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def samples(self) -> list[Sample]:
+        with self._lock:
+            return list(self._ring)

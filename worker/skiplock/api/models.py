@@ -1,0 +1,195 @@
+"""Request and response bodies; these shapes are the OpenAPI document."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BIGINT_MAX = 2**63 - 1
+INT_MAX = 2**31 - 1
+# Ten years: far beyond any sensible delay, and far inside PostgreSQL's interval range.
+MAX_DELAY_SECONDS = 10 * 366 * 86400.0
+
+
+class JobState(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    dead = "dead"
+    cancelled = "cancelled"
+
+
+def check_text(value: str, what: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone surrogates; say so instead of failing later."""
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL (\\u0000) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def check_json(value: Any, path: str) -> None:
+    """Reject what jsonb cannot store: NUL or lone surrogates in strings, NaN and infinities."""
+    if isinstance(value, str):
+        check_text(value, path)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path} must be a finite number (JSON has no NaN or Infinity)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_text(k, f"key {k!r} in {path}")
+            check_json(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_json(v, f"{path}[{i}]")
+
+
+class JobIn(BaseModel):
+    """One job to enqueue; validated like ``skiplock.Client.enqueue``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"task": "send_email", "args": {"to": "a@example.com"}, "queue": "mail"}]})
+
+    task: str = Field(min_length=1, max_length=256, description="registered task name")
+    args: dict[str, Any] = Field(default_factory=dict,
+                                 description="keyword arguments (JSON object)")
+    queue: str | None = Field(default=None, min_length=1, max_length=128,
+                              description="default: the task's queue, else 'default'")
+    priority: int = Field(default=0, ge=-32768, le=32767, description="lower runs first")
+    max_attempts: int | None = Field(default=None, ge=1, le=INT_MAX,
+                                     description="default: the task's setting, else 5")
+    run_at: AwareDatetime | None = Field(default=None, description="not before (with a timezone)")
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS, allow_inf_nan=False,
+                                description="seconds from now; not with run_at")
+    unique_key: str | None = Field(
+        default=None, min_length=1, max_length=255,
+        description="at most one job per key while it is stored; a repeat returns that job")
+
+    @field_validator("task", "queue", "unique_key")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "the value")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json(value, "args")
+        return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> JobIn:
+        if self.run_at is not None and self.delay is not None:
+            raise ValueError("pass run_at or delay, not both")
+        return self
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    jobs: list[JobIn] = Field(min_length=1, description="stored all together or not at all")
+
+
+class BatchItem(BaseModel):
+    id: int
+    created: bool = Field(description="false when a job with this unique_key already existed")
+
+
+class BatchOut(BaseModel):
+    jobs: list[BatchItem]
+
+
+class AttemptError(BaseModel):
+    attempt: int | None = None
+    at: dt.datetime | None = None
+    worker: str | None = None
+    error: str
+
+
+class Job(BaseModel):
+    id: int
+    queue: str
+    task: str
+    state: JobState
+    stuck: bool = Field(description="running with an expired lease: its worker is gone")
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: dt.datetime
+    locked_until: dt.datetime | None
+    locked_by: str | None
+    last_error: str | None
+    unique_key: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class JobDetail(Job):
+    args: dict[str, Any]
+    result: Any = None
+    errors: list[AttemptError] = Field(description="one entry per failed attempt, oldest first")
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    next_cursor: int | None = Field(description="pass as cursor for the next (older) page")
+
+
+class Point(BaseModel):
+    at: dt.datetime
+    succeeded: int
+    dead: int
+
+
+class BacklogPoint(BaseModel):
+    at: dt.datetime
+    backlog: int
+    in_flight: int
+    stuck: int
+    dead: int
+
+
+class QueueOut(BaseModel):
+    queue: str
+    backlog: int = Field(description="runnable + stuck")
+    runnable: int
+    scheduled: int
+    in_flight: int
+    stuck: int
+    dead: int
+    dead_last_hour: int
+    high_retry: int
+    oldest_runnable_age_seconds: float | None
+    succeeded_in_window: int
+    dead_in_window: int
+    throughput_per_minute: float = Field(description="finished jobs per minute over the window")
+    throughput: list[Point] = Field(description="finished jobs per bucket, oldest first")
+    backlog_history: list[BacklogPoint] = Field(
+        description="samples taken by this API process since it started")
+
+
+class QueuesOut(BaseModel):
+    generated_at: dt.datetime
+    window_minutes: int
+    bucket_seconds: int
+    queues: list[QueueOut]
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    error: str = Field(description="what was wrong and what to do")
+    fields: list[FieldProblem] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None

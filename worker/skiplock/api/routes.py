@@ -1,0 +1,201 @@
+"""The JSON API under /v1, plus /healthz and /readyz."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
+
+from ..db import NewJob
+from ..errors import DatabaseUnavailable, InvalidArguments, SkiplockError, UnknownTask
+from . import service
+from .app import State, require_token
+from .models import (
+    BIGINT_MAX,
+    INT_MAX,
+    BatchIn,
+    BatchItem,
+    BatchOut,
+    Health,
+    JobDetail,
+    JobIn,
+    JobPage,
+    JobState,
+    Problem,
+    QueuesOut,
+    check_text,
+)
+
+router = APIRouter()
+Auth = [Depends(require_token)]
+JobId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="job id")]
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "token required"},
+    422: {"model": Problem, "description": "invalid request; `fields` names each bad field"},
+}
+_IDEMPOTENCY = Header(
+    alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+    description="makes a retried request safe: mapped to the job's unique_key")
+
+
+def _key(value: str | None, what: str) -> str | None:
+    return None if value is None else check_text(value, what)
+
+
+class _FieldError(InvalidArguments):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _prepare(st: State, job: JobIn, unique_key: str | None, where: str) -> NewJob:
+    """``where`` is the field prefix in a batch (``jobs[3].``), empty for a single job."""
+    prefix = f"{where.rstrip('.')}: " if where else ""
+    try:
+        # Client._prepare is the Python client's own validation (catalogue, arguments), so an
+        # HTTP producer is held to exactly the same rules.
+        return st.client._prepare(job.task, job.args, job.queue, job.priority, job.max_attempts,
+                                  job.run_at, job.delay, unique_key, None)
+    except UnknownTask as exc:
+        raise _FieldError(f"{where}task", f"{prefix}{exc}") from None
+    except InvalidArguments as exc:
+        field = "task" if str(exc).startswith("task name") else "args"
+        raise _FieldError(f"{where}{field}", f"{prefix}{exc}") from None
+
+
+@router.post("/v1/jobs", status_code=201, dependencies=Auth, tags=["jobs"],
+             response_model=JobDetail,
+             responses={**_AUTH_ERRORS, 200: {"model": JobDetail,
+                                              "description": "replay: the job with this key"}})
+def enqueue(st: State, body: JobIn, response: Response,
+            idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> JobDetail:
+    """Enqueue one job. 201 with the job; 200 with the existing job for a repeated key."""
+    key = body.unique_key
+    if idempotency_key is not None:
+        if key is not None and key != idempotency_key:
+            raise _FieldError("unique_key", "unique_key and the Idempotency-Key header differ; "
+                                            "send one of them, or the same value in both")
+        key = idempotency_key
+    job = _prepare(st, body, key, "")
+    job_id, created = st.db.enqueue(job)
+    if not created:
+        response.status_code = 200
+    return service.job_detail(st.db, job_id)
+
+
+@router.post("/v1/jobs/batch", status_code=201, dependencies=Auth, tags=["jobs"],
+             response_model=BatchOut, responses=_AUTH_ERRORS)
+def enqueue_batch(st: State, body: BatchIn,
+                  idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> BatchOut:
+    """Enqueue several jobs in one transaction: all are stored or none.
+
+    With an Idempotency-Key header, job *i* without its own unique_key gets ``KEY:i``, so
+    retrying the same batch stores nothing twice.
+    """
+    if len(body.jobs) > st.api.max_batch:
+        raise _FieldError(
+            "jobs", f"at most {st.api.max_batch} jobs per batch, got {len(body.jobs)}")
+    prepared = []
+    for i, job in enumerate(body.jobs):
+        key = job.unique_key
+        if key is None and idempotency_key is not None:
+            key = f"{idempotency_key}:{i}"
+        prepared.append(_prepare(st, job, key, f"jobs[{i}]."))
+    done = st.db.enqueue_batch(prepared)
+    return BatchOut(jobs=[BatchItem(id=i, created=c) for i, c in done])
+
+
+@router.get("/v1/jobs", tags=["jobs"], response_model=JobPage,
+            responses={422: _AUTH_ERRORS[422]})
+def list_jobs(
+    st: State,
+    state: Annotated[list[JobState] | None, Query(description="repeat for several")] = None,
+    queue: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    task: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    stuck: Annotated[bool, Query(description="running with an expired lease")] = False,
+    unfinished: Annotated[bool, Query(description="queued or running (with min_attempts: "
+                                                  "the high-retry jobs)")] = False,
+    min_attempts: Annotated[int | None, Query(ge=0, le=INT_MAX)] = None,
+    created_after: AwareDatetime | None = None,
+    created_before: AwareDatetime | None = None,
+    finished_after: AwareDatetime | None = None,
+    finished_before: AwareDatetime | None = None,
+    error: Annotated[str | None, Query(min_length=1, max_length=200,
+                                       description="text the last error contains")] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=BIGINT_MAX,
+                                        description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobPage:
+    """Jobs, newest first, filtered; follow next_cursor for older pages."""
+    states = list(state or [])
+    if unfinished:
+        states = [s for s in states if s in service.UNFINISHED] if states else list(
+            service.UNFINISHED)
+        if not states:
+            return JobPage(jobs=[], next_cursor=None)
+    f = service.JobFilters(
+        states=states, queue=_key(queue, "queue"), task=_key(task, "task"), stuck=stuck,
+        min_attempts=min_attempts, created_after=created_after, created_before=created_before,
+        finished_after=finished_after, finished_before=finished_before,
+        error=_key(error, "error"))
+    return service.search(st.db, f, cursor, limit)
+
+
+@router.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobDetail,
+            responses={404: {"model": Problem}, 422: _AUTH_ERRORS[422]})
+def get_job(st: State, job_id: JobId) -> JobDetail:
+    """One job with its arguments, result and the error of every failed attempt."""
+    return service.job_detail(st.db, job_id)
+
+
+@router.post("/v1/jobs/{job_id}/retry", dependencies=Auth, tags=["jobs"],
+             response_model=JobDetail,
+             responses={**_AUTH_ERRORS, 404: {"model": Problem}, 409: {"model": Problem}})
+def retry_job(st: State, job_id: JobId) -> JobDetail:
+    """Queue a dead or cancelled job again (it gets one more attempt if it had none left)."""
+    return service.retry(st.db, job_id)
+
+
+@router.post("/v1/jobs/{job_id}/cancel", dependencies=Auth, tags=["jobs"],
+             response_model=JobDetail,
+             responses={**_AUTH_ERRORS, 404: {"model": Problem}, 409: {"model": Problem}})
+def cancel_job(st: State, job_id: JobId) -> JobDetail:
+    """Cancel a queued job."""
+    return service.cancel(st.db, job_id)
+
+
+@router.get("/v1/queues", tags=["queues"], response_model=QueuesOut,
+            responses={422: _AUTH_ERRORS[422]})
+def queues(st: State,
+           window_minutes: Annotated[int, Query(ge=1, le=1440)] = 30,
+           queue: Annotated[list[str] | None, Query(description="only these queues")] = None,
+           ) -> QueuesOut:
+    """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
+    per bucket over the window and the backlog samples this process took."""
+    names = [check_text(q, "queue") for q in queue or []]
+    for q in names:
+        if not 1 <= len(q) <= 128:
+            raise _FieldError("queue", "queue names are 1 to 128 characters")
+    return service.overview(st.db, st.history, window_minutes, names)
+
+
+@router.get("/healthz", tags=["health"], response_model=Health)
+def healthz() -> Health:
+    """The process is up (no database check: a database outage must not restart the API)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", tags=["health"], response_model=Health,
+            responses={503: {"model": Health, "description": "database unreachable"}})
+def readyz(st: State) -> Any:
+    """Ready when the database answers within the connect timeout."""
+    try:
+        st.db.now()
+    except DatabaseUnavailable as exc:
+        return JSONResponse(Health(status="unavailable", detail=str(exc)).model_dump(),
+                            status_code=503, headers={"Retry-After": str(st.api.retry_after)})
+    except SkiplockError as exc:
+        return JSONResponse(Health(status="error", detail=str(exc)).model_dump(), status_code=503)
+    return Health(status="ok")

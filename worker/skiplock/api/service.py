@@ -1,0 +1,134 @@
+"""What the JSON API and the dashboard both do, on top of skiplock.db and skiplock.inspect."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import inspect as inspection
+from ..db import Database
+from ..errors import InvalidTransition, JobNotFound
+from .history import BacklogHistory
+from .models import (
+    AttemptError,
+    BacklogPoint,
+    Job,
+    JobDetail,
+    JobPage,
+    JobState,
+    Point,
+    QueueOut,
+    QueuesOut,
+)
+
+# Jobs that are not finished: what "high retry" counts, offered as one filter.
+UNFINISHED = (JobState.queued, JobState.running)
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    states: Sequence[JobState] = ()
+    queue: str | None = None
+    task: str | None = None
+    stuck: bool = False
+    min_attempts: int | None = None
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+    finished_after: dt.datetime | None = None
+    finished_before: dt.datetime | None = None
+    error: str | None = None
+
+
+def search(db: Database, f: JobFilters, cursor: int | None, limit: int) -> JobPage:
+    # One row more than asked tells whether an older page exists without a count(*).
+    rows = db.search_jobs(
+        states=[s.value for s in f.states] or None, queue=f.queue, task=f.task, stuck=f.stuck,
+        min_attempts=f.min_attempts, created_after=f.created_after,
+        created_before=f.created_before, finished_after=f.finished_after,
+        finished_before=f.finished_before, error_contains=f.error or None, before_id=cursor,
+        limit=limit + 1)
+    jobs = [Job.model_validate(r) for r in rows[:limit]]
+    return JobPage(jobs=jobs, next_cursor=jobs[-1].id if len(rows) > limit else None)
+
+
+def _errors(raw: Any) -> list[AttemptError]:
+    out = []
+    for entry in raw or []:
+        if isinstance(entry, dict):
+            out.append(AttemptError(attempt=entry.get("attempt"), at=entry.get("at"),
+                                    worker=entry.get("worker"), error=str(entry.get("error", ""))))
+    return out
+
+
+def job_detail(db: Database, job_id: int) -> JobDetail:
+    row = db.get_job(job_id)
+    if row is None:
+        raise JobNotFound(f"job {job_id} does not exist (it may have been pruned)")
+    return JobDetail.model_validate({**row, "errors": _errors(row.get("errors"))})
+
+
+def retry(db: Database, job_id: int) -> JobDetail:
+    if db.retry_job(job_id) is None:
+        state = db.job_state(job_id)
+        if state is None:
+            raise JobNotFound(f"job {job_id} does not exist (it may have been pruned)")
+        raise InvalidTransition(
+            f"job {job_id} is {state}; only dead or cancelled jobs can be retried")
+    return job_detail(db, job_id)
+
+
+def cancel(db: Database, job_id: int) -> JobDetail:
+    if not db.cancel_job(job_id):
+        state = db.job_state(job_id)
+        if state is None:
+            raise JobNotFound(f"job {job_id} does not exist (it may have been pruned)")
+        raise InvalidTransition(
+            f"job {job_id} is {state}; only queued jobs can be cancelled "
+            "(a running job finishes or fails on its own)")
+    return job_detail(db, job_id)
+
+
+def bucket_seconds_for(window_minutes: int) -> int:
+    """About 30..60 buckets whatever the window, each a whole number of minutes."""
+    return 60 * max(1, window_minutes // 30)
+
+
+def overview(db: Database, history: BacklogHistory, window_minutes: int,
+             queues: Sequence[str] = ()) -> QueuesOut:
+    bucket = bucket_seconds_for(window_minutes)
+    now = db.now()
+    flows = db.throughput(window_minutes * 60, bucket)
+    stats = {s.queue: s for s in inspection.queue_stats(db, queues)}
+    # A queue whose only jobs finished recently is still worth a row (its throughput).
+    missing = sorted({r["queue"] for r in flows} - set(stats)) if not queues else []
+    if missing:
+        stats.update({s.queue: s for s in inspection.queue_stats(db, missing)})
+    epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    last = epoch + dt.timedelta(seconds=((now - epoch).total_seconds() // bucket) * bucket)
+    n_buckets = max(1, (window_minutes * 60) // bucket)
+    starts = [last - dt.timedelta(seconds=bucket * i) for i in range(n_buckets - 1, -1, -1)]
+    counts: dict[tuple[str, dt.datetime], dict[str, int]] = {}
+    for r in flows:
+        counts.setdefault((r["queue"], r["bucket"]), {})[r["state"]] = int(r["n"])
+    samples = history.samples()
+    out = []
+    for name in sorted(stats):
+        s = stats[name]
+        series = [Point(at=t, succeeded=counts.get((name, t), {}).get("succeeded", 0),
+                        dead=counts.get((name, t), {}).get("dead", 0)) for t in starts]
+        ok = sum(p.succeeded for p in series)
+        dead = sum(p.dead for p in series)
+        backlog = [BacklogPoint(at=x.at, backlog=q.backlog, in_flight=q.in_flight, stuck=q.stuck,
+                                dead=q.dead)
+                   for x in samples if (q := x.stats.get(name)) is not None]
+        out.append(QueueOut(
+            queue=name, backlog=s.backlog, runnable=s.runnable, scheduled=s.scheduled,
+            in_flight=s.in_flight, stuck=s.stuck, dead=s.dead, dead_last_hour=s.dead_last_hour,
+            high_retry=s.high_retry, oldest_runnable_age_seconds=s.oldest_runnable_age,
+            succeeded_in_window=ok, dead_in_window=dead,
+            throughput_per_minute=round((ok + dead) / window_minutes, 3),
+            throughput=series, backlog_history=backlog))
+    return QueuesOut(generated_at=now, window_minutes=window_minutes, bucket_seconds=bucket,
+                     queues=out)

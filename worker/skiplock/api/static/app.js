@@ -1,0 +1,84 @@
+// The dashboard's only script: retry/cancel through the JSON API (with the bearer token the
+// user typed, kept in sessionStorage so it never leaves this tab except in that header) and
+// auto-refresh of the queues overview. No cookies, so no cross-site request can act for you.
+"use strict";
+
+const TOKEN_KEY = "skiplock-api-token";
+
+function flash(text, ok) {
+  const box = document.getElementById("flash");
+  box.textContent = text;
+  box.className = ok ? "ok" : "fail";
+  box.hidden = false;
+}
+
+async function act(button) {
+  const id = button.dataset.job;
+  const action = button.dataset.action;
+  const headers = {};
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers["Authorization"] = "Bearer " + token;
+  button.disabled = true;
+  try {
+    const resp = await fetch(`/v1/jobs/${encodeURIComponent(id)}/${action}`, { method: "POST", headers });
+    const body = await resp.json().catch(() => ({}));
+    if (resp.ok) {
+      flash(`job ${id}: ${action} done, now ${body.state}`, true);
+      const row = button.closest("tr[data-job-id]");
+      if (row) {
+        row.dataset.state = body.state;
+        const badge = row.querySelector(".badge");
+        if (badge) { badge.textContent = body.state; badge.className = "badge " + body.state; }
+        button.remove();
+      } else {
+        window.location.reload();
+      }
+    } else {
+      const hint = resp.status === 401 ? " (enter the API token at the top right)" : "";
+      flash(`job ${id}: ${action} failed: ${body.error || resp.status}${hint}`, false);
+      button.disabled = false;
+    }
+  } catch (err) {
+    flash(`job ${id}: ${action} failed: ${err}`, false);
+    button.disabled = false;
+  }
+}
+
+function setupToken() {
+  const form = document.getElementById("token-form");
+  if (!form) return;
+  const input = document.getElementById("token");
+  const state = document.getElementById("token-state");
+  state.textContent = sessionStorage.getItem(TOKEN_KEY) ? "saved" : "";
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value);
+    input.value = "";
+    state.textContent = "saved";
+  });
+}
+
+function setupRefresh() {
+  const box = document.getElementById("auto-refresh");
+  const live = document.getElementById("live");
+  if (!box || !live) return;
+  setInterval(async () => {
+    if (!box.checked || document.hidden) return;
+    try {
+      const resp = await fetch(window.location.href, { headers: { "Accept": "text/html" } });
+      if (!resp.ok) return;
+      const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+      const fresh = doc.getElementById("live");
+      if (fresh) live.replaceWith(fresh);
+    } catch (err) {
+      // Keep showing the last good numbers; the next tick tries again.
+    }
+  }, 5000);
+}
+
+document.addEventListener("click", (ev) => {
+  const button = ev.target.closest("button.act");
+  if (button) act(button);
+});
+setupToken();
+setupRefresh();

@@ -1,0 +1,89 @@
+"""Helpers shared by the harness and every system's runner. Standard library only: the peer
+runners import this from their own virtualenv."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Recorder:
+    """What a worker process saw: jobs run, first and last start, and enqueue→start latencies."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.latencies: list[float] = []
+
+    def hit(self, t: float | None) -> None:
+        now = time.time()
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.count += 1
+        if t:
+            self.latencies.append(now - t)
+
+    def dump(self, path: str) -> None:
+        Path(path).write_text(json.dumps({
+            "count": self.count, "first": self.first, "last": self.last,
+            "latencies": self.latencies, "pid": os.getpid(),
+        }))
+
+
+def worker_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("setup")
+    s.add_argument("--dsn", required=True)
+    e = sub.add_parser("enqueue")
+    e.add_argument("--dsn", required=True)
+    e.add_argument("--jobs", type=int, required=True)
+    e.add_argument("--chunk", type=int, default=10_000)
+    w = sub.add_parser("worker")
+    w.add_argument("--dsn", required=True)
+    w.add_argument("--out", required=True)
+    w.add_argument("--concurrency", type=int, default=100)
+    w.add_argument("--batch", type=int, default=100)
+    w.add_argument("--latency", action="store_true", help="tuned for latency, not throughput")
+    lp = sub.add_parser("produce")
+    lp.add_argument("--dsn", required=True)
+    lp.add_argument("--jobs", type=int, required=True)
+    lp.add_argument("--rate", type=float, required=True)
+    return p.parse_args(argv)
+
+
+async def wait_for_go() -> None:
+    """Tell the harness we are connected and idle, then wait for its go line on stdin."""
+    print("READY", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if not line.startswith("go"):
+        raise SystemExit(0)
+
+
+def on_stop(callback: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, callback)
+
+
+async def paced(n: int, rate: float) -> Any:
+    """Yield 0..n-1 at a steady rate (bounded: n items, n / rate seconds)."""
+    start = time.perf_counter()
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield i
+
+
+def emit(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)

@@ -1,0 +1,609 @@
+"""Skiplock vs procrastinate vs pgqueuer vs the raw SQL limit, on one Postgres, in one run.
+
+    .venv/bin/python -m benchmarks.run            # full: 100k enqueue, 200k end-to-end, 1M backlog
+    .venv/bin/python -m benchmarks.run --quick    # 20k jobs, fewer rows: a few minutes
+
+Starts its own PostgreSQL (fsync on), installs the peers into their own virtualenv, runs every
+workload for every system one after another, prints one table and writes
+artifacts/bench/results.json, results.md and results.png. Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from tests.support.pgserver import PgServer
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "artifacts" / "bench"
+PEER_PINS = {"procrastinate": "3.10.0", "pgqueuer": "1.6.0"}
+PEER_EXTRAS = ["asyncpg==0.32.0", "uvloop>=0.21", "psycopg[binary,pool]>=3.2"]
+SYSTEMS = ("skiplock", "pgqueuer", "procrastinate")
+
+# Each system's best settings for 2 cores and no-op async jobs (see docs/benchmarks.md).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "skiplock": {"concurrency": 400, "batch": 400, "chunk": 10_000,
+                 "note": "concurrency 400 per process (claims sized to free slots), batched "
+                         "fenced completions, COPY enqueue_many in chunks of 10k"},
+    "pgqueuer": {"concurrency": 0, "batch": 200, "chunk": 10_000,
+                 "note": "asyncpg driver, uvloop, batch_size 200, no concurrency cap, "
+                         "enqueue lists of 10k (unnest)"},
+    "procrastinate": {"concurrency": 40, "batch": 1, "chunk": 10_000,
+                      "note": "PsycopgConnector pool, uvloop, concurrency 40 per process, "
+                              "listen_notify, batch_defer_async in chunks of 10k"},
+}
+# Enqueue -> start latency: a light, steady rate with idle workers woken by LISTEN/NOTIFY.
+LATENCY_SETTINGS: dict[str, dict[str, Any]] = {
+    "skiplock": {"concurrency": 10, "batch": 10},
+    "pgqueuer": {"concurrency": 0, "batch": 10},
+    "procrastinate": {"concurrency": 10, "batch": 1},
+}
+REMAINING_SQL = {
+    "skiplock": "SELECT EXISTS (SELECT 1 FROM skiplock.jobs WHERE state IN ('queued', 'running'))",
+    "pgqueuer": "SELECT EXISTS (SELECT 1 FROM pgqueuer WHERE status IN ('queued', 'picked'))",
+    "procrastinate": "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs "
+                     "WHERE status IN ('todo', 'doing'))",
+}
+# Applied to the benchmark server for every system alike: fewer forced checkpoints while
+# loading a million rows; durability (fsync, full_page_writes, synchronous_commit) stays on.
+SERVER_SETTINGS = {"max_wal_size": "4GB", "checkpoint_timeout": "15min"}
+
+
+@dataclass
+class Profile:
+    enqueue_jobs: int
+    e2e_jobs: int
+    latency_jobs: int
+    latency_rate: float
+    backlog_rows: tuple[int, ...]
+    repeats: int
+    e2e_timeout: float
+
+
+FULL = Profile(100_000, 200_000, 400, 50.0, (10_000, 100_000, 1_000_000), 3, 600.0)
+QUICK = Profile(20_000, 20_000, 150, 50.0, (10_000, 100_000), 3, 120.0)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- environment ------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SKIPLOCK_CACHE_DIR", "/var/cache/skiplock"))
+
+
+def peer_python() -> Path:
+    """The peers' own virtualenv (never the project's), made once per pinned version set."""
+    tag = "-".join(f"{k}{v}" for k, v in sorted(PEER_PINS.items()))
+    venv = cache_dir() / f"bench-venv-{tag}"
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if stamp.exists() and python.exists():
+        return python
+    log(f"creating the peers' virtualenv {venv}")
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pins = [f"{k}=={v}" for k, v in PEER_PINS.items()]
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    *pins, *PEER_EXTRAS], check=True, timeout=900)
+    stamp.write_text(" ".join(pins + PEER_EXTRAS) + "\n")
+    return python
+
+
+def runner_cmd(system: str, peer_py: Path) -> list[str]:
+    python = sys.executable if system == "skiplock" else str(peer_py)
+    return [python, "-m", f"benchmarks.runners.{system}_runner"]
+
+
+def runner_env() -> dict[str, str]:
+    paths = [str(ROOT), str(ROOT / "worker")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+
+
+def pgbench_path(server: PgServer) -> Path:
+    found = server.bindir / "pgbench"
+    if found.exists():
+        return found
+    which = shutil.which("pgbench")
+    if not which:
+        raise SystemExit("pgbench not found: apt-get install postgresql-contrib (or postgresql)")
+    return Path(which)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, server: PgServer, peer_py: Path, profile: Profile) -> None:
+        self.server = server
+        self.peer_py = peer_py
+        self.p = profile
+        self._n = 0
+
+    def fresh_db(self, system: str) -> str:
+        self._n += 1
+        name = f"b_{system}_{self._n}"
+        with self.server.admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}")
+        dsn = self.server.url(name)
+        self.run_runner(system, "setup", "--dsn", dsn)
+        return dsn
+
+    def drop_db(self, dsn: str) -> None:
+        name = dsn.rsplit("/", 1)[1]
+        with self.server.admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def run_runner(self, system: str, *args: str, timeout: float = 600) -> dict[str, Any]:
+        proc = subprocess.run([*runner_cmd(system, self.peer_py), *args], cwd=ROOT,
+                              env=runner_env(), capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{system} {args[0]} failed:\n{proc.stdout[-2000:]}"
+                               f"\n{proc.stderr[-4000:]}")
+        for line in proc.stdout.splitlines():
+            if line.startswith("RESULT "):
+                return json.loads(line[7:])  # type: ignore[no-any-return]
+        return {}
+
+    def vacuum(self, dsn: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+
+    @contextlib.contextmanager
+    def workers(self, system: str, dsn: str, n: int, cfg: dict[str, Any],
+                latency: bool = False) -> Iterator[list[WorkerProc]]:
+        procs = []
+        for i in range(n):
+            out = OUT / f"{system}-worker-{i}.json"
+            out.unlink(missing_ok=True)
+            args = ["worker", "--dsn", dsn, "--out", str(out),
+                    "--concurrency", str(cfg["concurrency"]), "--batch", str(cfg["batch"])]
+            if latency:
+                args.append("--latency")
+            err = open(OUT / f"{system}-worker-{i}.log", "w")  # noqa: SIM115
+            proc = subprocess.Popen([*runner_cmd(system, self.peer_py), *args], cwd=ROOT,
+                                    env=runner_env(), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=err, text=True)
+            procs.append(WorkerProc(proc, out, err))
+        try:
+            for w in procs:
+                line = w.proc.stdout.readline() if w.proc.stdout else ""
+                if "READY" not in line:
+                    raise RuntimeError(f"{system} worker did not start; see {w.err.name}")
+            yield procs
+        finally:
+            for w in procs:
+                w.stop()
+
+    def wait_done(self, system: str, dsn: str, timeout: float, every: float,
+                  tick: Callable[[], None]) -> tuple[float, bool]:
+        """Poll until no job is queued or running; returns (time.time() when seen, finished)."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute(REMAINING_SQL[system]).fetchone()
+                if row is not None and not row[0]:
+                    return time.time(), True
+                tick()
+                time.sleep(every)
+        return time.time(), False
+
+
+@dataclass
+class WorkerProc:
+    proc: subprocess.Popen[str]
+    out: Path
+    err: Any
+    rss_max_kb: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def rss_kb(self) -> int:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    kb = int(line.split()[1])
+                    self.rss_max_kb = max(self.rss_max_kb, kb)
+                    return kb
+        except OSError:
+            pass
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.err.close()
+        if self.out.exists():
+            self.stats = json.loads(self.out.read_text())
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+# -- workloads ---------------------------------------------------------------------------------
+
+def bench_enqueue(b: Bench, system: str) -> dict[str, Any]:
+    rates = []
+    for r in range(b.p.repeats):
+        dsn = b.fresh_db(system)
+        res = b.run_runner(system, "enqueue", "--dsn", dsn, "--jobs", str(b.p.enqueue_jobs),
+                           "--chunk", str(SETTINGS[system]["chunk"]))
+        rates.append(res["jobs"] / res["seconds"])
+        log(f"  {system} enqueue run {r + 1}: {rates[-1]:,.0f} jobs/s")
+        b.drop_db(dsn)
+    return {"jobs_per_s": median(rates), "runs": rates}
+
+
+def bench_e2e(b: Bench, system: str) -> dict[str, Any]:
+    cfg = SETTINGS[system]
+    rates, idle, load = [], [], []
+    for r in range(b.p.repeats):
+        dsn = b.fresh_db(system)
+        b.run_runner(system, "enqueue", "--dsn", dsn, "--jobs", str(b.p.e2e_jobs),
+                     "--chunk", str(cfg["chunk"]))
+        b.vacuum(dsn)
+        with b.workers(system, dsn, 2, cfg) as procs:
+            time.sleep(0.5)
+            idle.append(sum(w.rss_kb() for w in procs) / len(procs))
+            started = time.time()
+            for w in procs:
+                w.go()
+            last_sample = [0.0]
+
+            def tick(procs: list[WorkerProc] = procs, last: list[float] = last_sample) -> None:
+                if time.monotonic() - last[0] > 0.2:
+                    last[0] = time.monotonic()
+                    for w in procs:
+                        w.rss_kb()
+
+            ended, finished = b.wait_done(system, dsn, b.p.e2e_timeout, 0.02, tick)
+        processed = sum(int(w.stats.get("count", 0)) for w in procs)
+        load.append(max(w.rss_max_kb for w in procs))
+        rate = (b.p.e2e_jobs if finished else processed) / (ended - started)
+        rates.append(rate)
+        log(f"  {system} end-to-end run {r + 1}: {rate:,.0f} jobs/s "
+            f"({processed:,} handler calls{'' if finished else ', TIMED OUT'})")
+        b.drop_db(dsn)
+    return {"jobs_per_s": median(rates), "runs": rates,
+            "rss_idle_mb": median(idle) / 1024, "rss_load_mb": max(load) / 1024}
+
+
+def bench_latency(b: Bench, system: str) -> dict[str, Any]:
+    cfg = LATENCY_SETTINGS[system]
+    dsn = b.fresh_db(system)
+    with b.workers(system, dsn, 2, cfg, latency=True) as procs:
+        for w in procs:
+            w.go()
+        time.sleep(1.5)
+        idle = sum(w.rss_kb() for w in procs) / len(procs)
+        b.run_runner(system, "produce", "--dsn", dsn, "--jobs", str(b.p.latency_jobs),
+                     "--rate", str(b.p.latency_rate), timeout=120)
+        b.wait_done(system, dsn, 30, 0.05, lambda: None)
+        time.sleep(0.2)
+    lat = [x * 1000 for w in procs for x in w.stats.get("latencies", [])]
+    b.drop_db(dsn)
+    log(f"  {system} latency: p50 {percentile(lat, 0.5):.2f} ms, p99 {percentile(lat, 0.99):.2f} "
+        f"ms over {len(lat)} jobs")
+    return {"p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99), "samples": len(lat),
+            "rss_idle_mb": idle / 1024}
+
+
+def bench_raw_sql(b: Bench, batches: list[int]) -> dict[str, Any]:
+    pgbench = pgbench_path(b.server)
+    script = ROOT / "benchmarks" / "claim_complete.pgbench"
+    out: dict[str, Any] = {}
+    for batch in batches:
+        rates = []
+        for r in range(b.p.repeats):
+            dsn = b.fresh_db("skiplock")
+            b.run_runner("skiplock", "enqueue", "--dsn", dsn, "--jobs", str(b.p.e2e_jobs),
+                         "--chunk", "10000")
+            b.vacuum(dsn)
+            per_client = b.p.e2e_jobs // (2 * batch)
+            started = time.perf_counter()
+            proc = subprocess.run(
+                [str(pgbench), "-n", "-M", "prepared", "-c", "2", "-j", "2",
+                 "-t", str(per_client), "-D", f"batch={batch}", "-f", str(script), dsn],
+                capture_output=True, text=True, timeout=b.p.e2e_timeout)
+            elapsed = time.perf_counter() - started
+            if proc.returncode != 0:
+                raise RuntimeError(f"pgbench failed:\n{proc.stdout}\n{proc.stderr}")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM skiplock.jobs "
+                                   "WHERE state = 'succeeded'").fetchone()
+            done = int(row[0]) if row else 0
+            tps = next((float(line.split("=")[1].split()[0]) for line in proc.stdout.splitlines()
+                        if line.startswith("tps")), 0.0)
+            rate = tps * batch if tps else done / elapsed
+            rates.append(rate)
+            log(f"  raw SQL batch {batch} run {r + 1}: {rate:,.0f} jobs/s ({done:,} completed)")
+            b.drop_db(dsn)
+        out[str(batch)] = {"jobs_per_s": median(rates), "runs": rates}
+    return out
+
+
+BACKLOG_MIX = "80% succeeded, 12% runnable, 3% scheduled, 3% running, 2% dead, 4 queues"
+
+
+def fill_backlog(conn: psycopg.Connection[Any], start: int, stop: int) -> None:
+    """Insert rows start..stop-1 with a realistic mix of states across 4 queues."""
+    conn.execute("""
+        INSERT INTO skiplock.jobs (queue, task, args, state, attempts, run_at, locked_by,
+                                   locked_until, started_at, finished_at)
+        SELECT 'q' || (i %% 4), 'noop', '{}'::jsonb, s.state::skiplock.job_state,
+               CASE WHEN s.state = 'queued' THEN 0 ELSE 1 END,
+               CASE WHEN s.state = 'queued' AND i %% 100 >= 92 THEN now() + interval '1 hour'
+                    ELSE now() - interval '1 minute' END,
+               CASE WHEN s.state = 'running' THEN 'bench:1:x' END,
+               CASE WHEN s.state = 'running' THEN now() + interval '30 seconds' END,
+               CASE WHEN s.state <> 'queued' THEN now() END,
+               CASE WHEN s.state IN ('succeeded', 'dead') THEN now() END
+        FROM generate_series(%s::bigint, %s::bigint - 1) AS i,
+        LATERAL (SELECT CASE WHEN i %% 100 < 80 THEN 'succeeded'
+                             WHEN i %% 100 < 95 THEN 'queued'
+                             WHEN i %% 100 < 98 THEN 'running'
+                             ELSE 'dead' END AS state) AS s
+    """, [start, stop])
+
+
+def bench_backlog(b: Bench, sizes: tuple[int, ...]) -> dict[str, Any]:
+    from skiplock.db import Database
+    from skiplock.inspect import queue_stats
+
+    dsn = b.fresh_db("skiplock")
+    out: dict[str, Any] = {}
+    have = 0
+    with psycopg.connect(dsn, autocommit=True) as conn, Database(dsn) as db:
+        for size in sizes:
+            fill_backlog(conn, have, size)
+            have = size
+            conn.execute("VACUUM ANALYZE skiplock.jobs")
+            for _ in range(3):
+                queue_stats(db)
+            times = []
+            for _ in range(30):
+                t0 = time.perf_counter()
+                queue_stats(db)
+                times.append((time.perf_counter() - t0) * 1000)
+            out[str(size)] = {"median_ms": median(times), "p95_ms": percentile(times, 0.95)}
+            log(f"  queue_stats with {size:,} rows: median {median(times):.2f} ms, "
+                f"p95 {percentile(times, 0.95):.2f} ms")
+    b.drop_db(dsn)
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def build_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, str]]:
+    """(metric, skiplock, pgqueuer, procrastinate, raw SQL, skiplock/best peer, skiplock/raw)."""
+    def f(x: float | None, unit: str = "") -> str:
+        if x is None or x != x:
+            return "-"
+        return f"{x:,.0f}{unit}" if x >= 100 else f"{x:.2f}{unit}"
+
+    rows = []
+    enq = {s: res["enqueue"][s]["jobs_per_s"] for s in SYSTEMS if s in res.get("enqueue", {})}
+    if enq:
+        best = max(v for k, v in enq.items() if k != "skiplock")
+        rows.append(("bulk enqueue (jobs/s)", f(enq.get("skiplock")), f(enq.get("pgqueuer")),
+                     f(enq.get("procrastinate")), "-", f"{enq['skiplock'] / best:.2f}x", "-"))
+    e2e = {s: res["e2e"][s]["jobs_per_s"] for s in SYSTEMS if s in res.get("e2e", {})}
+    raw = res.get("raw_sql", {})
+    if e2e:
+        best = max(v for k, v in e2e.items() if k != "skiplock")
+        batch = str(SETTINGS["skiplock"]["batch"])
+        near = raw.get(batch) or (raw[max(raw, key=int)] if raw else None)
+        rr = near["jobs_per_s"] if near else None
+        rows.append(("end-to-end, 2 procs (jobs/s)", f(e2e.get("skiplock")),
+                     f(e2e.get("pgqueuer")), f(e2e.get("procrastinate")),
+                     f(rr) + (f" (batch {batch if batch in raw else max(raw, key=int)})"
+                              if rr else ""),
+                     f"{e2e['skiplock'] / best:.2f}x",
+                     f"{e2e['skiplock'] / rr:.0%}" if rr else "-"))
+    for batch, v in sorted(raw.items(), key=lambda kv: int(kv[0])):
+        rows.append((f"raw SQL claim+complete {batch} x2 clients (jobs/s)", "-", "-", "-",
+                     f(v["jobs_per_s"]), "-", "-"))
+    lat = res.get("latency", {})
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        if lat:
+            vals = {s: lat[s][key] for s in SYSTEMS if s in lat}
+            best = min(v for k, v in vals.items() if k != "skiplock")
+            rows.append((f"enqueue->start latency {label} (ms)", f(vals.get("skiplock")),
+                         f(vals.get("pgqueuer")), f(vals.get("procrastinate")), "-",
+                         f"{vals['skiplock'] / best:.2f}x (lower is better)", "-"))
+    for size, v in res.get("backlog", {}).items():
+        rows.append((f"queue_stats with {int(size):,} rows (ms, median)", f(v["median_ms"]),
+                     "-", "-", "-", "-", "-"))
+    if e2e:
+        for key, label in (("rss_idle_mb", "idle"), ("rss_load_mb", "under load")):
+            vals = {s: res["e2e"][s][key] for s in e2e}
+            rows.append((f"worker RSS {label} (MB)", f(vals.get("skiplock")),
+                         f(vals.get("pgqueuer")), f(vals.get("procrastinate")), "-", "-", "-"))
+    return rows
+
+
+HEADER = ("metric", "skiplock", "pgqueuer 1.6", "procrastinate 3.10", "raw SQL",
+          "skiplock / best peer", "skiplock / raw SQL")
+
+
+def render_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
+    colors = {"skiplock": "#2a7ab0", "pgqueuer": "#e08a2c", "procrastinate": "#6a9a3a",
+              "raw SQL": "#888888"}
+
+    def bars(ax: Any, data: dict[str, float], title: str, unit: str) -> None:
+        names = list(data)
+        ax.bar(names, [data[n] for n in names], color=[colors.get(n, "#888") for n in names])
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+        for i, n in enumerate(names):
+            ax.text(i, data[n], f"{data[n]:,.0f}" if data[n] >= 100 else f"{data[n]:.2f}",
+                    ha="center", va="bottom", fontsize=8)
+
+    if "enqueue" in res:
+        bars(axes[0], {s: res["enqueue"][s]["jobs_per_s"] for s in res["enqueue"]},
+             "bulk enqueue", "jobs/s")
+    if "e2e" in res:
+        data = {s: res["e2e"][s]["jobs_per_s"] for s in res["e2e"]}
+        raw = res.get("raw_sql", {})
+        if raw:
+            data["raw SQL"] = raw[max(raw, key=int)]["jobs_per_s"]
+        bars(axes[1], data, "end-to-end no-op jobs, 2 processes", "jobs/s")
+    if "latency" in res:
+        names = list(res["latency"])
+        x = range(len(names))
+        axes[2].bar([i - 0.2 for i in x], [res["latency"][n]["p50_ms"] for n in names], 0.4,
+                    label="p50", color="#2a7ab0")
+        axes[2].bar([i + 0.2 for i in x], [res["latency"][n]["p99_ms"] for n in names], 0.4,
+                    label="p99", color="#9cc3e0")
+        axes[2].set_xticks(list(x), names)
+        axes[2].set_title("enqueue -> start latency")
+        axes[2].set_ylabel("ms")
+        axes[2].legend()
+    if "backlog" in res:
+        sizes = [int(k) for k in res["backlog"]]
+        axes[3].plot(sizes, [res["backlog"][str(k)]["median_ms"] for k in sizes], "o-",
+                     color="#2a7ab0")
+        axes[3].axhline(5, color="red", linestyle="--", linewidth=1, label="5 ms target")
+        axes[3].set_xscale("log")
+        axes[3].set_title("queue_stats (backlog query)")
+        axes[3].set_xlabel("rows in jobs table")
+        axes[3].set_ylabel("ms")
+        axes[3].legend()
+    fig.suptitle(res.get("title", "Skiplock benchmark"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="20k jobs, 100k rows max: a few minutes")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    ap.add_argument("--only", default="enqueue,e2e,latency,raw,backlog",
+                    help="comma-separated workloads: enqueue,e2e,latency,raw,backlog")
+    ap.add_argument("--repeats", type=int, help="runs per throughput figure (median); default 3")
+    ap.add_argument("--e2e-jobs", type=int, help="override the end-to-end job count")
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args(argv)
+    profile = QUICK if a.quick else FULL
+    if a.repeats:
+        profile.repeats = a.repeats
+    if a.e2e_jobs:
+        profile.e2e_jobs = a.e2e_jobs
+    systems = [s for s in a.systems.split(",") if s]
+    only = set(a.only.split(","))
+    OUT.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    peer_py = peer_python() if set(systems) - {"skiplock"} else Path(sys.executable)
+    server = PgServer(durable=True)
+    log(f"starting PostgreSQL (fsync on) in {server.root}")
+    server.init()
+    server.start()
+    res: dict[str, Any] = {
+        "title": f"Skiplock benchmark ({'quick' if a.quick else 'full'}), "
+                 f"{os.cpu_count()} cores, fsync on",
+        "profile": profile.__dict__, "settings": SETTINGS, "latency_settings": LATENCY_SETTINGS,
+        "server_settings": SERVER_SETTINGS, "backlog_mix": BACKLOG_MIX,
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                    "load_before": os.getloadavg()},
+        "peers": PEER_PINS,
+    }
+    try:
+        with server.admin() as conn:
+            for k, v in SERVER_SETTINGS.items():
+                conn.execute(f"ALTER SYSTEM SET {k} = '{v}'")
+            conn.execute("SELECT pg_reload_conf()")
+            res["postgres"] = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            res["fsync"] = str(conn.execute("SHOW fsync").fetchone()[0])  # type: ignore[index]
+        b = Bench(server, peer_py, profile)
+        started = time.monotonic()
+        for name, fn in (("enqueue", bench_enqueue), ("e2e", bench_e2e),
+                         ("latency", bench_latency)):
+            if name not in only:
+                continue
+            log(f"== {name}")
+            res[name] = {}
+            for system in systems:
+                res[name][system] = fn(b, system)
+        if "raw" in only:
+            log("== raw SQL ceiling (pgbench)")
+            batches = sorted({20, 200, int(SETTINGS["skiplock"]["batch"])})
+            res["raw_sql"] = bench_raw_sql(b, batches)
+        if "backlog" in only:
+            log("== backlog query (skiplock.inspect.queue_stats)")
+            res["backlog"] = bench_backlog(b, profile.backlog_rows)
+        res["seconds"] = time.monotonic() - started
+        res["machine"]["load_after"] = os.getloadavg()
+    finally:
+        server.destroy()
+    rows = build_rows(res)
+    res["table"] = [dict(zip(HEADER, r, strict=True)) for r in rows]
+    (a.out / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    (a.out / "results.md").write_text(render_markdown(rows) + "\n")
+    plot(res, a.out / "results.png")
+    print()
+    print(res["title"] + f"; load average before {res['machine']['load_before'][0]:.1f}")
+    print(render_table(rows))
+    log(f"wrote {a.out / 'results.json'}, results.md and results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Skiplock under the benchmark: the same Worker and Client a user runs (project venv)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from benchmarks.common import Recorder, emit, on_stop, wait_for_go, worker_args
+from skiplock import App, Client
+from skiplock.db import Database
+from skiplock.worker import Worker
+
+app = App()
+recorder = Recorder()
+
+
+@app.task
+async def noop(ctx: object, t: float = 0.0) -> None:
+    recorder.hit(t)
+
+
+def setup(dsn: str) -> None:
+    with Database(dsn) as db:
+        db.migrate()
+
+
+def enqueue(dsn: str, jobs: int, chunk: int) -> None:
+    with Client(dsn) as client:
+        started = time.perf_counter()
+        done = 0
+        while done < jobs:
+            n = min(chunk, jobs - done)
+            done += client.enqueue_many({"task": "noop", "args": {}} for _ in range(n))
+        emit({"jobs": done, "seconds": time.perf_counter() - started})
+
+
+async def work(dsn: str, out: str, concurrency: int, latency: bool) -> None:
+    worker = Worker(app, dsn, concurrency=concurrency, poll_interval=1.0)
+    on_stop(worker.request_stop)
+    # Open the connections before the clock starts, as the peers do.
+    for conn in (worker._claim_db, worker._write_db, worker._listen_db):
+        await conn._get()
+    await wait_for_go()
+    try:
+        await worker.run()
+    finally:
+        recorder.dump(out)
+
+
+def produce(dsn: str, jobs: int, rate: float) -> None:
+    with Client(dsn) as client:
+        client.enqueue("noop", {"t": 0.0})  # warm the pool and the catalogue
+        start = time.perf_counter()
+        for i in range(jobs):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            client.enqueue("noop", {"t": time.time()})
+        emit({"jobs": jobs, "seconds": time.perf_counter() - start})
+
+
+def main() -> None:
+    a = worker_args()
+    if a.cmd == "setup":
+        setup(a.dsn)
+    elif a.cmd == "enqueue":
+        enqueue(a.dsn, a.jobs, a.chunk)
+    elif a.cmd == "worker":
+        asyncio.run(work(a.dsn, a.out, a.concurrency, a.latency))
+    elif a.cmd == "produce":
+        produce(a.dsn, a.jobs, a.rate)
+
+
+if __name__ == "__main__":
+    main()

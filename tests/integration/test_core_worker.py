@@ -358,3 +358,27 @@ def test_prune_removes_old_finished_jobs(database_url: str, sql: Sql) -> None:
         )
         assert c.db.prune_finished(retention_seconds=86400) == 2
     assert sql("SELECT id FROM jobs") == [(ids[2],)]
+
+
+def test_worker_waits_for_the_schema_instead_of_crashing(pg: PgServer, spawn_worker: Spawn) -> None:
+    import psycopg
+
+    from skiplock.db import Database
+
+    with pg.admin() as conn:
+        conn.execute("DROP DATABASE IF EXISTS not_migrated_yet")
+        conn.execute("CREATE DATABASE not_migrated_yet")
+    url = pg.url("not_migrated_yet")
+    worker = WorkerProcess(url, "tests.tasks:app", "--poll-interval", "0.2")
+    try:
+        wait_until(lambda: "skiplock migrate" in worker.output(), message="a hint to migrate")
+        assert worker.proc.poll() is None, "the worker exited instead of waiting"
+        with Database(url) as db:
+            db.migrate()
+        with Client(url) as c:
+            job_id = c.enqueue("add", {"a": 2, "b": 3})
+        wait_until(lambda: state_of(url, job_id) == "succeeded", timeout=30, message="succeeded")
+    finally:
+        worker.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM skiplock.results").fetchone() == (1,)

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import sql
-from .errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SkiplockError
+from .errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SchemaMissing, SkiplockError
 from .redact import redact_url, scrub
 
 log = logging.getLogger("skiplock.db")
@@ -60,6 +60,11 @@ def wrap_error(exc: BaseException, url: str | None, doing: str) -> SkiplockError
     detail = scrub(
         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url
     )
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+        return SchemaMissing(
+            f"{doing}: the Skiplock tables are missing in the database at {where} ({detail}). "
+            "Run `skiplock migrate` (or enable the operator's migrate option)."
+        )
     if isinstance(exc, psycopg.OperationalError | PoolTimeout | OSError):
         return DatabaseUnavailable(
             f"{doing}: database at {where} is unreachable ({detail}). "

@@ -15,6 +15,10 @@ class DatabaseUnavailable(SkiplockError):
     """The database could not be reached (or stopped answering) within the bounded timeout."""
 
 
+class SchemaMissing(DatabaseUnavailable):
+    """The database answers but the Skiplock schema is not there: run ``skiplock migrate``."""
+
+
 class EnqueueOutcomeUnknown(DatabaseUnavailable):
     """The connection died while committing: the job may or may not exist.
 

@@ -1,0 +1,173 @@
+"""The kind cluster (pytest-kind, pointed at the locally built kind, kubectl and node image),
+the Helm release under test, and a port-forward to its Postgres."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_kind import KindCluster  # type: ignore[import-untyped]
+
+from e2e.support import CACHE, ROOT, Database, Kubectl, PortForward, log, step, wait_for
+
+NAMESPACE = "skiplock"
+RELEASE = "skiplock"
+DB_PASSWORD = "e2e-not-secret"  # a throwaway dev database inside the test cluster
+IMAGE_TAG = os.environ.get("SKIPLOCK_IMAGE_TAG", "dev")
+WORKER_IMAGE = f"skiplock/worker:{IMAGE_TAG}"
+OPERATOR_IMAGE = f"skiplock/operator:{IMAGE_TAG}"
+POSTGRES_IMAGE = os.environ.get("SKIPLOCK_POSTGRES_IMAGE", "skiplock/postgres:15-bookworm")
+NODE_IMAGE = os.environ.get("SKIPLOCK_NODE_IMAGE", "skiplock/kind-node:v1.34.4")
+
+
+def helm_values() -> list[str]:
+    """The chart values the suite installs with (the dev Postgres on a PVC, local images)."""
+    return [
+        "--set", f"operator.image.repository={OPERATOR_IMAGE.split(':')[0]}",
+        "--set", f"operator.image.tag={IMAGE_TAG}",
+        "--set", "operator.image.pullPolicy=IfNotPresent",
+        "--set", "postgres.enabled=true",
+        "--set", f"postgres.image.repository={POSTGRES_IMAGE.split(':')[0]}",
+        "--set", f"postgres.image.tag={POSTGRES_IMAGE.split(':')[1]}",
+        "--set", "postgres.image.pullPolicy=IfNotPresent",
+        "--set", f"postgres.auth.password={DB_PASSWORD}",
+        "--set", "jobQueue.enabled=false",
+    ]
+
+
+class Env:
+    def __init__(self, cluster: KindCluster, kubectl: Kubectl, helm: Path, db: Database,
+                 forward: PortForward) -> None:
+        self.cluster = cluster
+        self.kubectl = kubectl
+        self.helm = helm
+        self.db = db
+        self.forward = forward
+        self.namespace = NAMESPACE
+        self.postgres = f"{RELEASE}-postgres"
+        self.db_secret = f"{RELEASE}-postgres"
+
+    def jobqueue(self, queue: str, *, min_replicas: int, max_replicas: int,
+                 jobs_per_replica: int = 10, concurrency: int = 4, lease: float = 10,
+                 grace: int = 20, stabilization: float = 15, poll: float = 2,
+                 activation: int = 0) -> str:
+        name = queue
+        manifest = {
+            "apiVersion": "skiplock.dev/v1alpha1",
+            "kind": "JobQueue",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {
+                "queues": [queue],
+                "database": {"urlSecretRef": {"name": self.db_secret, "key": "url"}},
+                "worker": {
+                    "image": WORKER_IMAGE, "imagePullPolicy": "IfNotPresent",
+                    "app": "skiplock.demo_tasks:app", "concurrency": concurrency,
+                    "leaseSeconds": lease, "shutdownGracePeriodSeconds": grace,
+                    "resources": {"requests": {"cpu": "10m", "memory": "48Mi"}},
+                },
+                "scaling": {
+                    "minReplicas": min_replicas, "maxReplicas": max_replicas,
+                    "jobsPerReplica": jobs_per_replica, "activationThreshold": activation,
+                    "pollIntervalSeconds": poll, "scaleDownStabilizationSeconds": stabilization,
+                    "scaleUp": {"pods": 4, "percent": 100, "periodSeconds": 5},
+                },
+            },
+        }
+        self.kubectl.apply(json.dumps(manifest))
+        return name
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        return self.kubectl.json("-n", self.namespace, "get", "deployment", name)  # type: ignore[no-any-return]
+
+    def desired_replicas(self, name: str) -> int:
+        return int(self.deployment(name)["spec"].get("replicas", 0))
+
+    def ready_replicas(self, name: str) -> int:
+        return int(self.deployment(name).get("status", {}).get("readyReplicas", 0) or 0)
+
+    def jobqueue_status(self, name: str) -> dict[str, Any]:
+        return self.kubectl.json("-n", self.namespace, "get", "jobqueue", name).get("status", {})  # type: ignore[no-any-return]
+
+    def condition(self, name: str, kind: str, status: str) -> dict[str, Any] | None:
+        for c in self.jobqueue_status(name).get("conditions", []):
+            if c.get("type") == kind and c.get("status") == status:
+                return c  # type: ignore[no-any-return]
+        return None
+
+    def operator_pod(self) -> str | None:
+        pods = self.kubectl.json("-n", self.namespace, "get", "pods", "-l",
+                                 "app.kubernetes.io/component=operator")["items"]
+        live = [p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return live[0] if live else None
+
+    def pod_ready(self, pod: str) -> bool:
+        p = self.kubectl.json("-n", self.namespace, "get", "pod", pod)
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in p.get("status", {}).get("conditions", []))
+
+
+def _binary(env: str, name: str) -> Path:
+    path = Path(os.environ.get(env, CACHE / "bin" / name))
+    if not path.exists():
+        pytest.fail(f"{name} not found at {path}: run `make e2e` (e2e/run.sh builds the offline "
+                    "toolchain into the cache)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> Iterator[KindCluster]:
+    kind_bin = request.config.getoption("kind_bin") or str(_binary("SKIPLOCK_KIND_BIN", "kind"))
+    kubectl_bin = request.config.getoption("kind_kubectl_bin") or str(
+        _binary("SKIPLOCK_KUBECTL_BIN", "kubectl"))
+    name = request.config.getoption("cluster_name")
+    name = "skiplock-e2e" if name == "pytest-kind" else name
+    kubeconfig = CACHE / "kube" / f"{name}.kubeconfig"
+    kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+    kc = KindCluster(name, kubeconfig, image=request.config.getoption("kind_image") or NODE_IMAGE,
+                     kind_path=Path(kind_bin), kubectl_path=Path(kubectl_bin))
+    with step(f"kind cluster {name}"):
+        kc.create(config_file=ROOT / "e2e" / "toolchain" / "kind-config.yaml")
+    kubectl = Kubectl(Path(kubectl_bin), kubeconfig)
+    with step("node Ready"):
+        kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=300s", timeout=320)
+    with step("load images"):
+        for image in (WORKER_IMAGE, OPERATOR_IMAGE, POSTGRES_IMAGE):
+            kc.load_docker_image(image)
+    yield kc
+    if not request.config.getoption("keep_cluster"):
+        with step(f"delete cluster {name}"):
+            kc.delete()
+
+
+@pytest.fixture(scope="session")
+def env(cluster: KindCluster) -> Iterator[Env]:
+    kubectl = Kubectl(Path(cluster.kubectl_path), Path(cluster.kubeconfig_path))
+    helm = _binary("SKIPLOCK_HELM_BIN", "helm")
+    with step("helm install the chart (operator, CRD, dev Postgres)"):
+        subprocess.run([str(helm), "--kubeconfig", str(cluster.kubeconfig_path), "upgrade",
+                        "--install", RELEASE, str(ROOT / "charts" / "skiplock"), "-n", NAMESPACE,
+                        "--create-namespace", "--wait", "--timeout", "8m", *helm_values()],
+                       check=True, timeout=600)
+    with PortForward(kubectl, NAMESPACE, f"svc/{RELEASE}-postgres", 5432) as forward:
+        url = f"postgresql://skiplock:{DB_PASSWORD}@127.0.0.1:{forward.local_port}/skiplock"
+        db = Database(url, forward)
+        e = Env(cluster, kubectl, helm, db, forward)
+        with step("migrate the schema through the port-forward"):
+            wait_for(lambda: _migrate(url), 240, "skiplock migrate")
+        yield e
+        log("final state of the cluster:")
+        print(kubectl("get", "jobqueues,deployments,pods", "-n", NAMESPACE, "-o", "wide",
+                      check=False), flush=True)
+
+
+def _migrate(url: str) -> bool:
+    from skiplock.db import Database as SkiplockDatabase
+
+    with SkiplockDatabase(url, connect_timeout=5) as db:
+        db.migrate()
+    return True

@@ -170,9 +170,9 @@ class ToxiproxyServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> Toxiproxy:
-        log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([str(self.binary), "-host", "127.0.0.1",
-                                      "-port", str(self.port)], stdout=log, stderr=log)
+        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([str(self.binary), "-host", "127.0.0.1",
+                                          "-port", str(self.port)], stdout=log, stderr=log)
         api = Toxiproxy(self.port)
         deadline = time.monotonic() + timeout
         while True:

@@ -15,7 +15,8 @@ class OperatorSettings(BaseSettings):
     metrics_port: int | None = Field(default=9090, ge=0, le=65535)
     # kopf watches can go silent without an error (kopf #585, #957); asking the API server to
     # end each watch, and giving up on a quiet connection client-side, makes kopf re-list.
-    watch_server_timeout: float = Field(default=300, gt=0)
+    # An integer: the API server rejects "timeoutSeconds=30.0".
+    watch_server_timeout: int = Field(default=300, gt=0)
     watch_client_timeout: float = Field(default=330, gt=0)
     watch_connect_timeout: float = Field(default=10, gt=0)
     # Counts are capped at what can change the decision (maxReplicas * jobsPerReplica), but

@@ -133,8 +133,10 @@ class EnvTest:
     def get_raw(self, path: str, accept: str | None = None) -> bytes:
         """GET with the admin token (for /readyz and server-side printed tables)."""
         ctx = ssl.create_default_context(cafile=str(self.root / "ca.crt"))
-        req = urllib.request.Request(f"{self.server}{path}", headers={
-            "Authorization": f"Bearer {self.admin_token}", **({"Accept": accept} if accept else {})})
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        if accept:
+            headers["Accept"] = accept
+        req = urllib.request.Request(f"{self.server}{path}", headers=headers)
         with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
             return resp.read()  # type: ignore[no-any-return]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 
-import pytest
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from skiplock.api.config import ApiSettings

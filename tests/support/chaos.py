@@ -172,3 +172,33 @@ def worker_connections(sql: Sql, role: str = "claim") -> int:
 def state_of(sql: Sql, job_id: int) -> tuple[str, int]:
     row = sql("SELECT state::text, attempts FROM jobs WHERE id = %s", job_id)
     return (str(row[0][0]), int(row[0][1]))
+
+
+class ReconnectingSql:
+    """Like the ``sql`` fixture, but survives a database restart (reconnects once on error)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn: Any = None
+
+    def __call__(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                if self.conn is None or self.conn.closed or self.conn.broken:
+                    self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                                options="-c search_path=skiplock,public")
+                cur = self.conn.execute(query, params or None)
+                return cur.fetchall() if cur.description else []
+            except psycopg.OperationalError:
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.chaos import install_audit, wait_for, worker_connections
+from tests.support.chaos import ReconnectingSql, install_audit, wait_for, worker_connections
 from tests.support.pgserver import PgServer
 from tests.support.toxiproxy import Proxy, Toxiproxy, running_toxiproxy
 
@@ -60,6 +60,15 @@ def audited(sql: Callable[..., list[tuple[Any, ...]]]) -> Callable[..., list[tup
     """The ``sql`` helper, with every job transition recorded by a trigger (public.job_audit)."""
     install_audit(sql)
     return sql
+
+
+@pytest.fixture
+def rsql(database_url: str) -> Iterator[ReconnectingSql]:
+    """Raw SQL on the test database that survives Postgres restarts (with the audit trigger)."""
+    helper = ReconnectingSql(database_url)
+    install_audit(helper)
+    yield helper
+    helper.close()
 
 
 @pytest.fixture

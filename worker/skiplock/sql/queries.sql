@@ -162,14 +162,29 @@ LIMIT %(limit)s;
 -- name: queue_stats
 -- Per-queue counts for the CLI, API, metrics and the operator. Each count is capped at
 -- %(cap)s so the cost stays bounded on huge tables: past the cap the number changes no decision.
-WITH names AS (
-    SELECT DISTINCT queue FROM (
-        SELECT unnest(%(queues)s::text[]) AS queue
-        UNION ALL
-        SELECT queue FROM tasks WHERE %(queues)s::text[] = '{}'
-        UNION ALL
-        (SELECT DISTINCT queue FROM jobs WHERE %(queues)s::text[] = '{}' AND state IN ('queued', 'running'))
-    ) AS all_names
+-- Every part reads a partial index, never the table: queue names by a skip scan of the hot
+-- indexes (not DISTINCT over the table), the oldest runnable job by a skip scan over
+-- priorities (the runnable index is ordered by priority first), retries by jobs_retrying_idx.
+WITH RECURSIVE queued_names AS (
+    (SELECT queue FROM jobs WHERE state = 'queued' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM jobs AS j WHERE j.state = 'queued' AND j.queue > q.queue
+            ORDER BY j.queue LIMIT 1)
+    FROM queued_names AS q WHERE q.queue IS NOT NULL
+), running_names AS (
+    (SELECT queue FROM jobs WHERE state = 'running' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM jobs AS j WHERE j.state = 'running' AND j.queue > q.queue
+            ORDER BY j.queue LIMIT 1)
+    FROM running_names AS q WHERE q.queue IS NOT NULL
+), names AS (
+    SELECT unnest(%(queues)s::text[]) AS queue
+    UNION
+    SELECT queue FROM tasks WHERE %(queues)s::text[] = '{}'
+    UNION
+    SELECT queue FROM queued_names WHERE queue IS NOT NULL AND %(queues)s::text[] = '{}'
+    UNION
+    SELECT queue FROM running_names WHERE queue IS NOT NULL AND %(queues)s::text[] = '{}'
 )
 SELECT n.queue,
        (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' AND queue = n.queue
@@ -184,10 +199,29 @@ SELECT n.queue,
                               LIMIT %(cap)s) AS x) AS dead,
        (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'dead' AND queue = n.queue
                               AND finished_at > now() - interval '1 hour' LIMIT %(cap)s) AS x) AS dead_last_hour,
-       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state IN ('queued', 'running') AND queue = n.queue
-                              AND attempts >= %(high_attempts)s LIMIT %(cap)s) AS x) AS high_retry,
-       (SELECT extract(epoch FROM now() - min(run_at)) FROM jobs
-        WHERE state = 'queued' AND queue = n.queue AND run_at <= now()) AS oldest_runnable_age
+       CASE WHEN %(high_attempts)s::int > 1 THEN
+           (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state IN ('queued', 'running')
+                                  AND attempts > 1 AND queue = n.queue
+                                  AND attempts >= %(high_attempts)s LIMIT %(cap)s) AS x)
+       ELSE
+           (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state IN ('queued', 'running')
+                                  AND queue = n.queue AND attempts >= %(high_attempts)s
+                                  LIMIT %(cap)s) AS x)
+       END AS high_retry,
+       (SELECT extract(epoch FROM now() - min(o.run_at)) FROM (
+            WITH RECURSIVE prio AS (
+                (SELECT priority FROM jobs WHERE state = 'queued' AND queue = n.queue
+                 ORDER BY priority LIMIT 1)
+                UNION ALL
+                SELECT (SELECT j.priority FROM jobs AS j WHERE j.state = 'queued'
+                        AND j.queue = n.queue AND j.priority > p.priority
+                        ORDER BY j.priority LIMIT 1)
+                FROM prio AS p WHERE p.priority IS NOT NULL
+            )
+            SELECT (SELECT j.run_at FROM jobs AS j WHERE j.state = 'queued' AND j.queue = n.queue
+                    AND j.priority = prio.priority ORDER BY j.run_at LIMIT 1) AS run_at
+            FROM prio WHERE prio.priority IS NOT NULL
+        ) AS o WHERE o.run_at <= now()) AS oldest_runnable_age
 FROM names AS n
 ORDER BY n.queue;
 

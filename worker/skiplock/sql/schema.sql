@@ -40,6 +40,9 @@ CREATE INDEX jobs_runnable_idx ON jobs (queue, priority, run_at, id) WHERE state
 CREATE INDEX jobs_running_idx ON jobs (queue, locked_until) WHERE state = 'running';
 -- Dead-job listing and rate.
 CREATE INDEX jobs_dead_idx ON jobs (queue, finished_at) WHERE state = 'dead';
+-- Unfinished retries (second attempt onwards), for the high-retry count.
+CREATE INDEX jobs_retrying_idx ON jobs (queue, attempts)
+    WHERE state IN ('queued', 'running') AND attempts > 1;
 -- Pruning finished jobs by age.
 CREATE INDEX jobs_finished_idx ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 -- Idempotent enqueue: one job per unique key for as long as the job row exists.

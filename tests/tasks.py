@@ -113,3 +113,10 @@ def crash_on_first_attempt(ctx: JobContext, marker: str) -> dict[str, int]:
     if ctx.attempt == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return {"attempt": ctx.attempt}
+
+
+@app.task(max_attempts=5, backoff=Backoff(base=0.05, factor=40, cap=600, jitter=0))
+def slow_retry(ctx: JobContext) -> None:
+    """Fails every time; retries after 0.05 s, 2 s, then 80 s: a job that sits at a high
+    retry count (3) for a while, as a struggling job would."""
+    raise RuntimeError(f"still failing (attempt {ctx.attempt})")

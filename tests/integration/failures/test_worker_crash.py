@@ -112,3 +112,29 @@ def test_sigkill_during_a_batch_loses_nothing(database_url, audited, spawn_worke
              90, "all 40 jobs to succeed")
     counts = assert_invariants(sql, ids, executions=executions(marker))
     assert counts == {"succeeded": 40}
+
+
+def test_sigkill_between_claim_commit_and_its_answer(database_url, audited, spawn_worker, proxy,
+                                                     marker: Path) -> None:
+    """The claim committed in Postgres and the worker is SIGKILLed before the answer reaches it
+    (held back 3 s by Toxiproxy): the job is running under a dead worker's lease, with no
+    handler anywhere. It comes back after the lease and runs exactly once."""
+    sql = audited
+    victim = spawn_worker("tests.tasks:app", *WORKER_ARGS,
+                          env={"SKIPLOCK_DATABASE_URL": proxy.url(database_url)}, name="victim")
+    wait_workers_ready(sql, 1)
+    proxy.add_toxic("latency", stream="downstream", latency=3000)
+    with Client(database_url) as c:
+        job = c.enqueue("tracked", {"marker": str(marker)})
+    wait_for(lambda: state_of(sql, job) == ("running", 1), 30, "the claim to commit")
+    victim.kill()
+    assert read_marker(marker) == []
+    lease = sql("SELECT locked_until FROM jobs WHERE id = %s", job)[0][0]
+    spawn_worker("tests.tasks:app", *WORKER_ARGS, name="rescuer")
+    wait_for(lambda: state_of(sql, job)[0] == "succeeded", 30, "the job to be re-run")
+    trail = audit(sql, job)
+    assert [(t[1], t[2]) for t in trail] == [("queued", 0), ("running", 1), ("queued", 1),
+                                             ("running", 2), ("succeeded", 2)], trail
+    assert trail[2][6] >= lease
+    assert [(r[1], r[2].split(":")[0]) for r in read_marker(marker)] == [(2, "rescuer")]
+    assert_invariants(sql, [job], expected_states={job: "succeeded"}, executions=executions(marker))

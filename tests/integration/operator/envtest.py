@@ -188,6 +188,7 @@ class OperatorThread:
 
     def __init__(self, kubeconfig: Path) -> None:
         self.kubeconfig = kubeconfig
+        self.liveness_port = free_port()
         self.stop_flag = threading.Event()
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -199,8 +200,9 @@ class OperatorThread:
         import skiplock_operator.handlers  # noqa: F401  (registers the handlers)
 
         try:
-            asyncio.run(kopf.operator(standalone=True, clusterwide=True,
-                                      stop_flag=self.stop_flag, ready_flag=self.ready))
+            asyncio.run(kopf.operator(
+                standalone=True, clusterwide=True, stop_flag=self.stop_flag, ready_flag=self.ready,
+                liveness_endpoint=f"http://127.0.0.1:{self.liveness_port}/healthz"))
         except BaseException as exc:
             self.error = exc
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import generate_latest
 
 from tests.conftest import wait_until
 from tests.integration.operator.conftest import Cluster
@@ -94,6 +96,16 @@ def test_creates_owned_deployment_with_status(cluster: Cluster, operator: Operat
                        "Age"]
     assert table["rows"][0]["cells"][1:7] == ["default", 0, 0, 1, 1, 0]
     no_secret_in(cluster, "emails")
+
+    # liveness endpoint (kopf's, with our probe) and Prometheus metrics
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz",
+                                timeout=5) as resp:
+        assert resp.status == 200
+    metrics = generate_latest().decode()
+    assert f'skiplock_operator_desired_replicas{{jobqueue="emails",namespace="{cluster.ns}"}} 1.0' \
+        in metrics
+    assert f'skiplock_operator_database_up{{jobqueue="emails",namespace="{cluster.ns}"}} 1.0' \
+        in metrics
 
 
 def test_scales_on_backlog_then_down_idle_first(cluster: Cluster, operator: OperatorThread,

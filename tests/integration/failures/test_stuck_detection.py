@@ -1,11 +1,13 @@
 """Stuck jobs / silent failures: each stuck condition is created for real (a SIGKILLed worker
 leaves a running job with an expired lease; a struggling job sits at a high retry count; a
 poison job goes dead), and every detection path reports exactly those jobs: skiplock.inspect,
-`skiplock stats --json` / `skiplock jobs --json`, and the workers' Prometheus metrics."""
+`skiplock stats --json` / `skiplock jobs --json`, the workers' Prometheus metrics, the queue
+gauges the API exports, the API's job filters and the dashboard's jobs filter (/ui/jobs)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -39,6 +41,41 @@ def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def _metric(port: int, name: str, **labels: str) -> float:
     return _metrics(port).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _check_api_and_dashboard(database_url: str, stats: dict, *, stuck: int, dead: int,
+                             struggling: int) -> None:
+    from skiplock.api.config import ApiSettings
+    from skiplock.settings import Settings
+    from tests.integration.api.server import client, serve
+
+    with serve(Settings(database_url=database_url), ApiSettings()) as base, client(base) as api:
+        scraped = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(api.get("/metrics").text)
+                   for s in f.samples}
+        assert scraped[("skiplock_queue_stats_up", ())] == 1
+        for queue in ("default", "side"):
+            for gauge in ("stuck", "high_retry", "dead", "dead_last_hour", "in_flight", "backlog"):
+                assert scraped[(f"skiplock_queue_{gauge}", (("queue", queue),))] == \
+                    stats[queue][gauge], (queue, gauge)
+
+        def ids(path: str) -> list[int]:
+            resp = api.get(path)
+            assert resp.status_code == 200, resp.text
+            return [j["id"] for j in resp.json()["jobs"]]
+
+        assert ids("/v1/jobs?stuck=true") == [stuck]
+        assert ids("/v1/jobs?state=dead") == [dead]
+        assert ids("/v1/jobs?unfinished=true&min_attempts=3") == [struggling]
+
+        def rows(query: str) -> list[int]:
+            resp = api.get(f"/ui/jobs?{query}")
+            assert resp.status_code == 200, resp.text
+            return [int(x) for x in re.findall(r'data-job-id="(\d+)"', resp.text)]
+
+        assert rows("stuck=1") == [stuck]
+        assert rows("state=dead") == [dead]
+        assert rows("state=unfinished&min_attempts=3") == [struggling]
 
 
 def test_detection_reports_exactly_the_stuck_jobs(database_url, audited, spawn_worker, marker,
@@ -95,6 +132,9 @@ def test_detection_reports_exactly_the_stuck_jobs(database_url, audited, spawn_w
     assert _metric(port, "skiplock_jobs_retried_total", queue="default", task="slow_retry") == 3
     assert _metric(port, "skiplock_jobs_succeeded_total", queue="default", task="add") == 1
     assert _metric(port, "skiplock_leases_rescued_total") == 0
+
+    # 4. The queue gauges (the API's /metrics), the API's job filters and the dashboard's.
+    _check_api_and_dashboard(database_url, stats, stuck=stuck, dead=dead, struggling=struggling)
 
     # A worker for "side" comes back: it rescues the stuck job (and counts it), the stuck count
     # drops to zero, and the job finishes.

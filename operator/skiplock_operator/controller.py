@@ -222,6 +222,8 @@ class QueueController:
             "desiredReplicas": decision.desired,
             "recommendedReplicas": decision.raw,
             "readyReplicas": ready,
+            # A heartbeat: shows the operator is polling (e.g. after it restarted).
+            "lastPollTime": cond.timestamp(),
         }
         if scaled_at:
             extra["lastScaleTime"] = scaled_at

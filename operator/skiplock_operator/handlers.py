@@ -44,10 +44,20 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING
     memo.settings = ours
     memo.kube = Kube(api_client())
+    # Shared by every per-resource memo (they are shallow copies of this one).
+    memo.running = set()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster credentials, else the kubeconfig. Replaces kopf's default chain, whose
+    client-library step reads a KUBECONFIG fixed at import time and logs a false error."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.probe(id="jobqueues")
 def probe(memo: kopf.Memo, **_: Any) -> int:
+    """How many JobQueues have a running poll loop (shown in the liveness response)."""
     return len(getattr(memo, "running", ()))
 
 
@@ -58,6 +68,7 @@ async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: k
     assert namespace is not None  # JobQueue is a namespaced resource
     ctl = QueueController(kube, memo.settings, namespace, name)
     failures = 0
+    memo.running.add(f"{namespace}/{name}")
     try:
         while not stopped:
             snapshot = _plain(body)
@@ -78,6 +89,7 @@ async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: k
                 log.exception("%s/%s: poll failed; retrying in %.0fs", namespace, name, interval)
             await _sleep(interval or DEFAULT_POLL, body, snapshot, stopped)
     finally:
+        memo.running.discard(f"{namespace}/{name}")
         await asyncio.to_thread(ctl.close)
         metrics.forget(namespace, name)
 

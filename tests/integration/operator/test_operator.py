@@ -101,6 +101,7 @@ def test_creates_owned_deployment_with_status(cluster: Cluster, operator: Operat
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz",
                                 timeout=5) as resp:
         assert resp.status == 200
+        assert json.loads(resp.read())["jobqueues"] >= 1
     metrics = generate_latest().decode()
     assert f'skiplock_operator_desired_replicas{{jobqueue="emails",namespace="{cluster.ns}"}} 1.0' \
         in metrics
@@ -252,7 +253,10 @@ def test_operator_restart_does_not_flap(
     sql("UPDATE jobs SET state = 'succeeded', finished_at = now()")
     version = cluster.deployment("steady-worker").metadata.resource_version  # type: ignore[union-attr]
     downs = len(cluster.events("ScaledDown"))
+    polled = cluster.status("steady")["lastPollTime"]
     start_operator()
+    wait_until(lambda: cluster.status("steady").get("lastPollTime") != polled, 20,
+               message="a poll by the restarted operator", interval=0.2)
     wait_until(lambda: cluster.status("steady").get("backlog") == 0, 20,
                message="restarted operator reads backlog 0", interval=0.2)
     holds(lambda: cluster.deployment("steady-worker").metadata.resource_version == version,  # type: ignore[union-attr]

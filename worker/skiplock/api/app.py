@@ -139,7 +139,11 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _problem(exc.status_code, str(exc.detail),
+        detail = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = "the request body is not valid JSON (send UTF-8 JSON, Content-Type: " \
+                     "application/json)"
+        return _problem(exc.status_code, detail,
                         headers=dict(exc.headers) if exc.headers else None)
 
 

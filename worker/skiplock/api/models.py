@@ -5,9 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 BIGINT_MAX = 2**63 - 1
 INT_MAX = 2**31 - 1
@@ -50,6 +59,24 @@ def check_json(value: Any, path: str) -> None:
             check_json(v, f"{path}[{i}]")
 
 
+def _plain_text(value: str) -> str:
+    return check_text(value, "the value")
+
+
+def _iso_only(value: Any) -> Any:
+    # pydantic would read a bare number as a Unix timestamp; the documented form is ISO 8601.
+    if not isinstance(value, str | dt.datetime) or (
+            isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()):
+        raise ValueError("must be an ISO 8601 date-time with a timezone, e.g. 2024-05-01T13:30:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
+
+# Text a query parameter may carry into SQL: refused with a 422 when PostgreSQL could not hold it.
+SafeText = Annotated[str, AfterValidator(_plain_text)]
+
+
 class JobIn(BaseModel):
     """One job to enqueue; validated like ``skiplock.Client.enqueue``."""
 
@@ -64,7 +91,7 @@ class JobIn(BaseModel):
     priority: int = Field(default=0, ge=-32768, le=32767, description="lower runs first")
     max_attempts: int | None = Field(default=None, ge=1, le=INT_MAX,
                                      description="default: the task's setting, else 5")
-    run_at: AwareDatetime | None = Field(default=None, description="not before (with a timezone)")
+    run_at: Instant | None = Field(default=None, description="not before (with a timezone)")
     delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS, allow_inf_nan=False,
                                 description="seconds from now; not with run_at")
     unique_key: str | None = Field(

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
+from pydantic import Field
 
 from ..db import NewJob
 from ..errors import DatabaseUnavailable, InvalidArguments, SkiplockError, UnknownTask
@@ -19,29 +19,27 @@ from .models import (
     BatchItem,
     BatchOut,
     Health,
+    Instant,
     JobDetail,
     JobIn,
     JobPage,
     JobState,
     Problem,
     QueuesOut,
-    check_text,
+    SafeText,
 )
 
 router = APIRouter()
 Auth = [Depends(require_token)]
 JobId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="job id")]
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "the body is not JSON"},
     401: {"model": Problem, "description": "token required"},
     422: {"model": Problem, "description": "invalid request; `fields` names each bad field"},
 }
 _IDEMPOTENCY = Header(
     alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
     description="makes a retried request safe: mapped to the job's unique_key")
-
-
-def _key(value: str | None, what: str) -> str | None:
-    return None if value is None else check_text(value, what)
 
 
 class _FieldError(InvalidArguments):
@@ -111,18 +109,18 @@ def enqueue_batch(st: State, body: BatchIn,
             responses={422: _AUTH_ERRORS[422]})
 def list_jobs(
     st: State,
-    state: Annotated[list[JobState] | None, Query(description="repeat for several")] = None,
-    queue: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-    task: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    state: Annotated[list[JobState], Query(description="repeat for several")] = [],  # noqa: B006
+    queue: Annotated[SafeText | None, Query(min_length=1, max_length=128)] = None,
+    task: Annotated[SafeText | None, Query(min_length=1, max_length=256)] = None,
     stuck: Annotated[bool, Query(description="running with an expired lease")] = False,
     unfinished: Annotated[bool, Query(description="queued or running (with min_attempts: "
                                                   "the high-retry jobs)")] = False,
     min_attempts: Annotated[int | None, Query(ge=0, le=INT_MAX)] = None,
-    created_after: AwareDatetime | None = None,
-    created_before: AwareDatetime | None = None,
-    finished_after: AwareDatetime | None = None,
-    finished_before: AwareDatetime | None = None,
-    error: Annotated[str | None, Query(min_length=1, max_length=200,
+    created_after: Instant | None = None,
+    created_before: Instant | None = None,
+    finished_after: Instant | None = None,
+    finished_before: Instant | None = None,
+    error: Annotated[SafeText | None, Query(min_length=1, max_length=200,
                                        description="text the last error contains")] = None,
     cursor: Annotated[int | None, Query(ge=1, le=BIGINT_MAX,
                                         description="next_cursor of the previous page")] = None,
@@ -136,10 +134,10 @@ def list_jobs(
         if not states:
             return JobPage(jobs=[], next_cursor=None)
     f = service.JobFilters(
-        states=states, queue=_key(queue, "queue"), task=_key(task, "task"), stuck=stuck,
+        states=states, queue=queue, task=task, stuck=stuck,
         min_attempts=min_attempts, created_after=created_after, created_before=created_before,
         finished_after=finished_after, finished_before=finished_before,
-        error=_key(error, "error"))
+        error=error)
     return service.search(st.db, f, cursor, limit)
 
 
@@ -170,15 +168,12 @@ def cancel_job(st: State, job_id: JobId) -> JobDetail:
             responses={422: _AUTH_ERRORS[422]})
 def queues(st: State,
            window_minutes: Annotated[int, Query(ge=1, le=1440)] = 30,
-           queue: Annotated[list[str] | None, Query(description="only these queues")] = None,
+           queue: Annotated[list[Annotated[SafeText, Field(min_length=1, max_length=128)]],
+                            Query(description="only these queues (repeat for several)")] = [],  # noqa: B006 - FastAPI copies it
            ) -> QueuesOut:
     """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
     per bucket over the window and the backlog samples this process took."""
-    names = [check_text(q, "queue") for q in queue or []]
-    for q in names:
-        if not 1 <= len(q) <= 128:
-            raise _FieldError("queue", "queue names are 1 to 128 characters")
-    return service.overview(st.db, st.history, window_minutes, names)
+    return service.overview(st.db, st.history, window_minutes, queue)
 
 
 @router.get("/healthz", tags=["health"], response_model=Health)

@@ -109,11 +109,14 @@ def attempt_timeline(created: dt.datetime, marks: Sequence[tuple[dt.datetime, st
              f'<line x1="10" y1="20" x2="{W - 10}" y2="20" stroke="#999"/>',
              '<circle cx="10" cy="20" r="4" fill="#4a78c2"><title>created</title></circle>',
              '<text x="10" y="40" font-size="9">created</text>']
+    labelled_at = -100.0
     for at, label, colour in marks:
         x = 10 + (at - created).total_seconds() / total * (W - 20)
         parts.append(f'<circle cx="{x:.1f}" cy="20" r="4" fill="{colour}">'
                      f"<title>{escape(label)} at {at:%H:%M:%S}</title></circle>")
-        parts.append(f'<text x="{x:.1f}" y="10" font-size="9" text-anchor="middle">'
-                     f"{escape(label)}</text>")
+        if x - labelled_at >= 40:  # close marks keep only their tooltip, so labels never overlap
+            parts.append(f'<text x="{x:.1f}" y="10" font-size="9" text-anchor="middle">'
+                         f"{escape(label)}</text>")
+            labelled_at = x
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - built from escaped parts above

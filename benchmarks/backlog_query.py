@@ -1,7 +1,7 @@
 """How long the operator's per-poll reads take as the jobs table grows.
 
 Measures exactly what one JobQueue poll runs: ``skiplock.inspect.queue_stats`` for one queue
-with the operator's cap (max(10 000, maxReplicas * jobsPerReplica + 1)), and
+with the operator's cap (max(1000, maxReplicas * jobsPerReplica + 1)), and
 ``skiplock.inspect.busy_pods`` (run just before a scale-down).
 
     .venv/bin/python -m benchmarks.backlog_query                       # 10k, 100k, 1M rows
@@ -92,8 +92,8 @@ def main() -> int:
     ap.add_argument("--database-url")
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--cap", type=int, default=10_001,
-                    help="count cap (the operator uses max(10000, maxReplicas*jobsPerReplica+1))")
+    ap.add_argument("--cap", type=int, default=1_001,
+                    help="count cap (the operator uses max(1000, maxReplicas*jobsPerReplica+1))")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))

@@ -289,3 +289,22 @@ def test_missing_secret_is_a_condition_then_recovers(
     cluster.secret("db", database_url)
     wait_until(lambda: (cluster.condition("nosecret", "Ready") or {}).get("status") == "True",
                30, message="Ready=True once the Secret exists", interval=0.2)
+
+
+def test_paused_holds_replicas(cluster: Cluster, operator: OperatorThread, database_url: str,
+                               sql: Sql) -> None:
+    cluster.secret("db", database_url)
+    cluster.create_jobqueue("frozen", **spec())
+    enqueue(sql, 100)
+    wait_until(lambda: cluster.replicas("frozen-worker") == 2, 30,
+               message="2 replicas for 100 jobs", interval=0.2)
+    cluster.patch_jobqueue("frozen", {"spec": {"scaling": {"paused": True}}})
+    wait_until(lambda: (cluster.condition("frozen", "Scaling") or {}).get("reason") == "Paused",
+               20, message="Scaling reason Paused", interval=0.2)
+    enqueue(sql, 400)
+    wait_until(lambda: cluster.status("frozen").get("backlog") == 500, 20,
+               message="backlog 500 read while paused", interval=0.2)
+    holds(lambda: cluster.replicas("frozen-worker") == 2, 3, "2 replicas while paused")
+    cluster.patch_jobqueue("frozen", {"spec": {"scaling": {"paused": False}}})
+    wait_until(lambda: cluster.replicas("frozen-worker") == 10, 30,
+               message="10 replicas once resumed", interval=0.2)

@@ -76,7 +76,7 @@ build_k8s() { # build_k8s BINARY
     "$GO" build -trimpath -ldflags "$(k8s_ldflags)" -o "$K8S_OUT/$bin.tmp" "k8s.io/kubernetes/cmd/$bin")
   mv "$K8S_OUT/$bin.tmp" "$K8S_OUT/$bin"
   link "$K8S_OUT/$bin" "$bin"
-  log "built $bin in $((SECONDS - t0))s: $("$K8S_OUT/$bin" --version 2>/dev/null | head -1 || true)"
+  log "built $bin in $((SECONDS - t0))s: $("$K8S_OUT/$bin" --version 2>/dev/null || "$K8S_OUT/$bin" version -o short 2>/dev/null || true)"
 }
 
 # ---------------------------------------------------------------- etcd

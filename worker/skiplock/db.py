@@ -253,7 +253,11 @@ class Database:
                             "unique_key to make the retry safe."
                         ) from exc
                     finally:
-                        conn.autocommit = True
+                        # On a connection that broke while committing this would raise "the
+                        # connection is lost" and hide EnqueueOutcomeUnknown behind a
+                        # "nothing was changed" error; the pool discards a broken one anyway.
+                        if not conn.broken:
+                            conn.autocommit = True
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 raise wrap_error(exc, self.url, f"enqueue {job.task!r}") from None
             except psycopg.Error as exc:

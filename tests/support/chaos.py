@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS public.job_audit (
     run_at       timestamptz,
     locked_by    text,
     locked_until timestamptz,
-    at           timestamptz NOT NULL DEFAULT clock_timestamp()
+    -- now() of the changing transaction: the very clock run_at and locked_until are set and
+    -- compared with, so delays and lease ends can be checked exactly.
+    at           timestamptz NOT NULL DEFAULT now()
 );
 CREATE OR REPLACE FUNCTION public.job_audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from skiplock import Client
-from skiplock.errors import DatabaseUnavailable, SkiplockError
+from skiplock.errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SkiplockError
 from skiplock.settings import Settings
 from tests.support.chaos import wait_for
 
@@ -167,4 +167,28 @@ def test_connection_reset_mid_enqueue_is_retried_once_safely(database_url, proxy
     job = wait_for(lambda: _try(client, "add", {"a": 1, "b": 2}, unique_key="reset-1"), 30,
                    "the client to recover after the resets")
     assert sql("SELECT id FROM jobs WHERE unique_key = 'reset-1'") == [(job,)]
+    client.close()
+
+
+def test_link_cut_while_committing_reports_unknown_outcome(database_url, proxy, sql) -> None:
+    """The hardest case for "never inserts twice": the COMMIT reached Postgres but its answer
+    did not. The client must not retry on its own (the job exists); it says the outcome is
+    unknown, and the caller's retry with the same unique_key finds the job instead of adding one."""
+    client = _client(proxy.url(database_url))
+    client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection, set up without latency
+    proxy.add_toxic("latency", stream="downstream", latency=2000)
+    call = _Call(client, "add", {"a": 1, "b": 2}, unique_key="commit-1")
+    call.start()
+    wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE unique_key = 'commit-1'") == [(1,)],
+             20, "the insert to be committed in Postgres")
+    proxy.disable()  # the COMMIT's answer is still on the wire
+    call.join(CONNECT_TIMEOUT * 3 + 5)
+    assert not call.is_alive(), "enqueue hung after its connection was cut"
+    assert isinstance(call.error, EnqueueOutcomeUnknown), call.error
+    assert "may or may not exist" in str(call.error) and "unique_key" in str(call.error)
+    proxy.clear()
+    job = wait_for(lambda: _try(client, "add", {"a": 1, "b": 2}, unique_key="commit-1"), 30,
+                   "the client to recover")
+    assert sql("SELECT id FROM jobs WHERE unique_key = 'commit-1'") == [(job,)]
+    assert sql("SELECT count(*) FROM jobs") == [(2,)]
     client.close()

@@ -68,6 +68,22 @@ class WorkerSpec(_Model):
             raise ValueError("must look like 'package.module:attribute'")
         return v
 
+    @field_validator("args")
+    @classmethod
+    def _no_url_in_args(cls, v: list[str]) -> list[str]:
+        if any(a.startswith("--database-url") for a in v):
+            raise ValueError("the database URL comes from spec.database.urlSecretRef, "
+                             "never from args")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _no_url_in_env(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(e.get("name") == "SKIPLOCK_DATABASE_URL" and "value" in e for e in v):
+            raise ValueError("SKIPLOCK_DATABASE_URL must not be a literal value; "
+                             "use spec.database.urlSecretRef")
+        return v
+
 
 class ScaleUpSpec(_Model):
     # HPA-like: per period, add at most max(pods, percent of the replicas at its start).

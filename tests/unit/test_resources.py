@@ -119,6 +119,10 @@ def test_deletion_costs_idle_first() -> None:
          "spec.database.schema"),
         ({"worker": {"image": "w", "concurency": 3}}, "spec.worker.concurency"),
         ({"worker": {"image": "w", "app": "nocolon"}}, "spec.worker.app"),
+        ({"worker": {"image": "w", "args": ["--database-url=postgresql://u:p@h/d"]}},
+         "never from args"),
+        ({"worker": {"image": "w", "env": [{"name": "SKIPLOCK_DATABASE_URL", "value": "x"}]}},
+         "must not be a literal value"),
     ],
 )
 def test_invalid_specs_say_what_is_wrong(over: dict[str, Any], needle: str) -> None:

@@ -74,12 +74,14 @@ def test_server_rejects_bad_values(fresh: EnvTest, fresh_admin: client.ApiClient
                    "crd/jobqueues.skiplock.dev").returncode == 0
     bad = ("apiVersion: skiplock.dev/v1alpha1\nkind: JobQueue\nmetadata: {name: bad, "
            "namespace: default}\nspec:\n  queues: ['has space']\n  database: {urlSecretRef: "
-           "{name: x}}\n  worker: {image: w, concurrency: 0}\n  scaling: {minReplicas: 3, "
-           "maxReplicas: 1}\n")
+           "{name: x}}\n  worker: {image: w, concurrency: 0, args: [--database-url=postgresql://a],"
+           " env: [{name: SKIPLOCK_DATABASE_URL, value: postgresql://b}]}\n  scaling: "
+           "{minReplicas: 3, maxReplicas: 1}\n")
     r = subprocess.run([str(kube_bin_dir() / "kubectl"), "--kubeconfig",
                         str(envtest.kubeconfig("admin")), "apply", "-f", "-"], input=bad,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     for needle in ("spec.queues[0]", "spec.worker.concurrency",
-                   "minReplicas must be less than or equal to maxReplicas"):
+                   "minReplicas must be less than or equal to maxReplicas",
+                   "never from args", "must not be a literal value"):
         assert needle in r.stderr, r.stderr

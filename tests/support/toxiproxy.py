@@ -59,7 +59,7 @@ def server_binary() -> Path:
             return target
         with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
             print(f"\n[toxiproxy] building {MODULE}/cmd/server@{VERSION} into {target} ...",
-                  file=sys.stderr, flush=True)
+                  file=sys.__stderr__, flush=True)
             started = time.monotonic()
             env = {**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
             proc = subprocess.run([_go(), "install", f"{MODULE}/cmd/server@{VERSION}"], env=env,
@@ -67,7 +67,7 @@ def server_binary() -> Path:
             if proc.returncode != 0:
                 raise RuntimeError(f"building toxiproxy {VERSION} failed:\n{proc.stderr[-4000:]}")
             os.replace(Path(gobin) / "server", target)
-            print(f"[toxiproxy] built in {time.monotonic() - started:.0f}s", file=sys.stderr,
+            print(f"[toxiproxy] built in {time.monotonic() - started:.0f}s", file=sys.__stderr__,
                   flush=True)
     return target
 

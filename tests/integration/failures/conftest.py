@@ -14,13 +14,20 @@ import pytest
 
 from tests.support.chaos import ReconnectingSql, install_audit, wait_for, worker_connections
 from tests.support.pgserver import PgServer
-from tests.support.toxiproxy import Proxy, Toxiproxy, running_toxiproxy
+from tests.support.toxiproxy import Proxy, Toxiproxy, running_toxiproxy, server_binary
 
 _names = itertools.count()
 
 # Short leases keep the suite fast; heartbeats renew every lease/3.
 LEASE = 2.0
 WORKER_ARGS = ("--lease-seconds", str(LEASE), "--poll-interval", "0.2", "--shutdown-grace", "5")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Build Toxiproxy (first run on a machine only) before any test starts, so the build is not
+    charged to one test's timeout."""
+    if any("toxiproxy" in getattr(item, "fixturenames", ()) for item in items):
+        server_binary()
 
 
 @pytest.fixture(scope="session")

@@ -101,3 +101,42 @@ def test_claim_contention(database_url, audited, capsys, record_property, n: int
         print(f"\n[contention] N={n:>2} claimers: {jobs} jobs, claim latency "
               f"p50={figures['p50_ms']} ms p99={figures['p99_ms']} ms "
               f"({figures['jobs_per_s']} jobs/s)")
+
+
+def test_real_worker_processes_contend_without_deadlock(database_url, audited, spawn_worker,
+                                                        capsys) -> None:
+    """Eight real worker processes (4 slots each: claims, rescues, heartbeats and batched fenced
+    completions all at once) drain one queue: no deadlock, no double claim, nothing lost."""
+    from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
+    from tests.support.chaos import wait_for
+
+    sql = audited
+    n_workers, jobs = 8, 400
+    deadlocks_before = sql("SELECT deadlocks FROM pg_stat_database "
+                           "WHERE datname = current_database()")[0][0]
+    workers = [spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "4",
+                            name=f"contend-{i}") for i in range(n_workers)]
+    wait_workers_ready(sql, n_workers, timeout=120)
+    started = time.monotonic()
+    sql("INSERT INTO jobs (task, args) SELECT 'add', jsonb_build_object('a', g, 'b', 1) "
+        "FROM generate_series(1, %s) AS g", jobs)
+    wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'")[0][0] == jobs,
+             120, f"{jobs} jobs to be done by {n_workers} workers")
+    wall = time.monotonic() - started
+    assert sql("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+               )[0][0] == deadlocks_before
+    for w in workers:
+        assert "deadlock" not in w.output().lower(), w.output()[-2000:]
+    assert sql("SELECT count(*) FROM jobs WHERE attempts <> 1") == [(0,)]
+    per_worker = dict(sql("SELECT split_part(locked_by, ':', 1), count(*) FROM public.job_audit "
+                          "WHERE new_state = 'running' GROUP BY 1"))
+    assert sum(per_worker.values()) == jobs
+    assert_invariants(sql, expected_states=dict.fromkeys(
+        [r[0] for r in sql("SELECT id FROM jobs")], "succeeded"))
+    assert sql("SELECT count(*) FROM results WHERE (result->>'sum')::int <> "
+               "(SELECT (args->>'a')::int + 1 FROM jobs WHERE id = job_id)") == [(0,)]
+    with capsys.disabled():
+        print(f"\n[contention] {n_workers} worker processes x 4 slots: {jobs} jobs in {wall:.1f}s; "
+              f"claims per worker {sorted(per_worker.values())}")
+    for w in workers:
+        w.terminate()

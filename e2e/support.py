@@ -241,8 +241,10 @@ class Timeline:
 
 def random_pod(kubectl: Kubectl, namespace: str, selector: str) -> str | None:
     pods = kubectl.json("-n", namespace, "get", "pods", "-l", selector)["items"]
-    running = [p["metadata"]["name"] for p in pods
-               if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    running = [
+        p["metadata"]["name"] for p in pods
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
     return random.choice(running) if running else None
 
 

@@ -44,7 +44,8 @@ def test_helm_upgrade_uninstall_then_kubectl_apply(env: Env) -> None:
         env.kubectl("-n", NAMESPACE, "delete", "pvc", "--all", "--wait=true", timeout=300)
 
     with step("kubectl apply -f deploy/ (and the sample JobQueue)"):
-        manifests = [*sorted((ROOT / "deploy").glob("*.yaml")), ROOT / "deploy/samples/jobqueue.yaml"]
+        sample = ROOT / "deploy" / "samples" / "jobqueue.yaml"
+        manifests = [*sorted((ROOT / "deploy").glob("*.yaml")), sample]
         for path in manifests:
             env.kubectl.apply(_local_images(path))
         env.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/skiplock-operator",

@@ -183,6 +183,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
 
     app = FastAPI(
         title="Skiplock", version=__version__, lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN; nothing here may
+        # fetch from the internet, so only the document itself is served.
+        docs_url=None, redoc_url=None,
         description="Enqueue and inspect Skiplock jobs over HTTP. Mutating endpoints need "
                     "`Authorization: Bearer <token>` when the server has a token configured.",
         responses={503: {"model": Problem, "description": "database unreachable; see Retry-After"}},

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from .. import inspect as inspection
 from ..errors import DatabaseUnavailable, JobNotFound
 from . import charts, service
 from .app import HERE, State
@@ -144,7 +145,7 @@ def queues_page(request: Request, st: State) -> HTMLResponse:
         rows.append({"q": q, "flow": flow, "backlog": backlog})
     return templates.TemplateResponse(request, "queues.html", _ctx(
         request, st, nav="queues", title="Queues", data=data, rows=rows, windows=WINDOWS,
-        window=window, high_attempts=3))
+        window=window, high_attempts=inspection.HIGH_RETRY_ATTEMPTS))
 
 
 @router.get("/ui/jobs", response_class=HTMLResponse)

@@ -39,7 +39,9 @@ def policy_of(spec: JobQueueSpec) -> Policy:
                   activation_threshold=s.activation_threshold,
                   scale_up_pods=s.scale_up.pods, scale_up_percent=s.scale_up.percent,
                   scale_up_period=s.scale_up.period_seconds,
-                  scale_down_window=s.scale_down_stabilization_seconds, paused=s.paused)
+                  scale_down_window=s.scale_down_stabilization_seconds, paused=s.paused,
+                  fallback_failures=s.fallback.failure_threshold if s.fallback else 0,
+                  fallback_replicas=s.fallback.replicas if s.fallback else 0)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class QueueController:
         self.name = name
         self.clock = clock
         self.history: History | None = None
+        self.failures = 0  # consecutive polls without stats
         self._db: _Db | None = None
         self._last_warning: dict[str, float] = {}
 
@@ -191,7 +194,8 @@ class QueueController:
             # been recommended, so a restart never scales down before a full window has passed.
             self.history = History.seeded(now, current)
         load = Load(stats.backlog, stats.in_flight) if stats is not None else None
-        decision = decide(policy, load, current, self.history, now)
+        self.failures = 0 if load is not None else self.failures + 1
+        decision = decide(policy, load, current, self.history, now, self.failures)
         self.history = decision.history
         scaled_at: str | None = None
         if decision.desired != current:

@@ -92,6 +92,12 @@ class ScaleUpSpec(_Model):
     period_seconds: float = Field(default=15, ge=1, le=3600)
 
 
+class FallbackSpec(_Model):
+    # KEDA's fallback: after this many failed stats reads in a row, run at least `replicas`.
+    failure_threshold: int = Field(ge=1, le=1000)
+    replicas: int = Field(ge=0, le=1000)
+
+
 class ScalingSpec(_Model):
     min_replicas: int = Field(default=0, ge=0, le=1000)
     max_replicas: int = Field(default=10, ge=1, le=1000)
@@ -101,12 +107,16 @@ class ScalingSpec(_Model):
     scale_up: ScaleUpSpec = Field(default_factory=ScaleUpSpec)
     scale_down_stabilization_seconds: float = Field(default=300, ge=0, le=86400)
     paused: bool = False
+    fallback: FallbackSpec | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"minReplicas ({self.min_replicas}) must be <= maxReplicas "
                              f"({self.max_replicas})")
+        if self.fallback and self.fallback.replicas > self.max_replicas:
+            raise ValueError(f"fallback.replicas ({self.fallback.replicas}) must be <= "
+                             f"maxReplicas ({self.max_replicas})")
         return self
 
 

@@ -4,7 +4,9 @@ replica count and a small history. No I/O, no clock: the caller passes ``now``.
 The rules, in order:
 1. paused: hold whatever runs now.
 2. database unreadable (``load`` is None): hold the current replicas (clamped into [min, max]);
-   never drop to zero because a number could not be read.
+   never drop to zero because a number could not be read. With a fallback configured (KEDA's
+   ``fallback``), after that many failed reads in a row raise to at least the fallback count
+   (it never lowers: work may be piling up where it cannot be seen).
 3. raw = clamp(ceil((backlog + in_flight) / jobs_per_replica), min, max). In-flight jobs count
    too: counting only waiting jobs would scale busy workers away.
 4. activation: at zero replicas, stay at zero until backlog + in_flight exceeds the activation
@@ -33,6 +35,8 @@ class Policy:
     scale_up_period: float = 15.0
     scale_down_window: float = 300.0
     paused: bool = False
+    fallback_failures: int = 0    # 0: no fallback, only hold
+    fallback_replicas: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -93,12 +97,24 @@ def recommend(policy: Policy, load: Load, current: int) -> int:
 
 
 def decide(policy: Policy, load: Load | None, current: int, history: History,
-           now: float) -> Decision:
+           now: float, failures: int = 0) -> Decision:
+    """``failures``: consecutive failed reads before this one (``load`` None counts as one more
+    only through the caller)."""
     if policy.paused:
         return Decision(current, current, "Paused",
                         f"scaling is paused; holding {current} replica(s)", history)
     held = clamp(current, policy.min_replicas, policy.max_replicas)
     if load is None:
+        if 0 < policy.fallback_failures <= failures:
+            target = clamp(max(held, policy.fallback_replicas), policy.min_replicas,
+                           policy.max_replicas)
+            if target > current:
+                return Decision(target, target, "ScaledUp",
+                                f"{current} -> {target}: fallback after {failures} failed "
+                                "stats reads", history)
+            return Decision(held, held, "DatabaseUnavailable",
+                            f"stats unavailable ({failures} failed reads); holding {held} "
+                            f"replica(s) (fallback {policy.fallback_replicas})", history)
         return Decision(held, held, "DatabaseUnavailable",
                         f"stats unavailable; holding {held} replica(s)", history)
 

@@ -113,6 +113,8 @@ def test_deletion_costs_idle_first() -> None:
     [
         ({"scaling": {"minReplicas": 5, "maxReplicas": 2}},
          "minReplicas (5) must be <= maxReplicas (2)"),
+        ({"scaling": {"maxReplicas": 2, "fallback": {"failureThreshold": 1, "replicas": 3}}},
+         "fallback.replicas (3) must be <= maxReplicas (2)"),
         ({"queues": []}, "spec.queues"),
         ({"queues": ["bad name"]}, "invalid queue name"),
         ({"database": {"urlSecretRef": {"name": "db"}, "schema": "Bad-Schema"}},

@@ -175,3 +175,23 @@ def test_scale_up_rate_limited(policy: Policy, load: Load, current: int,
         base = max(0, current - recent)
         assert d.desired <= base + max(policy.scale_up_pods,
                                        -(-base * policy.scale_up_percent // 100))
+
+
+def test_fallback_raises_after_threshold_and_never_lowers() -> None:
+    policy = Policy(max_replicas=10, fallback_failures=3, fallback_replicas=4)
+    h = History.seeded(0, 1)
+    assert decide(policy, None, 1, h, now=1, failures=2).desired == 1
+    d = decide(policy, None, 1, h, now=1, failures=3)
+    assert (d.desired, d.reason) == (4, "ScaledUp") and "fallback" in d.message
+    assert decide(policy, None, 7, h, now=1, failures=9).desired == 7
+
+
+@settings(max_examples=200, deadline=None)
+@given(policies, st.integers(0, 40), st.integers(0, 20), st.integers(0, 20), st.integers(1, 5))
+def test_error_never_lowers_replicas_below_held(policy: Policy, current: int, fb: int,
+                                                failures: int, threshold: int) -> None:
+    p = Policy(**{**policy.__dict__, "fallback_failures": threshold, "fallback_replicas": fb})
+    d = decide(p, None, current, History(), now=0, failures=failures)
+    held = max(p.min_replicas, min(p.max_replicas, current))
+    assert p.min_replicas <= d.desired <= p.max_replicas
+    assert d.desired >= held

@@ -308,3 +308,17 @@ def test_paused_holds_replicas(cluster: Cluster, operator: OperatorThread, datab
     cluster.patch_jobqueue("frozen", {"spec": {"scaling": {"paused": False}}})
     wait_until(lambda: cluster.replicas("frozen-worker") == 10, 30,
                message="10 replicas once resumed", interval=0.2)
+
+
+def test_fallback_after_failed_reads(cluster: Cluster, operator: OperatorThread) -> None:
+    from tests.support.pgserver import free_port
+
+    # Nothing listens there: every read fails at once with "connection refused".
+    cluster.secret("db", f"postgresql://u:{PASSWORD}@127.0.0.1:{free_port()}/none")
+    cluster.create_jobqueue("blind", **spec(fallback={"failureThreshold": 2, "replicas": 3}))
+    wait_until(lambda: cluster.replicas("blind-worker") == 3, 30,
+               message="fallback replicas after 2 failed reads", interval=0.2)
+    ups = [e.message for e in cluster.events("ScaledUp")]
+    assert any("fallback after" in m for m in ups), ups
+    assert (cluster.condition("blind", "DatabaseReachable") or {}).get("status") == "False"
+    no_secret_in(cluster, "blind")

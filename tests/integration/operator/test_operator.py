@@ -322,3 +322,31 @@ def test_fallback_after_failed_reads(cluster: Cluster, operator: OperatorThread)
     assert any("fallback after" in m for m in ups), ups
     assert (cluster.condition("blind", "DatabaseReachable") or {}).get("status") == "False"
     no_secret_in(cluster, "blind")
+
+
+def test_no_connection_leak(cluster: Cluster, operator: OperatorThread, database_url: str,
+                            pg: PgServer) -> None:
+    """KEDA's Postgres scaler leaked connections (kedacore/keda #6554, #4011): ours stay at
+    most the pool size while polling and are all closed when the JobQueue goes away."""
+    import psycopg
+
+    dbname = database_url.rsplit("/", 1)[1]
+
+    def operator_connections() -> int:
+        with psycopg.connect(pg.url(), autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
+                               "application_name = 'skiplock-operator'", [dbname]).fetchone()
+        return int(row[0]) if row else -1
+
+    cluster.secret("db", database_url)
+    cluster.create_jobqueue("tidy", **spec())
+    wait_until(lambda: operator_connections() >= 1, 30, message="the operator's connection",
+               interval=0.2)
+    polled = cluster.status("tidy").get("lastPollTime")
+    wait_until(lambda: cluster.status("tidy").get("lastPollTime") != polled, 10,
+               message="more polls", interval=0.2)
+    holds(lambda: operator_connections() <= 2, 2, "at most 2 operator connections")
+    cluster.custom.delete_namespaced_custom_object("skiplock.dev", "v1alpha1", cluster.ns,
+                                                   "jobqueues", "tidy")
+    wait_until(lambda: operator_connections() == 0, 30,
+               message="no operator connection after the JobQueue is deleted", interval=0.2)

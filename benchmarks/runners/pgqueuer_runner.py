@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import uvloop
@@ -45,6 +46,7 @@ async def work(dsn: str, out: str, batch: int, concurrency: int, latency: bool) 
         recorder.hit(float(job.payload.decode()) if job.payload else None)
 
     on_stop(pgq.shutdown.set)
+    recorder.progress = Path(out + ".progress")
     await wait_for_go()
     try:
         await pgq.run(batch_size=batch, dequeue_timeout=timedelta(seconds=30),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import uvloop
 from procrastinate import App, PsycopgConnector
@@ -47,6 +48,7 @@ async def work(dsn: str, out: str, concurrency: int, latency: bool) -> None:
     app = make_app(dsn, pool=concurrency + 4)
     register(app)
     async with app.open_async():
+        recorder.progress = Path(out + ".progress")
         await wait_for_go()
         try:
             # SIGTERM/SIGINT: procrastinate's own handlers stop it gracefully.

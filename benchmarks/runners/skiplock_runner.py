@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from benchmarks.common import Recorder, emit, on_stop, wait_for_go, worker_args
 from skiplock import App, Client
@@ -40,6 +41,7 @@ async def work(dsn: str, out: str, concurrency: int, latency: bool) -> None:
     # Open the connections before the clock starts, as the peers do.
     for conn in (worker._claim_db, worker._write_db, worker._listen_db):
         await conn._get()
+    recorder.progress = Path(out + ".progress")
     await wait_for_go()
     try:
         await worker.run()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 from tests.integration.api.conftest import AUTH
 from tests.integration.api.seed import filter_cases, seed
 
@@ -253,3 +256,22 @@ def test_openapi_document_lists_the_endpoints(api: httpx.Client) -> None:
             "/v1/jobs/{job_id}/cancel", "/v1/queues", "/healthz", "/readyz"} <= set(doc["paths"])
     assert json.dumps(doc["components"]["securitySchemes"]).count("bearer") == 1
     assert api.get("/docs").status_code == 404  # it would load scripts from a CDN
+
+
+def test_cli_stats_metrics_and_api_report_the_same_numbers(api: httpx.Client, sql: Sql,
+                                                           database_url: str) -> None:
+    # One shared query (skiplock.inspect.queue_stats) behind all three views.
+    seed(sql)
+    env = {**os.environ, "SKIPLOCK_DATABASE_URL": database_url,
+           "PYTHONPATH": f"{ROOT}:{ROOT / 'worker'}"}
+    out = subprocess.run([sys.executable, "-m", "skiplock", "stats", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    cli = {q["queue"]: q for q in json.loads(out)}
+    api_queues = {q["queue"]: q for q in api.get("/v1/queues").json()["queues"]}
+    metrics = api.get("/metrics").text
+    fields = ("backlog", "runnable", "scheduled", "in_flight", "stuck", "high_retry", "dead")
+    assert set(cli) == set(api_queues) == {"alpha", "beta", "default"}
+    for name, q in cli.items():
+        for f in fields:
+            assert api_queues[name][f] == q[f], (name, f)
+            assert f'skiplock_queue_{f}{{queue="{name}"}} {float(q[f])}' in metrics, (name, f)

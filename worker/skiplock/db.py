@@ -110,6 +110,11 @@ class Failure:
     permanent: bool
 
 
+def _int_array(values: Iterable[int]) -> str:
+    """An integer array literal: psycopg's list dumper costs ~1 us per element, this ~0.1."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
@@ -571,9 +576,9 @@ class WorkerConnection:
             await cur.execute(
                 Q["complete_succeeded"],
                 {
-                    "ids": [i for i, _, _ in done],
-                    "attempts": [a for _, a, _ in done],
-                    "results": [_dumps(r) for _, _, r in done],
+                    "ids": _int_array([i for i, _, _ in done]),
+                    "attempts": _int_array([a for _, a, _ in done]),
+                    "results": _dumps([r for _, _, r in done]),
                     "worker_id": worker_id,
                 },
             )

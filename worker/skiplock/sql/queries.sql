@@ -97,7 +97,9 @@ RETURNING j.id;
 WITH done AS (
     UPDATE jobs AS j
     SET state = 'succeeded', finished_at = now(), locked_by = NULL, locked_until = NULL
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) AS f(id, attempt, result)
+    -- results arrive as one JSON array (one json.dumps for the batch), zipped by position
+    FROM ROWS FROM (unnest(%(ids)s::bigint[]), unnest(%(attempts)s::int[]),
+                    jsonb_array_elements(%(results)s::jsonb)) AS f(id, attempt, result)
     WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
       AND j.attempts = f.attempt
     RETURNING j.id, f.result

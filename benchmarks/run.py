@@ -373,53 +373,75 @@ def bench_raw_sql(b: Bench, batches: list[int]) -> dict[str, Any]:
     return out
 
 
-BACKLOG_MIX = "80% succeeded, 12% runnable, 3% scheduled, 3% running, 2% dead, 4 queues"
+# Rows per 1,000 in the jobs table, in 4 queues. "history": a table that keeps finished jobs
+# for their retention period (the usual way to reach 1M rows); "backlog": a large live backlog.
+BACKLOG_MIXES: dict[str, dict[str, int]] = {
+    "history": {"succeeded": 975, "dead": 10, "runnable": 10, "scheduled": 4, "running": 1},
+    "backlog": {"succeeded": 800, "dead": 20, "runnable": 120, "scheduled": 30, "running": 30},
+}
+OPERATOR_CAP = 10_000  # the operator's count_cap_floor: what its reconcile loop passes
 
 
-def fill_backlog(conn: psycopg.Connection[Any], start: int, stop: int) -> None:
-    """Insert rows start..stop-1 with a realistic mix of states across 4 queues."""
-    conn.execute("""
+def fill_backlog(conn: psycopg.Connection[Any], mix: dict[str, int], start: int,
+                 stop: int) -> None:
+    """Insert rows start..stop-1: each block of 1,000 ids is one queue and holds the whole mix."""
+    bounds, edge = [], 0
+    for bucket, n in mix.items():
+        edge += n
+        bounds.append(f"WHEN i %% 1000 < {edge} THEN '{bucket}'")
+    conn.execute(f"""
         INSERT INTO skiplock.jobs (queue, task, args, state, attempts, run_at, locked_by,
                                    locked_until, started_at, finished_at)
-        SELECT 'q' || ((i / 100) %% 4), 'noop', '{}'::jsonb, s.state::skiplock.job_state,
-               CASE WHEN s.state = 'queued' THEN 0 ELSE 1 END,
-               CASE WHEN s.state = 'queued' AND i %% 100 >= 92 THEN now() + interval '1 hour'
+        SELECT 'q' || ((i / 1000) %% 4), 'noop', '{{}}'::jsonb,
+               (CASE WHEN b IN ('runnable', 'scheduled') THEN 'queued' ELSE b END
+               )::skiplock.job_state,
+               CASE WHEN b IN ('runnable', 'scheduled') THEN 0 ELSE 1 END,
+               CASE WHEN b = 'scheduled' THEN now() + interval '1 hour'
                     ELSE now() - interval '1 minute' END,
-               CASE WHEN s.state = 'running' THEN 'bench:1:x' END,
-               CASE WHEN s.state = 'running' THEN now() + interval '30 seconds' END,
-               CASE WHEN s.state <> 'queued' THEN now() END,
-               CASE WHEN s.state IN ('succeeded', 'dead') THEN now() END
+               CASE WHEN b = 'running' THEN 'bench:1:x' END,
+               CASE WHEN b = 'running' THEN now() + interval '1 hour' END,
+               CASE WHEN b IN ('running', 'succeeded', 'dead') THEN now() END,
+               CASE WHEN b IN ('succeeded', 'dead') THEN now() END
         FROM generate_series(%s::bigint, %s::bigint - 1) AS i,
-        LATERAL (SELECT CASE WHEN i %% 100 < 80 THEN 'succeeded'
-                             WHEN i %% 100 < 95 THEN 'queued'
-                             WHEN i %% 100 < 98 THEN 'running'
-                             ELSE 'dead' END AS state) AS s
-    """, [start, stop])
+        LATERAL (SELECT CASE {' '.join(bounds)} END AS b) AS s
+    """, [start, stop])  # type: ignore[call-overload]
+
+
+def time_stats(fn: Callable[[], object], runs: int = 30) -> dict[str, float]:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": median(times), "p95_ms": percentile(times, 0.95)}
 
 
 def bench_backlog(b: Bench, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """skiplock.inspect.queue_stats as the operator calls it (its queues named, its count cap)
+    and as `skiplock stats` calls it (every queue, the default cap), per mix and table size."""
     from skiplock.db import Database
     from skiplock.inspect import queue_stats
 
-    dsn = b.fresh_db("skiplock")
     out: dict[str, Any] = {}
-    have = 0
-    with psycopg.connect(dsn, autocommit=True) as conn, Database(dsn) as db:
-        for size in sizes:
-            fill_backlog(conn, have, size)
-            have = size
-            conn.execute("VACUUM ANALYZE skiplock.jobs")
-            for _ in range(3):
-                queue_stats(db)
-            times = []
-            for _ in range(30):
-                t0 = time.perf_counter()
-                queue_stats(db)
-                times.append((time.perf_counter() - t0) * 1000)
-            out[str(size)] = {"median_ms": median(times), "p95_ms": percentile(times, 0.95)}
-            log(f"  queue_stats with {size:,} rows: median {median(times):.2f} ms, "
-                f"p95 {percentile(times, 0.95):.2f} ms")
-    b.drop_db(dsn)
+    queues = ["q0", "q1", "q2", "q3"]
+    for mix_name, mix in BACKLOG_MIXES.items():
+        dsn = b.fresh_db("skiplock")
+        have = 0
+        with psycopg.connect(dsn, autocommit=True) as conn, Database(dsn) as db:
+            for size in sizes:
+                fill_backlog(conn, mix, have, size)
+                have = size
+                conn.execute("VACUUM ANALYZE skiplock.jobs")
+                op = time_stats(lambda db=db: queue_stats(db, queues, cap=OPERATOR_CAP))
+                cli = time_stats(lambda db=db: queue_stats(db))
+                out[f"{mix_name}:{size}"] = {"mix": mix_name, "rows": size, "operator": op,
+                                             "cli": cli}
+                log(f"  queue_stats, {mix_name} mix, {size:,} rows: operator call "
+                    f"{op['median_ms']:.2f} ms (p95 {op['p95_ms']:.2f}), stats command "
+                    f"{cli['median_ms']:.2f} ms")
+        b.drop_db(dsn)
     return out
 
 
@@ -462,8 +484,9 @@ def build_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, 
             rows.append((f"enqueue->start latency {label} (ms)", f(vals.get("skiplock")),
                          f(vals.get("pgqueuer")), f(vals.get("procrastinate")), "-",
                          f"{vals['skiplock'] / best:.2f}x (lower is better)", "-"))
-    for size, v in res.get("backlog", {}).items():
-        rows.append((f"queue_stats with {int(size):,} rows (ms, median)", f(v["median_ms"]),
+    for v in res.get("backlog", {}).values():
+        rows.append((f"queue_stats, {v['mix']} mix, {v['rows']:,} rows (ms, operator / stats)",
+                     f"{f(v['operator']['median_ms'])} / {f(v['cli']['median_ms'])}",
                      "-", "-", "-", "-", "-"))
     if e2e:
         for key, label in (("rss_idle_mb", "idle"), ("rss_load_mb", "under load")):
@@ -531,9 +554,10 @@ def plot(res: dict[str, Any], path: Path) -> None:
         axes[2].set_ylabel("ms")
         axes[2].legend()
     if "backlog" in res:
-        sizes = [int(k) for k in res["backlog"]]
-        axes[3].plot(sizes, [res["backlog"][str(k)]["median_ms"] for k in sizes], "o-",
-                     color="#2a7ab0")
+        for mix, color in (("history", "#2a7ab0"), ("backlog", "#e08a2c")):
+            pts = [v for v in res["backlog"].values() if v["mix"] == mix]
+            axes[3].plot([v["rows"] for v in pts], [v["operator"]["median_ms"] for v in pts],
+                         "o-", color=color, label=f"{mix} mix, operator call")
         axes[3].axhline(5, color="red", linestyle="--", linewidth=1, label="5 ms target")
         axes[3].set_xscale("log")
         axes[3].set_title("queue_stats (backlog query)")
@@ -577,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         "title": f"Skiplock benchmark ({'quick' if a.quick else 'full'}), "
                  f"{os.cpu_count()} cores, fsync on",
         "profile": profile.__dict__, "settings": SETTINGS, "latency_settings": LATENCY_SETTINGS,
-        "server_settings": SERVER_SETTINGS, "backlog_mix": BACKLOG_MIX,
+        "server_settings": SERVER_SETTINGS, "backlog_mixes": BACKLOG_MIXES,
+        "operator_cap": OPERATOR_CAP,
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                     "load_before": os.getloadavg()},
         "peers": PEER_PINS,

@@ -9,8 +9,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -51,6 +52,28 @@ class ApiState:
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
+
+
+T = TypeVar("T")
+
+
+async def blocking(st: ApiState, work: Callable[[], T], *, mutating: bool = False) -> T:
+    """Run database work in a thread, with a deadline.
+
+    A database that stops answering without closing the connection (a dropped route, a frozen
+    host, a proxy that swallows packets) would otherwise hold the request until TCP gives up,
+    minutes later. At the deadline the request answers 503 and the thread is abandoned; it
+    holds one pool connection at most, so the pool bounds how many can pile up.
+    """
+    try:
+        with anyio.fail_after(st.api.request_timeout):
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except TimeoutError:
+        outcome = ("the change may or may not have been made: retry with the same "
+                   "Idempotency-Key to make the retry safe" if mutating else "nothing was changed")
+        raise DatabaseUnavailable(
+            f"the database did not answer within {st.api.request_timeout:g}s; {outcome}"
+        ) from None
 
 
 def state_of(request: Request) -> ApiState:
@@ -221,7 +244,8 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
         return RedirectResponse("/ui/", status_code=307)
 
     @app.get("/metrics", include_in_schema=False)
-    def _metrics() -> Response:
-        return Response(prometheus_text(st.registry), media_type="text/plain; version=0.0.4")
+    async def _metrics() -> Response:
+        text = await blocking(st, lambda: prometheus_text(st.registry))
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     return app

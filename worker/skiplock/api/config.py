@@ -21,3 +21,6 @@ class ApiSettings(BaseSettings):
     retry_after: int = Field(default=5, ge=1, le=3600,
                              description="Retry-After seconds sent with a 503")
     pool_size: int = Field(default=8, ge=1, le=200)
+    request_timeout: float = Field(
+        default=10.0, gt=0, le=600,
+        description="longest a request waits on the database before answering 503")

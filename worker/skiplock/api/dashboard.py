@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from .. import inspect as inspection
 from ..errors import DatabaseUnavailable, JobNotFound
 from . import charts, service
-from .app import HERE, State
+from .app import HERE, State, blocking
 from .models import BIGINT_MAX, INT_MAX, JobState, check_text
 
 router = APIRouter(include_in_schema=False)
@@ -121,11 +121,11 @@ def _unavailable(request: Request, st: State, exc: DatabaseUnavailable) -> HTMLR
 
 
 @router.get("/ui/", response_class=HTMLResponse)
-def queues_page(request: Request, st: State) -> HTMLResponse:
+async def queues_page(request: Request, st: State) -> HTMLResponse:
     raw = request.query_params.get("window", "30")
     window = int(raw) if raw.isdigit() and int(raw) in WINDOWS else 30
     try:
-        data = service.overview(st.db, st.history, window)
+        data = await blocking(st, lambda: service.overview(st.db, st.history, window))
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)
     rows = []
@@ -149,13 +149,13 @@ def queues_page(request: Request, st: State) -> HTMLResponse:
 
 
 @router.get("/ui/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request, st: State) -> HTMLResponse:
+async def jobs_page(request: Request, st: State) -> HTMLResponse:
     params = dict(request.query_params)
     error = None
     page = None
     try:
         filters, cursor = parse_filters(params)
-        page = service.search(st.db, filters, cursor, PAGE_SIZE)
+        page = await blocking(st, lambda: service.search(st.db, filters, cursor, PAGE_SIZE))
     except BadFilter as exc:
         error = str(exc)
     except DatabaseUnavailable as exc:
@@ -171,13 +171,13 @@ def jobs_page(request: Request, st: State) -> HTMLResponse:
 
 
 @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, st: State, job_id: str) -> HTMLResponse:
+async def job_page(request: Request, st: State, job_id: str) -> HTMLResponse:
     if not job_id.isdigit() or not 1 <= int(job_id) <= BIGINT_MAX:
         return templates.TemplateResponse(request, "error.html", _ctx(
             request, st, title="Not found", message=f"{job_id!r} is not a job id"),
             status_code=404)
     try:
-        job = service.job_detail(st.db, int(job_id))
+        job = await blocking(st, lambda: service.job_detail(st.db, int(job_id)))
     except JobNotFound as exc:
         return templates.TemplateResponse(request, "error.html", _ctx(
             request, st, title="Not found", message=str(exc)), status_code=404)

@@ -11,7 +11,7 @@ from pydantic import Field
 from ..db import NewJob
 from ..errors import DatabaseUnavailable, InvalidArguments, SkiplockError, UnknownTask
 from . import service
-from .app import State, require_token
+from .app import State, blocking, require_token
 from .models import (
     BIGINT_MAX,
     INT_MAX,
@@ -67,8 +67,8 @@ def _prepare(st: State, job: JobIn, unique_key: str | None, where: str) -> NewJo
              response_model=JobDetail,
              responses={**_AUTH_ERRORS, 200: {"model": JobDetail,
                                               "description": "replay: the job with this key"}})
-def enqueue(st: State, body: JobIn, response: Response,
-            idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> JobDetail:
+async def enqueue(st: State, body: JobIn, response: Response,
+                  idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> JobDetail:
     """Enqueue one job. 201 with the job; 200 with the existing job for a repeated key."""
     key = body.unique_key
     if idempotency_key is not None:
@@ -76,17 +76,20 @@ def enqueue(st: State, body: JobIn, response: Response,
             raise _FieldError("unique_key", "unique_key and the Idempotency-Key header differ; "
                                             "send one of them, or the same value in both")
         key = idempotency_key
-    job = _prepare(st, body, key, "")
-    job_id, created = st.db.enqueue(job)
+    def work() -> tuple[JobDetail, bool]:
+        job_id, created = st.db.enqueue(_prepare(st, body, key, ""))
+        return service.job_detail(st.db, job_id), created
+
+    detail, created = await blocking(st, work, mutating=True)
     if not created:
         response.status_code = 200
-    return service.job_detail(st.db, job_id)
+    return detail
 
 
 @router.post("/v1/jobs/batch", status_code=201, dependencies=Auth, tags=["jobs"],
              response_model=BatchOut, responses=_AUTH_ERRORS)
-def enqueue_batch(st: State, body: BatchIn,
-                  idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> BatchOut:
+async def enqueue_batch(st: State, body: BatchIn,
+                        idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> BatchOut:
     """Enqueue several jobs in one transaction: all are stored or none.
 
     With an Idempotency-Key header, job *i* without its own unique_key gets ``KEY:i``, so
@@ -95,19 +98,23 @@ def enqueue_batch(st: State, body: BatchIn,
     if len(body.jobs) > st.api.max_batch:
         raise _FieldError(
             "jobs", f"at most {st.api.max_batch} jobs per batch, got {len(body.jobs)}")
-    prepared = []
-    for i, job in enumerate(body.jobs):
-        key = job.unique_key
-        if key is None and idempotency_key is not None:
-            key = f"{idempotency_key}:{i}"
-        prepared.append(_prepare(st, job, key, f"jobs[{i}]."))
-    done = st.db.enqueue_batch(prepared)
+
+    def work() -> list[tuple[int, bool]]:
+        prepared = []
+        for i, job in enumerate(body.jobs):
+            key = job.unique_key
+            if key is None and idempotency_key is not None:
+                key = f"{idempotency_key}:{i}"
+            prepared.append(_prepare(st, job, key, f"jobs[{i}]."))
+        return st.db.enqueue_batch(prepared)
+
+    done = await blocking(st, work, mutating=True)
     return BatchOut(jobs=[BatchItem(id=i, created=c) for i, c in done])
 
 
 @router.get("/v1/jobs", tags=["jobs"], response_model=JobPage,
             responses={422: _AUTH_ERRORS[422]})
-def list_jobs(
+async def list_jobs(
     st: State,
     state: Annotated[list[JobState], Query(description="repeat for several")] = [],  # noqa: B006
     queue: Annotated[SafeText | None, Query(min_length=1, max_length=128)] = None,
@@ -138,42 +145,42 @@ def list_jobs(
         min_attempts=min_attempts, created_after=created_after, created_before=created_before,
         finished_after=finished_after, finished_before=finished_before,
         error=error)
-    return service.search(st.db, f, cursor, limit)
+    return await blocking(st, lambda: service.search(st.db, f, cursor, limit))
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobDetail,
             responses={404: {"model": Problem}, 422: _AUTH_ERRORS[422]})
-def get_job(st: State, job_id: JobId) -> JobDetail:
+async def get_job(st: State, job_id: JobId) -> JobDetail:
     """One job with its arguments, result and the error of every failed attempt."""
-    return service.job_detail(st.db, job_id)
+    return await blocking(st, lambda: service.job_detail(st.db, job_id))
 
 
 @router.post("/v1/jobs/{job_id}/retry", dependencies=Auth, tags=["jobs"],
              response_model=JobDetail,
              responses={**_AUTH_ERRORS, 404: {"model": Problem}, 409: {"model": Problem}})
-def retry_job(st: State, job_id: JobId) -> JobDetail:
+async def retry_job(st: State, job_id: JobId) -> JobDetail:
     """Queue a dead or cancelled job again (it gets one more attempt if it had none left)."""
-    return service.retry(st.db, job_id)
+    return await blocking(st, lambda: service.retry(st.db, job_id), mutating=True)
 
 
 @router.post("/v1/jobs/{job_id}/cancel", dependencies=Auth, tags=["jobs"],
              response_model=JobDetail,
              responses={**_AUTH_ERRORS, 404: {"model": Problem}, 409: {"model": Problem}})
-def cancel_job(st: State, job_id: JobId) -> JobDetail:
+async def cancel_job(st: State, job_id: JobId) -> JobDetail:
     """Cancel a queued job."""
-    return service.cancel(st.db, job_id)
+    return await blocking(st, lambda: service.cancel(st.db, job_id), mutating=True)
 
 
 @router.get("/v1/queues", tags=["queues"], response_model=QueuesOut,
             responses={422: _AUTH_ERRORS[422]})
-def queues(st: State,
+async def queues(st: State,
            window_minutes: Annotated[int, Query(ge=1, le=1440)] = 30,
            queue: Annotated[list[Annotated[SafeText, Field(min_length=1, max_length=128)]],
                             Query(description="only these queues (repeat for several)")] = [],  # noqa: B006 - FastAPI copies it
            ) -> QueuesOut:
     """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
     per bucket over the window and the backlog samples this process took."""
-    return service.overview(st.db, st.history, window_minutes, queue)
+    return await blocking(st, lambda: service.overview(st.db, st.history, window_minutes, queue))
 
 
 @router.get("/healthz", tags=["health"], response_model=Health)
@@ -184,10 +191,10 @@ def healthz() -> Health:
 
 @router.get("/readyz", tags=["health"], response_model=Health,
             responses={503: {"model": Health, "description": "database unreachable"}})
-def readyz(st: State) -> Any:
+async def readyz(st: State) -> Any:
     """Ready when the database answers within the connect timeout."""
     try:
-        st.db.now()
+        await blocking(st, st.db.now)
     except DatabaseUnavailable as exc:
         return JSONResponse(Health(status="unavailable", detail=str(exc)).model_dump(),
                             status_code=503, headers={"Retry-After": str(st.api.retry_after)})

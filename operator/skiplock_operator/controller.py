@@ -9,6 +9,7 @@ condition, an event and a held replica count, and the next poll tries again.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,14 @@ from .settings import OperatorSettings
 
 log = logging.getLogger("skiplock.operator")
 DEFAULT_POLL = 15.0
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own explanation (Status.message), else the HTTP reason."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
 
 
 def policy_of(spec: JobQueueSpec) -> Policy:
@@ -151,17 +160,39 @@ class QueueController:
         existing = self.kube.get_deployment(self.namespace, dep_name)
         desired_dep = resources.deployment(
             body, spec, replicas=self._initial_replicas(status, policy))
+        rejected: str | None = None
+        try:
+            if existing is None:
+                existing = self.kube.create_deployment(self.namespace, desired_dep)
+                self._event(body, "Normal", "DeploymentCreated",
+                            f"created Deployment {dep_name} with "
+                            f"{desired_dep['spec']['replicas']} replica(s)")
+            elif ((existing["metadata"].get("annotations") or {}).get(resources.SPEC_HASH)
+                  != desired_dep["metadata"]["annotations"][resources.SPEC_HASH]):
+                self.kube.replace_deployment(self.namespace, dep_name,
+                                             resources.for_update(desired_dep, existing))
+                self._event(body, "Normal", "DeploymentUpdated",
+                            f"applied the JobQueue spec to Deployment {dep_name}")
+        except ApiException as exc:
+            if exc.status not in (400, 422):
+                raise
+            # The schema cannot check a free-form podTemplate; the API server's verdict on
+            # the Deployment built from it is the user's answer.
+            rejected = (f"the API server rejected Deployment {dep_name}: {api_message(exc)}; "
+                        "fix spec.worker (podTemplate, env, resources)")
+            self._warn(body, "DeploymentRejected", rejected)
+            metrics.RECONCILE_ERRORS.labels(*labels, "DeploymentRejected").inc()
+        else:
+            self._clear_warning("DeploymentRejected")
         if existing is None:
-            existing = self.kube.create_deployment(self.namespace, desired_dep)
-            self._event(body, "Normal", "DeploymentCreated",
-                        f"created Deployment {dep_name} with "
-                        f"{desired_dep['spec']['replicas']} replica(s)")
-        elif ((existing["metadata"].get("annotations") or {}).get(resources.SPEC_HASH)
-              != desired_dep["metadata"]["annotations"][resources.SPEC_HASH]):
-            self.kube.replace_deployment(self.namespace, dep_name,
-                                         resources.for_update(desired_dep, existing))
-            self._event(body, "Normal", "DeploymentUpdated",
-                        f"applied the JobQueue spec to Deployment {dep_name}")
+            assert rejected is not None
+            conditions = cond.set_condition(conditions, cond.READY, False, "DeploymentRejected",
+                                            rejected, generation)
+            conditions = cond.set_condition(conditions, cond.SCALING, False,
+                                            "DeploymentRejected",
+                                            "no worker Deployment to scale", generation)
+            finish({})
+            return poll_interval
         current = int((existing.get("spec") or {}).get("replicas") or 0)
         ready = int((existing.get("status") or {}).get("readyReplicas") or 0)
 
@@ -211,13 +242,17 @@ class QueueController:
             conditions = cond.set_condition(conditions, cond.SCALING, True, decision.reason,
                                             decision.message, generation)
         reachable = stats is not None
-        conditions = cond.set_condition(
-            conditions, cond.READY, reachable,
-            "Reconciled" if reachable else "DatabaseUnreachable",
-            (f"Deployment {dep_name} has {decision.desired} replica(s), {ready} ready"
-             if reachable else
-             f"holding {decision.desired} replica(s) until the database can be read"),
-            generation)
+        if rejected is not None:
+            conditions = cond.set_condition(conditions, cond.READY, False, "DeploymentRejected",
+                                            rejected, generation)
+        else:
+            conditions = cond.set_condition(
+                conditions, cond.READY, reachable,
+                "Reconciled" if reachable else "DatabaseUnreachable",
+                (f"Deployment {dep_name} has {decision.desired} replica(s), {ready} ready"
+                 if reachable else
+                 f"holding {decision.desired} replica(s) until the database can be read"),
+                generation)
 
         extra: dict[str, Any] = {
             "queues": ",".join(spec.queues),

@@ -350,3 +350,37 @@ def test_no_connection_leak(cluster: Cluster, operator: OperatorThread, database
                                                    "jobqueues", "tidy")
     wait_until(lambda: operator_connections() == 0, 30,
                message="no operator connection after the JobQueue is deleted", interval=0.2)
+
+
+def test_rejected_pod_template_is_a_condition(cluster: Cluster, operator: OperatorThread,
+                                              database_url: str, sql: Sql) -> None:
+    """podTemplate is free-form (the CRD cannot check it): the API server's verdict on the
+    Deployment becomes the condition; a later fix recovers; scaling goes on meanwhile."""
+    cluster.secret("db", database_url)
+    bad = {"metadata": {"labels": {"not a valid label!": "x"}}}
+    body = spec()
+    body["worker"]["podTemplate"] = bad
+    cluster.create_jobqueue("picky", **body)
+
+    def rejected() -> Any:
+        c = cluster.condition("picky", "Ready")
+        return c if c and c["reason"] == "DeploymentRejected" else None
+
+    cond = wait_until(rejected, 30, message="Ready=False DeploymentRejected", interval=0.2)
+    assert cond["status"] == "False" and "not a valid label!" in cond["message"], cond  # type: ignore[index]
+    assert cluster.deployment("picky-worker") is None
+    assert [e for e in cluster.events("DeploymentRejected") if e.type == "Warning"]
+
+    cluster.patch_jobqueue("picky", {"spec": {"worker": {"podTemplate": None}}})
+    wait_until(lambda: cluster.deployment("picky-worker") is not None, 30,
+               message="Deployment once the template is fixed", interval=0.2)
+    enqueue(sql, 100)
+    wait_until(lambda: cluster.replicas("picky-worker") == 2, 30, message="2 replicas",
+               interval=0.2)
+    # a bad update is refused too, but the running Deployment keeps being scaled
+    cluster.patch_jobqueue("picky", {"spec": {"worker": {"podTemplate": {
+        "spec": {"containers": [{"name": "worker", "image": ""}]}}}}})
+    wait_until(rejected, 30, message="Ready=False DeploymentRejected on update", interval=0.2)
+    enqueue(sql, 100)
+    wait_until(lambda: cluster.replicas("picky-worker") == 4, 30,
+               message="still scaled while the update is refused", interval=0.2)

@@ -120,6 +120,11 @@ def test_queues_overview_counts_charts_and_links(dashboard: Dashboard, sql: Sql)
     # The backlog line appears once the sampler has two points and auto-refresh fetched them.
     expect(page.locator("figure[data-queue='alpha'] polyline").first).to_be_attached(
         timeout=20_000)
+    # The worker that died holding a job stands out, with a link to its stuck jobs.
+    dead_worker = page.locator("#workers-table tr[data-queue='beta']")
+    expect(dead_worker.locator("[data-col='expired']")).to_have_text("1")
+    expect(page.locator("#workers-table tr[data-queue='alpha'] [data-col='live']")).to_have_text(
+        "1")
     dashboard.shot("queues-overview")
     # Each problem count links to exactly the jobs behind it.
     beta.locator("[data-col='stuck'] a").click()

@@ -381,6 +381,10 @@ class Database:
                 raise wrap_error(exc, self.url, doing) from None
         raise DatabaseUnavailable(f"{doing}: could not insert the jobs")
 
+    def lease_holders(self, limit: int = 200) -> list[Row]:
+        """Running jobs per worker and queue: live and expired leases."""
+        return self._rows("lease_holders", {"limit": limit}, "lease holders")
+
     def throughput(self, window_seconds: float, bucket_seconds: float) -> list[Row]:
         """Finished jobs per queue, final state and time bucket over the last window."""
         return self._rows(

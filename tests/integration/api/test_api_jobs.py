@@ -275,3 +275,13 @@ def test_cli_stats_metrics_and_api_report_the_same_numbers(api: httpx.Client, sq
         for f in fields:
             assert api_queues[name][f] == q[f], (name, f)
             assert f'skiplock_queue_{f}{{queue="{name}"}} {float(q[f])}' in metrics, (name, f)
+
+
+def test_workers_shows_who_holds_live_and_expired_leases(api: httpx.Client, sql: Sql) -> None:
+    seed(sql)
+    workers = api.get("/v1/workers").json()["workers"]
+    assert [(w["worker"], w["pod"], w["queue"], w["live"], w["expired"]) for w in workers] == [
+        ("pod-c:3:z", "pod-c", "beta", 0, 1),   # expired leases first: the failure to look at
+        ("pod-c:3:z", "pod-c", "alpha", 1, 0)]
+    assert 55 < workers[0]["silent_for_seconds"] < 600  # its lease ran out a minute ago
+    assert workers[1]["silent_for_seconds"] is None

@@ -125,7 +125,8 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
     raw = request.query_params.get("window", "30")
     window = int(raw) if raw.isdigit() and int(raw) in WINDOWS else 30
     try:
-        data = await blocking(st, lambda: service.overview(st.db, st.history, window))
+        data, holders = await blocking(st, lambda: (
+            service.overview(st.db, st.history, window), service.lease_holders(st.db)))
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)
     rows = []
@@ -145,6 +146,7 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
         rows.append({"q": q, "flow": flow, "backlog": backlog})
     return templates.TemplateResponse(request, "queues.html", _ctx(
         request, st, nav="queues", title="Queues", data=data, rows=rows, windows=WINDOWS,
+        holders=holders.workers,
         window=window, high_attempts=inspection.HIGH_RETRY_ATTEMPTS))
 
 

@@ -207,6 +207,20 @@ class QueuesOut(BaseModel):
     queues: list[QueueOut]
 
 
+class LeaseHolder(BaseModel):
+    worker: str = Field(description="worker id: pod:pid:suffix")
+    pod: str
+    queue: str
+    live: int = Field(description="running jobs whose lease this worker keeps renewing")
+    expired: int = Field(description="running jobs whose lease expired: the worker is gone")
+    silent_for_seconds: float | None = Field(
+        description="seconds since its newest lease ran out (only when all have expired)")
+
+
+class WorkersOut(BaseModel):
+    workers: list[LeaseHolder]
+
+
 class FieldProblem(BaseModel):
     field: str
     message: str

@@ -27,6 +27,7 @@ from .models import (
     Problem,
     QueuesOut,
     SafeText,
+    WorkersOut,
 )
 
 router = APIRouter()
@@ -181,6 +182,14 @@ async def queues(st: State,
     """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
     per bucket over the window and the backlog samples this process took."""
     return await blocking(st, lambda: service.overview(st.db, st.history, window_minutes, queue))
+
+
+@router.get("/v1/workers", tags=["queues"], response_model=WorkersOut)
+async def workers(st: State) -> WorkersOut:
+    """Workers holding running jobs, per queue: live leases and expired ones. A worker with
+    only expired leases died or was cut off mid-job; its jobs come back after the rescuer
+    runs (or go dead when out of attempts)."""
+    return await blocking(st, lambda: service.lease_holders(st.db))
 
 
 @router.get("/healthz", tags=["health"], response_model=Health)

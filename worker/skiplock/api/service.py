@@ -18,9 +18,11 @@ from .models import (
     JobDetail,
     JobPage,
     JobState,
+    LeaseHolder,
     Point,
     QueueOut,
     QueuesOut,
+    WorkersOut,
 )
 
 # Jobs that are not finished: what "high retry" counts, offered as one filter.
@@ -88,6 +90,17 @@ def cancel(db: Database, job_id: int) -> JobDetail:
             f"job {job_id} is {state}; only queued jobs can be cancelled "
             "(a running job finishes or fails on its own)")
     return job_detail(db, job_id)
+
+
+def lease_holders(db: Database) -> WorkersOut:
+    out = []
+    for r in db.lease_holders():
+        silent = r["silent_for"]
+        out.append(LeaseHolder(
+            worker=r["locked_by"], pod=inspection.pod_of(r["locked_by"]), queue=r["queue"],
+            live=int(r["live"]), expired=int(r["expired"]),
+            silent_for_seconds=float(silent) if silent is not None and silent > 0 else None))
+    return WorkersOut(workers=out)
 
 
 def bucket_seconds_for(window_minutes: int) -> int:

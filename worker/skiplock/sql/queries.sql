@@ -320,3 +320,16 @@ WHERE (%(states)s::job_state[] IS NULL OR j.state = ANY(%(states)s::job_state[])
   AND (%(before_id)s::bigint IS NULL OR j.id < %(before_id)s)
 ORDER BY j.id DESC
 LIMIT %(limit)s;
+
+-- name: lease_holders
+-- Who holds running jobs, per worker and queue: live leases, and expired ones (the worker died
+-- or was cut off mid-job). Only running rows, so jobs_running_idx bounds the cost.
+SELECT locked_by, queue,
+       count(*) FILTER (WHERE locked_until >= now()) AS live,
+       count(*) FILTER (WHERE locked_until < now()) AS expired,
+       extract(epoch FROM now() - max(locked_until)) AS silent_for
+FROM jobs
+WHERE state = 'running'
+GROUP BY locked_by, queue
+ORDER BY count(*) FILTER (WHERE locked_until < now()) DESC, locked_by, queue
+LIMIT %(limit)s;

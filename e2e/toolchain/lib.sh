@@ -123,7 +123,10 @@ import_rootfs() {
 build_image_if_changed() {
   local tag="$1" ctx="$2"; shift 2
   local h have
-  h="$( (cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum; printf '%s\n' "$@") | sha256sum | cut -c1-16)"
+  # Small files by content; big ones (binaries, image tarballs: already version/content keyed)
+  # by name, size and mtime, so that a warm run does not re-read a gigabyte.
+  h="$( (cd "$ctx" && find . -type f -size -8388608c -print0 | sort -z | xargs -0 -r sha256sum
+        find . -type f -size +8388607c -printf '%p %s %T@\n' | sort; printf '%s\n' "$@") | sha256sum | cut -c1-16)"
   have="$(docker image inspect -f '{{ index .Config.Labels "skiplock.context-hash" }}' "$tag" 2>/dev/null || true)"
   if [[ "$have" == "$h" ]]; then log "image $tag up to date ($h)"; return; fi
   log "docker build $tag"

@@ -42,8 +42,10 @@ DOCKERFILE
 kp_tar="$(debootstrap_tarball kube-proxy-base "iptables,conntrack,ipset,kmod")"
 kp_root="$(import_rootfs "$kp_tar" skiplock/rootfs-kube-proxy)"
 
+# Keyed by the (version-keyed) binary paths, their size and mtime, the kube-proxy base and recipe.
 images_key="$( (for b in kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns pause; do
-  sha256sum <"$(bin "$b")"; done; echo "$kp_root"; cat "$TOOLCHAIN_DIR"/node/component-images/*) | sha256sum | cut -c1-16)"
+  stat -c '%n %s %Y' "$(bin "$b")"; done; echo "$kp_root $ETCD_IMAGE_TAG $COREDNS_VERSION $PAUSE_VERSION"
+  cat "$TOOLCHAIN_DIR"/node/component-images/*) | sha256sum | cut -c1-16)"
 images_tar="$CACHE/images/k8s-components-$K8S_VERSION-$images_key.tar"
 if [[ -s "$images_tar" ]]; then
   log "component images cached: $images_tar"
@@ -76,14 +78,14 @@ node_root="$(import_rootfs "$node_tar" skiplock/rootfs-kind-node)"
 # ---- 3. node image
 ctx="$CACHE/build/node-$K8S_VERSION"
 mkdir -p "$ctx/bin" "$ctx/images"
-rsync_like() { rm -rf "$ctx/files"; cp -a "$TOOLCHAIN_DIR/node/files" "$ctx/files"; }
-rsync_like
+rm -rf "$ctx/files"; cp -a "$TOOLCHAIN_DIR/node/files" "$ctx/files"
 sed -i "s/@PAUSE_VERSION@/$PAUSE_VERSION/" "$ctx/files/etc/containerd/config.toml"
 cp "$TOOLCHAIN_DIR/node/Dockerfile" "$ctx/Dockerfile"
 for b in kubelet kubeadm kubectl crictl; do
-  cmp -s "$(bin "$b")" "$ctx/bin/$b" || cp "$(bin "$b")" "$ctx/bin/$b"
+  src="$(bin "$b")"
+  [[ "$(stat -c '%s %Y' "$src")" == "$(stat -c '%s %Y' "$ctx/bin/$b" 2>/dev/null)" ]] || cp -p "$src" "$ctx/bin/$b"
 done
-cp "$TOOLCHAIN_DIR/runc-capfilter" "$ctx/bin/skiplock-runc"
+cmp -s "$TOOLCHAIN_DIR/runc-capfilter" "$ctx/bin/skiplock-runc" || cp "$TOOLCHAIN_DIR/runc-capfilter" "$ctx/bin/skiplock-runc"
 # Hard link (same filesystem) instead of copying the big tarball.
 find "$ctx/images" -name '*.tar' ! -name "$(basename "$images_tar")" -delete
 [[ -e "$ctx/images/$(basename "$images_tar")" ]] || ln "$images_tar" "$ctx/images/" 2>/dev/null || cp "$images_tar" "$ctx/images/"

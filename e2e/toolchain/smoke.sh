@@ -79,14 +79,21 @@ port_forward() {
   [[ -n "$PF_PORT" ]] || { cat "$out" >&2; die "port-forward did not start"; }
   log "port-forward 127.0.0.1:$PF_PORT -> pod/pg:5432 (pid $PF_PID)"
 }
-stop_port_forward() { [[ -n "$PF_PID" ]] && kill "$PF_PID" 2>/dev/null && wait "$PF_PID" 2>/dev/null; PF_PID=""; return 0; }
+stop_port_forward() {
+  if [[ -n "$PF_PID" ]]; then
+    kill "$PF_PID" 2>/dev/null || true
+    wait "$PF_PID" 2>/dev/null || true
+  fi
+  PF_PID=""
+}
 trap stop_port_forward EXIT
 sql() { PGPASSWORD=smoke psql -h 127.0.0.1 -p "$PF_PORT" -U skiplock -d skiplock -v ON_ERROR_STOP=1 -qtAX -c "$1"; }
 sql_retry() { local i; for i in $(seq 1 20); do sql "$1" 2>/dev/null && return 0; sleep 0.5; done; sql "$1"; }
 
 postgres_on_pvc() {
-  "$KUBECTL" create namespace "$NS" --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
-  "$KUBECTL" -n "$NS" delete pod pg --ignore-not-found --wait=true >/dev/null
+  # Start from a fresh namespace (and so a fresh PVC).
+  "$KUBECTL" delete namespace "$NS" --ignore-not-found --wait=true --timeout=120s >/dev/null
+  "$KUBECTL" create namespace "$NS" >/dev/null
   "$KUBECTL" -n "$NS" apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -111,7 +118,7 @@ YAML
   stop_port_forward
   [[ "$got" == 1 ]] || die "data did not survive the pod restart (count=$got)"
   log "data survived the pod restart"
-  "$KUBECTL" delete namespace "$NS" --wait=false >/dev/null
+  "$KUBECTL" delete namespace "$NS" --wait=true --timeout=120s >/dev/null
 }
 timed postgres-pvc postgres_on_pvc
 

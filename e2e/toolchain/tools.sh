@@ -187,7 +187,8 @@ step() {
     scheduler) build_k8s kube-scheduler ;;
     kind) go_tool kind "$KIND_VERSION" sigs.k8s.io/kind kind ;;
     coredns) go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns coredns ;;
-    crictl) go_tool crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl crictl ;;
+    crictl) go_tool crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl crictl \
+              "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" ;;
     helm) go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm \
             "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" ;;
     toxiproxy)

@@ -469,6 +469,16 @@ class Database:
             )
         return rows[0] if rows else None
 
+    def retry_dead_matching(self, *, queue: str | None, task: str | None,
+                            error_contains: str | None, limit: int) -> list[int]:
+        """Queue again up to ``limit`` dead jobs matching the filters; returns their ids."""
+        rows = self._rows("retry_dead_matching", {
+            "queue": queue, "task": task, "error_contains": error_contains, "limit": limit,
+        }, "retry dead jobs")
+        for q in sorted({r["queue"] for r in rows}):
+            self._rows("notify_queue", {"channel": f"{self.schema}_jobs", "queue": q})
+        return [int(r["id"]) for r in rows]
+
     def cancel_job(self, job_id: int) -> bool:
         return bool(self._rows("cancel_job", {"id": job_id}, f"cancel job {job_id}"))
 

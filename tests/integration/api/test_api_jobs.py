@@ -285,3 +285,30 @@ def test_workers_shows_who_holds_live_and_expired_leases(api: httpx.Client, sql:
         ("pod-c:3:z", "pod-c", "alpha", 1, 0)]
     assert 55 < workers[0]["silent_for_seconds"] < 600  # its lease ran out a minute ago
     assert workers[1]["silent_for_seconds"] is None
+
+
+def dead_jobs(sql: Sql, queue: str, error: str, n: int) -> set[int]:
+    rows = sql("INSERT INTO jobs (queue, task, state, attempts, max_attempts, finished_at,"
+               " last_error) SELECT %s, 'poison', 'dead', 4, 4, now(), %s"
+               " FROM generate_series(1, %s) RETURNING id", queue, error, n)
+    return {int(r[0]) for r in rows}  # type: ignore[call-overload]
+
+
+def test_retry_dead_matching_retries_exactly_the_matching_jobs(api: httpx.Client,
+                                                              sql: Sql) -> None:
+    target = dead_jobs(sql, "beta", "KeyError: 'customer' after the deploy", 5)
+    other_error = dead_jobs(sql, "beta", "TimeoutError", 2)
+    other_queue = dead_jobs(sql, "alpha", "KeyError: 'customer' after the deploy", 2)
+    body = {"queue": "beta", "error": "KeyError"}
+    assert api.post("/v1/jobs/retry-dead", json=body).status_code == 401
+    first = api.post("/v1/jobs/retry-dead", json={**body, "limit": 3}, headers=AUTH).json()
+    rest = api.post("/v1/jobs/retry-dead", json=body, headers=AUTH).json()
+    assert (first["retried"], rest["retried"]) == (3, 2)
+    assert set(first["ids"]) | set(rest["ids"]) == target
+    queued = {int(r[0]) for r in sql("SELECT id FROM jobs WHERE state = 'queued'")}  # type: ignore[call-overload]
+    assert queued == target
+    still_dead = {int(r[0]) for r in sql("SELECT id FROM jobs WHERE state = 'dead'")}  # type: ignore[call-overload]
+    assert still_dead == other_error | other_queue
+    assert sql("SELECT DISTINCT max_attempts FROM jobs WHERE state = 'queued'") == [(5,)]
+    r = api.post("/v1/jobs/retry-dead", json={"queue": "beta", "limit": 0}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["fields"][0]["field"] == "limit"

@@ -166,9 +166,13 @@ async def jobs_page(request: Request, st: State) -> HTMLResponse:
     older = (f"/ui/jobs?{urlencode({**keep, 'cursor': page.next_cursor})}"
              if page and page.next_cursor else None)
     newest = f"/ui/jobs?{urlencode(keep)}" if "cursor" in params else None
+    # Bulk retry is offered only when the page's filters are exactly what it can honour, so
+    # the button never retries more (or other) jobs than the list shows.
+    bulk = (page is not None and page.jobs and keep.get("state") == "dead"
+            and set(keep) <= {"state", "queue", "task", "error"})
     return templates.TemplateResponse(request, "jobs.html", _ctx(
         request, st, nav="jobs", title="Jobs", page=page, error=error, f=params,
-        states=[s.value for s in JobState], older=older, newest=newest),
+        states=[s.value for s in JobState], older=older, newest=newest, bulk=bulk),
         status_code=400 if error else 200)
 
 

@@ -207,6 +207,22 @@ class QueuesOut(BaseModel):
     queues: list[QueueOut]
 
 
+class RetryDeadIn(BaseModel):
+    """Which dead jobs to queue again (all filters optional, combined with AND)."""
+
+    model_config = ConfigDict(extra="forbid")
+    queue: SafeText | None = Field(default=None, min_length=1, max_length=128)
+    task: SafeText | None = Field(default=None, min_length=1, max_length=256)
+    error: SafeText | None = Field(default=None, min_length=1, max_length=200,
+                                   description="text the last error contains")
+    limit: int = Field(default=1000, ge=1, le=10_000, description="at most this many, oldest first")
+
+
+class RetryDeadOut(BaseModel):
+    retried: int
+    ids: list[int]
+
+
 class LeaseHolder(BaseModel):
     worker: str = Field(description="worker id: pod:pid:suffix")
     pod: str

@@ -26,6 +26,8 @@ from .models import (
     JobState,
     Problem,
     QueuesOut,
+    RetryDeadIn,
+    RetryDeadOut,
     SafeText,
     WorkersOut,
 )
@@ -147,6 +149,17 @@ async def list_jobs(
         finished_after=finished_after, finished_before=finished_before,
         error=error)
     return await blocking(st, lambda: service.search(st.db, f, cursor, limit))
+
+
+@router.post("/v1/jobs/retry-dead", dependencies=Auth, tags=["jobs"],
+             response_model=RetryDeadOut, responses=_AUTH_ERRORS)
+async def retry_dead(st: State, body: RetryDeadIn) -> RetryDeadOut:
+    """Queue again the dead jobs matching the filters, e.g. after fixing the bug that killed
+    them. Repeat the call while ``retried`` equals ``limit`` to work through a large set."""
+    ids = await blocking(st, lambda: st.db.retry_dead_matching(
+        queue=body.queue, task=body.task, error_contains=body.error, limit=body.limit),
+        mutating=True)
+    return RetryDeadOut(retried=len(ids), ids=ids)
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobDetail,

@@ -333,3 +333,23 @@ WHERE state = 'running'
 GROUP BY locked_by, queue
 ORDER BY count(*) FILTER (WHERE locked_until < now()) DESC, locked_by, queue
 LIMIT %(limit)s;
+
+-- name: retry_dead_matching
+-- Bulk retry after a fix: dead jobs matching the filters, oldest first, at most %(limit)s.
+-- Each gets one more attempt if it had none left, as retry_job does.
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE state = 'dead'
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(task)s::text IS NULL OR task = %(task)s)
+      AND (%(error_contains)s::text IS NULL OR strpos(last_error, %(error_contains)s) > 0)
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET state = 'queued', run_at = now(), finished_at = NULL,
+    max_attempts = greatest(j.max_attempts, j.attempts + 1)
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue;

@@ -76,9 +76,34 @@ function setupRefresh() {
   }, 5000);
 }
 
+async function retryAll(button) {
+  const filters = {};
+  for (const key of ["queue", "task", "error"]) {
+    if (button.dataset[key]) filters[key] = button.dataset[key];
+  }
+  const what = Object.entries(filters).map(([k, v]) => `${k}=${v}`).join(", ") || "all queues";
+  if (!window.confirm(`Queue again every dead job matching ${what}?`)) return;
+  const headers = { "Content-Type": "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers["Authorization"] = "Bearer " + token;
+  button.disabled = true;
+  const resp = await fetch("/v1/jobs/retry-dead", {
+    method: "POST", headers, body: JSON.stringify({ ...filters, limit: 10000 }),
+  });
+  const body = await resp.json().catch(() => ({}));
+  if (resp.ok) {
+    flash(`${body.retried} dead job(s) queued again`, true);
+  } else {
+    const hint = resp.status === 401 ? " (enter the API token at the top right)" : "";
+    flash(`retry all failed: ${body.error || resp.status}${hint}`, false);
+    button.disabled = false;
+  }
+}
+
 document.addEventListener("click", (ev) => {
   const button = ev.target.closest("button.act");
   if (button) act(button);
+  if (ev.target.closest("#retry-all")) retryAll(ev.target.closest("#retry-all"));
 });
 setupToken();
 setupRefresh();

@@ -157,7 +157,7 @@ int main(void) {
     return 0;
 }
 C
-  command -v gcc >/dev/null || apt-get install -y gcc libc6-dev >/dev/null
+  if ! command -v gcc >/dev/null; then apt-get update -qq >/dev/null; apt-get install -y -qq gcc libc6-dev >/dev/null; fi
   gcc -static -Os -s -o "$out/pause" "$CACHE/src/pause/pause.c"
   link "$out/pause" pause
   log "built pause"

@@ -70,6 +70,8 @@ class QueueController:
         self.clock = clock
         self.history: History | None = None
         self.failures = 0  # consecutive polls without stats
+        # (url, schema, queues) of the last successful read: what the NOTIFY listener follows.
+        self.listen_target: tuple[str, str, tuple[str, ...]] | None = None
         self._db: _Db | None = None
         self._last_warning: dict[str, float] = {}
 
@@ -212,6 +214,7 @@ class QueueController:
                 self._warn(body, db_error[0], db_error[1])
                 metrics.RECONCILE_ERRORS.labels(*labels, db_error[0]).inc()
             else:
+                self.listen_target = (url, spec.database.schema_name, tuple(spec.queues))
                 for reason in ("DatabaseUnavailable", "QueryFailed"):
                     self._clear_warning(reason)
                 conditions = cond.set_condition(

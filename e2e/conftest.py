@@ -51,6 +51,7 @@ class Env:
         self.namespace = NAMESPACE
         self.postgres = f"{RELEASE}-postgres"
         self.db_secret = f"{RELEASE}-postgres"
+        self.created: list[str] = []
 
     def jobqueue(self, queue: str, *, min_replicas: int, max_replicas: int,
                  jobs_per_replica: int = 10, concurrency: int = 4, lease: float = 10,
@@ -79,7 +80,15 @@ class Env:
             },
         }
         self.kubectl.apply(json.dumps(manifest))
+        self.created.append(name)
         return name
+
+    def delete_jobqueues(self) -> None:
+        """Remove what a test created (its workers go with it: owner references)."""
+        for name in self.created:
+            self.kubectl("-n", self.namespace, "delete", "jobqueue", name, "--ignore-not-found",
+                         "--wait=false", check=False)
+        self.created.clear()
 
     def deployment(self, name: str) -> dict[str, Any]:
         return self.kubectl.json("-n", self.namespace, "get", "deployment", name)  # type: ignore[no-any-return]
@@ -104,6 +113,17 @@ class Env:
                                  "app.kubernetes.io/component=operator")["items"]
         live = [p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")]
         return live[0] if live else None
+
+    def sigkill_pod(self, pod: str) -> None:
+        """SIGKILL a pod's main process from the node, like a crash or an OOM kill."""
+        node = f"{self.cluster.name}-control-plane"
+        script = (
+            f"cid=$(crictl ps -q --label io.kubernetes.pod.name={pod} "
+            f"--label io.kubernetes.pod.namespace={self.namespace} | head -n1); "
+            "pid=$(crictl inspect --output go-template --template '{{.info.pid}}' \"$cid\"); "
+            'kill -9 "$pid"'
+        )
+        subprocess.run(["docker", "exec", node, "sh", "-c", script], check=True, timeout=60)
 
     def pod_ready(self, pod: str) -> bool:
         p = self.kubectl.json("-n", self.namespace, "get", "pod", pod)
@@ -171,3 +191,10 @@ def _migrate(url: str) -> bool:
     with SkiplockDatabase(url, connect_timeout=5) as db:
         db.migrate()
     return True
+
+
+@pytest.fixture(autouse=True)
+def _cleanup_jobqueues(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "env" in request.fixturenames:
+        request.getfixturevalue("env").delete_jobqueues()

@@ -19,7 +19,7 @@ stamp "toolchain ready after $(( $(date +%s) - started ))s"
 args=(e2e -p pytest_kind -v -s --durations=0
       --kind-bin "$SKIPLOCK_KIND_BIN" --kind-kubectl-bin "$SKIPLOCK_KUBECTL_BIN"
       --kind-image "${SKIPLOCK_NODE_IMAGE:-skiplock/kind-node:v1.34.4}"
-      --cluster-name skiplock-e2e)
+      --cluster-name "${E2E_CLUSTER_NAME:-skiplock-e2e}")
 [ -n "${E2E_KEEP_CLUSTER:-}" ] && args+=(--keep-cluster)
 stamp "pytest ${args[*]} $*"
 .venv/bin/pytest "${args[@]}" "$@"

@@ -106,13 +106,17 @@ class PortForward:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        if self._proc and self._proc.poll() is None:
-            self._proc.kill()
+        self._kill()
+
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
     def restart(self) -> None:
         """Drop the forward (its pod is gone); the keeper starts a new one."""
-        if self._proc and self._proc.poll() is None:
-            self._proc.kill()
+        self._kill()
 
 
 class Database:

@@ -163,6 +163,22 @@ class QueueController:
         desired_dep = resources.deployment(
             body, spec, replicas=self._initial_replicas(status, policy))
         rejected: str | None = None
+        if existing is not None and not resources.owned_by(existing, meta.get("uid", "")):
+            # Someone else's Deployment (or one left by a deleted JobQueue of the same name,
+            # waiting for garbage collection): never take it over or scale it.
+            message = (f"Deployment {self.namespace}/{dep_name} exists and is not owned by this "
+                       "JobQueue; rename or delete it (a leftover of a deleted JobQueue goes "
+                       "away with garbage collection)")
+            conditions = cond.set_condition(conditions, cond.READY, False, "DeploymentConflict",
+                                            message, generation)
+            conditions = cond.set_condition(conditions, cond.SCALING, False,
+                                            "DeploymentConflict", "not scaling a Deployment "
+                                            "this JobQueue does not own", generation)
+            self._warn(body, "DeploymentConflict", message)
+            metrics.RECONCILE_ERRORS.labels(*labels, "DeploymentConflict").inc()
+            finish({})
+            return poll_interval
+        self._clear_warning("DeploymentConflict")
         try:
             if existing is None:
                 existing = self.kube.create_deployment(self.namespace, desired_dep)

@@ -133,6 +133,12 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
             "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """True if ``obj`` has a controller owner reference to the object with ``uid``."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
 def deployment(body: dict[str, Any], spec: JobQueueSpec, replicas: int) -> dict[str, Any]:
     """The whole worker Deployment. ``replicas`` is used on creation only; afterwards the
     operator changes replicas through the scale decision and nothing else."""

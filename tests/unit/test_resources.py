@@ -131,3 +131,10 @@ def test_invalid_specs_say_what_is_wrong(over: dict[str, Any], needle: str) -> N
     with pytest.raises(InvalidSpec) as info:
         parse_spec(raw_spec(**over))
     assert needle in str(info.value)
+
+
+def test_owned_by() -> None:
+    dep = build()
+    assert resources.owned_by(dep, "u-1")
+    assert not resources.owned_by(dep, "someone-else")
+    assert not resources.owned_by({"metadata": {}}, "u-1")

@@ -410,3 +410,28 @@ def test_new_jobs_wake_the_poll_for_fast_scale_from_zero(
                message="1 replica within seconds of the insert", interval=0.1)
     assert time.monotonic() - started < 10
     assert cluster.status("eager")["lastPollTime"] != polled
+
+
+def test_foreign_deployment_is_never_taken_over(cluster: Cluster, operator: OperatorThread,
+                                                database_url: str, sql: Sql) -> None:
+    cluster.apps.create_namespaced_deployment(cluster.ns, {
+        "metadata": {"name": "clash-worker"},
+        "spec": {"replicas": 7, "selector": {"matchLabels": {"app": "mine"}},
+                 "template": {"metadata": {"labels": {"app": "mine"}},
+                              "spec": {"containers": [{"name": "c", "image": "mine:1"}]}}}})
+    version = cluster.deployment("clash-worker").metadata.resource_version  # type: ignore[union-attr]
+    cluster.secret("db", database_url)
+    cluster.create_jobqueue("clash", **spec())
+    enqueue(sql, 50)
+
+    def conflict() -> Any:
+        c = cluster.condition("clash", "Ready")
+        return c if c and c["reason"] == "DeploymentConflict" else None
+
+    cond = wait_until(conflict, 30, message="Ready=False DeploymentConflict", interval=0.2)
+    assert "clash-worker exists and is not owned" in cond["message"], cond  # type: ignore[index]
+    holds(lambda: cluster.deployment("clash-worker").metadata.resource_version == version,  # type: ignore[union-attr]
+          2, "the foreign Deployment untouched")
+    cluster.apps.delete_namespaced_deployment("clash-worker", cluster.ns)
+    wait_until(lambda: cluster.replicas("clash-worker") == 1, 30,
+               message="our own Deployment once the foreign one is gone", interval=0.2)

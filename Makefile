@@ -30,12 +30,15 @@ test-unit: setup ## pure-logic unit tests
 test-integration: setup ## real Postgres (and a real kube-apiserver for the operator)
 	$(PYTEST) tests/integration -q
 
+test-browser: setup ## the dashboard in headless Chromium (Debian chromium; screenshots in artifacts/)
+	$(PYTEST) tests/browser -q
+
 e2e: setup ## the chaos suite in a real kind cluster, built offline (creates and deletes it)
 	bash e2e/run.sh
 
-test: lint test-unit test-integration e2e ## everything CI runs
+test: lint test-unit test-integration test-browser e2e ## everything CI runs
 
 bench: setup ## Skiplock vs procrastinate and pgqueuer, same Postgres, same run
 	$(BIN)/python -m benchmarks
 
-.PHONY: help setup demo lint test-unit test-integration e2e test bench
+.PHONY: help setup demo lint test-unit test-integration test-browser e2e test bench

@@ -120,3 +120,11 @@ def slow_retry(ctx: JobContext) -> None:
     """Fails every time; retries after 0.05 s, 2 s, then 80 s: a job that sits at a high
     retry count (3) for a while, as a struggling job would."""
     raise RuntimeError(f"still failing (attempt {ctx.attempt})")
+
+
+@app.task(max_attempts=1)
+def chatty(ctx: JobContext, message: str) -> None:
+    """Logs from inside the handler (a thread): the line must carry the job's fields."""
+    import logging
+
+    logging.getLogger("tests.chatty").warning("handler says %s", message)

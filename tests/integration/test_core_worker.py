@@ -382,3 +382,19 @@ def test_worker_waits_for_the_schema_instead_of_crashing(pg: PgServer, spawn_wor
         worker.close()
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM skiplock.results").fetchone() == (1,)
+
+
+def test_json_logs_carry_job_fields_even_from_handlers(database_url: str, sql: Sql,
+                                                       spawn_worker: Spawn) -> None:
+    import json
+
+    with Client(database_url) as c:
+        job_id = c.enqueue("chatty", {"message": "hello"})
+    worker = spawn_worker("tests.tasks:app", env={"SKIPLOCK_LOG_JSON": "1"}, name="jsonlog")
+    wait_until(lambda: "handler says hello" in worker.output(), message="the handler's log line")
+    assert worker.terminate() == 0
+    lines = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+    (said,) = [entry for entry in lines if entry["msg"] == "handler says hello"]
+    assert said["job_id"] == job_id and said["task"] == "chatty" and said["attempt"] == 1
+    assert said["worker_id"].startswith("jsonlog:")
+    assert all("worker_id" in entry for entry in lines if entry["logger"].startswith("skiplock"))

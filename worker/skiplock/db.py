@@ -6,6 +6,7 @@ wrapped here with the password scrubbed from their text.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -37,6 +38,7 @@ def conninfo(
     connect_timeout: float,
     statement_timeout: float,
     application_name: str = "skiplock",
+    synchronous_commit: bool = True,
 ) -> str:
     """The URL plus the options every Skiplock connection needs (schema, bounded timeouts)."""
     # jit=off: every Skiplock query is short; JIT compiling queue_stats on a big table cost
@@ -45,6 +47,8 @@ def conninfo(
         f"-c search_path={schema},public -c statement_timeout={int(statement_timeout * 1000)}"
         " -c jit=off"
     )
+    if not synchronous_commit:
+        options += " -c synchronous_commit=off"
     return psycopg.conninfo.make_conninfo(
         url,
         connect_timeout=max(1, round(connect_timeout)),
@@ -244,7 +248,11 @@ class Database:
                 with self._pool.connection() as conn:
                     conn.autocommit = False
                     try:
-                        row = conn.execute(Q["enqueue"], params).fetchone()
+                        # BEGIN and the INSERT in one round trip; COMMIT stays separate so a
+                        # failure before it is still known to have stored nothing.
+                        with conn.pipeline():
+                            cur = conn.execute(Q["enqueue"], params)
+                        row = cur.fetchone()
                     except psycopg.OperationalError:
                         if attempt == 1:
                             continue
@@ -515,11 +523,17 @@ class WorkerConnection:
         connect_timeout: float,
         statement_timeout: float,
         application_name: str,
+        synchronous_commit: bool = True,
     ) -> None:
         self.url = url
         self.schema = schema
-        self._conninfo = conninfo(url, schema, connect_timeout, statement_timeout, application_name)
+        self._conninfo = conninfo(
+            url, schema, connect_timeout, statement_timeout, application_name, synchronous_commit
+        )
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        # A link that swallows bytes but stays open (a frozen server, a proxy or firewall that
+        # keeps ACKing) trips neither keepalives nor tcp_user_timeout: bound every round trip.
+        self.deadline = connect_timeout + statement_timeout
 
     async def _get(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -537,9 +551,17 @@ class WorkerConnection:
     @contextlib.asynccontextmanager
     async def cursor(self, doing: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
         try:
-            conn = await self._get()
-            async with conn.cursor() as cur:
-                yield cur
+            async with asyncio.timeout(self.deadline):
+                conn = await self._get()
+                async with conn.cursor() as cur:
+                    yield cur
+        except TimeoutError:
+            await self.close()
+            raise DatabaseUnavailable(
+                f"{doing}: database at {redact_url(self.url)} did not answer within "
+                f"{self.deadline:.0f}s (connect + statement timeout); dropped the connection "
+                "and will reconnect"
+            ) from None
         except (psycopg.OperationalError, OSError) as exc:
             await self.close()
             raise wrap_error(exc, self.url, doing) from None

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 
 _CONTEXT_FIELDS = ("job_id", "task", "attempt", "queue", "worker_id")
+
+
+# Fields bound for the code running now (a job's handler, a worker's loops). asyncio tasks and
+# run_in_executor copy the context, so a handler's own log lines carry its job's fields too.
+_BOUND: contextvars.ContextVar[tuple[tuple[str, object], ...]] = contextvars.ContextVar(
+    "skiplock_log_fields", default=()
+)
+
+
+@contextlib.contextmanager
+def bind(**fields: object) -> Iterator[None]:
+    """Add ``fields`` to every log record made inside the block (and tasks started in it)."""
+    token = _BOUND.set(tuple({**dict(_BOUND.get()), **fields}.items()))
+    try:
+        yield
+    finally:
+        _BOUND.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copy the bound fields onto each record unless the call passed its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _BOUND.get():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,6 +71,7 @@ class TextFormatter(logging.Formatter):
 
 def configure(level: str = "INFO", as_json: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     handler.setFormatter(
         JsonFormatter()
         if as_json

@@ -26,6 +26,7 @@ def register_catalogue(database_url: str) -> None:
     async def go() -> None:
         await w._register_tasks()
         await w._claim_db.close()
+        await w._write_db.close()
 
     asyncio.run(go())
 

@@ -41,7 +41,24 @@ def test_postgres_restart_while_workers_run(database_url, pg, rsql, spawn_worker
     for w in workers:
         assert w.proc.poll() is None, f"a worker died:\n{w.output()[-3000:]}"
     assert len(read_marker(marker)) > down_at, "no job ran after the restart"
-    counts = assert_invariants(sql, ids, executions=executions(marker))
+    runs = read_marker(marker)
+    if how == "fast":
+        # A fast shutdown checkpoints: every commit survives, so each run is its own attempt.
+        counts = assert_invariants(sql, ids, executions=executions(marker))
+    else:
+        # A crash can lose claims that were acknowledged: the claim connection commits with
+        # synchronous_commit=off (a deliberate throughput choice in skiplock.worker). The job is
+        # then queued again and re-run (at-least-once), under the same attempt number. Allowed
+        # only for jobs whose first run began before the restart, and at most once more.
+        counts = assert_invariants(sql, ids)
+        seen: dict[int, list[int]] = {}
+        for i, (job, _, _, _) in enumerate(runs):
+            seen.setdefault(job, []).append(i)
+        for job, lines in seen.items():
+            if len(lines) > 1:
+                assert len(lines) == 2 and lines[0] < down_at <= lines[1], (job, lines, down_at)
+        rerun = sum(1 for lines in seen.values() if len(lines) > 1)
+        print(f"[outage {how}] jobs re-run after losing their claim in the crash: {rerun}")
     assert counts == {"succeeded": N}, counts
     for w in workers:
         assert w.terminate() == 0

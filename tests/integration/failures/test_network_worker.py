@@ -178,3 +178,44 @@ def test_worker_rides_out_latency_resets_blackholes_and_cuts(database_url, audit
     for w in workers:
         assert w.proc.poll() is None, f"a worker died:\n{w.output()[-3000:]}"
         w.terminate()
+
+
+def test_blackholed_link_is_detected_by_the_worker_itself(database_url, audited, spawn_worker,
+                                                          proxy, marker, tmp_path: Path) -> None:
+    """A link that swallows every byte but never closes (a frozen server, a proxy or firewall
+    that keeps the TCP session up): keepalives cannot see it, so the worker bounds each round
+    trip itself (connect + statement timeout), gives up on the dead connection and keeps
+    trying, while a healthy worker takes its jobs over once their leases expire."""
+    sql = audited
+    env = {**_via(proxy, database_url), "SKIPLOCK_STATEMENT_TIMEOUT": "2",
+           "SKIPLOCK_CONNECT_TIMEOUT": "1"}
+    cut = spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "2", env=env,
+                       name="blackholed")
+    wait_workers_ready(sql, 1)
+    gate = str(tmp_path / "gate-{attempt}")
+    Path(gate.format(attempt=2)).touch()  # a re-run finishes at once; attempt 1 waits
+    with Client(database_url) as c:
+        ids = [c.enqueue("tracked", {"marker": str(marker), "hold": gate}) for _ in range(2)]
+    wait_for(lambda: len(read_marker(marker)) == 2, 30, "the worker to run both jobs")
+    healthy = spawn_worker("tests.tasks:app", *WORKER_ARGS, name="healthy")
+    wait_workers_ready(sql, 2)
+    before = cut.output().count("did not answer")
+    with proxy.toxic("timeout", stream="downstream", timeout=0), \
+            proxy.toxic("timeout", stream="upstream", timeout=0, name="bh_up"):
+        # Still blackholed: the worker must notice on its own (deadline 3 s, plus psycopg's
+        # bounded attempt to cancel the query), not when the link finally closes.
+        wait_for(lambda: cut.output().count("did not answer") > before, 30,
+                 "the blackholed worker to give up on its silent connection")
+        assert cut.proc.poll() is None
+        # Its leases ran out meanwhile; the healthy worker took the jobs over.
+        wait_for(lambda: len(read_marker(marker)) == 4, 30, "the healthy worker to re-run both")
+    Path(gate.format(attempt=1)).touch()  # the cut-off handlers finish; their writes are fenced
+    wait_for(lambda: cut.output().count("outcome discarded") == 2, 60,
+             "the blackholed worker's late outcomes to be rejected")
+    for job in ids:
+        wait_for(lambda job=job: state_of(sql, job)[0] == "succeeded", 60, f"job {job} done")
+    runs = read_marker(marker)
+    assert sorted(r[2].split(":")[0] for r in runs) == ["blackholed"] * 2 + ["healthy"] * 2
+    assert_invariants(sql, ids, expected_states=dict.fromkeys(ids, "succeeded"))
+    cut.terminate()
+    healthy.terminate()

@@ -6,6 +6,7 @@ import asyncio
 import time
 from datetime import timedelta
 from pathlib import Path
+from statistics import median
 
 import asyncpg
 import uvloop
@@ -60,12 +61,15 @@ async def produce(dsn: str, jobs: int, rate: float) -> None:
     queries = Queries(AsyncpgDriver(conn))
     await queries.enqueue("noop", b"0")
     start = time.perf_counter()
+    calls: list[float] = []
     for i in range(jobs):
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        t0 = time.perf_counter()
         await queries.enqueue("noop", repr(time.time()).encode())
-    emit({"jobs": jobs, "seconds": time.perf_counter() - start})
+        calls.append(time.perf_counter() - t0)
+    emit({"jobs": jobs, "seconds": time.perf_counter() - start, "call_p50": median(calls)})
     await conn.close()
 
 

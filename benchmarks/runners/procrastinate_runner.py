@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from statistics import median
 
 import uvloop
 from procrastinate import App, PsycopgConnector
@@ -66,12 +67,15 @@ async def produce(dsn: str, jobs: int, rate: float) -> None:
     async with app.open_async():
         await task.defer_async(t=0.0)
         start = time.perf_counter()
+        calls: list[float] = []
         for i in range(jobs):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            t0 = time.perf_counter()
             await task.defer_async(t=time.time())
-        emit({"jobs": jobs, "seconds": time.perf_counter() - start})
+            calls.append(time.perf_counter() - t0)
+        emit({"jobs": jobs, "seconds": time.perf_counter() - start, "call_p50": median(calls)})
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from statistics import median
 
 from benchmarks.common import Recorder, emit, on_stop, wait_for_go, worker_args
 from skiplock import App, Client
@@ -53,12 +54,15 @@ def produce(dsn: str, jobs: int, rate: float) -> None:
     with Client(dsn) as client:
         client.enqueue("noop", {"t": 0.0})  # warm the pool and the catalogue
         start = time.perf_counter()
+        calls: list[float] = []
         for i in range(jobs):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            t0 = time.perf_counter()
             client.enqueue("noop", {"t": time.time()})
-        emit({"jobs": jobs, "seconds": time.perf_counter() - start})
+            calls.append(time.perf_counter() - t0)
+        emit({"jobs": jobs, "seconds": time.perf_counter() - start, "call_p50": median(calls)})
 
 
 def main() -> None:

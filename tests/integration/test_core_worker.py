@@ -398,3 +398,16 @@ def test_json_logs_carry_job_fields_even_from_handlers(database_url: str, sql: S
     assert said["job_id"] == job_id and said["task"] == "chatty" and said["attempt"] == 1
     assert said["worker_id"].startswith("jsonlog:")
     assert all("worker_id" in entry for entry in lines if entry["logger"].startswith("skiplock"))
+
+
+def test_rescued_and_released_jobs_keep_their_place_in_the_queue(database_url: str, sql: Sql,
+                                                                 spawn_worker: Spawn) -> None:
+    with Client(database_url) as c:
+        first = c.enqueue("add", {"a": 1, "b": 1})
+        sql("UPDATE jobs SET state='running', attempts=1, locked_by='ghost:1:abc', "
+            "locked_until=now() - interval '1 second' WHERE id = %s", first)
+        c.enqueue_many({"task": "add", "args": {"a": i, "b": 1}} for i in range(30))
+    spawn_worker("tests.tasks:app", "--concurrency", "1", "--poll-interval", "0.2")
+    wait_until(lambda: states(sql) == {"succeeded": 31}, timeout=60, message="31 succeeded")
+    (earliest,), = sql("SELECT id FROM jobs ORDER BY started_at LIMIT 1")
+    assert earliest == first, "the rescued job waited behind the backlog"

@@ -59,6 +59,8 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts;
 
 -- name: rescue_expired
 -- Jobs whose worker stopped renewing: back to queued, or dead once out of attempts.
+-- run_at is kept (it is in the past): a rescued job keeps its place at the head of the queue
+-- instead of waiting behind the whole backlog.
 -- SKIP LOCKED so the rescuer never waits on (or deadlocks with) a worker's own writes.
 WITH expired AS (
     SELECT id FROM jobs
@@ -69,7 +71,6 @@ WITH expired AS (
 )
 UPDATE jobs AS j
 SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead'::job_state ELSE 'queued'::job_state END,
-    run_at = now(),
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
     last_error = format('lease expired: worker %%s stopped renewing attempt %%s of %%s (crashed or cut off)',
                         j.locked_by, j.attempts, j.max_attempts),
@@ -130,9 +131,10 @@ WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
 RETURNING j.id, j.state;
 
 -- name: release
--- Fenced hand-back on shutdown: the attempt does not count, the job is runnable at once.
+-- Fenced hand-back on shutdown: the attempt does not count, the job is runnable at once and
+-- keeps its place in the queue (run_at is in the past).
 UPDATE jobs AS j
-SET state = 'queued', attempts = j.attempts - 1, run_at = now(), locked_by = NULL, locked_until = NULL
+SET state = 'queued', attempts = j.attempts - 1, locked_by = NULL, locked_until = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS f(id, attempt)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt

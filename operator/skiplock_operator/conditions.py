@@ -17,6 +17,11 @@ def timestamp(now: dt.datetime | None = None) -> str:
     return (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def precise_timestamp(now: dt.datetime | None = None) -> str:
+    """Milliseconds, for lastPollTime: two polls within one second must still differ."""
+    return (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def set_condition(conditions: Sequence[dict[str, Any]], type_: str, status: bool, reason: str,
                   message: str, generation: int | None,
                   now: dt.datetime | None = None) -> list[dict[str, Any]]:

@@ -281,7 +281,7 @@ class QueueController:
             "recommendedReplicas": decision.raw,
             "readyReplicas": ready,
             # A heartbeat: shows the operator is polling (e.g. after it restarted).
-            "lastPollTime": cond.timestamp(),
+            "lastPollTime": cond.precise_timestamp(),
         }
         if scaled_at:
             extra["lastScaleTime"] = scaled_at

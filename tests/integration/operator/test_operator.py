@@ -409,7 +409,9 @@ def test_new_jobs_wake_the_poll_for_fast_scale_from_zero(
     wait_until(lambda: cluster.replicas("eager-worker") == 1, 15,
                message="1 replica within seconds of the insert", interval=0.1)
     assert time.monotonic() - started < 10
-    assert cluster.status("eager")["lastPollTime"] != polled
+    # the status is written just after the scale call: wait for it rather than race it
+    wait_until(lambda: cluster.status("eager")["lastPollTime"] != polled, 10,
+               message="the woken poll's status", interval=0.1)
 
 
 def test_foreign_deployment_is_never_taken_over(cluster: Cluster, operator: OperatorThread,

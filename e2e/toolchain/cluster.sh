@@ -15,7 +15,11 @@ KUBECTL="$CACHE/bin/kubectl"
 [[ -x "$KIND" && -x "$KUBECTL" ]] || die "kind/kubectl missing in $CACHE/bin: run tools.sh"
 k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
-exists() { "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; }
+exists() { # (no `| grep -q` under pipefail: grep exiting early would fail the pipeline)
+  local clusters
+  clusters="$("$KIND" get clusters 2>/dev/null || true)"
+  grep -qx "$CLUSTER_NAME" <<<"$clusters"
+}
 
 up() {
   docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 || die "$NODE_IMAGE missing: run node-image.sh"

@@ -69,14 +69,16 @@ with_lock() {
   fi
 }
 
-# debootstrap_tarball NAME "pkg1,pkg2,..." -> prints path of a cached rootfs tarball of
-# DEBIAN_SUITE (minbase + the packages), keyed by suite + package list + recipe revision.
+# debootstrap_tarball NAME "pkg1,pkg2,..." ["glob glob ..."] -> prints path of a cached rootfs
+# tarball of DEBIAN_SUITE (minbase + the packages, minus the optional globs relative to the root),
+# keyed by suite + package list + prune list + recipe revision.
 ROOTFS_RECIPE_REV=1
 debootstrap_tarball() {
-  local name="$1" pkgs="$2"
+  local name="$1" pkgs="$2" prune="${3:-}"
   local sorted key tarball dir
   sorted="$(tr ', ' '\n\n' <<<"$pkgs" | sed '/^$/d' | sort -u | paste -sd, -)"
   key="$(printf '%s|%s|%s|%s' "$DEBIAN_SUITE" "$sorted" "$ROOTFS_RECIPE_REV" "$DEBIAN_MIRROR" | sha256sum | cut -c1-12)"
+  if [[ -n "$prune" ]]; then key="$(printf '%s|%s' "$key" "$prune" | sha256sum | cut -c1-12)"; fi
   tarball="$CACHE/rootfs/$name-$DEBIAN_SUITE-$key.tar"
   if [[ -s "$tarball" ]]; then
     log "rootfs $name cached: $tarball"
@@ -97,6 +99,11 @@ SRC
   rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb \
     "$dir"/var/log/*.log "$dir"/var/log/apt/* "$dir"/tmp/* "$dir"/usr/share/doc/* \
     "$dir"/usr/share/man/* "$dir"/usr/share/info/*
+  if [[ -n "$prune" ]]; then
+    local g
+    log "pruning from $name: $prune"
+    for g in $prune; do (cd "$dir" && rm -rf -- $g); done
+  fi
   : >"$dir/etc/machine-id"
   printf '%s\n' 'localhost' >"$dir/etc/hostname"
   tar --numeric-owner --xattrs -C "$dir" -cf "$tarball.tmp" .

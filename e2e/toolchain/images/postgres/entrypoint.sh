@@ -34,6 +34,8 @@ if [[ "${1:-}" == postgres && ! -s "$PGDATA/PG_VERSION" ]]; then
   rm -f "$pwfile"
   printf '\n# skiplock: allow remote clients\nhost all all all %s\n' "$AUTH" >>"$PGDATA/pg_hba.conf"
   if [[ "$AUTH" == md5 ]]; then echo "password_encryption = md5" >>"$PGDATA/postgresql.conf"; fi
+  # The image ships without LLVM: no JIT.
+  echo "jit = off" >>"$PGDATA/postgresql.conf"
 
   # Temporary local-only server for database creation and init scripts.
   pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/var/run/postgresql" -w start >&2

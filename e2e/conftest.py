@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,8 @@ WORKER_IMAGE = f"skiplock/worker:{IMAGE_TAG}"
 OPERATOR_IMAGE = f"skiplock/operator:{IMAGE_TAG}"
 POSTGRES_IMAGE = os.environ.get("SKIPLOCK_POSTGRES_IMAGE", "skiplock/postgres:15-bookworm")
 NODE_IMAGE = os.environ.get("SKIPLOCK_NODE_IMAGE", "skiplock/kind-node:v1.34.4")
+# Queue and JobQueue names get a per-run suffix, so a kept cluster's leftovers never mix in.
+RUN_ID = secrets.token_hex(2)
 
 
 def helm_values() -> list[str]:
@@ -52,6 +55,10 @@ class Env:
         self.postgres = f"{RELEASE}-postgres"
         self.db_secret = f"{RELEASE}-postgres"
         self.created: list[str] = []
+
+    @staticmethod
+    def unique(base: str) -> str:
+        return f"{base}-{RUN_ID}"
 
     def jobqueue(self, queue: str, *, min_replicas: int, max_replicas: int,
                  jobs_per_replica: int = 10, concurrency: int = 4, lease: float = 10,

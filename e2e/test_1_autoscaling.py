@@ -11,7 +11,7 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def test_scales_up_on_backlog_and_back_down_after_the_window(env: Env) -> None:
-    queue = "e2e-autoscale"
+    queue = env.unique("e2e-autoscale")
     name = env.jobqueue(queue, min_replicas=1, max_replicas=4, jobs_per_replica=20,
                         concurrency=5, stabilization=20, poll=2)
     deployment = f"{name}-worker"

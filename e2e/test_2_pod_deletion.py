@@ -34,7 +34,7 @@ def busy_pod(env: Env, queue: str, rng: random.Random, gone: set[str]
 
 
 def test_deleting_workers_mid_job_loses_nothing(env: Env) -> None:
-    queue = "e2e-podkill"
+    queue = env.unique("e2e-podkill")
     name = env.jobqueue(queue, min_replicas=3, max_replicas=3, concurrency=4, lease=LEASE,
                         grace=5, poll=2)
     deployment = f"{name}-worker"

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.timeout(1200)
 
 
 def test_postgres_restarts_lose_nothing(env: Env) -> None:
-    queue = "e2e-dbrestart"
+    queue = env.unique("e2e-dbrestart")
     name = env.jobqueue(queue, min_replicas=2, max_replicas=2, concurrency=4, lease=10, poll=2)
     deployment = f"{name}-worker"
     wait_for(lambda: env.ready_replicas(deployment) == 2, 240, "2 ready workers")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_operator_restart_does_not_flap(env: Env) -> None:
-    queue = "e2e-oprestart"
+    queue = env.unique("e2e-oprestart")
     name = env.jobqueue(queue, min_replicas=2, max_replicas=3, jobs_per_replica=1000,
                         concurrency=2, poll=2)
     deployment = f"{name}-worker"

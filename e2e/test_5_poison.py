@@ -11,7 +11,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_poison_pills_go_dead(env: Env) -> None:
-    queue = "e2e-poison"
+    queue = env.unique("e2e-poison")
     name = env.jobqueue(queue, min_replicas=1, max_replicas=1, concurrency=4, poll=2)
     wait_for(lambda: env.ready_replicas(f"{name}-worker") == 1, 240, "a ready worker")
     enqueue(env.db, queue, "poison", {"reason": "e2e"}, 10, max_attempts=3)

@@ -20,19 +20,20 @@ def helm(env: Env, *args: str) -> str:
 
 
 def test_helm_upgrade_uninstall_then_kubectl_apply(env: Env) -> None:
+    helm_queue = env.unique("e2e-helm")
     with step("helm upgrade: turn on the chart's JobQueue"):
         helm(env, "upgrade", RELEASE, str(ROOT / "charts" / "skiplock"), "-n", NAMESPACE,
              "--wait", "--timeout", "5m", *helm_values(),
              "--set", "jobQueue.enabled=true", "--set", "jobQueue.name=helm-queue",
-             "--set", "jobQueue.queues={e2e-helm}",
+             "--set", f"jobQueue.queues={{{helm_queue}}}",
              "--set", f"jobQueue.worker.image.tag={IMAGE_TAG}",
              "--set", "jobQueue.scaling.minReplicas=1", "--set", "jobQueue.scaling.maxReplicas=2",
              "--set", "jobQueue.scaling.pollIntervalSeconds=2")
         assert "STATUS: deployed" in helm(env, "status", RELEASE, "-n", NAMESPACE)
         wait_for(lambda: env.ready_replicas("helm-queue-worker") >= 1, 240, "chart's worker ready")
-        enqueue(env.db, "e2e-helm", "fast", {"n": 2}, 50)
-        wait_for(lambda: env.db.counts("e2e-helm").get("succeeded", 0) == 50, 180, "50 succeeded")
-        env.db.assert_invariants("e2e-helm", 50)
+        enqueue(env.db, helm_queue, "fast", {"n": 2}, 50)
+        wait_for(lambda: env.db.counts(helm_queue).get("succeeded", 0) == 50, 180, "50 succeeded")
+        env.db.assert_invariants(helm_queue, 50)
 
     with step("helm uninstall"):
         env.kubectl("-n", NAMESPACE, "delete", "jobqueues", "--all", "--wait=true", timeout=300)

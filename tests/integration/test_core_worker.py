@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -142,7 +144,9 @@ def test_stale_worker_is_fenced_and_result_written_once(
         lambda: sql("SELECT locked_by FROM jobs WHERE id=%s AND state='running'", job_id),
         message="stale worker holds the job",
     )
-    # Force an early expiry: the stale worker is still running the handler.
+    # Freeze the stale worker (a long GC pause, a stalled VM) and force an early expiry while
+    # its handler is mid-run; frozen, its own rescuer cannot take the job back first.
+    os.kill(stale.pid, signal.SIGSTOP)
     sql("UPDATE jobs SET locked_until = now() - interval '1 second' WHERE id=%s", job_id)
     fresh = spawn_worker(
         "tests.tasks:app", "--lease-seconds", "30", "--poll-interval", "0.2", name="fresh"
@@ -151,6 +155,7 @@ def test_stale_worker_is_fenced_and_result_written_once(
         lambda: sql("SELECT 1 FROM jobs WHERE id=%s AND locked_by LIKE 'fresh:%%'", job_id),
         message="fresh worker re-claimed the job",
     )
+    os.kill(stale.pid, signal.SIGCONT)
     release.touch()  # both executions finish now
     wait_until(
         lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("succeeded",)],

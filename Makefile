@@ -27,8 +27,27 @@ lint: setup ## ruff and mypy --strict
 test-unit: setup ## pure-logic unit tests
 	$(PYTEST) tests/unit -q
 
-test-integration: setup ## real Postgres (and a real kube-apiserver for the operator)
-	$(PYTEST) tests/integration -q
+toolchain: ## build or reuse kube-apiserver, etcd, kubectl, kind, helm, toxiproxy (cached outside the repo)
+	bash e2e/toolchain/tools.sh
+
+toxiproxy: setup ## build (or find) the Toxiproxy server the failure-mode suite uses
+	$(BIN)/python -m tests.support.toxiproxy
+
+test-integration: setup toolchain toxiproxy ## real Postgres, real kube-apiserver + etcd, helm chart
+	$(PYTEST) tests/integration tests/chart -q
+
+test-failures: setup toxiproxy ## only the failure-mode suite: real faults (docs/failure-modes.md)
+	$(PYTEST) tests/integration/failures -q
+
+test-operator: setup toolchain ## only the operator: unit, envtest integration and chart tests
+	$(PYTEST) tests/unit/test_scaling.py tests/unit/test_resources.py \
+	  tests/unit/test_resources_conditions.py tests/integration/operator tests/chart -q
+
+images: setup ## worker and operator images from host-built wheels (no network in docker build)
+	bash e2e/toolchain/docker.sh && bash e2e/toolchain/base-images.sh && bash e2e/images.sh
+
+operator: setup ## run the operator against the current kubeconfig
+	$(BIN)/python -m skiplock_operator
 
 test-browser: setup ## the dashboard in headless Chromium (Debian chromium; screenshots in artifacts/)
 	$(PYTEST) tests/browser -q
@@ -41,4 +60,6 @@ test: lint test-unit test-integration test-browser e2e ## everything CI runs
 bench: setup ## Skiplock vs procrastinate and pgqueuer, same Postgres, same run
 	$(BIN)/python -m benchmarks
 
-.PHONY: help setup demo lint test-unit test-integration test-browser e2e test bench
+
+.PHONY: help setup demo lint toolchain toxiproxy test-unit test-integration test-failures \
+	test-operator test-browser images operator e2e test bench

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -128,20 +127,3 @@ def spawn_worker(database_url: str) -> Iterator[Callable[..., WorkerProcess]]:
     yield spawn
     for w in started:
         w.close()
-
-
-def wait_until(
-    predicate: Callable[[], object],
-    timeout: float = 30,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> object:
-    """Poll until ``predicate()`` is truthy; on timeout fail with what was last seen."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {message}; last value: {last!r}")

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, Request, sync_playwright
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT
 from tests.integration.api.conftest import TOKEN, register_tasks
 from tests.support.pgserver import free_port
+from tests.support.waits import wait_until
 
 CHROMIUM = Path(os.environ.get("SKIPLOCK_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from skiplock import Client, Worker
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess
 from tests.support.invariants import assert_all_terminal
 from tests.support.pgserver import PgServer
+from tests.support.waits import wait_until
 from tests.tasks import app
 
 Sql = Callable[..., list[tuple[Any, ...]]]
@@ -53,13 +54,19 @@ def test_each_job_claimed_by_one_worker_at_a_time(
     database_url: str, sql: Sql, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     marker = tmp_path / "runs.txt"
-    with Client(database_url) as c:
-        c.enqueue_many(
-            {"task": "sleep", "args": {"seconds": 0.005, "marker": str(marker)}} for _ in range(400)
-        )
     workers = [
         spawn_worker("tests.tasks:app", "--concurrency", "6", name=f"w{i}") for i in range(4)
     ]
+    # All four are idle and listening before the work arrives, so they all compete for it.
+    wait_until(
+        lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%' "
+                    "AND datname = current_database()") == [(4,)],
+        message="4 workers listening",
+    )
+    with Client(database_url) as c:
+        c.enqueue_many(
+            {"task": "sleep", "args": {"seconds": 0.02, "marker": str(marker)}} for _ in range(400)
+        )
     wait_until(lambda: states(sql) == {"succeeded": 400}, timeout=90, message="400 jobs succeeded")
     runs = collections.Counter(line.split()[0] for line in marker.read_text().splitlines())
     assert len(runs) == 400 and set(runs.values()) == {1}, "a job ran twice without a lease expiry"

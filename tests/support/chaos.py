@@ -3,11 +3,10 @@ trail of job transitions recorded by a trigger inside Postgres, and small wait h
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import pytest
+from tests.support.waits import wait_until
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 TERMINAL = ("succeeded", "dead", "cancelled")
@@ -154,15 +153,8 @@ def executions(path: Any) -> dict[int, int]:
 
 def wait_for(predicate: Callable[[], Any], timeout: float, message: str,
              interval: float = 0.05) -> Any:
-    """Poll until truthy; on timeout fail with what was last seen (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {message}; last value: {last!r}")
+    """``wait_until`` with the argument order this suite reads best in."""
+    return wait_until(predicate, timeout=timeout, interval=interval, message=message)
 
 
 def worker_connections(sql: Sql, role: str = "claim") -> int:

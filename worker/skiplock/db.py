@@ -119,6 +119,32 @@ def _int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+# The filters list_jobs and search_jobs share, with their defaults (None: not filtered).
+_JOB_FILTER_DEFAULTS: dict[str, Any] = {
+    "queue": None,
+    "task": None,
+    "stuck": False,
+    "min_attempts": None,
+    "created_after": None,
+    "created_before": None,
+    "finished_after": None,
+    "finished_before": None,
+    "error_contains": None,
+    "before_id": None,
+    "limit": 100,
+}
+
+
+def _job_filters(filters: Mapping[str, Any], state_key: str) -> dict[str, Any]:
+    """Query parameters for a jobs listing; an unknown filter is a programming error."""
+    params = {state_key: None, **_JOB_FILTER_DEFAULTS}
+    unknown = set(filters) - set(params)
+    if unknown:
+        raise TypeError(f"unknown job filters: {sorted(unknown)}")
+    params.update(filters)
+    return params
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
@@ -411,47 +437,12 @@ class Database:
         return rows[0] if rows else None
 
     def list_jobs(self, **filters: Any) -> list[Row]:
-        params: dict[str, Any] = {
-            "state": None,
-            "queue": None,
-            "task": None,
-            "stuck": False,
-            "min_attempts": None,
-            "created_after": None,
-            "created_before": None,
-            "finished_after": None,
-            "finished_before": None,
-            "error_contains": None,
-            "before_id": None,
-            "limit": 100,
-        }
-        unknown = set(filters) - set(params)
-        if unknown:
-            raise TypeError(f"unknown job filters: {sorted(unknown)}")
-        params.update(filters)
-        return self._rows("list_jobs", params, "list jobs")
+        """Jobs newest first, whole rows (args, errors, result); ``state`` is one state."""
+        return self._rows("list_jobs", _job_filters(filters, "state"), "list jobs")
 
     def search_jobs(self, **filters: Any) -> list[Row]:
         """list_jobs for the HTTP API: ``states`` is a list, rows carry no args/errors/result."""
-        params: dict[str, Any] = {
-            "states": None,
-            "queue": None,
-            "task": None,
-            "stuck": False,
-            "min_attempts": None,
-            "created_after": None,
-            "created_before": None,
-            "finished_after": None,
-            "finished_before": None,
-            "error_contains": None,
-            "before_id": None,
-            "limit": 100,
-        }
-        unknown = set(filters) - set(params)
-        if unknown:
-            raise TypeError(f"unknown job filters: {sorted(unknown)}")
-        params.update(filters)
-        return self._rows("search_jobs", params, "search jobs")
+        return self._rows("search_jobs", _job_filters(filters, "states"), "search jobs")
 
     def queue_stats(
         self, queues: Sequence[str] = (), cap: int = 1_000_000, high_attempts: int = 3

@@ -12,11 +12,11 @@ from pydantic import SecretStr
 
 from skiplock.api.config import ApiSettings
 from skiplock.settings import Settings
-from tests.conftest import wait_until
 from tests.integration.api.conftest import AUTH, TOKEN, register_tasks
 from tests.integration.api.server import client, serve
 from tests.support.pgserver import PgServer
 from tests.support.toxiproxy import running_toxiproxy
+from tests.support.waits import wait_until
 
 DEADLINE = 2.0
 _names = itertools.count()

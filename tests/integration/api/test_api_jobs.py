@@ -11,9 +11,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT
 from tests.integration.api.conftest import AUTH
 from tests.integration.api.seed import filter_cases, seed
+from tests.support.waits import wait_until
 
 Sql = Callable[..., list[tuple[object, ...]]]
 

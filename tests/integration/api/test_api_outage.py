@@ -19,10 +19,11 @@ from pydantic import SecretStr
 
 from skiplock.api.config import ApiSettings
 from skiplock.settings import Settings
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT
 from tests.integration.api.conftest import AUTH, TOKEN, register_tasks
 from tests.integration.api.server import client, serve
 from tests.support.pgserver import PgServer, free_port
+from tests.support.waits import wait_until
 
 PASSWORD = "hunter2-not-for-logs"
 CONNECT_TIMEOUT = 1.0

@@ -16,10 +16,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 
-from tests.conftest import wait_until
 from tests.integration.operator.conftest import Cluster
 from tests.integration.operator.envtest import EnvTest, OperatorThread
 from tests.support.pgserver import PgServer
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.slow
 Sql = Callable[..., list[tuple[object, ...]]]

@@ -15,15 +15,16 @@ DOC = ROOT / "docs" / "failure-modes.md"
 SUITE = ROOT / "tests" / "integration" / "failures"
 
 
+# The user's spec, copied verbatim into the repository (docs/spec/) so a clean clone checks
+# against it; SKIPLOCK_SPEC points at another copy (e.g. the user's newer one) to compare.
+SPEC = ROOT / "docs" / "spec" / "failure-modes.md"
+
+
 def _spec_path() -> Path:
-    candidates = [Path(p) for p in (os.environ.get("SKIPLOCK_SPEC"),) if p]
-    candidates += [ROOT.parent / "shared" / "spec" / "failure-modes.md",
-                   ROOT / "shared" / "spec" / "failure-modes.md"]
-    for c in candidates:
-        if c.exists():
-            return c
-    pytest.fail("the user's spec (shared/spec/failure-modes.md) was not found beside the "
-                f"repository; looked in {[str(c) for c in candidates]}; set SKIPLOCK_SPEC")
+    path = Path(os.environ.get("SKIPLOCK_SPEC") or SPEC)
+    if not path.exists():
+        pytest.fail(f"the user's failure-mode spec is missing at {path}")
+    return path
 
 
 def parse_spec(text: str) -> list[dict[str, str]]:

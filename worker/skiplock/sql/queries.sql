@@ -214,10 +214,8 @@ SELECT n.queue,
                               AND locked_until >= now() LIMIT %(cap)s) AS x) AS in_flight,
        (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'running' AND queue = n.queue
                               AND locked_until < now() LIMIT %(cap)s) AS x) AS stuck,
-       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'dead' AND queue = n.queue
-                              LIMIT %(cap)s) AS x) AS dead,
-       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'dead' AND queue = n.queue
-                              AND finished_at > now() - interval '1 hour' LIMIT %(cap)s) AS x) AS dead_last_hour,
+       d.dead,
+       d.dead_last_hour,
        CASE WHEN %(high_attempts)s::int > 1 THEN
            (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state IN ('queued', 'running')
                                   AND attempts > 1 AND queue = n.queue
@@ -242,6 +240,14 @@ SELECT n.queue,
             FROM prio WHERE prio.priority IS NOT NULL
         ) AS o WHERE o.run_at <= now()) AS oldest_runnable_age
 FROM names AS n
+-- Both dead counts from one scan, newest first: the last hour's are the first rows, so each
+-- count is still exact up to %(cap)s.
+CROSS JOIN LATERAL (
+    SELECT count(*) AS dead,
+           count(*) FILTER (WHERE x.finished_at > now() - interval '1 hour') AS dead_last_hour
+    FROM (SELECT finished_at FROM jobs WHERE state = 'dead' AND queue = n.queue
+          ORDER BY finished_at DESC LIMIT %(cap)s) AS x
+) AS d
 ORDER BY n.queue;
 
 -- name: state_counts

@@ -210,6 +210,9 @@ class Timeline:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        # One last sample: the block usually ends on the very change it waited for.
+        with contextlib.suppress(Exception):
+            self.rows.append(self._sample())
 
     def save(self, name: str, title: str) -> Path:
         import matplotlib

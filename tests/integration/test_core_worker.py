@@ -423,3 +423,27 @@ def test_rescued_and_released_jobs_keep_their_place_in_the_queue(database_url: s
     wait_until(lambda: states(sql) == {"succeeded": 31}, timeout=60, message="31 succeeded")
     (earliest,), = sql("SELECT id FROM jobs ORDER BY started_at LIMIT 1")
     assert earliest == first, "the rescued job waited behind the backlog"
+
+
+def test_a_claim_lost_by_the_database_does_not_let_the_older_run_write(
+    database_url: str, sql: Sql, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    """Claims commit asynchronously; a server crash can undo one after its handler started, and
+    the same worker may claim the job again with the same attempt number (same fence)."""
+    marker = tmp_path / "runs.txt"
+    with Client(database_url) as c:
+        job_id = c.enqueue("sleep", {"seconds": 2.0, "marker": str(marker)})
+    worker = spawn_worker("tests.tasks:app", "--poll-interval", "0.2", name="solo")
+    wait_until(lambda: marker.exists() and marker.read_text().count("\n") == 1, message="run 1")
+    # What a crash that lost the claim's commit leaves behind: the job queued, attempt undone.
+    sql("UPDATE jobs SET state='queued', attempts=0, locked_by=NULL, locked_until=NULL "
+        "WHERE id=%s", job_id)
+    wait_until(lambda: marker.read_text().count("\n") == 2, message="run 2 by the same worker")
+    wait_until(lambda: sql("SELECT state::text FROM jobs WHERE id=%s", job_id) == [("succeeded",)],
+               message="succeeded")
+    wait_until(lambda: "claimed again" in worker.output(), message="run 1 steps aside")
+    runs = [line.split() for line in marker.read_text().splitlines()]
+    assert [r[1] for r in runs] == ["1", "1"] and runs[0][2] == runs[1][2]  # same attempt, worker
+    assert sql("SELECT attempts FROM jobs WHERE id=%s", job_id) == [(1,)]
+    assert sql("SELECT count(*) FROM results WHERE job_id=%s", job_id) == [(1,)]
+    assert worker.terminate() == 0

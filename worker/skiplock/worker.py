@@ -344,18 +344,42 @@ class Worker:
                     extra=extra,
                 )
             else:
-                self._outcomes.succeeded.append((job.id, job.attempt, result))
-                self._outcome_ready.set()
+                if self._still_ours(job):
+                    self._outcomes.succeeded.append((job.id, job.attempt, result))
+                    self._outcome_ready.set()
             finally:
                 _child(metrics.JOB_SECONDS, job.queue, job.task).observe(
                     time.perf_counter() - started
                 )
         finally:
-            self._executing.pop(job.id, None)
+            if self._executing.get(job.id) is asyncio.current_task():
+                del self._executing[job.id]
             if self._more_waiting:
                 self._wake.set()
 
+    def _still_ours(self, job: ClaimedJob) -> bool:
+        """False when this worker claimed the same job again while this run was going on.
+
+        That happens only when the database lost our claim (claims commit without waiting for
+        the WAL flush, so a server crash can drop one): the same worker id then gets the same
+        attempt number, which the fence cannot tell apart, so the older run steps aside here.
+        """
+        owned = self._owned.get(job.id)
+        if owned is not None and owned.job is job:
+            return True
+        metrics.STALE_WRITES.inc()
+        why = (
+            "released at shutdown"
+            if owned is None
+            else "claimed again (the database lost this run's claim in a crash)"
+        )
+        log.warning("job %d attempt %d: outcome discarded, the job was %s", job.id, job.attempt,
+                    why)
+        return False
+
     def _fail(self, job: ClaimedJob, error: str, delay: float, permanent: bool) -> None:
+        if not self._still_ours(job):
+            return
         self._outcomes.failed.append(Failure(job.id, job.attempt, error[:4000], delay, permanent))
         self._outcome_ready.set()
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 
 from .client import Client
@@ -36,7 +37,9 @@ def embedded_postgres() -> Iterator[str]:
 
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     with tempfile.TemporaryDirectory(prefix="skiplock-demo-") as folder:
-        server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
         try:
             yield str(server.get_uri())
         finally:
@@ -101,21 +104,24 @@ def run_demo(database_url: str | None, workers: int = 2, jobs: int = 200) -> int
         if killed is not None:
             procs.append(_spawn_worker(database_url, workers))
         expected = jobs + 4 + 4 + 2
+        carriage, ending = ("\r", "") if sys.stdout.isatty() else ("", "\n")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             c = _counts(client)
             done = c["succeeded"] + c["dead"] + c["cancelled"]
+            # One line redrawn in place on a terminal; a line per tick in a log.
             print(
-                f"\r  [{time.monotonic() - started:5.1f}s] queued={c['queued']:<4} "
+                f"{carriage}  [{time.monotonic() - started:5.1f}s] queued={c['queued']:<4} "
                 f"running={c['running']:<3} succeeded={c['succeeded']:<4} dead={c['dead']:<2} "
                 f"({done}/{expected})",
-                end="",
+                end=ending,
                 flush=True,
             )
             if done >= expected:
                 break
             time.sleep(0.5)
-        print()
+        if sys.stdout.isatty():
+            print()
         c = _counts(client)
         results = client.db.list_jobs(limit=1)  # touch: keeps the connection warm for the table
         del results

@@ -119,7 +119,7 @@ def _int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
-# The filters list_jobs and search_jobs share, with their defaults (None: not filtered).
+# The filters of a jobs listing, with their defaults (None: not filtered).
 _JOB_FILTER_DEFAULTS: dict[str, Any] = {
     "queue": None,
     "task": None,
@@ -437,8 +437,13 @@ class Database:
         return rows[0] if rows else None
 
     def list_jobs(self, **filters: Any) -> list[Row]:
-        """Jobs newest first, whole rows (args, errors, result); ``state`` is one state."""
-        return self._rows("list_jobs", _job_filters(filters, "state"), "list jobs")
+        """search_jobs with whole rows (args, errors, result); ``state`` is one state."""
+        params = _job_filters(filters, "state")
+        state = params.pop("state")
+        found = self.search_jobs(states=[state] if state else None, **params)
+        if not found:
+            return []
+        return self._rows("jobs_by_ids", {"ids": [r["id"] for r in found]}, "list jobs")
 
     def search_jobs(self, **filters: Any) -> list[Row]:
         """list_jobs for the HTTP API: ``states`` is a list, rows carry no args/errors/result."""

@@ -158,25 +158,16 @@ SELECT j.id, j.queue, j.task, j.args, j.state::text AS state, j.priority, j.atte
 FROM jobs AS j LEFT JOIN results AS r ON r.job_id = j.id
 WHERE j.id = %(id)s;
 
--- name: list_jobs
+-- name: jobs_by_ids
+-- Whole rows (args, errors per attempt, result) for jobs that search_jobs found, newest first:
+-- the filters live in one query only.
 SELECT j.id, j.queue, j.task, j.args, j.state::text AS state, j.priority, j.attempts,
        j.max_attempts, j.run_at, j.locked_until, j.locked_by, j.last_error, j.errors,
        j.unique_key, j.created_at, j.started_at, j.finished_at, r.result,
        (j.state = 'running' AND j.locked_until < now()) AS stuck
 FROM jobs AS j LEFT JOIN results AS r ON r.job_id = j.id
-WHERE (%(state)s::job_state IS NULL OR j.state = %(state)s::job_state)
-  AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
-  AND (%(task)s::text IS NULL OR j.task = %(task)s)
-  AND (NOT %(stuck)s OR (j.state = 'running' AND j.locked_until < now()))
-  AND (%(min_attempts)s::int IS NULL OR j.attempts >= %(min_attempts)s)
-  AND (%(created_after)s::timestamptz IS NULL OR j.created_at >= %(created_after)s)
-  AND (%(created_before)s::timestamptz IS NULL OR j.created_at < %(created_before)s)
-  AND (%(finished_after)s::timestamptz IS NULL OR j.finished_at >= %(finished_after)s)
-  AND (%(finished_before)s::timestamptz IS NULL OR j.finished_at < %(finished_before)s)
-  AND (%(error_contains)s::text IS NULL OR strpos(j.last_error, %(error_contains)s) > 0)
-  AND (%(before_id)s::bigint IS NULL OR j.id < %(before_id)s)
-ORDER BY j.id DESC
-LIMIT %(limit)s;
+WHERE j.id = ANY(%(ids)s::bigint[])
+ORDER BY j.id DESC;
 
 -- name: queue_stats
 -- Per-queue counts for the CLI, API, metrics and the operator. Each count is capped at
@@ -307,8 +298,8 @@ GROUP BY 1, 2, 3
 ORDER BY 3, 1, 2;
 
 -- name: search_jobs
--- The jobs list of the HTTP API and dashboard: the filters of list_jobs plus several states at
--- once, without args, errors or results (they can be large; the detail view reads them).
+-- The jobs list (HTTP API, dashboard, CLI): every filter, several states at once, without args,
+-- errors or results (they can be large; jobs_by_ids and get_job read them).
 -- Newest first with an id cursor, so a page costs the same at any depth.
 SELECT j.id, j.queue, j.task, j.state::text AS state, j.priority, j.attempts, j.max_attempts,
        j.run_at, j.locked_until, j.locked_by, left(j.last_error, 500) AS last_error,

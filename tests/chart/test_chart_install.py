@@ -11,9 +11,7 @@ from kubernetes import client, config
 
 from tests.chart.test_chart import CHART, E2E_VALUES, helm_bin
 from tests.integration.operator.envtest import (
-    BUILD_SCRIPT,
     EnvTest,
-    missing_binaries,
     running_envtest,
 )
 
@@ -22,10 +20,6 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def api_server() -> Iterator[EnvTest]:
-    missing = missing_binaries()
-    if missing:
-        pytest.fail(f"Kubernetes test binaries missing: {', '.join(missing)}. Build them with "
-                    f"`bash {BUILD_SCRIPT} etcd apiserver`.", pytrace=False)
     with running_envtest() as env:
         yield env
 

@@ -16,11 +16,9 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import ROOT
 from tests.integration.operator.envtest import (
-    BUILD_SCRIPT,
     EnvTest,
     OperatorThread,
     load_yaml_docs,
-    missing_binaries,
     running_envtest,
 )
 
@@ -30,11 +28,6 @@ GROUP, VERSION, PLURAL = "skiplock.dev", "v1alpha1", "jobqueues"
 
 @pytest.fixture(scope="session")
 def envtest() -> Iterator[EnvTest]:
-    missing = missing_binaries()
-    if missing:
-        pytest.fail(f"Kubernetes test binaries missing: {', '.join(missing)}. Build them with "
-                    f"`bash {BUILD_SCRIPT} etcd apiserver` (or set SKIPLOCK_KUBE_BIN_DIR to a "
-                    "directory holding etcd and kube-apiserver).", pytrace=False)
     with running_envtest() as env:
         yield env
 

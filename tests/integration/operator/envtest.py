@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.support.pgserver import free_port
@@ -175,6 +176,12 @@ class EnvTest:
 
 @contextlib.contextmanager
 def running_envtest() -> Iterator[EnvTest]:
+    """A started etcd + kube-apiserver; fails the test (never skips) when they are not built."""
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(f"Kubernetes test binaries missing: {', '.join(missing)}. Build them with "
+                    f"`bash {BUILD_SCRIPT} etcd apiserver` (or set SKIPLOCK_KUBE_BIN_DIR to a "
+                    "directory holding etcd and kube-apiserver).", pytrace=False)
     env = EnvTest()
     try:
         env.start()

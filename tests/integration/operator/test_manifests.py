@@ -11,10 +11,8 @@ from kubernetes import client, config
 
 from tests.conftest import ROOT
 from tests.integration.operator.envtest import (
-    BUILD_SCRIPT,
     EnvTest,
     kube_bin_dir,
-    missing_binaries,
     running_envtest,
 )
 
@@ -22,10 +20,6 @@ from tests.integration.operator.envtest import (
 @pytest.fixture(scope="module")
 def fresh() -> Iterator[EnvTest]:
     """An API server of its own: `kubectl apply -f deploy/` must work with no CRD installed."""
-    missing = missing_binaries()
-    if missing:
-        pytest.fail(f"Kubernetes test binaries missing: {', '.join(missing)}. Build them with "
-                    f"`bash {BUILD_SCRIPT} etcd apiserver`.", pytrace=False)
     with running_envtest() as env:
         yield env
 

@@ -29,6 +29,7 @@ from . import logs, metrics
 from .app import App, JobContext
 from .db import ClaimedJob, Failure, WorkerConnection
 from .errors import DatabaseUnavailable, PermanentError, SkiplockError
+from .leases import runs_that_lost_their_lease
 from .retry import backoff_delay, reconnect_delay
 from .settings import Settings
 
@@ -50,8 +51,10 @@ class _Owned:
 
 @dataclass
 class _Outcomes:
-    succeeded: list[tuple[int, int, Any]] = field(default_factory=list)
-    failed: list[Failure] = field(default_factory=list)
+    """Finished runs waiting to be written, each with the claim it belongs to."""
+
+    succeeded: list[tuple[ClaimedJob, Any]] = field(default_factory=list)
+    failed: list[tuple[ClaimedJob, Failure]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.succeeded) + len(self.failed)
@@ -345,7 +348,7 @@ class Worker:
                 )
             else:
                 if self._still_ours(job):
-                    self._outcomes.succeeded.append((job.id, job.attempt, result))
+                    self._outcomes.succeeded.append((job, result))
                     self._outcome_ready.set()
             finally:
                 _child(metrics.JOB_SECONDS, job.queue, job.task).observe(
@@ -369,7 +372,7 @@ class Worker:
             return True
         metrics.STALE_WRITES.inc()
         why = (
-            "released at shutdown"
+            "released at shutdown or already settled"
             if owned is None
             else "claimed again (the database lost this run's claim in a crash)"
         )
@@ -380,7 +383,9 @@ class Worker:
     def _fail(self, job: ClaimedJob, error: str, delay: float, permanent: bool) -> None:
         if not self._still_ours(job):
             return
-        self._outcomes.failed.append(Failure(job.id, job.attempt, error[:4000], delay, permanent))
+        self._outcomes.failed.append(
+            (job, Failure(job.id, job.attempt, error[:4000], delay, permanent))
+        )
         self._outcome_ready.set()
 
     # -- recording outcomes ------------------------------------------------------------------
@@ -404,31 +409,44 @@ class Worker:
                     await asyncio.sleep(delay)
 
     async def _flush(self) -> None:
-        """Write pending outcomes in one fenced statement per kind; a failure keeps them."""
+        """Write pending outcomes in one fenced statement per kind; a failure keeps them.
+
+        Outcomes of runs this worker no longer holds are dropped first: after a crash lost a
+        claim, the same worker may hold a newer run of the job (same attempt number, so the
+        fence cannot tell them apart), and only that run may settle the job. It also keeps
+        each job id at most once per statement.
+        """
         batch, self._outcomes = self._outcomes, _Outcomes()
+        batch.succeeded = [(job, r) for job, r in batch.succeeded if self._still_ours(job)]
+        batch.failed = [(job, f) for job, f in batch.failed if self._still_ours(job)]
         try:
             async with self._write_lock:
                 if batch.succeeded:
                     accepted = await self._write_db.complete_succeeded(
-                        batch.succeeded, self.worker_id
+                        [(job.id, job.attempt, r) for job, r in batch.succeeded], self.worker_id
                     )
-                    for job_id, attempt, _ in batch.succeeded:
-                        self._settle(job_id, attempt, job_id in accepted, "succeeded")
+                    for job, _ in batch.succeeded:
+                        self._settle(job, job.id in accepted, "succeeded")
                     batch.succeeded = []
                 if batch.failed:
-                    states = await self._write_db.complete_failed(batch.failed, self.worker_id)
-                    for f in batch.failed:
-                        self._settle(f.id, f.attempt, f.id in states, states.get(f.id, "?"))
+                    states = await self._write_db.complete_failed(
+                        [f for _, f in batch.failed], self.worker_id
+                    )
+                    for job, _ in batch.failed:
+                        self._settle(job, job.id in states, states.get(job.id, "?"))
                     batch.failed = []
         except BaseException:
             self._outcomes.succeeded[:0] = batch.succeeded
             self._outcomes.failed[:0] = batch.failed
             raise
 
-    def _settle(self, job_id: int, attempt: int, accepted: bool, state: str) -> None:
-        owned = self._owned.pop(job_id, None)
-        job = owned.job if owned else None
-        queue, task = (job.queue, job.task) if job else ("?", "?")
+    def _settle(self, job: ClaimedJob, accepted: bool, state: str) -> None:
+        # Forget this run only: while its write was in flight, a claim lost in a crash may have
+        # been made again by this worker, and that newer run must keep its heartbeat.
+        owned = self._owned.get(job.id)
+        if owned is not None and owned.job is job:
+            del self._owned[job.id]
+        job_id, attempt, queue, task = job.id, job.attempt, job.queue, job.task
         if not accepted:
             metrics.STALE_WRITES.inc()
             log.warning(
@@ -481,13 +499,15 @@ class Worker:
                 if failures == 0
                 else min(self.heartbeat_interval, reconnect_delay(failures))
             )
-            owned = [(i, o.job.attempt) for i, o in self._owned.items() if not o.lost]
-            if not owned:
+            sent = {i: o for i, o in self._owned.items() if not o.lost}
+            if not sent:
                 continue
             try:
                 async with self._write_lock:
                     renewed = await self._write_db.renew_leases(
-                        owned, self.worker_id, self.lease_seconds
+                        [(i, o.job.attempt) for i, o in sent.items()],
+                        self.worker_id,
+                        self.lease_seconds,
                     )
                 failures = 0
             except DatabaseUnavailable as exc:
@@ -496,18 +516,16 @@ class Worker:
                 log.warning("%s; lease renewal will be retried", exc)
                 continue
             metrics.LEASE_RENEWALS.inc(len(renewed))
-            for job_id, attempt in owned:
-                current = self._owned.get(job_id)
-                if job_id not in renewed and current is not None and current.job.attempt == attempt:
-                    current.lost = True
-                    metrics.LEASES_LOST.inc()
-                    log.warning(
-                        "job %d attempt %d: lease lost (expired and taken over); "
-                        "its outcome will be discarded",
-                        job_id,
-                        attempt,
-                        extra={"job_id": job_id, "attempt": attempt},
-                    )
+            for run in runs_that_lost_their_lease(sent, renewed, self._owned):
+                run.lost = True
+                metrics.LEASES_LOST.inc()
+                log.warning(
+                    "job %d attempt %d: lease lost (expired and taken over); "
+                    "its outcome will be discarded",
+                    run.job.id,
+                    run.job.attempt,
+                    extra={"job_id": run.job.id, "attempt": run.job.attempt},
+                )
 
     # -- wake-ups ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from skiplock import Client
+from tests.conftest import WorkerProcess
 from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
 from tests.support.chaos import assert_invariants, executions, read_marker, wait_for
 
@@ -56,9 +57,19 @@ def test_postgres_restart_while_workers_run(database_url, pg, rsql, spawn_worker
             seen.setdefault(job, []).append(i)
         for job, lines in seen.items():
             if len(lines) > 1:
-                assert len(lines) == 2 and lines[0] < down_at <= lines[1], (job, lines, down_at)
+                assert len(lines) == 2 and lines[0] < down_at <= lines[1], _explain(
+                    job, lines, down_at, runs, workers)
         rerun = sum(1 for lines in seen.values() if len(lines) > 1)
         print(f"[outage {how}] jobs re-run after losing their claim in the crash: {rerun}")
     assert counts == {"succeeded": N}, counts
     for w in workers:
         assert w.terminate() == 0
+
+
+def _explain(job: int, lines: list[int], down_at: int, runs: list[tuple[int, int, str, int]],
+             workers: list[WorkerProcess]) -> str:
+    """Everything known about one job that ran too often: its runs and the workers' log lines."""
+    logs = [line for w in workers for line in w.output().splitlines()
+            if f"job {job} " in line or f'"job_id": {job},' in line]
+    return (f"job {job} ran at marker lines {lines} (outage began at line {down_at}):\n"
+            + "\n".join(f"  {runs[i]}" for i in lines) + "\n" + "\n".join(logs[-40:]))

@@ -360,6 +360,11 @@ class Worker:
             if self._more_waiting:
                 self._wake.set()
 
+    def _holds(self, job: ClaimedJob) -> bool:
+        """Whether ``job`` is the run this worker holds for its id (by identity: see below)."""
+        owned = self._owned.get(job.id)
+        return owned is not None and owned.job is job
+
     def _still_ours(self, job: ClaimedJob) -> bool:
         """False when this worker claimed the same job again while this run was going on.
 
@@ -367,9 +372,9 @@ class Worker:
         the WAL flush, so a server crash can drop one): the same worker id then gets the same
         attempt number, which the fence cannot tell apart, so the older run steps aside here.
         """
-        owned = self._owned.get(job.id)
-        if owned is not None and owned.job is job:
+        if self._holds(job):
             return True
+        owned = self._owned.get(job.id)
         metrics.STALE_WRITES.inc()
         why = (
             "released at shutdown or already settled"
@@ -443,8 +448,7 @@ class Worker:
     def _settle(self, job: ClaimedJob, accepted: bool, state: str) -> None:
         # Forget this run only: while its write was in flight, a claim lost in a crash may have
         # been made again by this worker, and that newer run must keep its heartbeat.
-        owned = self._owned.get(job.id)
-        if owned is not None and owned.job is job:
+        if self._holds(job):
             del self._owned[job.id]
         job_id, attempt, queue, task = job.id, job.attempt, job.queue, job.task
         if not accepted:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +80,26 @@ def on_stop(callback: Any) -> None:
         loop.add_signal_handler(sig, callback)
 
 
+def _wait_before(start: float, i: int, rate: float) -> float:
+    """Seconds until item ``i`` of a steady ``rate`` that began at ``start`` is due."""
+    return start + i / rate - time.perf_counter()
+
+
 async def paced(n: int, rate: float) -> Any:
     """Yield 0..n-1 at a steady rate (bounded: n items, n / rate seconds)."""
     start = time.perf_counter()
     for i in range(n):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
+        if (delay := _wait_before(start, i, rate)) > 0:
             await asyncio.sleep(delay)
+        yield i
+
+
+def paced_sync(n: int, rate: float) -> Iterator[int]:
+    """``paced`` for a blocking producer."""
+    start = time.perf_counter()
+    for i in range(n):
+        if (delay := _wait_before(start, i, rate)) > 0:
+            time.sleep(delay)
         yield i
 
 

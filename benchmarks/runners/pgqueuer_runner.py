@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +13,7 @@ from pgqueuer import PgQueuer, Queries
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
 
-from benchmarks.common import Recorder, emit, on_stop, wait_for_go, worker_args
+from benchmarks.common import Recorder, emit, on_stop, paced, wait_for_go, worker_args
 
 recorder = Recorder()
 
@@ -62,10 +61,7 @@ async def produce(dsn: str, jobs: int, rate: float) -> None:
     await queries.enqueue("noop", b"0")
     start = time.perf_counter()
     calls: list[float] = []
-    for i in range(jobs):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async for _ in paced(jobs, rate):
         t0 = time.perf_counter()
         await queries.enqueue("noop", repr(time.time()).encode())
         calls.append(time.perf_counter() - t0)

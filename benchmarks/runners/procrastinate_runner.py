@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from statistics import median
@@ -10,7 +9,7 @@ from statistics import median
 import uvloop
 from procrastinate import App, PsycopgConnector
 
-from benchmarks.common import Recorder, emit, wait_for_go, worker_args
+from benchmarks.common import Recorder, emit, paced, wait_for_go, worker_args
 
 recorder = Recorder()
 
@@ -68,10 +67,7 @@ async def produce(dsn: str, jobs: int, rate: float) -> None:
         await task.defer_async(t=0.0)
         start = time.perf_counter()
         calls: list[float] = []
-        for i in range(jobs):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for _ in paced(jobs, rate):
             t0 = time.perf_counter()
             await task.defer_async(t=time.time())
             calls.append(time.perf_counter() - t0)

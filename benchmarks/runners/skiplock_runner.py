@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from benchmarks.common import Recorder, emit, on_stop, wait_for_go, worker_args
+from benchmarks.common import Recorder, emit, on_stop, paced_sync, wait_for_go, worker_args
 from skiplock import App, Client
 from skiplock.db import Database
 from skiplock.worker import Worker
@@ -55,10 +55,7 @@ def produce(dsn: str, jobs: int, rate: float) -> None:
         client.enqueue("noop", {"t": 0.0})  # warm the pool and the catalogue
         start = time.perf_counter()
         calls: list[float] = []
-        for i in range(jobs):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+        for _ in paced_sync(jobs, rate):
             t0 = time.perf_counter()
             client.enqueue("noop", {"t": time.time()})
             calls.append(time.perf_counter() - t0)

@@ -16,6 +16,8 @@ from .errors import ConfigurationError, InvalidArguments, UnknownTask
 from .settings import Settings
 
 _CATALOGUE_TTL = 5.0
+# Strict (no default=): what it cannot encode is an error for the producer, not a string.
+_to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Client:
@@ -81,11 +83,11 @@ class Client:
     ) -> NewJob:
         if not isinstance(task, str) or not task.strip():
             raise InvalidArguments("task name must be a non-empty string")
-        arguments = dict(args or {})
-        if not all(isinstance(k, str) for k in arguments):
+        arguments = dict(args) if args else {}
+        if arguments and not all(isinstance(k, str) for k in arguments):
             raise InvalidArguments("argument names must be strings")
         try:
-            json.dumps(arguments)
+            args_json = _to_json(arguments) if arguments else "{}"
         except (TypeError, ValueError) as exc:
             raise InvalidArguments(
                 f"arguments for {task!r} must be JSON-serialisable: {exc}"
@@ -117,6 +119,7 @@ class Client:
         return NewJob(
             task=task,
             args=arguments,
+            args_json=args_json,
             queue=queue or (entry["queue"] if entry else "default"),
             priority=priority,
             max_attempts=max_attempts or (int(entry["max_attempts"]) if entry else 5),

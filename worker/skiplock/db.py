@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql as pgsql
@@ -83,10 +83,13 @@ def wrap_error(exc: BaseException, url: str | None, doing: str) -> SkiplockError
     return SkiplockError(f"{doing}: database error at {where}: {detail}")
 
 
-@dataclass(frozen=True)
-class NewJob:
+class NewJob(NamedTuple):
+    """A validated job, ready to insert (a tuple: built once per job on the bulk path, where a
+    frozen dataclass's constructor alone cost ~1 us)."""
+
     task: str
     args: Mapping[str, Any]
+    args_json: str  # ``args`` serialised once, by the producer's validation
     queue: str
     priority: int
     max_attempts: int
@@ -145,8 +148,9 @@ def _job_filters(filters: Mapping[str, Any], state_key: str) -> dict[str, Any]:
     return params
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+# One encoder for the life of the process: json.dumps with any option builds a new encoder per
+# call, which cost ~1 us per job on the hot paths (bulk enqueue, batched results).
+_dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 class Database:
@@ -339,7 +343,7 @@ class Database:
             ):
                 for j in jobs:
                     copy.write_row(
-                        (j.queue, j.task, _dumps(dict(j.args)), j.priority, j.max_attempts)
+                        (j.queue, j.task, j.args_json, j.priority, j.max_attempts)
                     )
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, f"enqueue_many ({len(jobs)} jobs)") from None
@@ -351,7 +355,7 @@ class Database:
         params = {
             "queues": [j.queue for j in jobs],
             "tasks": [j.task for j in jobs],
-            "args": [_dumps(dict(j.args)) for j in jobs],
+            "args": [j.args_json for j in jobs],
             "priorities": [j.priority for j in jobs],
             "max_attempts": [j.max_attempts for j in jobs],
             "run_ats": now_based,

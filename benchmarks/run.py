@@ -28,6 +28,8 @@ from typing import Any
 import psycopg
 from tests.support.pgserver import PgServer
 
+from skiplock_operator.settings import OperatorSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "artifacts" / "bench"
 PEER_PINS = {"procrastinate": "3.10.0", "pgqueuer": "1.6.0"}
@@ -384,7 +386,9 @@ BACKLOG_MIXES: dict[str, dict[str, int]] = {
     "history": {"succeeded": 975, "dead": 10, "runnable": 10, "scheduled": 4, "running": 1},
     "backlog": {"succeeded": 800, "dead": 20, "runnable": 120, "scheduled": 30, "running": 30},
 }
-OPERATOR_CAP = 10_000  # the operator's count_cap_floor: what its reconcile loop passes
+# What the operator's reconcile loop passes for a JobQueue with the CRD defaults: max(its
+# count_cap_floor, maxReplicas 10 x jobsPerReplica 10 + 1) = the floor.
+OPERATOR_CAP = max(OperatorSettings.model_fields["count_cap_floor"].default, 10 * 10 + 1)
 
 
 def fill_backlog(conn: psycopg.Connection[Any], mix: dict[str, int], start: int,

@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,7 +22,13 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import sql
-from .errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SchemaMissing, SkiplockError
+from .errors import (
+    DatabaseUnavailable,
+    DataRefused,
+    EnqueueOutcomeUnknown,
+    SchemaMissing,
+    SkiplockError,
+)
 from .redact import redact_url, scrub
 
 log = logging.getLogger("skiplock.db")
@@ -63,6 +69,11 @@ def conninfo(
     )
 
 
+# SQLSTATE classes that say "this data", not "this connection": data exception, integrity
+# constraint violation, program limit exceeded.
+_DATA_REFUSED_CLASSES = frozenset({"22", "23", "54"})
+
+
 def wrap_error(exc: BaseException, url: str | None, doing: str) -> SkiplockError:
     """A Skiplock error for a driver error, saying what failed and what to do, no secrets."""
     where = redact_url(url)
@@ -74,6 +85,10 @@ def wrap_error(exc: BaseException, url: str | None, doing: str) -> SkiplockError
             f"{doing}: the Skiplock tables are missing in the database at {where} ({detail}). "
             "Run `skiplock migrate` (or enable the operator's migrate option)."
         )
+    # Before OperationalError: "stack depth limit exceeded" and "total size of jsonb array
+    # elements exceeds the maximum" (class 54) are OperationalErrors that no retry can cure.
+    if isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _DATA_REFUSED_CLASSES:
+        return DataRefused(f"{doing}: the database at {where} refused the data ({detail})")
     if isinstance(exc, psycopg.OperationalError | PoolTimeout | OSError):
         return DatabaseUnavailable(
             f"{doing}: database at {where} is unreachable ({detail}). "
@@ -98,14 +113,18 @@ class NewJob(NamedTuple):
     unique_key: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClaimedJob:
+    """One claimed run; compared by identity (two claims of one job are different runs)."""
+
     id: int
     queue: str
     task: str
     args: dict[str, Any]
     attempt: int
     max_attempts: int
+    # seconds since a worker first found that no live worker can run this job (None: never)
+    unrunnable_for: float | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,14 @@ class Failure:
     error: str
     delay: float
     permanent: bool
+
+
+class WorkerBeat(NamedTuple):
+    """What a registry heartbeat learned: each other live worker's {task: params}, and
+    whether our own row was still there (a pruned row means: register again)."""
+
+    peers: dict[str, dict[str, Any]]
+    registered: bool
 
 
 def _int_array(values: Iterable[int]) -> str:
@@ -431,6 +458,15 @@ class Database:
             "throughput",
         )
 
+    def worker_registry(self, limit: int = 500) -> list[Row]:
+        """Registered workers, live first: health, outcomes waiting, last heartbeat."""
+        return self._rows("worker_registry", {"limit": limit}, "worker registry")
+
+    def unrunnable_counts(self) -> dict[str, int]:
+        """Queued jobs per queue that no live worker can run (waiting for one, then dead)."""
+        rows = self._rows("unrunnable_counts", doing="jobs waiting for a worker")
+        return {r["queue"]: int(r["waiting_for_worker"]) for r in rows}
+
     def list_tasks(self) -> dict[str, Row]:
         return {r["name"]: r for r in self._rows("list_tasks")}
 
@@ -563,13 +599,21 @@ class WorkerConnection:
                 "and will reconnect"
             ) from None
         except (psycopg.OperationalError, OSError) as exc:
-            await self.close()
-            raise wrap_error(exc, self.url, doing) from None
+            error = wrap_error(exc, self.url, doing)
+            if not isinstance(error, DataRefused):
+                await self.close()
+            raise error from None
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, doing) from None
 
     async def claim(
-        self, queues: Sequence[str], limit: int, worker_id: str, lease_seconds: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str,
+        lease_seconds: float,
+        skip_tasks: Collection[str] = (),
+        skip_ids: Collection[int] = (),
     ) -> list[ClaimedJob]:
         async with self.cursor("claim jobs") as cur:
             await cur.execute(
@@ -579,9 +623,14 @@ class WorkerConnection:
                     "limit": limit,
                     "worker_id": worker_id,
                     "lease_seconds": lease_seconds,
+                    "skip_tasks": list(skip_tasks),
+                    "skip_ids": _int_array(skip_ids),
                 },
             )
-            return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5]) for r in await cur.fetchall()]
+            return [
+                ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+                for r in await cur.fetchall()
+            ]
 
     async def rescue_expired(
         self, queues: Sequence[str], limit: int = 1000
@@ -661,6 +710,60 @@ class WorkerConnection:
                         "queue": queue,
                     },
                 )
+
+    async def defer_unrunnable(
+        self, deferred: Sequence[tuple[int, int, str, float]], worker_id: str
+    ) -> set[int]:
+        """Hand back (id, attempt, reason, delay) jobs no live worker can run yet."""
+        async with self.cursor("defer jobs no worker can run") as cur:
+            await cur.execute(
+                Q["defer_unrunnable"],
+                {
+                    "ids": [d[0] for d in deferred],
+                    "attempts": [d[1] for d in deferred],
+                    "reasons": [d[2] for d in deferred],
+                    "delays": [d[3] for d in deferred],
+                    "worker_id": worker_id,
+                },
+            )
+            return {int(r[0]) for r in await cur.fetchall()}
+
+    async def register_worker(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        tasks: Mapping[str, Any],
+        concurrency: int,
+        lease_seconds: float,
+    ) -> None:
+        async with self.cursor("register worker") as cur:
+            await cur.execute(
+                Q["register_worker"],
+                {
+                    "id": worker_id,
+                    "queues": list(queues),
+                    "tasks": Jsonb(dict(tasks)),
+                    "concurrency": concurrency,
+                    "lease_seconds": lease_seconds,
+                },
+            )
+
+    async def worker_heartbeat(self, worker_id: str, report: Mapping[str, Any]) -> WorkerBeat:
+        """Refresh this worker's registry row; returns what the other live workers run."""
+        async with self.cursor("worker heartbeat") as cur:
+            await cur.execute(Q["worker_heartbeat"], {"id": worker_id, **report})
+            rows = await cur.fetchall()
+        peers = {str(r[1]): dict(r[2]) for r in rows if not r[0]}
+        return WorkerBeat(peers, registered=any(r[0] for r in rows))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        async with self.cursor("unregister worker") as cur:
+            await cur.execute(Q["forget_worker"], {"id": worker_id})
+
+    async def prune_workers(self, keep_seconds: float) -> int:
+        async with self.cursor("prune the worker registry") as cur:
+            await cur.execute(Q["prune_workers"], {"keep_seconds": keep_seconds})
+            return len(await cur.fetchall())
 
     async def listen(self, channel: str) -> AsyncIterator[str]:
         """Yield notification payloads; raises DatabaseUnavailable when the link dies."""

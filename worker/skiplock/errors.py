@@ -26,6 +26,12 @@ class EnqueueOutcomeUnknown(DatabaseUnavailable):
     """
 
 
+class DataRefused(SkiplockError):
+    """The database answered and refused the data itself (SQLSTATE class 22, 23 or 54: an
+    invalid value, a constraint, a size or nesting limit). Retrying the same data cannot help;
+    the worker splits a refused batch to find the one outcome that caused it."""
+
+
 class UnknownTask(SkiplockError):
     """The task name is not in the catalogue that running workers registered."""
 

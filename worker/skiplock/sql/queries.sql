@@ -40,6 +40,9 @@ WITH picked AS (
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM jobs
         WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+          -- jobs this worker's version cannot run while a live peer can (a rolling deploy):
+          -- left to that peer; both arrays are empty outside a rollout
+          AND task <> ALL(%(skip_tasks)s::text[]) AND id <> ALL(%(skip_ids)s::bigint[])
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -55,7 +58,8 @@ SET state = 'running',
     started_at = now()
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts;
+RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
+          extract(epoch FROM now() - j.unrunnable_since) AS unrunnable_for;
 
 -- name: rescue_expired
 -- Jobs whose worker stopped renewing: back to queued, or dead once out of attempts.
@@ -78,7 +82,8 @@ SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead'::job_state ELSE '
         'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
         'error', format('lease expired: worker %%s stopped renewing', j.locked_by)),
     locked_by = NULL,
-    locked_until = NULL
+    locked_until = NULL,
+    unrunnable_since = NULL
 FROM expired
 WHERE j.id = expired.id
 RETURNING j.id, j.state, j.attempts;
@@ -123,7 +128,8 @@ SET state = CASE WHEN f.permanent OR j.attempts >= j.max_attempts
     errors = j.errors || jsonb_build_object(
         'attempt', j.attempts, 'worker', j.locked_by, 'at', now(), 'error', f.error),
     locked_by = NULL,
-    locked_until = NULL
+    locked_until = NULL,
+    unrunnable_since = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[],
             %(delays)s::float8[], %(permanent)s::bool[]) AS f(id, attempt, error, delay, permanent)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
@@ -131,10 +137,11 @@ WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
 RETURNING j.id, j.state;
 
 -- name: release
--- Fenced hand-back on shutdown: the attempt does not count, the job is runnable at once and
--- keeps its place in the queue (run_at is in the past).
+-- Fenced hand-back (shutdown, or a job for a peer that runs its task): the attempt does not
+-- count, the job is runnable at once and keeps its place in the queue (run_at is in the past).
 UPDATE jobs AS j
-SET state = 'queued', attempts = j.attempts - 1, locked_by = NULL, locked_until = NULL
+SET state = 'queued', attempts = j.attempts - 1, locked_by = NULL, locked_until = NULL,
+    unrunnable_since = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS f(id, attempt)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt
@@ -352,3 +359,72 @@ SET state = 'queued', run_at = now(), finished_at = NULL,
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue;
+
+-- name: register_worker
+-- A worker's row in the registry (a restarted process gets a new id, so this inserts).
+INSERT INTO workers (id, queues, tasks, concurrency, lease_seconds)
+VALUES (%(id)s, %(queues)s, %(tasks)s, %(concurrency)s, %(lease_seconds)s)
+ON CONFLICT (id) DO UPDATE
+SET queues = excluded.queues, tasks = excluded.tasks, concurrency = excluded.concurrency,
+    lease_seconds = excluded.lease_seconds, last_seen = now();
+
+-- name: worker_heartbeat
+-- The registry heartbeat: proof of life plus what the liveness check sees. Returns the tasks
+-- every *other* live worker registered, so the worker knows who can run what it cannot.
+WITH beat AS (
+    UPDATE workers
+    SET last_seen = now(), running = %(running)s, pending_outcomes = %(pending_outcomes)s,
+        oldest_pending_seconds = %(oldest_pending_seconds)s, healthy = %(healthy)s,
+        problem = %(problem)s
+    WHERE id = %(id)s
+    RETURNING id
+)
+SELECT true AS self, id, NULL::jsonb AS tasks FROM beat
+UNION ALL
+SELECT false, w.id, w.tasks
+FROM workers AS w
+WHERE w.id <> %(id)s AND w.last_seen >= now() - make_interval(secs => w.lease_seconds);
+
+-- name: forget_worker
+DELETE FROM workers WHERE id = %(id)s;
+
+-- name: prune_workers
+-- Rows of workers that stopped beating long ago (crashed, SIGKILLed): kept for a while so
+-- /v1/workers can show them, then deleted by any live worker.
+DELETE FROM workers
+WHERE last_seen < now() - make_interval(secs => %(keep_seconds)s)
+RETURNING id;
+
+-- name: worker_registry
+-- Every registered worker for /v1/workers and the dashboard: live or not, healthy or not.
+SELECT id, queues, concurrency, lease_seconds, started_at, last_seen, running,
+       pending_outcomes, oldest_pending_seconds, healthy, problem,
+       last_seen >= now() - make_interval(secs => lease_seconds) AS alive,
+       extract(epoch FROM now() - last_seen) AS silent_for,
+       (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(tasks) AS k) AS tasks
+FROM workers
+ORDER BY alive DESC, id
+LIMIT %(limit)s;
+
+-- name: unrunnable_counts
+-- Queued jobs that no live worker could run (unknown task or arguments that fit no
+-- registered signature), per queue: they go dead when their grace runs out.
+SELECT queue, count(*) AS waiting_for_worker, min(unrunnable_since) AS since
+FROM jobs
+WHERE state = 'queued' AND unrunnable_since IS NOT NULL
+GROUP BY queue
+ORDER BY queue;
+
+-- name: defer_unrunnable
+-- Fenced hand-back of jobs no live worker can run yet: the attempt does not count, the job
+-- is looked at again after %(delays)s, and unrunnable_since keeps the first time it was seen.
+UPDATE jobs AS j
+SET state = 'queued', attempts = j.attempts - 1, locked_by = NULL, locked_until = NULL,
+    run_at = now() + make_interval(secs => f.delay),
+    unrunnable_since = coalesce(j.unrunnable_since, now()),
+    last_error = f.reason
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(reasons)s::text[], %(delays)s::float8[])
+    AS f(id, attempt, reason, delay)
+WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
+  AND j.attempts = f.attempt
+RETURNING j.id;

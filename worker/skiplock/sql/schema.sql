@@ -21,6 +21,8 @@ CREATE TABLE jobs (
     created_at   timestamptz NOT NULL DEFAULT now(),
     started_at   timestamptz,
     finished_at  timestamptz,
+    -- set when no live worker could run the job (see 0003_worker_registry.sql)
+    unrunnable_since timestamptz,
     CONSTRAINT jobs_queue_valid CHECK (length(queue) BETWEEN 1 AND 128),
     CONSTRAINT jobs_task_valid CHECK (length(task) BETWEEN 1 AND 256),
     CONSTRAINT jobs_args_object CHECK (jsonb_typeof(args) = 'object'),
@@ -48,6 +50,10 @@ CREATE INDEX jobs_finished_idx ON jobs (finished_at) WHERE finished_at IS NOT NU
 -- Idempotent enqueue: one job per unique key for as long as the job row exists.
 CREATE UNIQUE INDEX jobs_unique_key_idx ON jobs (unique_key) WHERE unique_key IS NOT NULL;
 
+-- Jobs waiting for a worker that can run them (few rows: the claim path never touches it).
+CREATE INDEX jobs_unrunnable_idx ON jobs (queue)
+    WHERE state = 'queued' AND unrunnable_since IS NOT NULL;
+
 -- A hot, update-heavy table: vacuum it early and leave room for HOT updates.
 ALTER TABLE jobs SET (
     fillfactor = 80,
@@ -68,6 +74,28 @@ CREATE TABLE tasks (
     max_attempts integer     NOT NULL,
     queue        text        NOT NULL,
     updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Live workers, what each one's version can run, and whether its outcomes are being written.
+-- A worker upserts its row at start, refreshes last_seen with its registry heartbeat and
+-- deletes it on a clean exit; it is live while last_seen is younger than its lease.
+CREATE TABLE workers (
+    id                     text        PRIMARY KEY,
+    queues                 text[]      NOT NULL,
+    -- {task name: params} as this worker's version of each handler declares them
+    tasks                  jsonb       NOT NULL,
+    concurrency            integer     NOT NULL,
+    lease_seconds          float8      NOT NULL,
+    started_at             timestamptz NOT NULL DEFAULT now(),
+    last_seen              timestamptz NOT NULL DEFAULT now(),
+    running                integer     NOT NULL DEFAULT 0,
+    pending_outcomes       integer     NOT NULL DEFAULT 0,
+    -- age of the oldest outcome not yet written (NULL when none waits)
+    oldest_pending_seconds float8,
+    healthy                boolean     NOT NULL DEFAULT true,
+    -- why the worker is not healthy: a dead service, outcomes not being written
+    problem                text,
+    CONSTRAINT workers_tasks_object CHECK (jsonb_typeof(tasks) = 'object')
 );
 
 -- Wake idle workers once per inserting statement (not per row), one notification per queue.

@@ -32,6 +32,11 @@ class DataRefused(SkiplockError):
     the worker splits a refused batch to find the one outcome that caused it."""
 
 
+class WorkerFailed(SkiplockError):
+    """A worker service kept failing; the worker drained and stopped (exit non-zero so that
+    the process supervisor, e.g. Kubernetes, restarts it)."""
+
+
 class UnknownTask(SkiplockError):
     """The task name is not in the catalogue that running workers registered."""
 

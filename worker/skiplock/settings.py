@@ -29,7 +29,17 @@ class Settings(BaseSettings):
     )
     log_json: bool = False
     log_level: str = "INFO"
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serves /metrics and the /livez probe"
+    )
+    max_result_bytes: int = Field(
+        default=1024 * 1024, ge=1, le=256 * 1024 * 1024,
+        description="a job result larger than this (as JSON) fails the job permanently",
+    )
+    unrunnable_grace: float = Field(
+        default=120.0, ge=0, le=7 * 86400,
+        description="how long a job no live worker can run waits for one before it is dead",
+    )
 
     @field_validator("schema_name")
     @classmethod

@@ -1,0 +1,126 @@
+"""Pure decisions of the worker: rolling-deploy hand-backs, health, the supervisor's budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from skiplock.catalogue import describe_params
+from skiplock.worker.health import assess, stale
+from skiplock.worker.rollout import RECHECK_SECONDS, capable_peers, decide_unfit
+from skiplock.worker.state import SkipList
+from skiplock.worker.supervisor import Supervisor
+
+
+def v1(ctx: object, image_id: int) -> None: ...
+
+
+def v2(ctx: object, image_id: int, width: int) -> None: ...
+
+
+PEERS = {"new:1": {"resize": describe_params(v2), "thumbnail": describe_params(v1)},
+         "old:1": {"resize": describe_params(v1)}}
+
+
+def test_a_job_a_live_peer_can_run_is_handed_back() -> None:
+    d = decide_unfit("unknown task 'thumbnail'", "thumbnail", {"image_id": 1}, PEERS, None, 0)
+    assert d.action == "hand_back" and "new:1" in d.message
+
+
+def test_arguments_pick_the_version_that_fits() -> None:
+    assert capable_peers("resize", {"image_id": 1}, PEERS) == ["old:1"]
+    assert capable_peers("resize", {"image_id": 1, "width": 5}, PEERS) == ["new:1"]
+    assert capable_peers("resize", {"image_id": "x"}, PEERS) == []
+
+
+def test_nobody_can_run_it_waits_then_dies_with_the_reason() -> None:
+    why = "unknown task 'ghost': this worker runs resize"
+    first = decide_unfit(why, "ghost", {}, PEERS, None, 120)
+    assert first.action == "defer" and first.delay == RECHECK_SECONDS
+    assert first.message.startswith(why)
+    near_end = decide_unfit(why, "ghost", {}, PEERS, 118.5, 120)
+    assert near_end.action == "defer" and near_end.delay == pytest.approx(1.5)
+    dead = decide_unfit(why, "ghost", {}, PEERS, 121, 120)
+    assert dead.action == "dead"
+    assert dead.message == f"{why}; no live worker can run it for 121s"
+    at_once = decide_unfit(why, "ghost", {}, {}, None, 0)
+    assert at_once.action == "dead" and at_once.message == f"{why}; no live worker can run it"
+
+
+@given(waited=st.none() | st.floats(0, 1e6), grace=st.floats(0, 1e5))
+def test_a_deferral_never_outlives_the_grace(waited: float | None, grace: float) -> None:
+    d = decide_unfit("x", "ghost", {}, {}, waited, grace)
+    if d.action == "defer":
+        assert 0 < d.delay <= RECHECK_SECONDS
+        assert (waited or 0) + d.delay <= grace + 1e-6
+    else:
+        assert d.action == "dead" and (waited or 0) >= grace
+
+
+def test_health_fails_on_a_down_service_or_old_outcomes() -> None:
+    assert assess([], 0, None, 30, at=0).healthy
+    assert assess([], 5, 14.9, 30, at=0).healthy
+    late = assess([], 5, 15.1, 30, at=0)
+    assert not late.healthy and "5 outcome(s) not written" in late.problems[0]
+    assert assess(["service completer restarting"], 0, None, 30, at=0).problems == (
+        "service completer restarting",)
+    frozen = stale(assess([], 0, None, 30, at=0), now=100, max_age=10)
+    assert not frozen.healthy and "event loop is stuck" in frozen.problems[0]
+
+
+def test_skip_list_is_bounded_and_forgets_tasks_nobody_runs() -> None:
+    s = SkipList(limit=3)
+    for i in range(5):
+        s.add(i, "a" if i % 2 else "b")
+    assert s.ids() == [2, 3, 4]
+    s.keep_tasks({"a"})
+    assert s.ids() == [3]
+
+
+def test_supervisor_restarts_then_gives_up() -> None:
+    fatal: list[str] = []
+
+    class Flaky:
+        name = "flaky"
+        calls = 0
+
+        async def run(self) -> None:
+            self.calls += 1
+            if self.calls <= 2:
+                raise RuntimeError(f"boom {self.calls}")
+            await asyncio.Event().wait()
+
+    class Broken:
+        name = "broken"
+
+        async def run(self) -> None:
+            raise RuntimeError("always")
+
+    class Quitter:
+        name = "quitter"
+
+        async def run(self) -> None:
+            return None
+
+    async def main() -> Supervisor:
+        sup = Supervisor(fatal.append, lambda: False, max_restarts=3, window=60)
+        flaky = Flaky()
+        for s in (flaky, Broken(), Quitter()):
+            sup.start(s)
+        for _ in range(400):
+            if len(fatal) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert flaky.calls == 3 and "flaky" not in sup.down
+        await sup.stop()
+        return sup
+
+    sup = asyncio.run(main())
+    assert sup.restarts["flaky"] == 2
+    assert any("service broken failed 4 times" in f for f in fatal)
+    assert any("service quitter failed" in f and "returned while the worker runs" in f
+               for f in fatal)
+    assert "broken" in sup.down and "quitter" in sup.down

@@ -1,0 +1,95 @@
+"""Claims runnable jobs into free slots and hands them to the executor.
+
+Free slots count running handlers, and claiming pauses while more outcomes wait to be written
+than the worker runs at once (backpressure): when writes fail but claims still work, the runs
+a worker holds stay bounded instead of growing with every claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from .. import metrics
+from ..db import WorkerConnection
+from ..errors import DatabaseUnavailable
+from ..retry import reconnect_delay
+from .executor import Executor
+from .state import WorkerState
+
+log = logging.getLogger("skiplock.worker")
+
+
+class Claimer:
+    name = "claimer"
+
+    def __init__(
+        self,
+        state: WorkerState,
+        db: WorkerConnection,
+        executor: Executor,
+        queues: list[str],
+        poll_interval: float,
+    ) -> None:
+        self.state = state
+        self.db = db
+        self.executor = executor
+        self.queues = queues
+        self.poll_interval = poll_interval
+        self.paused_for_outcomes = False
+
+    async def run(self) -> None:
+        state = self.state
+        failures = 0
+        while not state.stopping.is_set():
+            state.wake.clear()
+            free = state.free_slots()
+            self._note_backpressure()
+            if free > 0:
+                try:
+                    claimed = await self.run_once(free)
+                    failures = 0
+                except DatabaseUnavailable as exc:
+                    failures += 1
+                    metrics.DB_ERRORS.labels("claim").inc()
+                    delay = reconnect_delay(failures)
+                    log.warning("%s; retrying in %.1fs", exc, delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(state.stopping.wait(), delay)
+                    continue
+                state.more_waiting = claimed == free
+                if state.more_waiting:
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), self.poll_interval)
+
+    async def run_once(self, limit: int | None = None) -> int:
+        """Claim up to ``limit`` (default: the free slots) jobs and start them."""
+        limit = self.state.free_slots() if limit is None else limit
+        if limit <= 0 or self.state.stopping.is_set():
+            return 0
+        started = time.perf_counter()
+        jobs = await self.db.claim(
+            self.queues,
+            limit,
+            self.state.worker_id,
+            self.state.lease_seconds,
+            self.state.skip_tasks,
+            self.state.skip_ids.ids(),
+        )
+        metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
+        for job in jobs:
+            self.executor.start(job)
+        return len(jobs)
+
+    def _note_backpressure(self) -> None:
+        paused = len(self.state.outcomes) >= self.state.outcome_limit
+        if paused != self.paused_for_outcomes:
+            self.paused_for_outcomes = paused
+            if paused:
+                log.warning("claiming paused: %d outcome(s) wait to be written (limit %d)",
+                            len(self.state.outcomes), self.state.outcome_limit)
+            else:
+                log.info("claiming resumed: outcomes are being written again")

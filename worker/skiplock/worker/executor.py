@@ -1,0 +1,210 @@
+"""Runs claimed jobs' handlers and turns what each did into an outcome for the completer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import logs, metrics
+from ..app import App, JobContext
+from ..db import ClaimedJob, Failure
+from ..errors import PermanentError
+from ..outcomes import NotStorable, describe_exception, storable_result, storable_text
+from ..retry import backoff_delay
+from .rollout import decide_unfit
+from .state import Kind, Outcome, Run, WorkerState
+
+log = logging.getLogger("skiplock.worker")
+
+
+class Executor:
+    """Starts one asyncio task per claimed job. Not a loop: a job task that fails in its own
+    bookkeeping (never a handler's exception, which is an outcome) is reported to the
+    supervisor and its run forgotten, so its lease expires instead of being renewed forever."""
+
+    name = "executor"
+
+    def __init__(
+        self,
+        state: WorkerState,
+        app: App,
+        *,
+        max_result_bytes: int,
+        unrunnable_grace: float,
+        report_failure: Callable[[str, BaseException], bool],
+    ) -> None:
+        self.state = state
+        self.app = app
+        self.max_result_bytes = max_result_bytes
+        self.unrunnable_grace = unrunnable_grace
+        self.report_failure = report_failure
+        self.threads = ThreadPoolExecutor(
+            max_workers=state.concurrency, thread_name_prefix="skiplock-job"
+        )
+
+    def start(self, job: ClaimedJob) -> None:
+        metrics.child(metrics.JOBS_CLAIMED, job.queue, job.task).inc()
+        run = Run(job, time.monotonic())
+        self.state.owned[job.id] = run
+        task = asyncio.create_task(self.execute(run))
+        self.state.executing[job.id] = task
+        task.add_done_callback(functools.partial(self._done, run))
+
+    def _done(self, run: Run, task: asyncio.Task[None]) -> None:
+        if self.state.executing.get(run.job.id) is task:
+            del self.state.executing[run.job.id]
+        if self.state.more_waiting:
+            self.state.wake.set()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("job %d: the executor failed around its handler", run.job.id,
+                      exc_info=exc)
+            self.state.forget(run.job)
+            self.report_failure(self.name, exc)
+
+    async def execute(self, run: Run) -> None:
+        job = run.job
+        with logs.bind(job_id=job.id, task=job.task, attempt=job.attempt, queue=job.queue):
+            await self._execute(run)
+
+    async def _execute(self, run: Run) -> None:
+        job = run.job
+        task = self.app.tasks.get(job.task)
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)) or "none"
+            self._unfit(run, f"unknown task {job.task!r}: this worker runs {known}")
+            return
+        ctx = JobContext(
+            job.id, job.attempt, job.max_attempts, job.queue, job.task, self.state.worker_id
+        )
+        try:
+            _check_args(task.func, ctx, job.args)
+        except TypeError as exc:
+            self._unfit(run, f"arguments do not fit task {job.task!r}: {exc}")
+            return
+        started = time.perf_counter()
+        limit = self.max_result_bytes
+        try:
+            if task.is_async:
+                result_json = _as_json(await task.func(ctx, **job.args), limit)
+            else:
+                # The result is checked in the handler's thread: a multi-megabyte result is
+                # serialised there, not on the event loop every service shares.
+                # run_in_executor does not carry contextvars: copy them so the handler's own
+                # log lines get the job's fields.
+                call = functools.partial(_call_sync, task.func, ctx, job.args, limit)
+                result_json = await asyncio.get_running_loop().run_in_executor(
+                    self.threads, contextvars.copy_context().run, call
+                )
+        except asyncio.CancelledError:
+            raise
+        except NotStorable as exc:
+            self.fail(run, str(exc), 0.0, permanent=True)
+            log.warning("job %d failed permanently: %s", job.id, exc)
+        except PermanentError as exc:
+            self.fail(run, f"PermanentError: {exc}", 0.0, permanent=True)
+            log.warning("job %d failed permanently: %s", job.id, exc)
+        except Exception as exc:
+            self.fail(run, describe_exception(exc), backoff_delay(task.backoff, job.attempt),
+                      permanent=False)
+            log.info("job %d attempt %d/%d failed: %s", job.id, job.attempt, job.max_attempts,
+                     storable_text(repr(exc), 300))
+        else:
+            self.finish(run, Outcome(run, Kind.SUCCEEDED, result_json=result_json))
+        finally:
+            metrics.child(metrics.JOB_SECONDS, job.queue, job.task).observe(
+                time.perf_counter() - started
+            )
+
+    def _unfit(self, run: Run, why: str) -> None:
+        """A job this version cannot run: leave it to a peer that can, wait, or fail it."""
+        job = run.job
+        decision = decide_unfit(
+            why, job.task, job.args, self.state.peers, job.unrunnable_for, self.unrunnable_grace
+        )
+        if decision.action == "dead":
+            self.fail(run, decision.message, 0.0, permanent=True)
+            return
+        if decision.action == "hand_back":
+            metrics.HANDED_BACK.labels(job.queue, job.task).inc()
+            if job.task not in self.app.tasks:
+                self.state.skip_tasks |= {job.task}
+            else:
+                self.state.skip_ids.add(job.id, job.task)
+            kind = Kind.HANDED_BACK
+        else:
+            metrics.WAITING_FOR_WORKER.labels(job.queue, job.task).inc()
+            kind = Kind.DEFERRED
+        log.info("job %d: %s", job.id, decision.message)
+        self.finish(run, Outcome(run, kind, reason=storable_text(decision.message),
+                                 delay=decision.delay))
+
+    def fail(self, run: Run, error: str, delay: float, *, permanent: bool) -> None:
+        job = run.job
+        failure = Failure(job.id, job.attempt, storable_text(error), delay, permanent)
+        self.finish(run, Outcome(run, Kind.FAILED, failure=failure))
+
+    def finish(self, run: Run, outcome: Outcome) -> None:
+        run.executing = False
+        if self.state.still_ours(run.job):
+            self.state.outcomes.add(outcome)
+
+    def shutdown(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _as_json(result: Any, limit: int) -> str:
+    # None, the common no-result case, needs no check
+    return "null" if result is None else storable_result(result, limit)
+
+
+def _call_sync(func: Callable[..., Any], ctx: JobContext, args: dict[str, Any], limit: int) -> str:
+    return _as_json(func(ctx, **args), limit)
+
+
+@functools.lru_cache(maxsize=1024)
+def _keyword_shape(func: Any) -> tuple[str, frozenset[str], frozenset[str], bool] | None:
+    """(first parameter, accepted names, required names, takes **kwargs) for a handler whose
+    fit to keyword arguments is decided by names alone; None when only bind() can tell."""
+    params = list(inspect.signature(func).parameters.values())
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return None
+    names: set[str] = set()
+    required: set[str] = set()
+    var_kw = False
+    for p in params[1:]:
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            return None
+        elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
+            names.add(p.name)
+            if p.default is inspect.Parameter.empty:
+                required.add(p.name)
+    return params[0].name, frozenset(names), frozenset(required), var_kw
+
+
+def _check_args(func: Any, ctx: JobContext, args: dict[str, Any]) -> None:
+    """Raise TypeError (bind's message) when the arguments do not fit the handler.
+
+    inspect.signature + bind cost a fifth of a no-op job's CPU; the cached shape answers the
+    common case and bind() still explains every misfit."""
+    shape = _keyword_shape(func)
+    if shape is not None:
+        first, names, required, var_kw = shape
+        keys = args.keys()
+        if first not in keys and required <= keys and (var_kw or keys <= names):
+            return
+    inspect.signature(func).bind(ctx, **args)

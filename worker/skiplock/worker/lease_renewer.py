@@ -1,0 +1,61 @@
+"""The heartbeat: extends the lease of every run this worker holds, fenced."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .. import metrics
+from ..db import WorkerConnection
+from ..errors import DatabaseUnavailable
+from ..leases import runs_that_lost_their_lease
+from ..retry import reconnect_delay
+from .state import WorkerState
+
+log = logging.getLogger("skiplock.worker")
+
+
+class LeaseRenewer:
+    name = "lease_renewer"
+
+    def __init__(self, state: WorkerState, db: WorkerConnection, interval: float) -> None:
+        self.state = state
+        self.db = db
+        self.interval = interval
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(
+                self.interval if failures == 0 else min(self.interval, reconnect_delay(failures))
+            )
+            try:
+                await self.run_once()
+                failures = 0
+            except DatabaseUnavailable as exc:
+                failures += 1
+                metrics.DB_ERRORS.labels("heartbeat").inc()
+                log.warning("%s; lease renewal will be retried", exc)
+
+    async def run_once(self) -> int:
+        """Renew every held lease once; returns how many the database extended."""
+        sent = {i: run for i, run in self.state.owned.items() if not run.lost}
+        if not sent:
+            return 0
+        renewed = await self.db.renew_leases(
+            [(i, run.job.attempt) for i, run in sent.items()],
+            self.state.worker_id,
+            self.state.lease_seconds,
+        )
+        metrics.LEASE_RENEWALS.inc(len(renewed))
+        for run in runs_that_lost_their_lease(sent, renewed, self.state.owned):
+            run.lost = True
+            metrics.LEASES_LOST.inc()
+            log.warning(
+                "job %d attempt %d: lease lost (expired and taken over); "
+                "its outcome will be discarded",
+                run.job.id,
+                run.job.attempt,
+                extra={"job_id": run.job.id, "attempt": run.job.attempt},
+            )
+        return len(renewed)

@@ -1,0 +1,96 @@
+"""This worker's row in the worker registry, and what its live peers can run.
+
+Peers' tasks tell the executor whether a job this version cannot run has a live worker that
+can (a rolling deploy), and tell the claimer which tasks to leave alone. The row carries the
+health report, so /v1/workers shows a worker whose outcomes are not being written even when
+its write connection is the part that is cut (the registry beats on the claim connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from .. import metrics
+from ..app import App
+from ..db import WorkerConnection
+from ..errors import DatabaseUnavailable
+from ..retry import reconnect_delay
+from .health import Health
+from .state import WorkerState
+
+log = logging.getLogger("skiplock.worker")
+
+# Rows of workers gone silent are kept this long for /v1/workers, then pruned.
+KEEP_GONE_SECONDS = 3600.0
+PRUNE_EVERY_SECONDS = 60.0
+
+
+class Registry:
+    name = "registry"
+
+    def __init__(
+        self,
+        state: WorkerState,
+        db: WorkerConnection,
+        app: App,
+        queues: list[str],
+        interval: float,
+        health: Callable[[], Health],
+    ) -> None:
+        self.state = state
+        self.db = db
+        self.app = app
+        self.queues = queues
+        self.interval = interval
+        self.health = health
+        self._last_prune = float("-inf")
+
+    async def register(self) -> None:
+        await self.db.register_worker(
+            self.state.worker_id,
+            self.queues,
+            {t.name: dict(t.params) for t in self.app.tasks.values()},
+            self.state.concurrency,
+            self.state.lease_seconds,
+        )
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(
+                self.interval if failures == 0 else min(self.interval, reconnect_delay(failures))
+            )
+            try:
+                await self.run_once()
+                failures = 0
+            except DatabaseUnavailable as exc:
+                failures += 1
+                metrics.DB_ERRORS.labels("registry").inc()
+                log.warning("%s; registry heartbeat will be retried", exc)
+
+    async def run_once(self) -> int:
+        """One heartbeat; returns the number of live peers."""
+        health = self.health()
+        beat = await self.db.worker_heartbeat(
+            self.state.worker_id,
+            {
+                "running": len(self.state.executing),
+                "pending_outcomes": health.pending_outcomes,
+                "oldest_pending_seconds": health.oldest_pending_seconds,
+                "healthy": health.healthy,
+                "problem": "; ".join(health.problems)[:2000] or None,
+            },
+        )
+        if not beat.registered:  # pruned while we were cut off for an hour: come back
+            await self.register()
+        self.state.peers = beat.peers
+        peer_tasks = {t for tasks in beat.peers.values() for t in tasks}
+        self.state.skip_tasks = frozenset(peer_tasks - set(self.app.tasks))
+        self.state.skip_ids.keep_tasks(peer_tasks)
+        if time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
+            self._last_prune = time.monotonic()
+            await self.db.prune_workers(KEEP_GONE_SECONDS)
+        return len(beat.peers)

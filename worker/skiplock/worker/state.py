@@ -1,0 +1,171 @@
+"""What the worker's services share: the runs it holds and the outcomes waiting to be written."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .. import metrics
+from ..db import ClaimedJob, Failure
+
+log = logging.getLogger("skiplock.worker")
+
+
+class Kind(Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    # handed back without counting an attempt: a live peer can run it (a rolling deploy)
+    HANDED_BACK = "handed back"
+    # handed back without counting an attempt: nobody can run it yet; looked at again later
+    DEFERRED = "deferred"
+
+
+@dataclass(eq=False)
+class Run:
+    """One claimed run of a job (compared by identity: a job may be claimed again)."""
+
+    job: ClaimedJob
+    started: float
+    lost: bool = False
+    # True while the handler runs; False once its outcome waits in the buffer
+    executing: bool = True
+
+
+@dataclass(eq=False)
+class Outcome:
+    """What a run ended with, waiting to be written; one per run, mutated in place when the
+    database refuses it (a refused result becomes a permanent failure of that job)."""
+
+    run: Run
+    kind: Kind
+    result_json: str = "null"
+    failure: Failure | None = None
+    reason: str = ""
+    delay: float = 0.0
+    since: float = field(default_factory=time.monotonic)
+    done: bool = False
+    # the failure's own text was refused once and replaced by a plain one
+    text_replaced: bool = False
+
+
+class OutcomeBuffer:
+    """Outcomes waiting for the completer, oldest first."""
+
+    def __init__(self) -> None:
+        self._items: list[Outcome] = []
+        self.ready = asyncio.Event()
+
+    def add(self, outcome: Outcome) -> None:
+        self._items.append(outcome)
+        self.ready.set()
+
+    def take(self) -> list[Outcome]:
+        items, self._items = self._items, []
+        return items
+
+    def put_back(self, items: Iterable[Outcome]) -> None:
+        self._items[:0] = [o for o in items if not o.done]
+
+    def oldest_age(self, now: float | None = None) -> float | None:
+        if not self._items:
+            return None
+        return (now if now is not None else time.monotonic()) - self._items[0].since
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return iter(list(self._items))
+
+
+class SkipList:
+    """Job ids this worker's version cannot run while a live peer can: a bounded memory (the
+    oldest are forgotten first, so it never grows without limit in a long rollout)."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[int, str] = OrderedDict()
+
+    def add(self, job_id: int, task: str) -> None:
+        self._ids[job_id] = task
+        self._ids.move_to_end(job_id)
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def keep_tasks(self, tasks: Iterable[str]) -> None:
+        """Forget ids whose task no live peer runs any more (they must be judged again)."""
+        wanted = set(tasks)
+        for job_id in [i for i, t in self._ids.items() if t not in wanted]:
+            del self._ids[job_id]
+
+    def ids(self) -> list[int]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+@dataclass
+class WorkerState:
+    """The mutable state the services share (they all run on one event loop)."""
+
+    worker_id: str
+    concurrency: int
+    lease_seconds: float
+    owned: dict[int, Run] = field(default_factory=dict)
+    executing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    outcomes: OutcomeBuffer = field(default_factory=OutcomeBuffer)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # each live peer's {task: params}, from the last registry heartbeat
+    peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # tasks this worker does not know and a live peer does: left to that peer by the claim
+    skip_tasks: frozenset[str] = frozenset()
+    skip_ids: SkipList = field(default_factory=SkipList)
+    more_waiting: bool = False
+    processed: int = 0
+
+    @property
+    def outcome_limit(self) -> int:
+        """Backpressure: claiming pauses while more outcomes than this wait to be written."""
+        return self.concurrency
+
+    def free_slots(self) -> int:
+        if len(self.outcomes) >= self.outcome_limit:
+            return 0
+        return self.concurrency - len(self.executing)
+
+    def holds(self, job: ClaimedJob) -> bool:
+        """Whether ``job`` is the run this worker holds for its id (by identity)."""
+        run = self.owned.get(job.id)
+        return run is not None and run.job is job
+
+    def forget(self, job: ClaimedJob) -> None:
+        """Forget this run only: a newer claim of the same job keeps its heartbeat."""
+        if self.holds(job):
+            del self.owned[job.id]
+
+    def still_ours(self, job: ClaimedJob) -> bool:
+        """False when this run's outcome must be dropped: the run was released at shutdown or
+        already settled, or this worker claimed the same job again meanwhile. The last happens
+        only when the database lost our claim (claims commit without waiting for the WAL
+        flush, so a server crash can drop one): the same worker id then gets the same attempt
+        number, which the fence cannot tell apart, so the older run steps aside here."""
+        if self.holds(job):
+            return True
+        metrics.STALE_WRITES.inc()
+        why = (
+            "released at shutdown or already settled"
+            if job.id not in self.owned
+            else "claimed again (the database lost this run's claim in a crash)"
+        )
+        log.warning(
+            "job %d attempt %d: outcome discarded, the job was %s", job.id, job.attempt, why
+        )
+        return False

@@ -128,3 +128,30 @@ def chatty(ctx: JobContext, message: str) -> None:
     import logging
 
     logging.getLogger("tests.chatty").warning("handler says %s", message)
+
+
+# -- outcomes Postgres cannot store (tests/integration/failures/test_unstorable_outcomes.py) -----
+
+
+class Unserialisable:
+    """A result value no JSON encoder knows."""
+
+
+@app.task(max_attempts=2, backoff=FAST_BACKOFF)
+def outcome_from(ctx: JobContext, blob: str) -> object:
+    """Returns, or raises, what ``blob`` (a base64 pickle of ("return" | "raise", value))
+    says: job arguments are JSON, so a NaN, a NUL or a lone surrogate has to travel pickled."""
+    import base64
+    import pickle
+
+    kind, value = pickle.loads(base64.b64decode(blob))  # noqa: S301 - the test's own data
+    if kind == "raise":
+        raise RuntimeError(value)
+    if kind == "huge":  # built here: a failing example's repr stays short
+        return "z" * value
+    if kind == "deep":  # built here: pickle itself cannot hold a list nested 100,000 deep
+        deep: list[object] = []
+        for _ in range(value):
+            deep = [deep]
+        return deep
+    return value

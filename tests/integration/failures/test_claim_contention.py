@@ -18,7 +18,7 @@ import pytest
 
 from skiplock.db import WorkerConnection
 from skiplock.errors import SkiplockError
-from tests.support.chaos import assert_invariants
+from tests.support.invariants import assert_invariants
 
 JOBS_PER_CLAIMER = 12
 MIN_JOBS = 200
@@ -52,7 +52,7 @@ async def _claimer(url: str, n: int, latencies: list[float], claimed: list[int],
                 continue
             empty = 0
             claimed.extend(j.id for j in jobs)
-            done = await conn.complete_succeeded([(j.id, j.attempt, {"by": worker_id})
+            done = await conn.complete_succeeded([(j.id, j.attempt, f'{{"by": "{worker_id}"}}')
                                                   for j in jobs], worker_id)
             assert done == {j.id for j in jobs}
     finally:
@@ -108,7 +108,7 @@ def test_real_worker_processes_contend_without_deadlock(database_url, audited, s
     """Eight real worker processes (4 slots each: claims, rescues, heartbeats and batched fenced
     completions all at once) drain one queue: no deadlock, no double claim, nothing lost."""
     from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
-    from tests.support.chaos import wait_for
+    from tests.support.waits import wait_until
 
     sql = audited
     n_workers, jobs = 8, 400
@@ -120,8 +120,8 @@ def test_real_worker_processes_contend_without_deadlock(database_url, audited, s
     started = time.monotonic()
     sql("INSERT INTO jobs (task, args) SELECT 'add', jsonb_build_object('a', g, 'b', 1) "
         "FROM generate_series(1, %s) AS g", jobs)
-    wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'")[0][0] == jobs,
-             120, f"{jobs} jobs to be done by {n_workers} workers")
+    wait_until(lambda: sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'")[0][0] == jobs,
+               120, f"{jobs} jobs to be done by {n_workers} workers")
     wall = time.monotonic() - started
     assert sql("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
                )[0][0] == deadlocks_before

@@ -1,9 +1,14 @@
 """Helpers for the kind suite: kubectl, a self-healing port-forward to Postgres, waits with
-deadlines, and a replica/backlog timeline that is saved as a PNG."""
+deadlines, and a replica/backlog timeline that is saved as a PNG.
+
+The waits and the end-state invariants are the ones the rest of the test suite uses
+(``tests.support``): pytest puts the repository root on ``sys.path`` for ``e2e`` (a package,
+like ``tests``), which is also how ``e2e.support`` itself is imported."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -11,12 +16,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "e2e"
@@ -49,21 +55,9 @@ class Kubectl:
         self(*ns, "apply", "-f", "-", input=manifest)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 1.0) -> Any:
-    """Poll until truthy; on timeout fail with the last value seen."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except Exception as exc:  # a transient API or DB error is a value to report, not a crash
-            last = f"{type(exc).__name__}: {exc}"
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+# The kind suite's polling policy: once a second, and a transient API or DB error (a pod or the
+# port-forward being replaced) is a value to report on timeout, not a failure.
+wait_for = functools.partial(wait_until, interval=1.0, retry_on=(Exception,))
 
 
 def free_port() -> int:
@@ -143,22 +137,6 @@ class Database:
     def counts(self, queue: str) -> dict[str, int]:
         rows = self.query("SELECT state::text, count(*) FROM jobs WHERE queue=%s GROUP BY 1", queue)
         return {s: int(n) for s, n in rows}
-
-    def assert_invariants(self, queue: str, expected: int) -> dict[str, int]:
-        """Every job terminal, one result per succeeded job, none stuck, none lost."""
-        counts = self.counts(queue)
-        assert sum(counts.values()) == expected, f"jobs lost or duplicated: {counts} != {expected}"
-        open_jobs = self.query("SELECT id, state::text, locked_by FROM jobs WHERE queue=%s AND "
-                               "state NOT IN ('succeeded','dead','cancelled') LIMIT 10", queue)
-        assert open_jobs == [], f"jobs not terminal: {open_jobs}"
-        (results, succeeded), = self.query(
-            "SELECT count(r.job_id), count(*) FILTER (WHERE j.state='succeeded') FROM jobs j "
-            "LEFT JOIN results r ON r.job_id = j.id WHERE j.queue=%s", queue)
-        assert results == succeeded, f"{results} results for {succeeded} succeeded jobs"
-        stuck = self.query("SELECT id FROM jobs WHERE queue=%s AND state='running' AND "
-                           "locked_until < now()", queue)
-        assert stuck == [], f"stuck jobs: {stuck}"
-        return counts
 
 
 def enqueue(db: Database, queue: str, task: str, args: dict[str, Any], n: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.support.invariants import assert_invariants
 
 from e2e.conftest import Env
 from e2e.support import Timeline, enqueue, log, step, wait_for
@@ -44,6 +45,6 @@ def test_scales_up_on_backlog_and_back_down_after_the_window(env: Env) -> None:
     assert lowered - needed_peak >= 19.5, (
         f"scaled down {lowered - needed_peak:.1f}s after the last sample that needed {peak} "
         f"replicas (window 20s): {timeline.rows}")
-    env.db.assert_invariants(queue, 2000)
+    assert_invariants(env.db.query, queue=queue, expected_jobs=2000)
     status = env.jobqueue_status(name)
     assert status.get("backlog") == 0 and status.get("stuck") == 0, status

@@ -7,6 +7,7 @@ import random
 import time
 
 import pytest
+from tests.support.invariants import assert_invariants
 
 from e2e.conftest import Env
 from e2e.support import enqueue, log, step, wait_for
@@ -61,7 +62,7 @@ def test_deleting_workers_mid_job_loses_nothing(env: Env) -> None:
     with step(f"all {JOBS} jobs finish"):
         wait_for(lambda: env.db.counts(queue).get("succeeded", 0) == JOBS, 600,
                  f"{JOBS} succeeded")
-    env.db.assert_invariants(queue, JOBS)
+    assert_invariants(env.db.query, queue=queue, expected_jobs=JOBS)
     assert sum(len(ids) for _, ids, _ in killed) > 0, "no SIGKILL hit a running job"
     for pod, ids, at in killed:
         rows = env.db.query(

@@ -4,6 +4,7 @@ reports the outage, and no job is lost (the volume keeps the data)."""
 from __future__ import annotations
 
 import pytest
+from tests.support.invariants import assert_invariants
 
 from e2e.conftest import Env
 from e2e.support import enqueue, log, step, wait_for
@@ -56,4 +57,4 @@ def test_postgres_restarts_lose_nothing(env: Env) -> None:
 
     with step("everything finishes"):
         wait_for(lambda: env.db.counts(queue).get("succeeded", 0) == 900, 600, "900 succeeded")
-    env.db.assert_invariants(queue, 900)
+    assert_invariants(env.db.query, queue=queue, expected_jobs=900)

@@ -6,6 +6,7 @@ import contextlib
 import threading
 
 import pytest
+from tests.support.invariants import assert_invariants
 
 from e2e.conftest import Env
 from e2e.support import enqueue, step, wait_for
@@ -47,4 +48,4 @@ def test_operator_restart_does_not_flap(env: Env) -> None:
     assert seen == {2}, f"replicas flapped during the operator restart: {sorted(seen)}"
     assert env.deployment(deployment)["metadata"]["generation"] == generation
     wait_for(lambda: env.db.counts(queue).get("succeeded", 0) == 60, 300, "60 succeeded")
-    env.db.assert_invariants(queue, 60)
+    assert_invariants(env.db.query, queue=queue, expected_jobs=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.support.invariants import assert_invariants
 
 from e2e.conftest import Env
 from e2e.support import enqueue, step, wait_for
@@ -25,5 +26,5 @@ def test_poison_pills_go_dead(env: Env) -> None:
                           "AND task='poison'", queue)
     assert errors == [(3,)], errors
     wait_for(lambda: env.db.counts(queue).get("succeeded", 0) == 10, 120, "10 succeeded")
-    env.db.assert_invariants(queue, 20)
+    assert_invariants(env.db.query, queue=queue, expected_jobs=20)
     wait_for(lambda: env.jobqueue_status(name).get("dead") == 10, 60, "status.dead == 10")

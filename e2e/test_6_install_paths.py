@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support.invariants import assert_invariants
 
 from e2e.conftest import IMAGE_TAG, NAMESPACE, POSTGRES_IMAGE, RELEASE, Env, helm_values
 from e2e.support import ROOT, Database, enqueue, step, wait_for
@@ -33,7 +34,7 @@ def test_helm_upgrade_uninstall_then_kubectl_apply(env: Env) -> None:
         wait_for(lambda: env.ready_replicas("helm-queue-worker") >= 1, 240, "chart's worker ready")
         enqueue(env.db, helm_queue, "fast", {"n": 2}, 50)
         wait_for(lambda: env.db.counts(helm_queue).get("succeeded", 0) == 50, 180, "50 succeeded")
-        env.db.assert_invariants(helm_queue, 50)
+        assert_invariants(env.db.query, queue=helm_queue, expected_jobs=50)
 
     with step("helm uninstall"):
         env.kubectl("-n", NAMESPACE, "delete", "jobqueues", "--all", "--wait=true", timeout=300)
@@ -63,7 +64,7 @@ def test_helm_upgrade_uninstall_then_kubectl_apply(env: Env) -> None:
         enqueue(db, "default", "fast", {"n": 5}, 100)
         wait_for(lambda: db.counts("default").get("succeeded", 0) == 100, 300,
                  "100 jobs done after scale from zero")
-        db.assert_invariants("default", 100)
+        assert_invariants(db.query, queue="default", expected_jobs=100)
 
     with step("kubectl delete -f deploy/"):
         env.kubectl("delete", "-f", str(ROOT / "deploy/samples/jobqueue.yaml"), "--wait=true",

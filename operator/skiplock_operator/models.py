@@ -56,7 +56,8 @@ class WorkerSpec(_Model):
     concurrency: int = Field(default=10, ge=1, le=10000)
     lease_seconds: float = Field(default=30.0, ge=1, le=86400)
     shutdown_grace_period_seconds: int = Field(default=30, ge=0, le=86400)
-    metrics_port: int | None = Field(default=9100, ge=1, le=65535)
+    # Always served: the liveness probe (GET /livez) and Prometheus (/metrics) use it.
+    metrics_port: int = Field(default=9100, ge=1, le=65535)
     service_account_name: str | None = None
     # Free-form pod template overrides, deep-merged into what the operator builds.
     pod_template: dict[str, Any] = Field(default_factory=dict)

@@ -20,6 +20,21 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 # Time the worker gets after its drain deadline to flush completions before the kubelet's
 # SIGKILL: SIGTERM -> grace for running jobs -> final flush -> exit.
 FLUSH_MARGIN_SECONDS = 10
+METRICS_PORT_NAME = "metrics"
+# The worker answers GET /livez on its metrics port: 503 when one of its services died or the
+# oldest outcome waiting to be written is older than half a lease. Such a worker must be
+# restarted, not left claiming: its jobs' results are not reaching the database, and once its
+# leases run out they would be run again elsewhere anyway. Three failures 10 s apart (about
+# 30 s) ride out a slow scrape or a short database hiccup; the worker's own half-lease rule is
+# what decides "stuck". Readiness stays unset on purpose: it is never a "busy" signal.
+LIVENESS_PROBE: dict[str, Any] = {
+    "httpGet": {"path": "/livez", "port": METRICS_PORT_NAME},
+    "initialDelaySeconds": 10,
+    "periodSeconds": 10,
+    "timeoutSeconds": 5,
+    "failureThreshold": 3,
+}
+_PROBE_HANDLERS = ("httpGet", "exec", "tcpSocket", "grpc")
 
 
 def deployment_name(jobqueue: str) -> str:
@@ -78,10 +93,55 @@ def worker_env(spec: JobQueueSpec) -> list[dict[str, Any]]:
         {"name": "SKIPLOCK_SHUTDOWN_GRACE", "value": str(w.shutdown_grace_period_seconds)},
         {"name": "SKIPLOCK_LOG_JSON", "value": "true"},
     ]
-    if w.metrics_port is not None:
-        env.append({"name": "SKIPLOCK_METRICS_PORT", "value": str(w.metrics_port)})
+    env.append({"name": "SKIPLOCK_METRICS_PORT", "value": str(w.metrics_port)})
     names = {e["name"] for e in w.env}
     return [e for e in env if e["name"] not in names] + [dict(e) for e in w.env]
+
+
+def metrics_port(spec: JobQueueSpec) -> int:
+    """The port the worker listens on: spec.worker.metricsPort, unless spec.worker.env sets
+    SKIPLOCK_METRICS_PORT to a literal port (the env wins in the pod, so the probe follows it)."""
+    for e in spec.worker.env:
+        value = e.get("value")
+        if e.get("name") == "SKIPLOCK_METRICS_PORT" and isinstance(value, str) \
+                and value.isdigit() and 1 <= int(value) <= 65535:
+            return int(value)
+    return spec.worker.metrics_port
+
+
+def _user_container(overrides: dict[str, Any]) -> dict[str, Any]:
+    for c in (overrides.get("spec") or {}).get("containers") or []:
+        if isinstance(c, dict) and c.get("name") == CONTAINER:
+            return c
+    return {}
+
+
+def _merge_overrides(template: dict[str, Any], overrides: dict[str, Any],
+                     port: int) -> dict[str, Any]:
+    """podTemplate deep-merged over ours. Our livenessProbe may be tuned (its fields merge,
+    e.g. a larger failureThreshold), given another handler (an exec, tcpSocket or grpc probe
+    drops our httpGet: a probe has exactly one) or removed (``livenessProbe: null``). If the
+    overrides' ``ports`` replaced ours, the named port the probe uses is declared again."""
+    theirs = _user_container(overrides).get("livenessProbe")
+    if isinstance(theirs, dict) and "httpGet" not in theirs \
+            and any(h in theirs for h in _PROBE_HANDLERS):
+        for c in template["spec"]["containers"]:
+            c.get("livenessProbe", {}).pop("httpGet", None)
+    out = deep_merge(template, overrides)
+    for c in (out.get("spec") or {}).get("containers") or []:
+        if not isinstance(c, dict) or c.get("name") != CONTAINER:
+            continue
+        if "livenessProbe" in c and c["livenessProbe"] is None:
+            del c["livenessProbe"]
+        probe = c.get("livenessProbe")
+        get = probe.get("httpGet") if isinstance(probe, dict) else None
+        if isinstance(get, dict) and get.get("port") == METRICS_PORT_NAME:
+            if not isinstance(c.get("ports"), list):
+                c["ports"] = []
+            if not any(isinstance(p, dict) and p.get("name") == METRICS_PORT_NAME
+                       for p in c["ports"]):
+                c["ports"].append({"name": METRICS_PORT_NAME, "containerPort": port})
+    return out
 
 
 def pod_template(name: str, spec: JobQueueSpec) -> dict[str, Any]:
@@ -103,8 +163,9 @@ def pod_template(name: str, spec: JobQueueSpec) -> dict[str, Any]:
     }
     if w.image_pull_policy:
         container["imagePullPolicy"] = w.image_pull_policy
-    if w.metrics_port is not None:
-        container["ports"] = [{"name": "metrics", "containerPort": w.metrics_port}]
+    port = metrics_port(spec)
+    container["ports"] = [{"name": METRICS_PORT_NAME, "containerPort": port}]
+    container["livenessProbe"] = copy.deepcopy(LIVENESS_PROBE)
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": w.shutdown_grace_period_seconds + FLUSH_MARGIN_SECONDS,
@@ -118,7 +179,7 @@ def pod_template(name: str, spec: JobQueueSpec) -> dict[str, Any]:
         pod_spec["serviceAccountName"] = w.service_account_name
     template: dict[str, Any] = {"metadata": {"labels": labels(name)}, "spec": pod_spec}
     if w.pod_template:
-        template = deep_merge(template, w.pod_template)
+        template = _merge_overrides(template, w.pod_template, port)
         # Overrides may add labels but never break the selector that ties pods to us.
         template["metadata"]["labels"].update(selector_labels(name))
     return template

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from tests.browser.conftest import Dashboard
 from tests.integration.api.conftest import TOKEN
-from tests.integration.api.seed import filter_cases, seed
+from tests.integration.api.seed import HOSTILE, filter_cases, seed, seed_registry
 
 Sql = Callable[..., list[tuple[object, ...]]]
 FIELDS = {"queue": "#f-queue", "task": "#f-task", "min_attempts": "#f-min-attempts",
@@ -169,3 +169,52 @@ def test_retry_all_dead_matching_the_filters(dashboard: Dashboard, sql: Sql) -> 
     assert {int(r[0]) for r in sql("SELECT id FROM jobs WHERE state = 'queued'")} == target  # type: ignore[call-overload]
     assert {int(r[0]) for r in sql("SELECT id FROM jobs WHERE state = 'dead'")} == other  # type: ignore[call-overload]
     dashboard.shot("jobs-retry-all-dead")
+
+
+# Records what a hostile string could make the page do: alerts, and every CSP violation.
+WATCH = """
+window.__alerts = [];
+window.alert = (m) => window.__alerts.push(String(m));
+window.__csp = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__csp.push(e.violatedDirective + " " + e.blockedURI));
+"""
+
+
+def test_workers_view_warns_and_shows_a_hostile_problem_as_text(dashboard: Dashboard,
+                                                                sql: Sql) -> None:
+    seed(sql)
+    seed_registry(sql)
+    page = dashboard.page
+    dialogs: list[str] = []
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+    page.on("dialog", on_dialog)
+    page.add_init_script(WATCH)
+    page.goto(f"{dashboard.url}/ui/")
+    stalled = page.locator("#processes-table tr.stalled")
+    expect(stalled).to_have_count(2)
+    hostile = page.locator("#processes-table tr[data-worker='pod-d:4:w']")
+    expect(hostile.locator("[data-col='warning']")).to_be_visible()
+    expect(hostile.locator("[data-col='warning']")).to_contain_text("unhealthy")
+    # the problem is shown, as the very characters the worker reported
+    expect(hostile.locator("[data-col='problem']")).to_have_text(HOSTILE)
+    expect(page.locator("#processes-table tr[data-worker='pod-b:2:y'] [data-col='warning']")
+           ).to_contain_text("outcomes not written for 20s")
+    expect(page.locator("#processes-table tr[data-worker='pod-a:1:x'] [data-col='warning']")
+           ).to_have_count(0)
+    expect(page.locator("tr[data-queue='gamma'] [data-col='waiting_for_worker']")).to_have_text(
+        "3")
+    # auto-refresh swaps the live part in from fetched HTML: the same must hold after it
+    with page.expect_response(lambda r: r.url.startswith(f"{dashboard.url}/ui/")
+                              and "/static/" not in r.url, timeout=20_000):
+        pass
+    page.wait_for_timeout(500)  # the fetched HTML is parsed and swapped in after the response
+    expect(page.locator("#processes-table tr.stalled")).to_have_count(2)
+    expect(page.locator("#processes-table [data-col='problem']")).to_have_text(HOSTILE)
+    dashboard.shot("queues-workers-stalled")
+    assert page.locator("#main script, #main img").count() == 0
+    assert page.evaluate("window.__alerts") == [] and dialogs == []
+    assert page.evaluate("window.__csp") == []

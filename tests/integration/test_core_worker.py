@@ -13,7 +13,7 @@ from typing import Any
 
 from skiplock import Client, Worker
 from tests.conftest import WorkerProcess
-from tests.support.invariants import assert_all_terminal
+from tests.support.invariants import assert_invariants
 from tests.support.pgserver import PgServer
 from tests.support.waits import wait_until
 from tests.tasks import app
@@ -101,7 +101,7 @@ def test_sigkill_mid_job_is_rerun_after_the_lease(
     ((attempts, errors),) = sql("SELECT attempts, errors FROM jobs WHERE id=%s", job_id)
     assert attempts == 2
     assert "lease expired" in errors[0]["error"] and errors[0]["worker"].startswith("victim:")
-    assert_all_terminal(sql)
+    assert_invariants(sql)
 
 
 def test_crash_right_after_claim_leaves_nothing_stuck(
@@ -118,7 +118,7 @@ def test_crash_right_after_claim_leaves_nothing_stuck(
     spawn_worker("tests.tasks:app", "--poll-interval", "0.2")
     wait_until(lambda: states(sql) == {"succeeded": 5}, timeout=30, message="ghost's jobs finished")
     assert sql("SELECT DISTINCT attempts FROM jobs") == [(2,)]
-    assert_all_terminal(sql)
+    assert_invariants(sql)
 
 
 def test_lease_expiry_at_max_attempts_goes_dead(
@@ -208,7 +208,8 @@ def test_unknown_task_and_bad_payload_die_at_once(
         unknown = c.enqueue("resize_image", {"id": 1})
         bad = c.enqueue("add", {"a": 1})
         permanent = c.enqueue("permanent", {})
-    spawn_worker("tests.tasks:app", "--poll-interval", "0.1")
+    # No grace: no live worker can run the first two, so they are dead at once.
+    spawn_worker("tests.tasks:app", "--poll-interval", "0.1", "--unrunnable-grace", "0")
     wait_until(lambda: states(sql) == {"dead": 3}, message="all three dead")
     rows = {i: (a, e) for i, a, e in sql("SELECT id, attempts, last_error FROM jobs")}
     assert rows[unknown][0] == 1 and "unknown task 'resize_image'" in rows[unknown][1]

@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 
 def wait_until(
-    predicate: Callable[[], object],
+    predicate: Callable[[], Any],
     timeout: float = 30,
-    interval: float = 0.05,
     message: str = "condition",
-) -> object:
-    """Poll until ``predicate()`` is truthy; on timeout fail with what was last seen."""
+    *,
+    interval: float = 0.05,
+    retry_on: tuple[type[Exception], ...] = (),
+) -> Any:
+    """Poll until ``predicate()`` is truthy and return that value; on timeout fail with what
+    was last seen.
+
+    ``retry_on``: exceptions that mean "not yet" (a transient API or DB error while a cluster
+    heals): the exception becomes the value last seen instead of failing the test at once.
+    """
     deadline = time.monotonic() + timeout
-    last: object = None
+    last: Any = None
     while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+        try:
+            last = predicate()
+        except retry_on as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if last:
+                return last
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {message}; last value: {last!r}")
+    pytest.fail(f"timed out after {timeout:g}s waiting for {message}; last seen: {last!r}")

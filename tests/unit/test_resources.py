@@ -63,6 +63,64 @@ def test_worker_command_env_and_grace() -> None:
     assert "readinessProbe" not in c
 
 
+def test_metrics_port_and_liveness_probe_by_default() -> None:
+    c = container(build())
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9100}]
+    assert env_of(build())["SKIPLOCK_METRICS_PORT"] == "9100"
+    # a worker whose outcomes stop being written is restarted, not left claiming
+    assert c["livenessProbe"] == {"httpGet": {"path": "/livez", "port": "metrics"},
+                                  "initialDelaySeconds": 10, "periodSeconds": 10,
+                                  "timeoutSeconds": 5, "failureThreshold": 3}
+    other = container(build(worker={"image": "w", "metricsPort": 9300}))
+    assert other["ports"] == [{"name": "metrics", "containerPort": 9300}]
+    assert other["livenessProbe"]["httpGet"]["port"] == "metrics"
+
+
+def test_metrics_port_cannot_be_switched_off() -> None:
+    with pytest.raises(InvalidSpec, match=r"spec\.worker\.metricsPort"):
+        parse_spec(raw_spec(worker={"image": "w", "metricsPort": None}))
+
+
+def test_env_metrics_port_moves_the_container_port_with_it() -> None:
+    dep = build(worker={"image": "w", "env": [{"name": "SKIPLOCK_METRICS_PORT", "value": "9200"}]})
+    assert env_of(dep)["SKIPLOCK_METRICS_PORT"] == "9200"
+    assert container(dep)["ports"] == [{"name": "metrics", "containerPort": 9200}]
+
+
+def override(probe: Any, **container_over: Any) -> dict[str, Any]:
+    return container(build(worker={"image": "w", "podTemplate": {"spec": {"containers": [
+        {"name": "worker", "livenessProbe": probe, **container_over}]}}}))
+
+
+def test_pod_template_tunes_the_probe_field_by_field() -> None:
+    probe = override({"failureThreshold": 6, "timeoutSeconds": 10})["livenessProbe"]
+    assert probe == {"httpGet": {"path": "/livez", "port": "metrics"}, "initialDelaySeconds": 10,
+                     "periodSeconds": 10, "timeoutSeconds": 10, "failureThreshold": 6}
+
+
+def test_pod_template_probe_with_another_handler_replaces_ours() -> None:
+    probe = override({"exec": {"command": ["true"]}})["livenessProbe"]
+    assert "httpGet" not in probe and probe["exec"] == {"command": ["true"]}
+    assert probe["periodSeconds"] == 10  # our timings stay unless overridden
+    probe = override({"tcpSocket": {"port": 9100}, "periodSeconds": 30})["livenessProbe"]
+    assert set(probe) == {"tcpSocket", "initialDelaySeconds", "periodSeconds",
+                          "timeoutSeconds", "failureThreshold"}
+    assert probe["periodSeconds"] == 30
+
+
+def test_pod_template_can_remove_the_probe() -> None:
+    assert "livenessProbe" not in override(None)
+
+
+def test_pod_template_ports_keep_the_probe_port() -> None:
+    # an unnamed port makes the list replace ours: the probe's named port is declared again
+    c = override({"failureThreshold": 5}, ports=[{"containerPort": 8080}])
+    assert c["ports"] == [{"containerPort": 8080}, {"name": "metrics", "containerPort": 9100}]
+    c = override({"failureThreshold": 5}, ports=[{"name": "http", "containerPort": 8080}])
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9100},
+                          {"name": "http", "containerPort": 8080}]
+
+
 def test_user_env_overrides_ours() -> None:
     dep = build(worker={"image": "w", "env": [{"name": "SKIPLOCK_LOG_JSON", "value": "false"},
                                               {"name": "EXTRA", "value": "1"}]})

@@ -19,7 +19,8 @@ from .client import Client
 from .db import Database
 from .errors import ConfigurationError, SkiplockError
 from .settings import Settings
-from .worker import Worker
+from .worker import Worker, WorkerFailed
+from .worker.probes import serve_probes
 
 log = logging.getLogger("skiplock.cli")
 
@@ -67,17 +68,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds,
         shutdown_grace=args.shutdown_grace,
         poll_interval=args.poll_interval,
+        unrunnable_grace=args.unrunnable_grace,
     )
     if s.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(s.metrics_port)
-    asyncio.run(worker.run(install_signal_handlers=True))
+        serve_probes(s.metrics_port, worker.health)
+    code = 0
+    try:
+        asyncio.run(worker.run(install_signal_handlers=True))
+    except WorkerFailed as exc:
+        print(f"skiplock worker: {exc}", file=sys.stderr)
+        code = 1
     # A sync handler still running in a thread after its job was released must not keep the
     # process alive past the grace period; the job is already back in the queue.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -148,14 +153,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "dead",
         "dead_last_hour",
         "high_retry",
+        "waiting_for_worker",
         "oldest_runnable_age",
     )
-    print(" ".join(f"{c:>14}" for c in cols))
+    widths = {c: max(14, len(c)) for c in cols}
+    print(" ".join(f"{c:>{widths[c]}}" for c in cols))
     for s in stats:
         d = s.as_dict()
         age = d["oldest_runnable_age"]
         d["oldest_runnable_age"] = f"{age:.1f}s" if age is not None else "-"
-        print(" ".join(f"{d[c]!s:>14}" for c in cols))
+        print(" ".join(f"{d[c]!s:>{widths[c]}}" for c in cols))
     return 0
 
 
@@ -214,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--lease-seconds", type=float)
     w.add_argument("--shutdown-grace", type=float)
     w.add_argument("--poll-interval", type=float)
+    w.add_argument(
+        "--unrunnable-grace", type=float,
+        help="seconds a job no live worker can run waits for one before it is dead "
+        "(SKIPLOCK_UNRUNNABLE_GRACE, default 120)",
+    )
     w.set_defaults(func=cmd_worker)
 
     e = sub.add_parser("enqueue", help="enqueue one job; prints its id")

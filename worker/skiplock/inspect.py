@@ -25,6 +25,9 @@ class QueueStats:
     dead_last_hour: int
     high_retry: int  # not finished, attempts >= HIGH_RETRY_ATTEMPTS
     oldest_runnable_age: float | None  # seconds, database time
+    # queued, but no live worker can run them (unknown task, arguments no registered signature
+    # takes): they wait for one, then go dead after a grace period. Part of runnable/scheduled.
+    waiting_for_worker: int = 0
 
     @property
     def backlog(self) -> int:
@@ -57,6 +60,7 @@ def queue_stats(
             oldest_runnable_age=(
                 float(r["oldest_runnable_age"]) if r["oldest_runnable_age"] is not None else None
             ),
+            waiting_for_worker=int(r["waiting_for_worker"]),
         )
         for r in rows
     ]
@@ -75,6 +79,7 @@ def totals(stats: Sequence[QueueStats]) -> QueueStats:
         dead_last_hour=sum(s.dead_last_hour for s in stats),
         high_retry=sum(s.high_retry for s in stats),
         oldest_runnable_age=max(ages) if ages else None,
+        waiting_for_worker=sum(s.waiting_for_worker for s in stats),
     )
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -42,6 +43,34 @@ STALE_WRITES = Counter(
 )
 DB_ERRORS = Counter("skiplock_database_errors", "Database operations that failed", ["operation"])
 RESCUED = Counter("skiplock_leases_rescued", "Expired leases returned to the queue or marked dead")
+SERVICE_FAILURES = Counter(
+    "skiplock_worker_service_failures",
+    "Unexpected failures of a worker service (each one restarted, or the worker stopped)",
+    ["service"],
+)
+HANDED_BACK = Counter(
+    "skiplock_jobs_handed_back",
+    "Jobs this worker's version cannot run, left to a live peer that can (rolling deploys)",
+    ["queue", "task"],
+)
+WAITING_FOR_WORKER = Counter(
+    "skiplock_jobs_deferred_no_worker",
+    "Times a job was put back because no live worker can run it yet",
+    ["queue", "task"],
+)
+OUTCOMES_REFUSED = Counter(
+    "skiplock_outcome_writes_refused",
+    "Outcome batches the database refused as data (each split to find the outcome at fault)",
+)
+OUTCOMES_WAITING = Gauge(
+    "skiplock_outcomes_waiting", "Outcomes of finished runs not yet written to the database"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """A labelled metric child, looked up once (labels() costs more than the increment)."""
+    return metric.labels(*labels)
 
 
 # (metric suffix, QueueStats attribute, help): the shared stats as gauges, one series per queue.
@@ -54,6 +83,8 @@ _QUEUE_GAUGES = (
     ("high_retry", "high_retry", "Unfinished jobs on their third attempt or later"),
     ("dead", "dead", "Dead jobs still stored"),
     ("dead_last_hour", "dead_last_hour", "Jobs that went dead in the last hour"),
+    ("waiting_for_worker", "waiting_for_worker",
+     "Queued jobs no live worker can run (unknown task or arguments): they wait, then go dead"),
 )
 
 

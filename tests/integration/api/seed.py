@@ -90,3 +90,64 @@ def filter_cases(s: Seeded) -> list[tuple[str, dict[str, str], set[int]]]:
         ("error text", {"error": "transient boom"}, s.of("retrying")),
         ("error text dead", {"error": "always fails"}, s.of("dead")),
     ]
+
+
+# Strings a worker could report as its problem; the dashboard must show them as text.
+HOSTILE = ('<script>alert(1)</script> "><img src=x onerror=alert(1)> '
+           "outcomes not written: connection refused")
+# id: (queues, tasks, concurrency, lease s, last seen ago s, running, pending outcomes,
+#      oldest pending s, healthy, problem)
+WORKERS: dict[str, tuple[list[str], list[str], int, float, float, int, int, float | None, bool,
+                         str | None]] = {
+    "pod-a:1:x": (["alpha"], ["add", "sleep"], 4, 30.0, 2.0, 1, 0, None, True, None),
+    # healthy by its own word, but its oldest outcome waits longer than half its lease (15 s)
+    "pod-b:2:y": (["alpha", "beta"], ["add"], 8, 30.0, 3.0, 2, 3, 20.0, True, None),
+    "pod-d:4:w": (["beta"], ["poison"], 2, 60.0, 1.0, 0, 5, 3.0, False, HOSTILE),
+    # stopped beating ten minutes ago (crashed): kept for a while, not alive
+    "pod-e:5:v": (["gamma"], [], 1, 30.0, 600.0, 1, 0, None, True, None),
+}
+
+
+@dataclass(frozen=True)
+class Registry:
+    now: dt.datetime
+    unrunnable: dict[str, set[int]]  # queue: ids of the queued jobs waiting for a worker
+    others: set[int]  # jobs with unrunnable_since set that are not queued (never counted)
+
+
+def seed_registry(sql: Sql) -> Registry:
+    """The WORKERS rows; a live lease held by pod-a and an expired one by pod-e; jobs waiting
+    for a worker in alpha (1) and gamma (3, one deferred to later), and two with
+    unrunnable_since set that must not count (one dead, one running)."""
+    (now,) = sql("SELECT now()")[0]
+    assert isinstance(now, dt.datetime)
+    for worker_id, (queues, tasks, concurrency, lease, ago, running, pending, oldest, healthy,
+                    problem) in WORKERS.items():
+        sql("INSERT INTO workers (id, queues, tasks, concurrency, lease_seconds, started_at,"
+            " last_seen, running, pending_outcomes, oldest_pending_seconds, healthy, problem)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            worker_id, queues, json.dumps({t: {} for t in tasks}), concurrency, lease,
+            now - dt.timedelta(hours=1), now - dt.timedelta(seconds=ago), running, pending,
+            oldest, healthy, problem)
+    sql("INSERT INTO jobs (queue, task, state, attempts, locked_by, locked_until, started_at)"
+        " VALUES ('alpha', 'sleep', 'running', 1, 'pod-a:1:x', %s, %s),"
+        " ('gamma', 'add', 'running', 1, 'pod-e:5:v', %s, %s)",
+        now + dt.timedelta(minutes=5), now, now - dt.timedelta(minutes=9),
+        now - dt.timedelta(minutes=10))
+
+    def waiting(queue: str, n: int, run_in: dt.timedelta) -> set[int]:
+        rows = sql("INSERT INTO jobs (queue, task, state, run_at, unrunnable_since, last_error)"
+                   " SELECT %s, 'ghost', 'queued', %s, %s, 'no live worker runs task ghost'"
+                   " FROM generate_series(1, %s) RETURNING id",
+                   queue, now + run_in, now - 2 * M, n)
+        return {int(r[0]) for r in rows}  # type: ignore[call-overload]
+
+    unrunnable = {"alpha": waiting("alpha", 1, -M),
+                  "gamma": waiting("gamma", 2, -M) | waiting("gamma", 1, 5 * M)}
+    others = {int(r[0]) for r in sql(  # type: ignore[call-overload]
+        "INSERT INTO jobs (queue, task, state, attempts, finished_at, locked_by, locked_until,"
+        " unrunnable_since) VALUES"
+        " ('gamma', 'ghost', 'dead', 1, %s, NULL, NULL, %s),"
+        " ('gamma', 'ghost', 'running', 1, NULL, 'pod-a:1:x', %s, %s) RETURNING id",
+        now, now - H, now + 5 * M, now - H)}
+    return Registry(now=now, unrunnable=unrunnable, others=others)

@@ -12,9 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.chaos import ReconnectingSql, install_audit, wait_for, worker_connections
+from tests.support.chaos import ReconnectingSql, install_audit, worker_connections
 from tests.support.pgserver import PgServer
 from tests.support.toxiproxy import Proxy, Toxiproxy, running_toxiproxy, server_binary
+from tests.support.waits import wait_until
 
 _names = itertools.count()
 
@@ -86,7 +87,7 @@ def marker(tmp_path: Path) -> Path:
 def wait_workers_ready(sql: Callable[..., list[tuple[Any, ...]]], n: int,
                        timeout: float = 60) -> None:
     """Each worker has registered its tasks and holds its claim and listen connections."""
-    wait_for(lambda: worker_connections(sql, "claim") >= n
-             and worker_connections(sql, "listen") >= n
-             and sql("SELECT count(*) FROM tasks")[0][0] > 0,
-             timeout, f"{n} worker(s) connected")
+    wait_until(lambda: worker_connections(sql, "claim") >= n
+               and worker_connections(sql, "listen") >= n
+               and sql("SELECT count(*) FROM tasks")[0][0] > 0,
+               timeout, f"{n} worker(s) connected")

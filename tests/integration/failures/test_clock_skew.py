@@ -12,7 +12,9 @@ import pytest
 from skiplock import Client
 from tests.conftest import ROOT
 from tests.integration.failures.conftest import LEASE, WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import assert_invariants, audit, read_marker, state_of, wait_for
+from tests.support.chaos import audit, read_marker, state_of
+from tests.support.invariants import assert_invariants
+from tests.support.waits import wait_until
 
 HOUR = 3600
 SKEW_DIR = ROOT / "tests" / "support" / "clockskew"
@@ -42,8 +44,8 @@ def test_schedule_backoff_and_leases_ignore_the_worker_clock(
         flaky = c.enqueue("flaky", {"fail_times": 2})
         long = c.enqueue("tracked", {"marker": str(marker), "seconds": LEASE * 2})
         ids = [clock, delayed, flaky, long]
-        wait_for(lambda: all(state_of(sql, i)[0] == "succeeded" for i in ids), 60,
-                 "every job to succeed")
+        wait_until(lambda: all(state_of(sql, i)[0] == "succeeded" for i in ids), 60,
+                   "every job to succeed")
         seen = c.get_job(clock)
     assert seen is not None
     # The fault is real: the worker process believes it is an hour off.
@@ -93,14 +95,14 @@ def test_lease_expiry_is_judged_by_database_time(database_url, audited, spawn_wo
     wait_workers_ready(sql, 1)
     with Client(database_url) as c:
         job = c.enqueue("tracked", {"marker": str(marker), "hold": str(gate)})
-    wait_for(lambda: read_marker(marker), 30, "the victim to start the job")
+    wait_until(lambda: read_marker(marker), 30, "the victim to start the job")
     b = spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "1", env=skewed(rescuer),
                      name="rescuer")
     wait_workers_ready(sql, 2)
     a.kill()
     lease_at_kill = sql("SELECT locked_until FROM jobs WHERE id = %s", job)[0][0]
     gate.touch()
-    wait_for(lambda: state_of(sql, job)[0] == "succeeded", 30, "the rescuer to finish the job")
+    wait_until(lambda: state_of(sql, job)[0] == "succeeded", 30, "the rescuer to finish the job")
     trail = audit(sql, job)
     requeue = next(t for t in trail if t[0] == "running" and t[1] == "queued")
     late = _secs(requeue[6] - lease_at_kill)

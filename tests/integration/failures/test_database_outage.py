@@ -9,7 +9,9 @@ import pytest
 from skiplock import Client
 from tests.conftest import WorkerProcess
 from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import assert_invariants, executions, read_marker, wait_for
+from tests.support.chaos import executions, read_marker
+from tests.support.invariants import assert_invariants
+from tests.support.waits import wait_until
 
 N = 60
 
@@ -23,21 +25,21 @@ def test_postgres_restart_while_workers_run(database_url, pg, rsql, spawn_worker
     wait_workers_ready(sql, 2)
     with Client(database_url, validate=False) as c:
         ids = [c.enqueue("tracked", {"marker": str(marker), "seconds": 0.1}) for _ in range(N)]
-    wait_for(lambda: len(read_marker(marker)) >= 10, 60, "work to be under way")
+    wait_until(lambda: len(read_marker(marker)) >= 10, 60, "work to be under way")
     if how == "kill9":
         pg.kill9()
     else:
         pg.stop(how)
     # Stay down until both workers have hit the outage (their claims poll every 0.2 s).
-    wait_for(lambda: all("unreachable" in w.output() for w in workers), 30,
-             "both workers to notice the outage")
+    wait_until(lambda: all("unreachable" in w.output() for w in workers), 30,
+               "both workers to notice the outage")
     down_at = len(read_marker(marker))
     pg.start()
 
     def done() -> int:
         return int(sql("SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'dead')")[0][0])
 
-    wait_for(lambda: done() == N, 120, f"all {N} jobs to finish after the restart")
+    wait_until(lambda: done() == N, 120, f"all {N} jobs to finish after the restart")
     # The same processes carried on: they logged the outage and ran jobs after it.
     for w in workers:
         assert w.proc.poll() is None, f"a worker died:\n{w.output()[-3000:]}"

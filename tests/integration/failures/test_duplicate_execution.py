@@ -10,7 +10,9 @@ from pathlib import Path
 
 from skiplock import Client
 from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import assert_invariants, audit, read_marker, state_of, wait_for
+from tests.support.chaos import audit, read_marker, state_of
+from tests.support.invariants import assert_invariants
+from tests.support.waits import wait_until
 
 
 def test_stalled_worker_loses_lease_and_its_completion_is_rejected(
@@ -21,14 +23,14 @@ def test_stalled_worker_loses_lease_and_its_completion_is_rejected(
     wait_workers_ready(sql, 1)
     with Client(database_url) as c:
         job = c.enqueue("tracked", {"marker": str(marker), "hold": gate})
-    wait_for(lambda: len(read_marker(marker)) == 1, 30, "worker A to start attempt 1")
+    wait_until(lambda: len(read_marker(marker)) == 1, 30, "worker A to start attempt 1")
     b = spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "1", name="fresh")
     wait_workers_ready(sql, 2)
 
     # Freeze A (a GC pause, a stalled VM): no heartbeats, so its lease expires early, mid-job.
     os.kill(a.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: len(read_marker(marker)) == 2, 30, "worker B to re-run the job")
+        wait_until(lambda: len(read_marker(marker)) == 2, 30, "worker B to re-run the job")
     finally:
         os.kill(a.pid, signal.SIGCONT)
     runs = read_marker(marker)
@@ -36,13 +38,13 @@ def test_stalled_worker_loses_lease_and_its_completion_is_rejected(
     assert state_of(sql, job) == ("running", 2)
     # Both handlers are running the same job now. A finishes first: its write must change nothing.
     Path(gate.format(attempt=1)).touch()
-    wait_for(lambda: "outcome discarded" in a.output(), 30, "A's completion to be rejected")
+    wait_until(lambda: "outcome discarded" in a.output(), 30, "A's completion to be rejected")
     assert "lease lost" in a.output() or "outcome discarded" in a.output()
     assert state_of(sql, job) == ("running", 2), "the stale completion changed the job"
     assert sql("SELECT count(*) FROM results WHERE job_id = %s", job) == [(0,)]
 
     Path(gate.format(attempt=2)).touch()
-    wait_for(lambda: state_of(sql, job)[0] == "succeeded", 30, "B to complete the job")
+    wait_until(lambda: state_of(sql, job)[0] == "succeeded", 30, "B to complete the job")
     result = sql("SELECT result FROM results WHERE job_id = %s", job)
     assert result == [({"attempt": 2, "worker": runs[1][2]},)]
     # Succeeded once, by the current owner: one running->succeeded transition, from attempt 2.

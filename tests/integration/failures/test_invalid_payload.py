@@ -13,7 +13,9 @@ from skiplock import Client
 from skiplock.errors import InvalidArguments, UnknownTask
 from tests.conftest import ROOT
 from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import assert_invariants, audit, state_of, wait_for
+from tests.support.chaos import audit, state_of
+from tests.support.invariants import assert_invariants
+from tests.support.waits import wait_until
 
 
 def test_bad_task_name_and_bad_payload_are_rejected_at_enqueue(database_url, sql,
@@ -44,14 +46,15 @@ def test_bad_task_name_and_bad_payload_are_rejected_at_enqueue(database_url, sql
 
 def test_job_unknown_to_the_worker_goes_dead_at_once(database_url, audited, spawn_worker) -> None:
     sql = audited
-    w = spawn_worker("tests.tasks:app", *WORKER_ARGS, name="runner")
+    # No grace: no other live worker can run these, so they are dead at once.
+    w = spawn_worker("tests.tasks:app", *WORKER_ARGS, "--unrunnable-grace", "0", name="runner")
     wait_workers_ready(sql, 1)
     with Client(database_url, validate=False) as c:  # a producer that skips the catalogue
         unknown = c.enqueue("no_such_task", {"x": 1})
         bad_args = c.enqueue("add", {"a": 1})
         wrong_type = c.enqueue("add", {"a": 1, "b": 2, "c": 3})
         ids = [unknown, bad_args, wrong_type]
-        wait_for(lambda: all(state_of(sql, i)[0] == "dead" for i in ids), 30, "all three dead")
+        wait_until(lambda: all(state_of(sql, i)[0] == "dead" for i in ids), 30, "all three dead")
         rows = {i: c.get_job(i) for i in ids}
     assert rows[unknown]["last_error"].startswith("unknown task 'no_such_task': this worker runs")
     assert "arguments do not fit task 'add'" in rows[bad_args]["last_error"]
@@ -65,7 +68,7 @@ def test_job_unknown_to_the_worker_goes_dead_at_once(database_url, audited, spaw
     # The worker goes on with other work and never picks the dead jobs up again.
     with Client(database_url) as c:
         later = c.enqueue("add", {"a": 1, "b": 2})
-    wait_for(lambda: state_of(sql, later)[0] == "succeeded", 30, "a valid job to run")
+    wait_until(lambda: state_of(sql, later)[0] == "succeeded", 30, "a valid job to run")
     for i in ids:
         assert [t[1] for t in audit(sql, i)] == ["queued", "running", "dead"]
     assert_invariants(sql, [*ids, later],

@@ -12,7 +12,9 @@ import psycopg
 
 from skiplock import Client
 from tests.integration.failures.conftest import LEASE, WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import assert_invariants, read_marker, wait_for
+from tests.support.chaos import read_marker
+from tests.support.invariants import assert_invariants
+from tests.support.waits import wait_until
 
 WORKER_BACKENDS = ("SELECT pid, application_name, state, xact_start IS NOT NULL, "
                    "coalesce(wait_event_type, ''), "
@@ -47,13 +49,13 @@ def test_session_holding_row_locks_does_not_block_workers(database_url, audited,
 
     for i in range(2):
         spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "3", name=f"skip-{i}")
-    wait_for(free_done_without_waiting, 60, "the unlocked jobs to finish while locks are held")
+    wait_until(free_done_without_waiting, 60, "the unlocked jobs to finish while locks are held")
     assert waits == [], f"a worker waited on a lock: {waits[:5]}"
     assert _states(sql, locked) == {"queued": len(locked)}
     assert sql("SELECT max(attempts) FROM jobs WHERE id = ANY(%s)", locked) == [(0,)]
     holder.rollback()  # the session ends; its rows are claimable again
     holder.close()
-    wait_for(lambda: _states(sql, ids) == {"succeeded": len(ids)}, 30, "the rest to finish")
+    wait_until(lambda: _states(sql, ids) == {"succeeded": len(ids)}, 30, "the rest to finish")
     assert_invariants(sql, ids, expected_states={i: "succeeded" for i in ids})
 
 
@@ -64,7 +66,7 @@ def test_slow_query_and_slow_handler_do_not_block_other_workers(
     slow_job = _enqueue(database_url, 1, marker, hold=str(gate))[0]
     slow_worker = spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "1",
                                name="slowhandler")
-    wait_for(lambda: read_marker(marker), 30, "the slow handler to start")
+    wait_until(lambda: read_marker(marker), 30, "the slow handler to start")
     ids = _enqueue(database_url, 20, marker)
     shared, rest = ids[:5], ids[5:]
     # A slow report: a long transaction that share-locks five queued jobs, then runs a query
@@ -76,12 +78,12 @@ def test_slow_query_and_slow_handler_do_not_block_other_workers(
     slow_query = threading.Thread(target=lambda: report.execute(
         "SELECT count(*), pg_advisory_xact_lock(4242) FROM jobs"), daemon=True)
     slow_query.start()
-    wait_for(lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+    wait_until(lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
                          "wait_event_type = 'Lock' AND query LIKE '%%pg_advisory_xact_lock%%'"
                          )[0][0] == 1, 10, "the slow query to be running")
     spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "4", name="fast")
-    wait_for(lambda: _states(sql, rest) == {"succeeded": len(rest)}, 60,
-             "other jobs to finish beside the slow handler and the slow query")
+    wait_until(lambda: _states(sql, rest) == {"succeeded": len(rest)}, 60,
+               "other jobs to finish beside the slow handler and the slow query")
     assert _states(sql, shared) == {"queued": len(shared)}
     assert sql("SELECT state::text FROM jobs WHERE id = %s", slow_job) == [("running",)]
     control.execute("SELECT pg_advisory_unlock(4242)")
@@ -91,7 +93,7 @@ def test_slow_query_and_slow_handler_do_not_block_other_workers(
     control.close()
     gate.touch()
     everything = [slow_job, *ids]
-    wait_for(lambda: _states(sql, everything) == {"succeeded": len(everything)}, 30, "all done")
+    wait_until(lambda: _states(sql, everything) == {"succeeded": len(everything)}, 30, "all done")
     assert sql("SELECT attempts FROM jobs WHERE id = %s", slow_job) == [(1,)]
     assert_invariants(sql, everything)
     slow_worker.terminate()
@@ -105,7 +107,7 @@ def test_no_worker_connection_idle_in_transaction_while_handlers_run(
                             name=f"txn-{i}") for i in range(2)]
     wait_workers_ready(sql, 2)
     ids = _enqueue(database_url, 6, marker, hold=str(gate))
-    wait_for(lambda: len(read_marker(marker)) == 6, 30, "six handlers running")
+    wait_until(lambda: len(read_marker(marker)) == 6, 30, "six handlers running")
     first = sql("SELECT max(locked_until) FROM jobs")[0][0]
     samples: list[tuple] = []
 
@@ -115,7 +117,7 @@ def test_no_worker_connection_idle_in_transaction_while_handlers_run(
         return sql("SELECT min(locked_until) > %s + make_interval(secs => %s) FROM jobs "
                    "WHERE state = 'running'", first, LEASE / 3)[0][0] and len(samples) > 100
 
-    wait_for(sampled_through_heartbeats, 30, "heartbeats while sampling pg_stat_activity")
+    wait_until(sampled_through_heartbeats, 30, "heartbeats while sampling pg_stat_activity")
     roles = {r[1] for r in samples}
     assert {"skiplock-worker-claim", "skiplock-worker-write", "skiplock-worker-listen"} <= roles
     in_txn = [r for r in samples if r[2] and r[2].startswith("idle in transaction")]
@@ -125,7 +127,7 @@ def test_no_worker_connection_idle_in_transaction_while_handlers_run(
     long_txn = [r for r in samples if r[3] and r[5] > 1.0]
     assert long_txn == [], f"worker transactions open for over a second: {long_txn[:5]}"
     gate.touch()
-    wait_for(lambda: _states(sql, ids) == {"succeeded": 6}, 30, "the handlers to finish")
+    wait_until(lambda: _states(sql, ids) == {"succeeded": 6}, 30, "the handlers to finish")
     assert_invariants(sql, ids, expected_states={i: "succeeded" for i in ids})
     for w in workers:
         w.terminate()

@@ -17,15 +17,9 @@ from pathlib import Path
 
 from skiplock import Client
 from tests.integration.failures.conftest import LEASE, WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import (
-    assert_invariants,
-    audit,
-    executions,
-    read_marker,
-    state_of,
-    wait_for,
-    worker_connections,
-)
+from tests.support.chaos import audit, executions, read_marker, state_of, worker_connections
+from tests.support.invariants import assert_invariants
+from tests.support.waits import wait_until
 
 SLOW = 3000  # ms of one-way delay: long enough to cut the link while an answer is in flight
 
@@ -43,12 +37,12 @@ def test_link_drops_during_claim(database_url, audited, spawn_worker, proxy, mar
     with Client(database_url) as c:
         job = c.enqueue("tracked", {"marker": str(marker)})
     # The claim has committed in the database while its answer is still on the wire: cut it.
-    wait_for(lambda: state_of(sql, job) == ("running", 1), 30, "the claim to commit")
+    wait_until(lambda: state_of(sql, job) == ("running", 1), 30, "the claim to commit")
     proxy.disable()
     assert read_marker(marker) == [], "the answer arrived before the cut; the fault missed"
     proxy.clear()  # link back, no latency
 
-    wait_for(lambda: state_of(sql, job)[0] == "succeeded", 30, "the job to succeed")
+    wait_until(lambda: state_of(sql, job)[0] == "succeeded", 30, "the job to succeed")
     trail = audit(sql, job)
     # Attempt 1 was claimed but never ran; its lease expired and the job was claimed again.
     assert [(t[0], t[1], t[2]) for t in trail] == [
@@ -73,16 +67,16 @@ def test_link_drops_after_status_update_committed(database_url, audited, spawn_w
     wait_workers_ready(sql, 1)
     with Client(database_url) as c:
         job = c.enqueue("tracked", {"marker": str(marker), "hold": str(gate)})
-    wait_for(lambda: read_marker(marker), 30, "the job to start")
+    wait_until(lambda: read_marker(marker), 30, "the job to start")
     # The first heartbeat opens the write connection; from then on answers take 3 s.
-    wait_for(lambda: worker_connections(sql, "write") == 1, 30, "the write connection")
+    wait_until(lambda: worker_connections(sql, "write") == 1, 30, "the write connection")
     proxy.add_toxic("latency", stream="downstream", latency=SLOW)
     gate.touch()
-    wait_for(lambda: state_of(sql, job)[0] == "succeeded", 30, "the completion to commit")
+    wait_until(lambda: state_of(sql, job)[0] == "succeeded", 30, "the completion to commit")
     proxy.disable()
     proxy.clear()
-    wait_for(lambda: "outcome discarded" in w.output(), 30,
-             "the worker to retry the lost completion and have it fenced off")
+    wait_until(lambda: "outcome discarded" in w.output(), 30,
+               "the worker to retry the lost completion and have it fenced off")
     assert state_of(sql, job) == ("succeeded", 1)
     assert sql("SELECT result FROM results WHERE job_id = %s", job) == [
         ({"attempt": 1, "worker": read_marker(marker)[0][2]},)]
@@ -103,22 +97,22 @@ def test_link_cut_before_status_update_longer_than_lease(database_url, audited, 
     wait_workers_ready(sql, 1)
     with Client(database_url) as c:
         job = c.enqueue("tracked", {"marker": str(marker), "hold": gate})
-    wait_for(lambda: read_marker(marker), 30, "the cut-off worker to start the job")
+    wait_until(lambda: read_marker(marker), 30, "the cut-off worker to start the job")
     healthy = spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "1", name="healthy")
     wait_workers_ready(sql, 2)
 
     proxy.disable()
     Path(gate.format(attempt=1)).touch()  # the handler returns; its outcome cannot be written
-    wait_for(lambda: len(read_marker(marker)) == 2, 30, "the healthy worker to re-run the job")
+    wait_until(lambda: len(read_marker(marker)) == 2, 30, "the healthy worker to re-run the job")
     Path(gate.format(attempt=2)).touch()
-    wait_for(lambda: state_of(sql, job)[0] == "succeeded", 30, "the re-run to complete")
+    wait_until(lambda: state_of(sql, job)[0] == "succeeded", 30, "the re-run to complete")
     runs = read_marker(marker)
     assert [(r[1], r[2].split(":")[0]) for r in runs] == [(1, "cutoff"), (2, "healthy")]
     assert "retrying" in cut.output() or "kept" in cut.output(), cut.output()
 
     proxy.enable()
-    wait_for(lambda: "outcome discarded" in cut.output(), 60,
-             "the cut-off worker's late completion to be rejected by the fence")
+    wait_until(lambda: "outcome discarded" in cut.output(), 60,
+               "the cut-off worker's late completion to be rejected by the fence")
     assert state_of(sql, job) == ("succeeded", 2)
     assert sql("SELECT result FROM results WHERE job_id = %s", job) == [
         ({"attempt": 2, "worker": runs[1][2]},)]
@@ -153,26 +147,26 @@ def test_worker_rides_out_latency_resets_blackholes_and_cuts(database_url, audit
     with proxy.toxic("latency", stream="downstream", latency=150, jitter=100), \
             proxy.toxic("latency", stream="upstream", latency=50, name="lat_up"):
         start = done()
-        wait_for(lambda: done() >= start + 5, 60, "progress under latency")
+        wait_until(lambda: done() >= start + 5, 60, "progress under latency")
     # 2. Connection resets (TCP RST) on every connection.
     before = errors()
     with proxy.toxic("reset_peer", stream="upstream", timeout=100):
-        wait_for(lambda: errors() > before, 30, "the workers to see their connections reset")
+        wait_until(lambda: errors() > before, 30, "the workers to see their connections reset")
     # 3. A blackhole: bytes vanish, then the proxy closes the connections after 1.5 s.
     before = errors()
     with proxy.toxic("timeout", stream="downstream", timeout=1500):
-        wait_for(lambda: errors() > before, 30, "the workers to see the blackholed link close")
+        wait_until(lambda: errors() > before, 30, "the workers to see the blackholed link close")
     start = done()
-    wait_for(lambda: done() >= min(n, start + 5), 60, "progress after the blackhole")
+    wait_until(lambda: done() >= min(n, start + 5), 60, "progress after the blackhole")
     # 4. The link cut outright for longer than a lease, then back.
     before = errors()
     proxy.disable()
-    wait_for(lambda: errors() > before, 30, "the workers to notice the cut")
+    wait_until(lambda: errors() > before, 30, "the workers to notice the cut")
     cut_at = time.monotonic()
-    wait_for(lambda: time.monotonic() - cut_at > LEASE * 1.5, LEASE * 3, "a lease to pass")
+    wait_until(lambda: time.monotonic() - cut_at > LEASE * 1.5, LEASE * 3, "a lease to pass")
     proxy.enable()
 
-    wait_for(lambda: done() == n, 120, f"all {n} jobs to finish")
+    wait_until(lambda: done() == n, 120, f"all {n} jobs to finish")
     counts = assert_invariants(sql, ids, executions=executions(marker))
     assert counts == {"succeeded": n}, counts
     for w in workers:
@@ -196,7 +190,7 @@ def test_blackholed_link_is_detected_by_the_worker_itself(database_url, audited,
     Path(gate.format(attempt=2)).touch()  # a re-run finishes at once; attempt 1 waits
     with Client(database_url) as c:
         ids = [c.enqueue("tracked", {"marker": str(marker), "hold": gate}) for _ in range(2)]
-    wait_for(lambda: len(read_marker(marker)) == 2, 30, "the worker to run both jobs")
+    wait_until(lambda: len(read_marker(marker)) == 2, 30, "the worker to run both jobs")
     healthy = spawn_worker("tests.tasks:app", *WORKER_ARGS, name="healthy")
     wait_workers_ready(sql, 2)
     before = cut.output().count("did not answer")
@@ -204,16 +198,16 @@ def test_blackholed_link_is_detected_by_the_worker_itself(database_url, audited,
             proxy.toxic("timeout", stream="upstream", timeout=0, name="bh_up"):
         # Still blackholed: the worker must notice on its own (deadline 3 s, plus psycopg's
         # bounded attempt to cancel the query), not when the link finally closes.
-        wait_for(lambda: cut.output().count("did not answer") > before, 30,
-                 "the blackholed worker to give up on its silent connection")
+        wait_until(lambda: cut.output().count("did not answer") > before, 30,
+                   "the blackholed worker to give up on its silent connection")
         assert cut.proc.poll() is None
         # Its leases ran out meanwhile; the healthy worker took the jobs over.
-        wait_for(lambda: len(read_marker(marker)) == 4, 30, "the healthy worker to re-run both")
+        wait_until(lambda: len(read_marker(marker)) == 4, 30, "the healthy worker to re-run both")
     Path(gate.format(attempt=1)).touch()  # the cut-off handlers finish; their writes are fenced
-    wait_for(lambda: cut.output().count("outcome discarded") == 2, 60,
-             "the blackholed worker's late outcomes to be rejected")
+    wait_until(lambda: cut.output().count("outcome discarded") == 2, 60,
+               "the blackholed worker's late outcomes to be rejected")
     for job in ids:
-        wait_for(lambda job=job: state_of(sql, job)[0] == "succeeded", 60, f"job {job} done")
+        wait_until(lambda job=job: state_of(sql, job)[0] == "succeeded", 60, f"job {job} done")
     runs = read_marker(marker)
     assert sorted(r[2].split(":")[0] for r in runs) == ["blackholed"] * 2 + ["healthy"] * 2
     assert_invariants(sql, ids, expected_states=dict.fromkeys(ids, "succeeded"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from skiplock import Client
 from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import assert_invariants, audit, state_of, wait_for
+from tests.support.chaos import audit, state_of
+from tests.support.invariants import assert_invariants
+from tests.support.waits import wait_until
 
 
 def test_poison_pill_goes_dead_with_growing_backoff(database_url, audited, spawn_worker) -> None:
@@ -14,7 +16,7 @@ def test_poison_pill_goes_dead_with_growing_backoff(database_url, audited, spawn
     wait_workers_ready(sql, 1)
     with Client(database_url) as c:
         job = c.enqueue("poison")  # max_attempts=4 from the catalogue; backoff 0.2 s doubling
-        wait_for(lambda: state_of(sql, job)[0] == "dead", 60, "the poison job to go dead")
+        wait_until(lambda: state_of(sql, job)[0] == "dead", 60, "the poison job to go dead")
         row = c.get_job(job)
     assert row is not None
     assert row["attempts"] == 4 and row["max_attempts"] == 4
@@ -38,7 +40,7 @@ def test_poison_pill_goes_dead_with_growing_backoff(database_url, audited, spawn
     # Never retried again: the worker keeps claiming (a later job runs) but not the dead one.
     with Client(database_url, validate=False) as c:
         later = c.enqueue("noop")
-    wait_for(lambda: state_of(sql, later)[0] == "succeeded", 30, "a later job to run")
+    wait_until(lambda: state_of(sql, later)[0] == "succeeded", 30, "a later job to run")
     assert state_of(sql, job) == ("dead", 4)
     assert len(audit(sql, job)) == len(trail)
     assert_invariants(sql, [job, later], expected_states={job: "dead", later: "succeeded"})

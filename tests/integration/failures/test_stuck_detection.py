@@ -20,8 +20,10 @@ from skiplock import inspect as inspection
 from skiplock.db import Database
 from tests.conftest import ROOT
 from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import assert_invariants, read_marker, state_of, wait_for
+from tests.support.chaos import read_marker, state_of
+from tests.support.invariants import assert_invariants
 from tests.support.pgserver import free_port
+from tests.support.waits import wait_until
 
 
 def _cli(database_url: str, *args: str) -> object:
@@ -93,13 +95,13 @@ def test_detection_reports_exactly_the_stuck_jobs(database_url, audited, spawn_w
         healthy = c.enqueue("tracked", {"marker": str(marker), "hold": str(gate)})
         stuck = c.enqueue("tracked", {"marker": str(marker), "hold": str(gate)}, queue="side")
         fine = c.enqueue("add", {"a": 1, "b": 2})
-    wait_for(lambda: len(read_marker(marker)) == 2, 30, "both held jobs to be running")
+    wait_until(lambda: len(read_marker(marker)) == 2, 30, "both held jobs to be running")
     doomed.kill()  # nobody else serves "side": its job stays running past its lease
-    wait_for(lambda: state_of(sql, dead)[0] == "dead"
-             and state_of(sql, struggling) == ("queued", 3)
-             and state_of(sql, fine)[0] == "succeeded"
-             and sql("SELECT locked_until < now() FROM jobs WHERE id = %s", stuck)[0][0],
-             30, "the dead, high-retry and stuck conditions")
+    wait_until(lambda: state_of(sql, dead)[0] == "dead"
+               and state_of(sql, struggling) == ("queued", 3)
+               and state_of(sql, fine)[0] == "succeeded"
+               and sql("SELECT locked_until < now() FROM jobs WHERE id = %s", stuck)[0][0],
+               30, "the dead, high-retry and stuck conditions")
 
     # 1. The queries (skiplock.inspect and the list filters).
     with Database(database_url) as db:
@@ -107,11 +109,11 @@ def test_detection_reports_exactly_the_stuck_jobs(database_url, audited, spawn_w
         assert stats["default"] == {
             "queue": "default", "runnable": 0, "scheduled": 1, "in_flight": 1, "stuck": 0,
             "dead": 1, "dead_last_hour": 1, "high_retry": 1, "backlog": 0,
-            "oldest_runnable_age": None}, stats["default"]
+            "oldest_runnable_age": None, "waiting_for_worker": 0}, stats["default"]
         assert stats["side"] == {
             "queue": "side", "runnable": 0, "scheduled": 0, "in_flight": 0, "stuck": 1,
             "dead": 0, "dead_last_hour": 0, "high_retry": 0, "backlog": 1,
-            "oldest_runnable_age": None}, stats["side"]
+            "oldest_runnable_age": None, "waiting_for_worker": 0}, stats["side"]
         assert [r["id"] for r in db.list_jobs(stuck=True)] == [stuck]
         assert [r["id"] for r in db.list_jobs(state="queued", min_attempts=3)] == [struggling]
         assert [r["id"] for r in db.list_jobs(state="dead")] == [dead]
@@ -141,7 +143,7 @@ def test_detection_reports_exactly_the_stuck_jobs(database_url, audited, spawn_w
     rescuer_port = free_port()
     spawn_worker("tests.tasks:app", *WORKER_ARGS, "--queue", "side",
                  env={"SKIPLOCK_METRICS_PORT": str(rescuer_port)}, name="rescuer")
-    wait_for(lambda: len(read_marker(marker)) == 3, 30, "the stuck job to be re-claimed")
+    wait_until(lambda: len(read_marker(marker)) == 3, 30, "the stuck job to be re-claimed")
     assert _metric(rescuer_port, "skiplock_leases_rescued_total") == 1
     with Database(database_url) as db:
         side = {s.queue: s for s in inspection.queue_stats(db)}["side"]
@@ -149,8 +151,8 @@ def test_detection_reports_exactly_the_stuck_jobs(database_url, audited, spawn_w
     gate.touch()
     with Client(database_url) as c:
         assert c.cancel(struggling)  # an operator gives up on it (it waits 80 s for attempt 4)
-    wait_for(lambda: state_of(sql, stuck)[0] == "succeeded"
-             and state_of(sql, healthy)[0] == "succeeded", 30, "the held jobs to finish")
+    wait_until(lambda: state_of(sql, stuck)[0] == "succeeded"
+               and state_of(sql, healthy)[0] == "succeeded", 30, "the held jobs to finish")
     assert_invariants(sql, [dead, struggling, healthy, stuck, fine],
                       expected_states={dead: "dead", struggling: "cancelled", healthy: "succeeded",
                                        stuck: "succeeded", fine: "succeeded"})

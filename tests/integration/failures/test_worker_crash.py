@@ -11,14 +11,9 @@ from pathlib import Path
 
 from skiplock import Client
 from tests.integration.failures.conftest import LEASE, WORKER_ARGS, wait_workers_ready
-from tests.support.chaos import (
-    assert_invariants,
-    audit,
-    executions,
-    read_marker,
-    state_of,
-    wait_for,
-)
+from tests.support.chaos import audit, executions, read_marker, state_of
+from tests.support.invariants import assert_invariants
+from tests.support.waits import wait_until
 
 
 def test_sigkill_mid_job_is_reclaimed_after_lease_expiry(database_url, audited, spawn_worker,
@@ -29,21 +24,21 @@ def test_sigkill_mid_job_is_reclaimed_after_lease_expiry(database_url, audited, 
     wait_workers_ready(sql, 1)
     with Client(database_url) as c:
         job = c.enqueue("tracked", {"marker": str(marker), "hold": str(hold)})
-    wait_for(lambda: read_marker(marker), 30, "worker A to start the job")
+    wait_until(lambda: read_marker(marker), 30, "worker A to start the job")
     b = spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "1", name="crash-b")
     wait_workers_ready(sql, 2)
     # A is alive and heartbeating: its lease is renewed past the original expiry.
     first_until = sql("SELECT locked_until FROM jobs WHERE id = %s", job)[0][0]
-    wait_for(lambda: sql("SELECT locked_until > %s FROM jobs WHERE id = %s",
+    wait_until(lambda: sql("SELECT locked_until > %s FROM jobs WHERE id = %s",
                          first_until, job)[0][0],
-             LEASE * 3, "worker A to renew its lease")
+               LEASE * 3, "worker A to renew its lease")
     a.kill()
     lease_at_kill = sql("SELECT locked_until FROM jobs WHERE id = %s", job)[0][0]
     assert state_of(sql, job) == ("running", 1)
 
-    wait_for(lambda: len(read_marker(marker)) == 2, 30, "worker B to re-run the job")
+    wait_until(lambda: len(read_marker(marker)) == 2, 30, "worker B to re-run the job")
     hold.touch()
-    wait_for(lambda: state_of(sql, job)[0] == "succeeded", 30, "the job to succeed")
+    wait_until(lambda: state_of(sql, job)[0] == "succeeded", 30, "the job to succeed")
 
     trail = audit(sql, job)
     requeued = [t for t in trail if t[0] == "running" and t[1] == "queued"]
@@ -77,11 +72,12 @@ def test_crash_right_after_claim_leaves_nothing_stuck(database_url, audited, spa
         last = c.enqueue("crash_on_first_attempt", {"marker": str(marker)}, max_attempts=1)
     workers = [spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "1",
                             name=f"crash-{i}") for i in range(3)]
-    wait_for(lambda: sum(w.proc.poll() is not None for w in workers) >= 2, 60,
-             "two workers to crash on the two first attempts")
+    wait_until(lambda: sum(w.proc.poll() is not None for w in workers) >= 2, 60,
+               "two workers to crash on the two first attempts")
     survivor = spawn_worker("tests.tasks:app", *WORKER_ARGS, name="survivor")
-    wait_for(lambda: state_of(sql, retried)[0] == "succeeded" and state_of(sql, last)[0] == "dead",
-             30, "the retried job to succeed and the last-attempt job to go dead")
+    wait_until(lambda: state_of(sql, retried)[0] == "succeeded"
+               and state_of(sql, last)[0] == "dead",
+               30, "the retried job to succeed and the last-attempt job to go dead")
     dead = c_get(database_url, last)
     assert dead["attempts"] == 1 and dead["last_error"].startswith("lease expired"), dead
     ok = c_get(database_url, retried)
@@ -103,13 +99,13 @@ def test_sigkill_during_a_batch_loses_nothing(database_url, audited, spawn_worke
         ids = [c.enqueue("tracked", {"marker": str(marker), "seconds": 0.15}) for _ in range(40)]
     workers = [spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "3",
                             name=f"batch-{i}") for i in range(3)]
-    wait_for(lambda: len(read_marker(marker)) >= 8, 60, "work to be under way")
+    wait_until(lambda: len(read_marker(marker)) >= 8, 60, "work to be under way")
     workers[0].kill()
-    wait_for(lambda: len(read_marker(marker)) >= 16, 60, "more work done")
+    wait_until(lambda: len(read_marker(marker)) >= 16, 60, "more work done")
     workers[1].kill()
     spawn_worker("tests.tasks:app", *WORKER_ARGS, "--concurrency", "3", name="batch-new")
-    wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'")[0][0] == 40,
-             90, "all 40 jobs to succeed")
+    wait_until(lambda: sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'")[0][0] == 40,
+               90, "all 40 jobs to succeed")
     counts = assert_invariants(sql, ids, executions=executions(marker))
     assert counts == {"succeeded": 40}
 
@@ -126,12 +122,12 @@ def test_sigkill_between_claim_commit_and_its_answer(database_url, audited, spaw
     proxy.add_toxic("latency", stream="downstream", latency=3000)
     with Client(database_url) as c:
         job = c.enqueue("tracked", {"marker": str(marker)})
-    wait_for(lambda: state_of(sql, job) == ("running", 1), 30, "the claim to commit")
+    wait_until(lambda: state_of(sql, job) == ("running", 1), 30, "the claim to commit")
     victim.kill()
     assert read_marker(marker) == []
     lease = sql("SELECT locked_until FROM jobs WHERE id = %s", job)[0][0]
     spawn_worker("tests.tasks:app", *WORKER_ARGS, name="rescuer")
-    wait_for(lambda: state_of(sql, job)[0] == "succeeded", 30, "the job to be re-run")
+    wait_until(lambda: state_of(sql, job)[0] == "succeeded", 30, "the job to be re-run")
     trail = audit(sql, job)
     assert [(t[1], t[2]) for t in trail] == [("queued", 0), ("running", 1), ("queued", 1),
                                              ("running", 2), ("succeeded", 2)], trail

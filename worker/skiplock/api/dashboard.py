@@ -76,6 +76,7 @@ def parse_filters(q: dict[str, str]) -> tuple[service.JobFilters, int | None]:
     f = service.JobFilters(
         states=states, queue=q.get("queue"), task=q.get("task"),
         stuck=q.get("stuck") in ("1", "on", "true"),
+        waiting_for_worker=q.get("waiting_for_worker") in ("1", "on", "true"),
         min_attempts=_int(q["min_attempts"], "min_attempts", 0, INT_MAX)
         if "min_attempts" in q else None,
         created_after=_when(q["created_after"], "created_after") if "created_after" in q else None,
@@ -125,8 +126,8 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
     raw = request.query_params.get("window", "30")
     window = int(raw) if raw.isdigit() and int(raw) in WINDOWS else 30
     try:
-        data, holders = await blocking(st, lambda: (
-            service.overview(st.db, st.history, window), service.lease_holders(st.db)))
+        data, workers = await blocking(st, lambda: (
+            service.overview(st.db, st.history, window), service.workers(st.db)))
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)
     rows = []
@@ -146,7 +147,7 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
         rows.append({"q": q, "flow": flow, "backlog": backlog})
     return templates.TemplateResponse(request, "queues.html", _ctx(
         request, st, nav="queues", title="Queues", data=data, rows=rows, windows=WINDOWS,
-        holders=holders.workers,
+        holders=workers.workers, processes=workers.processes,
         window=window, high_attempts=inspection.HIGH_RETRY_ATTEMPTS))
 
 

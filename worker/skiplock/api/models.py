@@ -191,6 +191,9 @@ class QueueOut(BaseModel):
     dead: int
     dead_last_hour: int
     high_retry: int
+    waiting_for_worker: int = Field(
+        description="queued jobs no live worker can run (unknown task, or arguments no "
+                    "registered signature takes): they wait for one, then go dead")
     oldest_runnable_age_seconds: float | None
     succeeded_in_window: int
     dead_in_window: int
@@ -233,8 +236,44 @@ class LeaseHolder(BaseModel):
         description="seconds since its newest lease ran out (only when all have expired)")
 
 
+class WorkerProcess(BaseModel):
+    """One worker process: its registry row (what it reports with each heartbeat) merged with
+    the leases it holds. A worker with no row (crashed long ago and pruned, or an older
+    version) still appears when it holds running jobs; its reported fields are then null."""
+
+    worker: str = Field(description="worker id: pod:pid:suffix")
+    pod: str
+    registered: bool = Field(description="it has a row in the worker registry")
+    alive: bool = Field(
+        description="registered: heartbeat younger than its lease; otherwise: it renews a lease")
+    healthy: bool | None = Field(
+        description="its own liveness check passes (null: not registered)")
+    stalled: bool = Field(
+        description="not healthy, or its oldest outcome waiting to be written is older than "
+                    "half its lease: its results are not reaching the database")
+    problem: str | None = Field(description="why it is not healthy, in its own words")
+    started_at: dt.datetime | None
+    last_seen: dt.datetime | None = Field(description="its last registry heartbeat")
+    silent_for_seconds: float | None = Field(
+        description="registered: seconds since its last heartbeat; otherwise: since its newest "
+                    "lease ran out (only when all have)")
+    running: int | None = Field(description="jobs it reported running")
+    pending_outcomes: int | None = Field(description="outcomes it holds, not yet written")
+    oldest_pending_seconds: float | None = Field(
+        description="age of its oldest outcome not yet written (null when none waits)")
+    queues: list[str] = Field(description="queues it serves (unregistered: where it holds leases)")
+    tasks: list[str] = Field(description="task names its version can run")
+    concurrency: int | None
+    lease_seconds: float | None
+    live: int = Field(description="running jobs whose lease it keeps renewing, all queues")
+    expired: int = Field(description="running jobs whose lease expired, all queues")
+
+
 class WorkersOut(BaseModel):
-    workers: list[LeaseHolder]
+    workers: list[LeaseHolder] = Field(description="lease holders, per worker and queue")
+    processes: list[WorkerProcess] = Field(
+        description="one entry per worker id: stalled or holding expired leases first, then "
+                    "alive, then by id")
 
 
 class FieldProblem(BaseModel):

@@ -123,6 +123,9 @@ async def list_jobs(
     queue: Annotated[SafeText | None, Query(min_length=1, max_length=128)] = None,
     task: Annotated[SafeText | None, Query(min_length=1, max_length=256)] = None,
     stuck: Annotated[bool, Query(description="running with an expired lease")] = False,
+    waiting_for_worker: Annotated[bool, Query(
+        description="queued, but no live worker can run it (it waits for one, then goes "
+                    "dead)")] = False,
     unfinished: Annotated[bool, Query(description="queued or running (with min_attempts: "
                                                   "the high-retry jobs)")] = False,
     min_attempts: Annotated[int | None, Query(ge=0, le=INT_MAX)] = None,
@@ -145,7 +148,8 @@ async def list_jobs(
             return JobPage(jobs=[], next_cursor=None)
     f = service.JobFilters(
         states=states, queue=queue, task=task, stuck=stuck,
-        min_attempts=min_attempts, created_after=created_after, created_before=created_before,
+        waiting_for_worker=waiting_for_worker, min_attempts=min_attempts,
+        created_after=created_after, created_before=created_before,
         finished_after=finished_after, finished_before=finished_before,
         error=error)
     return await blocking(st, lambda: service.search(st.db, f, cursor, limit))
@@ -201,8 +205,12 @@ async def queues(st: State,
 async def workers(st: State) -> WorkersOut:
     """Workers holding running jobs, per queue: live leases and expired ones. A worker with
     only expired leases died or was cut off mid-job; its jobs come back after the rescuer
-    runs (or go dead when out of attempts)."""
-    return await blocking(st, lambda: service.lease_holders(st.db))
+    runs (or go dead when out of attempts).
+
+    ``processes``: one entry per worker id, from the worker registry (alive, healthy, what it
+    reports: running jobs, outcomes waiting to be written, its queues and tasks) merged with
+    its lease counts. ``stalled`` marks a worker whose outcomes are not being written."""
+    return await blocking(st, lambda: service.workers(st.db))
 
 
 @router.get("/healthz", tags=["health"], response_model=Health)

@@ -22,6 +22,7 @@ from .models import (
     Point,
     QueueOut,
     QueuesOut,
+    WorkerProcess,
     WorkersOut,
 )
 
@@ -41,16 +42,17 @@ class JobFilters:
     finished_after: dt.datetime | None = None
     finished_before: dt.datetime | None = None
     error: str | None = None
+    waiting_for_worker: bool = False
 
 
 def search(db: Database, f: JobFilters, cursor: int | None, limit: int) -> JobPage:
     # One row more than asked tells whether an older page exists without a count(*).
     rows = db.search_jobs(
         states=[s.value for s in f.states] or None, queue=f.queue, task=f.task, stuck=f.stuck,
-        min_attempts=f.min_attempts, created_after=f.created_after,
-        created_before=f.created_before, finished_after=f.finished_after,
-        finished_before=f.finished_before, error_contains=f.error or None, before_id=cursor,
-        limit=limit + 1)
+        waiting_for_worker=f.waiting_for_worker, min_attempts=f.min_attempts,
+        created_after=f.created_after, created_before=f.created_before,
+        finished_after=f.finished_after, finished_before=f.finished_before,
+        error_contains=f.error or None, before_id=cursor, limit=limit + 1)
     jobs = [Job.model_validate(r) for r in rows[:limit]]
     return JobPage(jobs=jobs, next_cursor=jobs[-1].id if len(rows) > limit else None)
 
@@ -92,15 +94,61 @@ def cancel(db: Database, job_id: int) -> JobDetail:
     return job_detail(db, job_id)
 
 
-def lease_holders(db: Database) -> WorkersOut:
-    out = []
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def stalled(healthy: bool, oldest_pending: float | None, lease_seconds: float) -> bool:
+    """Its outcomes are not being written: it says it is unhealthy, or the oldest one waiting
+    is older than half its lease (the point where its /livez answers 503)."""
+    return not healthy or (oldest_pending is not None and oldest_pending > lease_seconds / 2)
+
+
+def workers(db: Database) -> WorkersOut:
+    """Lease holders per worker and queue, and per worker id the registry row merged with
+    the leases it holds (a worker without a row still appears when it holds leases)."""
+    holders = []
+    leases: dict[str, list[LeaseHolder]] = {}
     for r in db.lease_holders():
         silent = r["silent_for"]
-        out.append(LeaseHolder(
+        h = LeaseHolder(
             worker=r["locked_by"], pod=inspection.pod_of(r["locked_by"]), queue=r["queue"],
             live=int(r["live"]), expired=int(r["expired"]),
-            silent_for_seconds=float(silent) if silent is not None and silent > 0 else None))
-    return WorkersOut(workers=out)
+            silent_for_seconds=float(silent) if silent is not None and silent > 0 else None)
+        holders.append(h)
+        leases.setdefault(h.worker, []).append(h)
+    processes = []
+    for r in db.worker_registry():
+        held = leases.pop(r["id"], [])
+        lease_seconds = float(r["lease_seconds"])
+        oldest = _seconds(r["oldest_pending_seconds"])
+        silent = _seconds(r["silent_for"])
+        processes.append(WorkerProcess(
+            worker=r["id"], pod=inspection.pod_of(r["id"]), registered=True,
+            alive=bool(r["alive"]), healthy=bool(r["healthy"]),
+            stalled=stalled(bool(r["healthy"]), oldest, lease_seconds), problem=r["problem"],
+            started_at=r["started_at"], last_seen=r["last_seen"],
+            silent_for_seconds=max(0.0, silent) if silent is not None else None,
+            running=int(r["running"]), pending_outcomes=int(r["pending_outcomes"]),
+            oldest_pending_seconds=oldest, queues=list(r["queues"] or []),
+            tasks=list(r["tasks"] or []), concurrency=int(r["concurrency"]),
+            lease_seconds=lease_seconds, live=sum(h.live for h in held),
+            expired=sum(h.expired for h in held)))
+    for worker_id, held in leases.items():
+        live = sum(h.live for h in held)
+        silent_all = [h.silent_for_seconds for h in held]
+        processes.append(WorkerProcess(
+            worker=worker_id, pod=inspection.pod_of(worker_id), registered=False,
+            alive=live > 0, healthy=None, stalled=False, problem=None, started_at=None,
+            last_seen=None,
+            silent_for_seconds=(min(x for x in silent_all if x is not None)
+                                if live == 0 and all(x is not None for x in silent_all)
+                                else None),
+            running=None, pending_outcomes=None, oldest_pending_seconds=None,
+            queues=sorted(h.queue for h in held), tasks=[], concurrency=None,
+            lease_seconds=None, live=live, expired=sum(h.expired for h in held)))
+    processes.sort(key=lambda p: (not (p.stalled or p.expired), not p.alive, p.worker))
+    return WorkersOut(workers=holders, processes=processes)
 
 
 def bucket_seconds_for(window_minutes: int) -> int:
@@ -139,7 +187,8 @@ def overview(db: Database, history: BacklogHistory, window_minutes: int,
         out.append(QueueOut(
             queue=name, backlog=s.backlog, runnable=s.runnable, scheduled=s.scheduled,
             in_flight=s.in_flight, stuck=s.stuck, dead=s.dead, dead_last_hour=s.dead_last_hour,
-            high_retry=s.high_retry, oldest_runnable_age_seconds=s.oldest_runnable_age,
+            high_retry=s.high_retry, waiting_for_worker=s.waiting_for_worker,
+            oldest_runnable_age_seconds=s.oldest_runnable_age,
             succeeded_in_window=ok, dead_in_window=dead,
             throughput_per_minute=round((ok + dead) / window_minutes, 3),
             throughput=series, backlog_history=backlog))

@@ -181,7 +181,8 @@ ORDER BY j.id DESC;
 -- %(cap)s so the cost stays bounded on huge tables: past the cap the number changes no decision.
 -- Every part reads a partial index, never the table: queue names by a skip scan of the hot
 -- indexes (not DISTINCT over the table), the oldest runnable job by a skip scan over
--- priorities (the runnable index is ordered by priority first), retries by jobs_retrying_idx.
+-- priorities (the runnable index is ordered by priority first), retries by jobs_retrying_idx,
+-- jobs waiting for a worker that can run them by jobs_unrunnable_idx (few rows, never the claim).
 WITH RECURSIVE queued_names AS (
     (SELECT queue FROM jobs WHERE state = 'queued' ORDER BY queue LIMIT 1)
     UNION ALL
@@ -223,6 +224,9 @@ SELECT n.queue,
                                   AND queue = n.queue AND attempts >= %(high_attempts)s
                                   LIMIT %(cap)s) AS x)
        END AS high_retry,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' AND queue = n.queue
+                              AND unrunnable_since IS NOT NULL LIMIT %(cap)s) AS x)
+           AS waiting_for_worker,
        (SELECT extract(epoch FROM now() - min(o.run_at)) FROM (
             WITH RECURSIVE prio AS (
                 (SELECT priority FROM jobs WHERE state = 'queued' AND queue = n.queue
@@ -317,6 +321,7 @@ WHERE (%(states)s::job_state[] IS NULL OR j.state = ANY(%(states)s::job_state[])
   AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
   AND (%(task)s::text IS NULL OR j.task = %(task)s)
   AND (NOT %(stuck)s OR (j.state = 'running' AND j.locked_until < now()))
+  AND (NOT %(waiting_for_worker)s OR (j.state = 'queued' AND j.unrunnable_since IS NOT NULL))
   AND (%(min_attempts)s::int IS NULL OR j.attempts >= %(min_attempts)s)
   AND (%(created_after)s::timestamptz IS NULL OR j.created_at >= %(created_after)s)
   AND (%(created_before)s::timestamptz IS NULL OR j.created_at < %(created_before)s)

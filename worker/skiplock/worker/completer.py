@@ -35,7 +35,10 @@ class Completer:
     async def run(self) -> None:
         failures = 0
         while True:
-            await self.state.outcomes.ready.wait()
+            # Not when outcomes wait already: after a restart they were added before this loop
+            # began waiting, and backpressure may mean no new one ever comes to wake it.
+            if not self.state.outcomes:
+                await self.state.outcomes.ready.wait()
             self.state.outcomes.ready.clear()
             while self.state.outcomes:
                 try:

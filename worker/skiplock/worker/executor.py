@@ -14,8 +14,9 @@ from typing import Any
 
 from .. import logs, metrics
 from ..app import App, JobContext
+from ..catalogue import validate_args
 from ..db import ClaimedJob, Failure
-from ..errors import PermanentError
+from ..errors import InvalidArguments, PermanentError
 from ..outcomes import NotStorable, describe_exception, storable_result, storable_text
 from ..retry import backoff_delay
 from .rollout import decide_unfit
@@ -68,7 +69,11 @@ class Executor:
         if exc is not None:
             log.error("job %d: the executor failed around its handler", run.job.id,
                       exc_info=exc)
-            self.state.forget(run.job)
+            # An attempt that failed like any other (counted, retried per the policy): not a
+            # run left to renew its lease forever, nor one handed back without counting.
+            if run.executing:
+                self.fail(run, f"the worker failed around the handler: {describe_exception(exc)}",
+                          1.0, permanent=False)
             self.report_failure(self.name, exc)
 
     async def execute(self, run: Run) -> None:
@@ -88,7 +93,9 @@ class Executor:
         )
         try:
             _check_args(task.func, ctx, job.args)
-        except TypeError as exc:
+            # the declared JSON types too: peers are judged by them (rollout.capable_peers)
+            validate_args(job.task, task.params, job.args)
+        except (TypeError, InvalidArguments) as exc:
             self._unfit(run, f"arguments do not fit task {job.task!r}: {exc}")
             return
         started = time.perf_counter()

@@ -24,7 +24,7 @@ def register_catalogue(database_url: str) -> None:
     w = Worker(app, database_url)
 
     async def go() -> None:
-        await w._register_tasks()
+        await w._register()
         await w._claim_db.close()
         await w._write_db.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -154,6 +153,7 @@ _JOB_FILTER_DEFAULTS: dict[str, Any] = {
     "queue": None,
     "task": None,
     "stuck": False,
+    "waiting_for_worker": False,
     "min_attempts": None,
     "created_after": None,
     "created_before": None,
@@ -173,11 +173,6 @@ def _job_filters(filters: Mapping[str, Any], state_key: str) -> dict[str, Any]:
         raise TypeError(f"unknown job filters: {sorted(unknown)}")
     params.update(filters)
     return params
-
-
-# One encoder for the life of the process: json.dumps with any option builds a new encoder per
-# call, which cost ~1 us per job on the hot paths (bulk enqueue, batched results).
-_dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 class Database:
@@ -282,6 +277,67 @@ class Database:
 
     # -- producers --------------------------------------------------------------------------
 
+    def _insert_transaction(self, doing: str, what: str, run: Any, *, pipeline: bool = True) -> Any:
+        """``run(conn)`` in one explicit transaction on a pooled connection; returns its result.
+
+        The one retry and "outcome unknown" policy of every insert path (``_enqueue_in`` stays
+        out of it: a caller's transaction is theirs). COMMIT is sent only after ``run`` has read
+        its results, so a failure is known to be before it or during it:
+
+        - before COMMIT was sent, nothing was stored (the transaction dies with its connection):
+          one retry on a fresh connection is safe;
+        - a connection lost while committing may have committed: EnqueueOutcomeUnknown, never a
+          retry here (it could insert the rows twice) nor "nothing was changed" (maybe false);
+        - any other driver error (and a second failure) goes through wrap_error.
+
+        ``run`` must read its results (fetch*), so that an error in its statements surfaces
+        before COMMIT. With ``pipeline`` (not for COPY, which cannot run in one) BEGIN goes out
+        with run's statements, in the flush that reading them sends, and COMMIT with the closing
+        Sync: two round trips, where a toggled ``autocommit = False`` costs one more (psycopg
+        syncs after its implicit BEGIN in a pipeline). The connection stays in autocommit mode:
+        switching it back after a COMMIT that broke the connection raised "the connection is
+        lost", hiding EnqueueOutcomeUnknown behind a "nothing was changed" error. On any
+        error, the pool's context rolls an open transaction back.
+        """
+        retry = True
+        while True:
+            committing = False
+            try:
+                with self._pool.connection() as conn:
+                    if pipeline:
+                        with conn.pipeline():
+                            conn.execute("BEGIN")
+                            result = run(conn)
+                            committing = True
+                            conn.execute("COMMIT")
+                    else:
+                        conn.execute("BEGIN")
+                        result = run(conn)
+                        committing = True
+                        conn.execute("COMMIT")
+                return result
+            except PoolTimeout as exc:  # an OperationalError, but the pool already waited
+                raise wrap_error(exc, self.url, doing) from None
+            except psycopg.OperationalError as exc:
+                if committing:
+                    raise EnqueueOutcomeUnknown(
+                        f"{doing}: the connection to {redact_url(self.url)} died while "
+                        f"committing, so {what} may or may not exist. Retry with unique keys "
+                        "(unique_key) to make the retry safe."
+                    ) from exc
+                # Class 54 (a size or nesting limit) is an OperationalError no retry can cure.
+                if retry and (exc.sqlstate or "")[:2] not in _DATA_REFUSED_CLASSES:
+                    retry = False
+                    log.info(
+                        "%s: %s; nothing was stored, retrying on a fresh connection",
+                        doing,
+                        scrub((str(exc).strip() or type(exc).__name__).splitlines()[0], self.url),
+                    )
+                    continue
+                raise wrap_error(exc, self.url, doing) from None
+            except psycopg.Error as exc:
+                raise wrap_error(exc, self.url, doing) from None
+
     def enqueue(
         self, job: NewJob, connection: psycopg.Connection[Any] | None = None
     ) -> tuple[int, bool]:
@@ -298,44 +354,19 @@ class Database:
         }
         if connection is not None:
             return self._enqueue_in(connection, params)
-        # A failure before COMMIT is sent means nothing was stored, so one retry on a fresh
-        # connection is safe; a failure during COMMIT is ambiguous and reported as such.
-        for attempt in (1, 2):
-            try:
-                with self._pool.connection() as conn:
-                    conn.autocommit = False
-                    try:
-                        # BEGIN and the INSERT in one round trip; COMMIT stays separate so a
-                        # failure before it is still known to have stored nothing.
-                        with conn.pipeline():
-                            cur = conn.execute(Q["enqueue"], params)
-                        row = cur.fetchone()
-                    except psycopg.OperationalError:
-                        if attempt == 1:
-                            continue
-                        raise
-                    try:
-                        conn.commit()
-                    except psycopg.OperationalError as exc:
-                        raise EnqueueOutcomeUnknown(
-                            f"enqueue {job.task!r}: the connection to {redact_url(self.url)} "
-                            "died while committing, so the job may or may not exist. Retry with a "
-                            "unique_key to make the retry safe."
-                        ) from exc
-                    finally:
-                        # On a connection that broke while committing this would raise "the
-                        # connection is lost" and hide EnqueueOutcomeUnknown behind a
-                        # "nothing was changed" error; the pool discards a broken one anyway.
-                        if not conn.broken:
-                            conn.autocommit = True
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                raise wrap_error(exc, self.url, f"enqueue {job.task!r}") from None
-            except psycopg.Error as exc:
-                raise wrap_error(exc, self.url, f"enqueue {job.task!r}") from None
-            if row is None:  # a concurrent insert with the same key is not yet visible
-                continue
-            return int(row[0]), bool(row[1])
-        raise DatabaseUnavailable(f"enqueue {job.task!r}: could not insert or find the job")
+        doing = f"enqueue {job.task!r}"
+
+        def insert(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(Q["enqueue"], params).fetchone()
+            return row
+
+        for _ in (1, 2):
+            found: tuple[Any, ...] | None = self._insert_transaction(doing, "the job", insert)
+            if found is not None:
+                return int(found[0]), bool(found[1])
+            # A concurrent insert with the same key, committed after this statement's snapshot
+            # was taken: the next statement sees it.
+        raise DatabaseUnavailable(f"{doing}: could not insert or find the job")
 
     def _enqueue_in(
         self, conn: psycopg.Connection[Any], params: Mapping[str, Any]
@@ -361,20 +392,18 @@ class Database:
 
     def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
         """Bulk insert with COPY (no unique keys, no schedule): the fastest path."""
-        try:
-            with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor() as cur,
-                cur.copy(_COPY_JOBS) as copy,
-            ):
+
+        def copy_rows(conn: psycopg.Connection[Any]) -> int:
+            # COPY ends with the server's count: an error in the data surfaces before COMMIT.
+            with conn.cursor() as cur, cur.copy(_COPY_JOBS) as copy:
                 for j in jobs:
-                    copy.write_row(
-                        (j.queue, j.task, j.args_json, j.priority, j.max_attempts)
-                    )
-        except psycopg.Error as exc:
-            raise wrap_error(exc, self.url, f"enqueue_many ({len(jobs)} jobs)") from None
-        return len(jobs)
+                    copy.write_row((j.queue, j.task, j.args_json, j.priority, j.max_attempts))
+            return len(jobs)
+
+        count: int = self._insert_transaction(
+            f"enqueue_many ({len(jobs)} jobs)", "the jobs", copy_rows, pipeline=False
+        )
+        return count
 
     def enqueue_unnest(self, jobs: Sequence[NewJob]) -> list[int]:
         """Bulk insert that honours run_at and unique keys; returns the ids created."""
@@ -390,8 +419,14 @@ class Database:
         }
         if any(j.delay for j in jobs):
             raise ValueError("enqueue_many takes run_at, not delay, per job")
-        rows = self._rows("enqueue_many_unnest", params, f"enqueue_many ({len(jobs)} jobs)")
-        return [int(r["id"]) for r in rows]
+
+        def insert(conn: psycopg.Connection[Any]) -> list[int]:
+            return [int(r[0]) for r in conn.execute(Q["enqueue_many_unnest"], params).fetchall()]
+
+        ids: list[int] = self._insert_transaction(
+            f"enqueue_many ({len(jobs)} jobs)", "the jobs", insert
+        )
+        return ids
 
     def enqueue_batch(self, jobs: Sequence[NewJob]) -> list[tuple[int, bool]]:
         """Insert jobs all-or-nothing in one transaction: (id, created) per job, in order.
@@ -413,38 +448,24 @@ class Database:
             for j in jobs
         ]
         doing = f"enqueue batch ({len(jobs)} jobs)"
-        for attempt in (1, 2):
-            committing = False
-            try:
-                with self._pool.connection() as conn:
-                    with conn.transaction(), conn.cursor() as cur:
-                        cur.executemany(Q["enqueue"], params, returning=True)
-                        out: list[tuple[int, bool]] = []
-                        while True:
-                            row = cur.fetchone()
-                            if row is None:  # a concurrent insert with the same key
-                                raise DatabaseUnavailable(
-                                    f"{doing}: a job with the same unique_key is being inserted "
-                                    "concurrently; nothing was stored, retry the batch"
-                                )
-                            out.append((int(row[0]), bool(row[1])))
-                            if not cur.nextset():
-                                break
-                        committing = True
-                    return out
-            except psycopg.OperationalError as exc:
-                if committing:
-                    raise EnqueueOutcomeUnknown(
-                        f"{doing}: the connection to {redact_url(self.url)} died while "
-                        "committing, so the jobs may or may not exist. Retry with unique keys "
-                        "to make the retry safe."
-                    ) from exc
-                if attempt == 1:  # nothing was committed: one retry on a fresh connection is safe
-                    continue
-                raise wrap_error(exc, self.url, doing) from None
-            except (PoolTimeout, psycopg.Error) as exc:
-                raise wrap_error(exc, self.url, doing) from None
-        raise DatabaseUnavailable(f"{doing}: could not insert the jobs")
+
+        def insert(conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
+            with conn.cursor() as cur:
+                cur.executemany(Q["enqueue"], params, returning=True)
+                out: list[tuple[int, bool]] = []
+                while True:
+                    row = cur.fetchone()
+                    if row is None:  # a concurrent insert with the same key
+                        raise DatabaseUnavailable(  # rolled back: the batch is all-or-nothing
+                            f"{doing}: a job with the same unique_key is being inserted "
+                            "concurrently; nothing was stored, retry the batch"
+                        )
+                    out.append((int(row[0]), bool(row[1])))
+                    if not cur.nextset():
+                        return out
+
+        done: list[tuple[int, bool]] = self._insert_transaction(doing, "the jobs", insert)
+        return done
 
     def lease_holders(self, limit: int = 200) -> list[Row]:
         """Running jobs per worker and queue: live and expired leases."""
@@ -567,6 +588,9 @@ class WorkerConnection:
             url, schema, connect_timeout, statement_timeout, application_name, synchronous_commit
         )
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        # Services sharing this connection take turns; the wait is outside the deadline, which
+        # bounds the database's answer only.
+        self._turn = asyncio.Lock()
         # A link that swallows bytes but stays open (a frozen server, a proxy or firewall that
         # keeps ACKing) trips neither keepalives nor tcp_user_timeout: bound every round trip.
         self.deadline = connect_timeout + statement_timeout
@@ -586,6 +610,11 @@ class WorkerConnection:
 
     @contextlib.asynccontextmanager
     async def cursor(self, doing: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        async with self._turn, self._cursor(doing) as cur:
+            yield cur
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self, doing: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
         try:
             async with asyncio.timeout(self.deadline):
                 conn = await self._get()
@@ -655,15 +684,16 @@ class WorkerConnection:
             return {int(r[0]) for r in await cur.fetchall()}
 
     async def complete_succeeded(
-        self, done: Sequence[tuple[int, int, Any]], worker_id: str
+        self, done: Sequence[tuple[int, int, str]], worker_id: str
     ) -> set[int]:
+        """Fenced completions of (id, attempt, result as JSON text already checked)."""
         async with self.cursor("record results") as cur:
             await cur.execute(
                 Q["complete_succeeded"],
                 {
                     "ids": _int_array([i for i, _, _ in done]),
                     "attempts": _int_array([a for _, a, _ in done]),
-                    "results": _dumps([r for _, _, r in done]),
+                    "results": "[" + ",".join(r for _, _, r in done) + "]",
                     "worker_id": worker_id,
                 },
             )

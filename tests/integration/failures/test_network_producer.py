@@ -4,17 +4,20 @@ never inserts twice, and the same Client recovers on its own when the database i
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
 
 from skiplock import Client
+from skiplock.db import NewJob
 from skiplock.errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SkiplockError
 from skiplock.settings import Settings
-from tests.support.chaos import wait_for
+from tests.support.waits import wait_until
 
 CONNECT_TIMEOUT = 2.0
 
@@ -25,11 +28,12 @@ def _client(url: str, **settings: Any) -> Client:
 
 
 class _Call(threading.Thread):
-    """Run one enqueue in the background; record its outcome and how long it took."""
+    """Run one insert (``fn(*args, **kw)``) in the background; record its outcome and how long
+    it took."""
 
-    def __init__(self, client: Client, *args: Any, **kw: Any) -> None:
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
         super().__init__(daemon=True)
-        self.client, self.args, self.kw = client, args, kw
+        self.fn, self.args, self.kw = fn, args, kw
         self.result: Any = None
         self.error: BaseException | None = None
         self.elapsed = 0.0
@@ -37,7 +41,7 @@ class _Call(threading.Thread):
     def run(self) -> None:
         started = time.monotonic()
         try:
-            self.result = self.client.enqueue(*self.args, **self.kw)
+            self.result = self.fn(*self.args, **self.kw)
         except BaseException as exc:
             self.error = exc
         self.elapsed = time.monotonic() - started
@@ -55,9 +59,9 @@ def test_database_killed_mid_enqueue(database_url, pg, rsql, how: str) -> None:
     # Hold the table so the next INSERT is in the server, mid-request, when Postgres dies.
     hold = psycopg.connect(database_url, options="-c search_path=skiplock")
     hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
-    call = _Call(client, "add", {"a": 1, "b": 2}, unique_key="order-42")
+    call = _Call(client.enqueue, "add", {"a": 1, "b": 2}, unique_key="order-42")
     call.start()
-    wait_for(lambda: _blocked_on_lock(rsql), 10, "the enqueue to wait inside the server")
+    wait_until(lambda: _blocked_on_lock(rsql), 10, "the enqueue to wait inside the server")
     if how == "kill9":
         pg.kill9()
     else:
@@ -79,8 +83,8 @@ def test_database_killed_mid_enqueue(database_url, pg, rsql, how: str) -> None:
 
     pg.start()
     # The same client recovers on its own; the caller's retry with the same key inserts once.
-    job = wait_for(lambda: _try(client, "add", {"a": 1, "b": 2}, unique_key="order-42"), 30,
-                   "the client to recover")
+    job = wait_until(lambda: _try(client, "add", {"a": 1, "b": 2}, unique_key="order-42"), 30,
+                     "the client to recover")
     again = client.enqueue("add", {"a": 1, "b": 2}, unique_key="order-42")
     assert again == job
     assert rsql("SELECT count(*) FROM jobs WHERE unique_key = 'order-42'") == [(1,)]
@@ -105,7 +109,7 @@ def test_enqueue_when_database_is_down_fails_fast_then_recovers(database_url, pg
             client.enqueue("add", {"a": 1, "b": 2})
         assert time.monotonic() - started < CONNECT_TIMEOUT + 2
     pg.start()
-    wait_for(lambda: _try(client, "add", {"a": 1, "b": 2}), 30, "the client to recover")
+    wait_until(lambda: _try(client, "add", {"a": 1, "b": 2}), 30, "the client to recover")
     assert rsql("SELECT count(*) FROM jobs") == [(2,)]
     client.close()
 
@@ -158,37 +162,193 @@ def test_connection_reset_mid_enqueue_is_retried_once_safely(database_url, proxy
     client = _client(proxy.url(database_url))
     client.enqueue("add", {"a": 0, "b": 0})
     proxy.add_toxic("reset_peer", stream="upstream", timeout=0, name="rst")
-    call = _Call(client, "add", {"a": 1, "b": 2}, unique_key="reset-1")
+    call = _Call(client.enqueue, "add", {"a": 1, "b": 2}, unique_key="reset-1")
     call.start()
     call.join(CONNECT_TIMEOUT * 3 + 5)
     assert not call.is_alive(), "enqueue hung on a reset connection"
     assert isinstance(call.error, DatabaseUnavailable), call.error
     proxy.remove_toxic("rst")
-    job = wait_for(lambda: _try(client, "add", {"a": 1, "b": 2}, unique_key="reset-1"), 30,
-                   "the client to recover after the resets")
+    job = wait_until(lambda: _try(client, "add", {"a": 1, "b": 2}, unique_key="reset-1"), 30,
+                     "the client to recover after the resets")
     assert sql("SELECT id FROM jobs WHERE unique_key = 'reset-1'") == [(job,)]
     client.close()
 
 
-def test_link_cut_while_committing_reports_unknown_outcome(database_url, proxy, sql) -> None:
-    """The hardest case for "never inserts twice": the COMMIT reached Postgres but its answer
-    did not. The client must not retry on its own (the job exists); it says the outcome is
-    unknown, and the caller's retry with the same unique_key finds the job instead of adding one."""
-    client = _client(proxy.url(database_url))
-    client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection, set up without latency
+class _InsertPath(NamedTuple):
+    """One of Database's insert paths, driven the way a caller drives it."""
+
+    doing: str  # how its errors start
+    jobs: int  # jobs per call
+    keyed: bool  # every job has a unique_key (so a retry is safe)
+    insert: Callable[[Client, str], Any]  # (client, tag): the jobs go to queue `tag`
+
+
+BULK = 20
+
+
+def _bulk(tag: str, *, keyed: bool) -> list[dict[str, Any]]:
+    return [{"task": "add", "args": {"a": i, "b": 0}, "queue": tag,
+             **({"unique_key": f"{tag}-{i}"} if keyed else {})} for i in range(BULK)]
+
+
+def _batch(client: Client, tag: str) -> list[tuple[int, bool]]:
+    """The API's batch insert (POST /jobs/batch): Database.enqueue_batch."""
+    return client.db.enqueue_batch([
+        NewJob("add", {"a": i, "b": 0}, json.dumps({"a": i, "b": 0}), tag, 0, 5,
+               unique_key=f"{tag}-{i}")
+        for i in range(BULK)])
+
+
+PATHS = {
+    "enqueue": _InsertPath("enqueue 'add'", 1, True, lambda client, tag: client.enqueue(
+        "add", {"a": 1, "b": 2}, queue=tag, unique_key=f"{tag}-0")),
+    # enqueue_many takes COPY when no job has a unique_key or run_at, unnest otherwise.
+    "copy": _InsertPath(f"enqueue_many ({BULK} jobs)", BULK, False,
+                        lambda client, tag: client.enqueue_many(_bulk(tag, keyed=False))),
+    "unnest": _InsertPath(f"enqueue_many ({BULK} jobs)", BULK, True,
+                          lambda client, tag: client.enqueue_many(_bulk(tag, keyed=True))),
+    "batch": _InsertPath(f"enqueue batch ({BULK} jobs)", BULK, True, _batch),
+}
+
+
+def _stored(sql, tag: str) -> tuple[int, int, int]:
+    """(jobs, jobs with a key, distinct keys) in queue `tag`."""
+    (row,) = sql("SELECT count(*), count(unique_key), count(DISTINCT unique_key) FROM jobs "
+                 "WHERE queue = %s", tag)
+    return tuple(row)
+
+
+def _once(path: _InsertPath) -> tuple[int, int, int]:
+    keys = path.jobs if path.keyed else 0
+    return (path.jobs, keys, keys)
+
+
+def _until_recovered(fn: Callable[..., Any], *args: Any) -> Any:
+    """The caller's retry, repeated until the client has recovered; its result."""
+
+    def attempt() -> tuple[Any] | None:
+        try:
+            return (fn(*args),)
+        except DatabaseUnavailable:
+            return None
+
+    return wait_until(attempt, 30, "the client to recover")[0]
+
+
+def _cut_while_committing(proxy, call: _Call, committed: Callable[[], bool]) -> _Call:
+    """Cut the link exactly while ``call``'s COMMIT is in flight. Every answer is delayed 2 s
+    on the wire, so once the insert is committed in Postgres (seen from another connection)
+    the COMMIT's answer is still on its way when the link is cut. The client must already
+    hold a pooled connection, set up without latency. Leaves the link cut."""
     proxy.add_toxic("latency", stream="downstream", latency=2000)
-    call = _Call(client, "add", {"a": 1, "b": 2}, unique_key="commit-1")
     call.start()
-    wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE unique_key = 'commit-1'") == [(1,)],
-             20, "the insert to be committed in Postgres")
+    wait_until(committed, 20, "the insert to be committed in Postgres")
     proxy.disable()  # the COMMIT's answer is still on the wire
     call.join(CONNECT_TIMEOUT * 3 + 5)
-    assert not call.is_alive(), "enqueue hung after its connection was cut"
+    assert not call.is_alive(), "the insert hung after its connection was cut"
+    return call
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_link_cut_while_committing_reports_unknown_outcome(database_url, proxy, sql,
+                                                           path: str) -> None:
+    """The hardest case for "never inserts twice": the COMMIT reached Postgres but its answer
+    did not. On every insert path the client must not retry on its own (the jobs exist) nor
+    say "nothing was changed"; it says the outcome is unknown, and the caller's retry with the
+    same unique keys finds the jobs instead of adding them."""
+    p, tag = PATHS[path], f"commit-{path}"
+    client = _client(proxy.url(database_url))
+    client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection, set up without latency
+    call = _cut_while_committing(proxy, _Call(p.insert, client, tag),
+                                 lambda: _stored(sql, tag)[0] == p.jobs)
     assert isinstance(call.error, EnqueueOutcomeUnknown), call.error
-    assert "may or may not exist" in str(call.error) and "unique_key" in str(call.error)
+    msg = str(call.error)
+    assert msg.startswith(f"{p.doing}: "), msg
+    assert "may or may not exist" in msg and "unique keys" in msg and "unique_key" in msg, msg
+    assert "nothing was changed" not in msg, msg
+    assert f"postgres@127.0.0.1:{proxy.port}/" in msg  # where, without any password
     proxy.clear()
-    job = wait_for(lambda: _try(client, "add", {"a": 1, "b": 2}, unique_key="commit-1"), 30,
-                   "the client to recover")
-    assert sql("SELECT id FROM jobs WHERE unique_key = 'commit-1'") == [(job,)]
-    assert sql("SELECT count(*) FROM jobs") == [(2,)]
+    assert _stored(sql, tag) == _once(p)  # committed once, not retried behind the caller's back
+    if p.keyed:
+        again = _until_recovered(p.insert, client, tag)
+        assert _stored(sql, tag) == _once(p)  # the retry found the jobs
+        ids = [r[0] for r in sql("SELECT id FROM jobs WHERE queue = %s ORDER BY id", tag)]
+        if path == "enqueue":
+            assert [again] == ids
+        elif path == "unnest":
+            assert again == 0  # enqueue_many counts the jobs it inserted
+        else:
+            assert again == [(i, False) for i in ids]
+    assert sql("SELECT count(*) FROM jobs") == [(p.jobs + 1,)]
+    client.close()
+
+
+def _open_transactions(sql) -> int:
+    return sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+               "'skiplock-client' AND xact_start IS NOT NULL")[0][0]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_link_cut_before_commit_reports_nothing_stored(database_url, proxy, sql,
+                                                       path: str) -> None:
+    """The link is cut while the insert waits inside the server, before COMMIT was sent, and
+    stays cut: the one retry cannot connect, so the caller gets a clear DatabaseUnavailable
+    saying nothing was changed, which is true (the transaction dies with its connection).
+    The caller's retry then stores the jobs exactly once."""
+    p, tag = PATHS[path], f"before-{path}"
+    client = _client(proxy.url(database_url))
+    client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection
+    hold = psycopg.connect(database_url, options="-c search_path=skiplock")
+    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+    call = _Call(p.insert, client, tag)
+    call.start()
+    wait_until(lambda: _blocked_on_lock(sql), 10, "the insert to wait inside the server")
+    proxy.disable()
+    call.join(CONNECT_TIMEOUT * 3 + 5)
+    assert not call.is_alive(), "the insert hung after its connection was cut"
+    assert isinstance(call.error, DatabaseUnavailable), call.error
+    assert not isinstance(call.error, EnqueueOutcomeUnknown), call.error
+    msg = str(call.error)
+    assert msg.startswith(f"{p.doing}: ") and "unreachable" in msg, msg
+    assert "nothing was changed" in msg, msg
+    assert call.elapsed < CONNECT_TIMEOUT * 2 + 3, call.elapsed
+    proxy.enable()
+    hold.rollback()
+    hold.close()
+    # The cut connection's backend runs its INSERT once the lock is free, then finds its
+    # client gone and ends without a COMMIT.
+    wait_until(lambda: _open_transactions(sql) == 0, 20, "the cut connection's backend to end")
+    assert _stored(sql, tag) == (0, 0, 0)
+    _until_recovered(p.insert, client, tag)
+    assert _stored(sql, tag) == _once(p)
+    client.close()
+
+
+def _waiting_pids(sql) -> list[int]:
+    return [r[0] for r in sql("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                              "'skiplock-client' AND wait_event_type = 'Lock'")]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_connection_lost_before_commit_is_retried_once(database_url, sql, path: str) -> None:
+    """The server ends the connection while the insert waits inside it, before COMMIT was
+    sent: nothing was stored, so the client retries once on a fresh connection and the caller
+    never sees the failure; the jobs exist exactly once."""
+    p, tag = PATHS[path], f"lost-{path}"
+    client = _client(database_url)
+    client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection
+    hold = psycopg.connect(database_url, options="-c search_path=skiplock")
+    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+    call = _Call(p.insert, client, tag)
+    call.start()
+    first = wait_until(lambda: _waiting_pids(sql), 10, "the insert to wait inside the server")
+    assert sql("SELECT pg_terminate_backend(%s, 5000)", first[0]) == [(True,)]
+    wait_until(lambda: (pids := _waiting_pids(sql)) and pids != first, 10,
+               "the retry to wait inside the server, on a fresh connection")
+    hold.rollback()
+    hold.close()
+    call.join(CONNECT_TIMEOUT * 3 + 5)
+    assert not call.is_alive(), "the insert hung after its connection was lost"
+    assert call.error is None, call.error
+    assert _stored(sql, tag) == _once(p)
     client.close()

@@ -155,7 +155,8 @@ def describe_exception(exc: BaseException, traceback_frames: int = 5) -> str:
 
 def _checked_size(text: str) -> int | None:
     """UTF-8 size of encoder output if nothing in it needs the walk, else None."""
-    if "\\u0000" in text:
+    # The one-character test is a memchr; most results have no backslash at all.
+    if "\\" in text and "\\u0000" in text:
         return None
     if text.isascii():
         size = len(text)

@@ -648,3 +648,16 @@ def test_describe_exception_keeps_frames_when_the_message_is_huge() -> None:
     assert "more characters cut]" in text
     assert "  … 19 earlier frames" in text
     assert text.count("\n  File ") == 3
+
+
+def test_fresh_containers_from_a_subclass_are_not_mistaken_for_cycles() -> None:
+    # each element is new and referenced by nothing else, so its id could be reused at once
+    class Fresh(list):
+        def __iter__(self):
+            return iter([[[i]] for i in range(3)])
+
+    value = [Fresh([0]), Fresh([0]), {"f": Fresh([0])}]
+    assert _find_problem(value, MiB) is None
+    assert json.loads(storable_result(value)) == [[[[0]], [[1]], [[2]]]] * 2 + [
+        {"f": [[[0]], [[1]], [[2]]]}
+    ]

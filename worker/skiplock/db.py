@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -569,6 +571,15 @@ class Database:
         return self._rows("database_now")[0]["now"]  # type: ignore[no-any-return]
 
 
+def _shut_down(conn: psycopg.AsyncConnection[Any] | None) -> None:
+    """Shut the connection's socket down (both ways) without closing its descriptor, which the
+    event loop may be watching: the pending read sees end-of-file and fails at once."""
+    if conn is None or conn.closed:
+        return
+    with contextlib.suppress(Exception), socket.socket(fileno=os.dup(conn.pgconn.socket)) as s:
+        s.shutdown(socket.SHUT_RDWR)
+
+
 class WorkerConnection:
     """One async connection a worker service owns; reconnects lazily after any failure."""
 
@@ -615,25 +626,39 @@ class WorkerConnection:
 
     @contextlib.asynccontextmanager
     async def _cursor(self, doing: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        # At the deadline the socket is shut down, which ends psycopg's wait at once: merely
+        # cancelling the task makes psycopg send a cancel request over the same dead link
+        # first, which overshot the deadline by ~10 s on a blackholed link. The timeout is
+        # the backstop (a connect in progress has no socket to shut down yet).
+        severed = False
+
+        def sever() -> None:
+            nonlocal severed
+            severed = True
+            _shut_down(self._conn)
+
+        timer = asyncio.get_running_loop().call_later(self.deadline, sever)
         try:
-            async with asyncio.timeout(self.deadline):
+            async with asyncio.timeout(self.deadline + 2):
                 conn = await self._get()
                 async with conn.cursor() as cur:
                     yield cur
-        except TimeoutError:
-            await self.close()
-            raise DatabaseUnavailable(
-                f"{doing}: database at {redact_url(self.url)} did not answer within "
-                f"{self.deadline:.0f}s (connect + statement timeout); dropped the connection "
-                "and will reconnect"
-            ) from None
-        except (psycopg.OperationalError, OSError) as exc:
+        except (TimeoutError, psycopg.OperationalError, OSError) as exc:
+            if severed or isinstance(exc, TimeoutError):
+                await self.close()
+                raise DatabaseUnavailable(
+                    f"{doing}: database at {redact_url(self.url)} did not answer within "
+                    f"{self.deadline:.0f}s (connect + statement timeout); dropped the "
+                    "connection and will reconnect"
+                ) from None
             error = wrap_error(exc, self.url, doing)
             if not isinstance(error, DataRefused):
                 await self.close()
             raise error from None
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, doing) from None
+        finally:
+            timer.cancel()
 
     async def claim(
         self,

@@ -55,7 +55,9 @@ class Completer:
     async def run_once(self) -> int:
         """Write every outcome waiting now; returns how many were settled. On a failure to
         reach the database the unwritten ones go back to the buffer, in order."""
-        batch = [o for o in self.state.outcomes.take() if self.state.still_ours(o.run.job)]
+        taken = self.state.outcomes.take()
+        batch = [o for o in taken if self.state.still_ours(o.run.job)]
+        self.state.outcomes.settled([o for o in taken if all(o is not b for b in batch)])
         try:
             for kind, write in (
                 (Kind.SUCCEEDED, self._write_succeeded),
@@ -70,6 +72,8 @@ class Completer:
         except BaseException:
             self.state.outcomes.put_back(batch)
             raise
+        else:
+            self.state.outcomes.settled(batch)
         finally:
             metrics.OUTCOMES_WAITING.set(len(self.state.outcomes))
             if self.state.free_slots() > 0:

@@ -311,6 +311,7 @@ class Worker:
             if run.job.id in released:
                 metrics.JOBS_RELEASED.labels(run.job.queue).inc()
         # Outcomes of released runs must never be written.
-        kept = [o for o in self.state.outcomes.take() if self.state.holds(o.run.job)]
-        self.state.outcomes.put_back(kept)
+        taken = self.state.outcomes.take()
+        self.state.outcomes.settled(taken)
+        self.state.outcomes.put_back([o for o in taken if self.state.holds(o.run.job)])
         log.info("released %d unfinished job(s) for other workers", len(released))

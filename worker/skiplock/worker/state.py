@@ -55,10 +55,12 @@ class Outcome:
 
 
 class OutcomeBuffer:
-    """Outcomes waiting for the completer, oldest first."""
+    """Outcomes waiting for the completer, oldest first; those taken for a write still count
+    as waiting until they are settled or put back."""
 
     def __init__(self) -> None:
         self._items: list[Outcome] = []
+        self._in_flight: list[Outcome] = []
         self.ready = asyncio.Event()
 
     def add(self, outcome: Outcome) -> None:
@@ -67,18 +69,29 @@ class OutcomeBuffer:
 
     def take(self) -> list[Outcome]:
         items, self._items = self._items, []
+        self._in_flight.extend(items)
         return items
 
+    def settled(self, items: Iterable[Outcome]) -> None:
+        gone = {id(o) for o in items}
+        self._in_flight = [o for o in self._in_flight if id(o) not in gone]
+
     def put_back(self, items: Iterable[Outcome]) -> None:
+        items = list(items)
+        self.settled(items)
         self._items[:0] = [o for o in items if not o.done]
 
     def oldest_age(self, now: float | None = None) -> float | None:
-        if not self._items:
+        waiting = self._items + self._in_flight
+        if not waiting:
             return None
-        return (now if now is not None else time.monotonic()) - self._items[0].since
+        return (now if now is not None else time.monotonic()) - min(o.since for o in waiting)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._in_flight)
+
+    def __bool__(self) -> bool:  # something the completer can take now
+        return bool(self._items)
 
     def __iter__(self) -> Iterator[Outcome]:
         return iter(list(self._items))

@@ -118,13 +118,15 @@ class Executor:
             self.fail(run, str(exc), 0.0, permanent=True)
             log.warning("job %d failed permanently: %s", job.id, exc)
         except PermanentError as exc:
-            self.fail(run, f"PermanentError: {exc}", 0.0, permanent=True)
-            log.warning("job %d failed permanently: %s", job.id, exc)
+            # describe_exception, not str(exc): a hostile __str__ must not kill the executor
+            error = describe_exception(exc, traceback_frames=0)
+            self.fail(run, error, 0.0, permanent=True)
+            log.warning("job %d failed permanently: %s", job.id, error)
         except Exception as exc:
-            self.fail(run, describe_exception(exc), backoff_delay(task.backoff, job.attempt),
-                      permanent=False)
+            error = describe_exception(exc)
+            self.fail(run, error, backoff_delay(task.backoff, job.attempt), permanent=False)
             log.info("job %d attempt %d/%d failed: %s", job.id, job.attempt, job.max_attempts,
-                     storable_text(repr(exc), 300))
+                     error.partition("\n")[0][:300])
         else:
             self.finish(run, Outcome(run, Kind.SUCCEEDED, result_json=result_json))
         finally:

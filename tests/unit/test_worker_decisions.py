@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from skiplock.catalogue import describe_params
+from skiplock.db import Peer
 from skiplock.worker.health import assess, stale
 from skiplock.worker.rollout import RECHECK_SECONDS, capable_peers, decide_unfit
 from skiplock.worker.state import SkipList
@@ -21,38 +22,56 @@ def v1(ctx: object, image_id: int) -> None: ...
 def v2(ctx: object, image_id: int, width: int) -> None: ...
 
 
-PEERS = {"new:1": {"resize": describe_params(v2), "thumbnail": describe_params(v1)},
-         "old:1": {"resize": describe_params(v1)}}
+Q = frozenset({"default"})
+PEERS = {"new:1": Peer(Q, {"resize": describe_params(v2), "thumbnail": describe_params(v1)}),
+         "old:1": Peer(Q, {"resize": describe_params(v1)}),
+         "elsewhere:1": Peer(frozenset({"emails"}), {"thumbnail": describe_params(v1)})}
 
 
 def test_a_job_a_live_peer_can_run_is_handed_back() -> None:
-    d = decide_unfit("unknown task 'thumbnail'", "thumbnail", {"image_id": 1}, PEERS, None, 0)
+    d = decide_unfit("unknown task 'thumbnail'", "thumbnail", {"image_id": 1}, "default",
+                     PEERS, None, None, 0)
     assert d.action == "hand_back" and "new:1" in d.message
+    # a peer that does not serve the job's queue cannot run it
+    assert capable_peers("thumbnail", {"image_id": 1}, "emails", PEERS, None) == ["elsewhere:1"]
+    assert capable_peers("thumbnail", {"image_id": 1}, "other", PEERS, None) == []
 
 
 def test_arguments_pick_the_version_that_fits() -> None:
-    assert capable_peers("resize", {"image_id": 1}, PEERS) == ["old:1"]
-    assert capable_peers("resize", {"image_id": 1, "width": 5}, PEERS) == ["new:1"]
-    assert capable_peers("resize", {"image_id": "x"}, PEERS) == []
+    assert capable_peers("resize", {"image_id": 1}, "default", PEERS, None) == ["old:1"]
+    assert capable_peers("resize", {"image_id": 1, "width": 5}, "default", PEERS, None) == [
+        "new:1"]
+    assert capable_peers("resize", {"image_id": "x"}, "default", PEERS, None) == []
+
+
+def test_a_peer_of_our_own_version_is_not_capable() -> None:
+    """Else two workers of one version would hand a job they both refuse to each other."""
+    own = describe_params(v1)
+    assert capable_peers("resize", {"image_id": 1}, "default", PEERS, own) == []
+
+
+def test_a_peer_row_of_another_shape_is_not_capable() -> None:
+    odd = {"w:1": Peer(Q, {"resize": {"params": [{"name": "image_id"}]}})}  # no "required"
+    assert capable_peers("resize", {"image_id": 1}, "default", odd, None) == []
 
 
 def test_nobody_can_run_it_waits_then_dies_with_the_reason() -> None:
     why = "unknown task 'ghost': this worker runs resize"
-    first = decide_unfit(why, "ghost", {}, PEERS, None, 120)
+    first = decide_unfit(why, "ghost", {}, "default", PEERS, None, None, 120)
     assert first.action == "defer" and first.delay == RECHECK_SECONDS
     assert first.message.startswith(why)
-    near_end = decide_unfit(why, "ghost", {}, PEERS, 118.5, 120)
+    near_end = decide_unfit(why, "ghost", {}, "default", PEERS, None, 118.5, 120)
     assert near_end.action == "defer" and near_end.delay == pytest.approx(1.5)
-    dead = decide_unfit(why, "ghost", {}, PEERS, 121, 120)
+    dead = decide_unfit(why, "ghost", {}, "default", PEERS, None, 121, 120)
     assert dead.action == "dead"
     assert dead.message == f"{why}; no live worker can run it for 121s"
-    at_once = decide_unfit(why, "ghost", {}, {}, None, 0)
+    at_once = decide_unfit(why, "ghost", {}, "default", {}, None, None, 0)
     assert at_once.action == "dead" and at_once.message == f"{why}; no live worker can run it"
 
 
 @given(waited=st.none() | st.floats(0, 1e6), grace=st.floats(0, 1e5))
 def test_a_deferral_never_outlives_the_grace(waited: float | None, grace: float) -> None:
-    d = decide_unfit("x", "ghost", {}, {}, waited, grace)
+    d = decide_unfit("x", "ghost", {}, "default", {}, None, waited, grace)
     if d.action == "defer":
         assert 0 < d.delay <= RECHECK_SECONDS
         assert (waited or 0) + d.delay <= grace + 1e-6
@@ -71,12 +90,12 @@ def test_health_fails_on_a_down_service_or_old_outcomes() -> None:
     assert not frozen.healthy and "event loop is stuck" in frozen.problems[0]
 
 
-def test_skip_list_is_bounded_and_forgets_tasks_nobody_runs() -> None:
+def test_skip_list_is_bounded_and_forgets_jobs_no_peer_can_run() -> None:
     s = SkipList(limit=3)
     for i in range(5):
-        s.add(i, "a" if i % 2 else "b")
+        s.add(i, ("a" if i % 2 else "b", "default", {}, None))
     assert s.ids() == [2, 3, 4]
-    s.keep_tasks({"a"})
+    s.keep(lambda job: job[0] == "a")
     assert s.ids() == [3]
 
 

@@ -137,11 +137,18 @@ class Failure:
     permanent: bool
 
 
-class WorkerBeat(NamedTuple):
-    """What a registry heartbeat learned: each other live worker's {task: params}, and
-    whether our own row was still there (a pruned row means: register again)."""
+class Peer(NamedTuple):
+    """Another live worker: the queues it serves and its {task: params}."""
 
-    peers: dict[str, dict[str, Any]]
+    queues: frozenset[str]
+    tasks: dict[str, Any]
+
+
+class WorkerBeat(NamedTuple):
+    """What a registry heartbeat learned: each other live worker, and whether our own row was
+    still there (a pruned row means: register again)."""
+
+    peers: dict[str, Peer]
     registered: bool
 
 
@@ -808,7 +815,7 @@ class WorkerConnection:
         async with self.cursor("worker heartbeat") as cur:
             await cur.execute(Q["worker_heartbeat"], {"id": worker_id, **report})
             rows = await cur.fetchall()
-        peers = {str(r[1]): dict(r[2]) for r in rows if not r[0]}
+        peers = {str(r[1]): Peer(frozenset(r[3]), dict(r[2])) for r in rows if not r[0]}
         return WorkerBeat(peers, registered=any(r[0] for r in rows))
 
     async def forget_worker(self, worker_id: str) -> None:

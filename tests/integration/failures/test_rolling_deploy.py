@@ -19,7 +19,7 @@ from tests.support.chaos import AUDIT_TABLE
 from tests.support.invariants import assert_invariants
 from tests.support.waits import wait_until
 
-GRACE = 4.0
+GRACE = 7  # > rollout.RECHECK_SECONDS: an unrunnable job is looked at (and deferred) twice
 ARGS = ("--lease-seconds", str(LEASE), "--poll-interval", "0.2", "--shutdown-grace", "5",
         "--unrunnable-grace", str(GRACE), "--concurrency", "4")
 

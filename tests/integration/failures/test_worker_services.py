@@ -33,7 +33,7 @@ def _inject(worker: Worker, name: str, fail: Callable[[int], bool]) -> dict[str,
     """Make service ``name`` raise on the calls ``fail(n)`` picks (n counts from 1)."""
     calls = {"n": 0}
     if name == "executor":
-        target, attr = worker.executor, "execute"
+        target, attr = worker.executor, "_execute"
     else:
         target, attr = worker.services[name], "run_once"
     original = getattr(target, attr)

@@ -59,7 +59,7 @@ SET state = 'running',
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
-          extract(epoch FROM now() - j.unrunnable_since) AS unrunnable_for;
+          extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for;
 
 -- name: rescue_expired
 -- Jobs whose worker stopped renewing: back to queued, or dead once out of attempts.
@@ -263,14 +263,15 @@ GROUP BY locked_by;
 
 -- name: retry_job
 UPDATE jobs
-SET state = 'queued', run_at = now(), finished_at = NULL,
+SET state = 'queued', run_at = now(), finished_at = NULL, unrunnable_since = NULL,
     max_attempts = greatest(max_attempts, attempts + 1)
 WHERE id = %(id)s AND state IN ('dead', 'cancelled')
 RETURNING id, queue;
 
 -- name: cancel_job
 UPDATE jobs
-SET state = 'cancelled', finished_at = now(), locked_by = NULL, locked_until = NULL
+SET state = 'cancelled', finished_at = now(), locked_by = NULL, locked_until = NULL,
+    unrunnable_since = NULL
 WHERE id = %(id)s AND state = 'queued'
 RETURNING id;
 
@@ -359,7 +360,7 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE jobs AS j
-SET state = 'queued', run_at = now(), finished_at = NULL,
+SET state = 'queued', run_at = now(), finished_at = NULL, unrunnable_since = NULL,
     max_attempts = greatest(j.max_attempts, j.attempts + 1)
 FROM picked
 WHERE j.id = picked.id
@@ -384,9 +385,9 @@ WITH beat AS (
     WHERE id = %(id)s
     RETURNING id
 )
-SELECT true AS self, id, NULL::jsonb AS tasks FROM beat
+SELECT true AS self, id, NULL::jsonb AS tasks, NULL::text[] AS queues FROM beat
 UNION ALL
-SELECT false, w.id, w.tasks
+SELECT false, w.id, w.tasks, w.queues
 FROM workers AS w
 WHERE w.id <> %(id)s AND w.last_seen >= now() - make_interval(secs => w.lease_seconds);
 

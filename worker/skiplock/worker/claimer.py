@@ -1,8 +1,8 @@
 """Claims runnable jobs into free slots and hands them to the executor.
 
-Free slots count running handlers, and claiming pauses while more outcomes wait to be written
-than the worker runs at once (backpressure): when writes fail but claims still work, the runs
-a worker holds stay bounded instead of growing with every claim.
+Free slots count running handlers, less the outcomes waiting to be written beyond the worker's
+concurrency (backpressure): when writes fail but claims still work, the runs a worker holds
+(running + waiting) stay at most twice its concurrency instead of growing with every claim.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class Claimer:
         return len(jobs)
 
     def _note_backpressure(self) -> None:
-        paused = len(self.state.outcomes) >= self.state.outcome_limit
+        paused = (self.state.free_slots() == 0
+                  and len(self.state.outcomes) > self.state.outcome_limit)
         if paused != self.paused_for_outcomes:
             self.paused_for_outcomes = paused
             if paused:

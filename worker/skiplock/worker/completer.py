@@ -57,7 +57,8 @@ class Completer:
         reach the database the unwritten ones go back to the buffer, in order."""
         taken = self.state.outcomes.take()
         batch = [o for o in taken if self.state.still_ours(o.run.job)]
-        self.state.outcomes.settled([o for o in taken if all(o is not b for b in batch)])
+        kept = {id(o) for o in batch}
+        self.state.outcomes.settled([o for o in taken if id(o) not in kept])
         try:
             for kind, write in (
                 (Kind.SUCCEEDED, self._write_succeeded),

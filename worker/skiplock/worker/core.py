@@ -192,6 +192,16 @@ class Worker:
             self._hurry.set()
         self.request_stop()
 
+    async def _release_in_time(self, executing_only: bool) -> None:
+        """The release, bounded after a second signal (a hung database must not keep a
+        double Ctrl-C waiting for minutes)."""
+        try:
+            async with asyncio.timeout(3.0 if self._hurry.is_set() else None):
+                await self._release_unfinished(executing_only=executing_only)
+        except TimeoutError:
+            log.warning("could not release the unfinished jobs in time; their leases will "
+                        "expire and they will run again")
+
     async def run(self, install_signal_handlers: bool = False) -> None:
         """Serve until request_stop() (or SIGTERM/SIGINT with install_signal_handlers).
 
@@ -214,15 +224,24 @@ class Worker:
             self.lease_seconds,
         )
         try:
+            # The monitor first: /livez must not call a worker still retrying its start-up
+            # (a slow database) "stuck".
+            self.supervisor.start(self.monitor)
             await self._register()
             for name, service in self.services.items():
-                if name != "claimer":
+                if name not in ("claimer", "monitor"):
                     self.supervisor.start(service)
             # Claiming starts last: peers' tasks are known (a rolling deploy's jobs are left
             # to them from the first claim on).
             self.supervisor.start(self.claimer)
             self.ready.set()
             await self.state.stopping.wait()
+            # A claim in flight has committed its rows: let it hand them to the executor
+            # (so they are drained or released) rather than cancel it and orphan them.
+            claiming = self.supervisor.tasks.get("claimer")
+            if claiming is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(claiming), self._claim_db.deadline)
             await self._drain()
         finally:
             await self.supervisor.stop()
@@ -269,11 +288,25 @@ class Worker:
                                return_when=asyncio.FIRST_COMPLETED)
             all_done.cancel()  # cancels the waiting only, not the jobs
             hurry.cancel()
-        await self._release_unfinished(executing_only=True)
+        await self._release_in_time(executing_only=True)
         for task in list(self.state.executing.values()):
             task.cancel()
 
     async def _finish(self) -> None:
+        # After a second signal the database gets a few seconds in all, not a timeout per call.
+        budget = 3.0 if self._hurry.is_set() else None
+        try:
+            async with asyncio.timeout(budget):
+                await self._finish_writes()
+        except TimeoutError:
+            log.warning("gave up writing the last outcomes and releases after a second signal; "
+                        "their leases will expire")
+        for c in (self._claim_db, self._write_db, self._listen_db):
+            await c.close()
+        self.executor.shutdown()
+        log.info("worker %s stopped after %d job(s)", self.worker_id, self.state.processed)
+
+    async def _finish_writes(self) -> None:
         try:
             await self.completer.flush_all(
                 deadline=time.monotonic() + (1.0 if self._hurry.is_set() else 5.0)
@@ -283,10 +316,6 @@ class Worker:
         await self._release_unfinished(executing_only=False)
         with contextlib.suppress(SkiplockError):
             await self._claim_db.forget_worker(self.worker_id)
-        for c in (self._claim_db, self._write_db, self._listen_db):
-            await c.close()
-        self.executor.shutdown()
-        log.info("worker %s stopped after %d job(s)", self.worker_id, self.state.processed)
 
     async def _release_unfinished(self, *, executing_only: bool) -> None:
         """Hand back runs this worker still holds (still running; with ``executing_only``

@@ -54,32 +54,29 @@ class Executor:
         metrics.child(metrics.JOBS_CLAIMED, job.queue, job.task).inc()
         run = Run(job, time.monotonic())
         self.state.owned[job.id] = run
-        task = asyncio.create_task(self.execute(run))
-        self.state.executing[job.id] = task
-        task.add_done_callback(functools.partial(self._done, run))
+        self.state.executing[job.id] = asyncio.create_task(self.execute(run))
 
-    def _done(self, run: Run, task: asyncio.Task[None]) -> None:
-        if self.state.executing.get(run.job.id) is task:
-            del self.state.executing[run.job.id]
-        if self.state.more_waiting:
-            self.state.wake.set()
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("job %d: the executor failed around its handler", run.job.id,
-                      exc_info=exc)
+    async def execute(self, run: Run) -> None:
+        job = run.job
+        try:
+            with logs.bind(job_id=job.id, task=job.task, attempt=job.attempt, queue=job.queue):
+                await self._execute(run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("job %d: the executor failed around its handler", job.id, exc_info=exc)
             # An attempt that failed like any other (counted, retried per the policy): not a
             # run left to renew its lease forever, nor one handed back without counting.
             if run.executing:
                 self.fail(run, f"the worker failed around the handler: {describe_exception(exc)}",
                           1.0, permanent=False)
             self.report_failure(self.name, exc)
-
-    async def execute(self, run: Run) -> None:
-        job = run.job
-        with logs.bind(job_id=job.id, task=job.task, attempt=job.attempt, queue=job.queue):
-            await self._execute(run)
+        finally:
+            # Bookkeeping inside the task, not in a done callback: one loop turn less per job.
+            if self.state.executing.get(job.id) is asyncio.current_task():
+                del self.state.executing[job.id]
+            if self.state.more_waiting:
+                self.state.wake.set()
 
     async def _execute(self, run: Run) -> None:
         job = run.job
@@ -93,8 +90,10 @@ class Executor:
         )
         try:
             _check_args(task.func, ctx, job.args)
-            # the declared JSON types too: peers are judged by them (rollout.capable_peers)
-            validate_args(job.task, task.params, job.args)
+            # The declared JSON types too: peers are judged by them (rollout.capable_peers).
+            # With no arguments there is no type to check (_check_args saw what is missing).
+            if job.args:
+                validate_args(job.task, task.params, job.args)
         except (TypeError, InvalidArguments) as exc:
             self._unfit(run, f"arguments do not fit task {job.task!r}: {exc}")
             return
@@ -137,18 +136,16 @@ class Executor:
     def _unfit(self, run: Run, why: str) -> None:
         """A job this version cannot run: leave it to a peer that can, wait, or fail it."""
         job = run.job
-        decision = decide_unfit(
-            why, job.task, job.args, self.state.peers, job.unrunnable_for, self.unrunnable_grace
-        )
+        own = self.app.tasks.get(job.task)
+        own_params = dict(own.params) if own is not None else None
+        decision = decide_unfit(why, job.task, job.args, job.queue, self.state.peers, own_params,
+                                job.unrunnable_for, self.unrunnable_grace)
         if decision.action == "dead":
             self.fail(run, decision.message, 0.0, permanent=True)
             return
         if decision.action == "hand_back":
             metrics.HANDED_BACK.labels(job.queue, job.task).inc()
-            if job.task not in self.app.tasks:
-                self.state.skip_tasks |= {job.task}
-            else:
-                self.state.skip_ids.add(job.id, job.task)
+            self.state.skip_ids.add(job.id, (job.task, job.queue, job.args, own_params))
             kind = Kind.HANDED_BACK
         else:
             metrics.WAITING_FOR_WORKER.labels(job.queue, job.task).inc()

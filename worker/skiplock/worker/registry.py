@@ -19,6 +19,7 @@ from ..db import WorkerConnection
 from ..errors import DatabaseUnavailable
 from ..retry import reconnect_delay
 from .health import Health
+from .rollout import capable_peers
 from .state import WorkerState
 
 log = logging.getLogger("skiplock.worker")
@@ -86,10 +87,16 @@ class Registry:
         )
         if not beat.registered:  # pruned while we were cut off for an hour: come back
             await self.register()
-        self.state.peers = beat.peers
-        peer_tasks = {t for tasks in beat.peers.values() for t in tasks}
-        self.state.skip_tasks = frozenset(peer_tasks - set(self.app.tasks))
-        self.state.skip_ids.keep_tasks(peer_tasks)
+        self.state.peers = peers = beat.peers
+        # Tasks we do not have, left to peers that serve every queue we serve (a peer on some
+        # of them only: its jobs on the others would never be claimed, so those are judged
+        # job by job instead).
+        ours = set(self.queues)
+        covering = {t for p in peers.values() if ours <= p.queues for t in p.tasks}
+        self.state.skip_tasks = frozenset(covering - set(self.app.tasks))
+        self.state.skip_ids.keep(
+            lambda job: bool(capable_peers(job[0], job[2], job[1], peers, job[3]))
+        )
         if time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
             self._last_prune = time.monotonic()
             await self.db.prune_workers(KEEP_GONE_SECONDS)

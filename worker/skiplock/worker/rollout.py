@@ -8,11 +8,13 @@ end dead, with the message that says why.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..catalogue import validate_args
+from ..db import Peer
 from ..errors import InvalidArguments
 
 # How long a job nobody can run waits between looks (capped by what is left of the grace).
@@ -29,19 +31,26 @@ class Unfit:
 
 
 def capable_peers(
-    task: str, args: Mapping[str, Any], peers: Mapping[str, Mapping[str, Any]]
+    task: str,
+    args: Mapping[str, Any],
+    queue: str,
+    peers: Mapping[str, Peer],
+    own_params: Mapping[str, Any] | None,
 ) -> list[str]:
-    """Live peers whose registered version of ``task`` accepts ``args``."""
+    """Live peers that serve ``queue`` and whose registered version of ``task`` accepts
+    ``args``. A peer registered with exactly our own version does not count: whatever made
+    this worker refuse the job makes that one refuse it too (else two workers of one version
+    would hand it to each other for ever)."""
     found = []
-    for worker_id, tasks in peers.items():
-        params = tasks.get(task)
-        if params is None:
+    for worker_id, peer in peers.items():
+        params = peer.tasks.get(task)
+        if params is None or queue not in peer.queues or params == own_params:
             continue
-        try:
+        # A row from a version whose params are shaped differently (KeyError, TypeError…)
+        # is not capable either; it must not fail the executor.
+        with contextlib.suppress(InvalidArguments, LookupError, TypeError, AttributeError):
             validate_args(task, params, args)
-        except InvalidArguments:
-            continue
-        found.append(worker_id)
+            found.append(worker_id)
     return sorted(found)
 
 
@@ -49,7 +58,9 @@ def decide_unfit(
     why: str,
     task: str,
     args: Mapping[str, Any],
-    peers: Mapping[str, Mapping[str, Any]],
+    queue: str,
+    peers: Mapping[str, Peer],
+    own_params: Mapping[str, Any] | None,
     unrunnable_for: float | None,
     grace: float,
 ) -> Unfit:
@@ -58,10 +69,10 @@ def decide_unfit(
     ``unrunnable_for`` is how long (database time) the job has been known to have no worker
     that can run it; None when nobody found that before.
     """
-    peers_ok = capable_peers(task, args, peers)
+    peers_ok = capable_peers(task, args, queue, peers, own_params)
     if peers_ok:
         return Unfit("hand_back", f"{why}; handed back for {peers_ok[0]}, which can run it")
-    waited = unrunnable_for or 0.0
+    waited = float(unrunnable_for or 0.0)
     if waited >= grace:
         waited_text = f" for {waited:.0f}s" if grace > 0 else ""
         return Unfit("dead", f"{why}; no live worker can run it{waited_text}")

@@ -6,13 +6,13 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from .. import metrics
-from ..db import ClaimedJob, Failure
+from ..db import ClaimedJob, Failure, Peer
 
 log = logging.getLogger("skiplock.worker")
 
@@ -97,24 +97,28 @@ class OutcomeBuffer:
         return iter(list(self._items))
 
 
+# (task, queue, args, this worker's params for the task) of a job left to a peer
+Skipped = tuple[str, str, dict[str, Any], dict[str, Any] | None]
+
+
 class SkipList:
     """Job ids this worker's version cannot run while a live peer can: a bounded memory (the
     oldest are forgotten first, so it never grows without limit in a long rollout)."""
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
-        self._ids: OrderedDict[int, str] = OrderedDict()
+        self._ids: OrderedDict[int, Skipped] = OrderedDict()
 
-    def add(self, job_id: int, task: str) -> None:
-        self._ids[job_id] = task
+    def add(self, job_id: int, job: Skipped) -> None:
+        self._ids[job_id] = job
         self._ids.move_to_end(job_id)
         while len(self._ids) > self.limit:
             self._ids.popitem(last=False)
 
-    def keep_tasks(self, tasks: Iterable[str]) -> None:
-        """Forget ids whose task no live peer runs any more (they must be judged again)."""
-        wanted = set(tasks)
-        for job_id in [i for i, t in self._ids.items() if t not in wanted]:
+    def keep(self, still_skipped: Callable[[Skipped], bool]) -> None:
+        """Forget the ids no live peer can run any more: they must be judged again (and go
+        dead after the grace if nobody can), not be skipped for ever."""
+        for job_id in [i for i, job in self._ids.items() if not still_skipped(job)]:
             del self._ids[job_id]
 
     def ids(self) -> list[int]:
@@ -136,8 +140,8 @@ class WorkerState:
     outcomes: OutcomeBuffer = field(default_factory=OutcomeBuffer)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # each live peer's {task: params}, from the last registry heartbeat
-    peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # each live peer's queues and {task: params}, from the last registry heartbeat
+    peers: dict[str, Peer] = field(default_factory=dict)
     # tasks this worker does not know and a live peer does: left to that peer by the claim
     skip_tasks: frozenset[str] = frozenset()
     skip_ids: SkipList = field(default_factory=SkipList)
@@ -146,13 +150,18 @@ class WorkerState:
 
     @property
     def outcome_limit(self) -> int:
-        """Backpressure: claiming pauses while more outcomes than this wait to be written."""
+        """Backpressure: outcomes waiting past this many take slots away from claiming."""
         return self.concurrency
 
     def free_slots(self) -> int:
-        if len(self.outcomes) >= self.outcome_limit:
-            return 0
-        return self.concurrency - len(self.executing)
+        """Slots to claim into: free handler slots, less the outcomes waiting beyond the limit.
+
+        So the runs a worker holds (running + waiting to be written) never exceed twice its
+        concurrency, while the usual batch of outcomes being written (up to one per slot)
+        does not stop claiming: claims and writes overlap, as throughput needs.
+        """
+        over = max(0, len(self.outcomes) - self.outcome_limit)
+        return max(0, self.concurrency - len(self.executing) - over)
 
     def holds(self, job: ClaimedJob) -> bool:
         """Whether ``job`` is the run this worker holds for its id (by identity)."""

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from .. import metrics
 from ..db import WorkerConnection
-from ..errors import DatabaseUnavailable
 from ..leases import runs_that_lost_their_lease
-from ..retry import reconnect_delay
+from .loops import every
 from .state import WorkerState
 
 log = logging.getLogger("skiplock.worker")
@@ -24,18 +22,7 @@ class LeaseRenewer:
         self.interval = interval
 
     async def run(self) -> None:
-        failures = 0
-        while True:
-            await asyncio.sleep(
-                self.interval if failures == 0 else min(self.interval, reconnect_delay(failures))
-            )
-            try:
-                await self.run_once()
-                failures = 0
-            except DatabaseUnavailable as exc:
-                failures += 1
-                metrics.DB_ERRORS.labels("heartbeat").inc()
-                log.warning("%s; lease renewal will be retried", exc)
+        await every(self.interval, self.run_once, "heartbeat", "lease renewal will be retried")
 
     async def run_once(self) -> int:
         """Renew every held lease once; returns how many the database extended."""

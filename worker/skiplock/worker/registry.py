@@ -8,17 +8,14 @@ its write connection is the part that is cut (the registry beats on the claim co
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
-from .. import metrics
 from ..app import App
 from ..db import WorkerConnection
-from ..errors import DatabaseUnavailable
-from ..retry import reconnect_delay
 from .health import Health
+from .loops import every
 from .rollout import capable_peers
 from .state import WorkerState
 
@@ -59,18 +56,7 @@ class Registry:
         )
 
     async def run(self) -> None:
-        failures = 0
-        while True:
-            await asyncio.sleep(
-                self.interval if failures == 0 else min(self.interval, reconnect_delay(failures))
-            )
-            try:
-                await self.run_once()
-                failures = 0
-            except DatabaseUnavailable as exc:
-                failures += 1
-                metrics.DB_ERRORS.labels("registry").inc()
-                log.warning("%s; registry heartbeat will be retried", exc)
+        await every(self.interval, self.run_once, "registry", "registry heartbeat will be retried")
 
     async def run_once(self) -> int:
         """One heartbeat; returns the number of live peers."""

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from .. import metrics
 from ..db import WorkerConnection
-from ..errors import DatabaseUnavailable
-from ..retry import reconnect_delay
+from .loops import every
 
 log = logging.getLogger("skiplock.worker")
 
@@ -23,17 +21,7 @@ class Rescuer:
         self.interval = min(1.0, lease_seconds / 4)
 
     async def run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self.run_once()
-                failures = 0
-                await asyncio.sleep(self.interval)
-            except DatabaseUnavailable as exc:
-                failures += 1
-                metrics.DB_ERRORS.labels("rescue").inc()
-                log.warning("%s; rescue retried later", exc)
-                await asyncio.sleep(max(self.interval, reconnect_delay(failures)))
+        await every(self.interval, self.run_once, "rescue", "rescue retried later")
 
     async def run_once(self) -> int:
         """Rescue every expired lease of our queues once; returns how many."""

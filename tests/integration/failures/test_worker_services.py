@@ -61,8 +61,9 @@ def _worker(database_url: str) -> Worker:
 
 
 def _first_call_from_the_service(name: str) -> int:
-    # The worker's start-up makes one registry heartbeat itself, outside the supervisor.
-    return 2 if name == "registry" else 1
+    # The worker's start-up makes one registry heartbeat and one rescue itself, outside the
+    # supervisor.
+    return 2 if name in ("registry", "rescuer") else 1
 
 
 @pytest.mark.parametrize("name", SERVICES)

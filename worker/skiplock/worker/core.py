@@ -248,7 +248,8 @@ class Worker:
             await self._finish()
 
     async def _register(self) -> None:
-        """Tasks into the catalogue, this worker into the registry, a first heartbeat."""
+        """Tasks into the catalogue, this worker into the registry, a first heartbeat and a
+        first rescue."""
         failures = 0
         entries = [(t.name, t.params, t.max_attempts, t.queue) for t in self.app.tasks.values()]
         while not self.state.stopping.is_set():
@@ -256,6 +257,9 @@ class Worker:
                 await self._write_db.register_tasks(entries)
                 await self.registry.register()
                 await self.registry.run_once()
+                # Expired leases back in the queue before the first claim: a crashed worker's
+                # jobs keep their place at the head of the queue instead of waiting behind it.
+                await self.services["rescuer"].run_once()
                 return
             except DatabaseUnavailable as exc:
                 failures += 1

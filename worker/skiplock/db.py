@@ -492,11 +492,6 @@ class Database:
         """Registered workers, live first: health, outcomes waiting, last heartbeat."""
         return self._rows("worker_registry", {"limit": limit}, "worker registry")
 
-    def unrunnable_counts(self) -> dict[str, int]:
-        """Queued jobs per queue that no live worker can run (waiting for one, then dead)."""
-        rows = self._rows("unrunnable_counts", doing="jobs waiting for a worker")
-        return {r["queue"]: int(r["waiting_for_worker"]) for r in rows}
-
     def list_tasks(self) -> dict[str, Row]:
         return {r["name"]: r for r in self._rows("list_tasks")}
 

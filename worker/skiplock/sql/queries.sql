@@ -412,15 +412,6 @@ FROM workers
 ORDER BY alive DESC, id
 LIMIT %(limit)s;
 
--- name: unrunnable_counts
--- Queued jobs that no live worker could run (unknown task or arguments that fit no
--- registered signature), per queue: they go dead when their grace runs out.
-SELECT queue, count(*) AS waiting_for_worker, min(unrunnable_since) AS since
-FROM jobs
-WHERE state = 'queued' AND unrunnable_since IS NOT NULL
-GROUP BY queue
-ORDER BY queue;
-
 -- name: defer_unrunnable
 -- Fenced hand-back of jobs no live worker can run yet: the attempt does not count, the job
 -- is looked at again after %(delays)s, and unrunnable_since keeps the first time it was seen.

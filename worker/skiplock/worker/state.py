@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -92,9 +92,6 @@ class OutcomeBuffer:
 
     def __bool__(self) -> bool:  # something the completer can take now
         return bool(self._items)
-
-    def __iter__(self) -> Iterator[Outcome]:
-        return iter(list(self._items))
 
 
 # (task, queue, args, this worker's params for the task) of a job left to a peer

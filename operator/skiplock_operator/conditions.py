@@ -10,7 +10,9 @@ from typing import Any
 READY = "Ready"
 DATABASE_REACHABLE = "DatabaseReachable"
 SCALING = "Scaling"
-ORDER = (READY, DATABASE_REACHABLE, SCALING)
+# True when every queue of the JobQueue is paused (skiplock queue pause): nothing is claimed
+QUEUES_PAUSED = "QueuesPaused"
+ORDER = (READY, DATABASE_REACHABLE, SCALING, QUEUES_PAUSED)
 
 
 def timestamp(now: dt.datetime | None = None) -> str:

@@ -215,6 +215,7 @@ class QueueController:
         ready = int((existing.get("status") or {}).get("readyReplicas") or 0)
 
         stats: inspection.QueueStats | None = None
+        per_queue: list[inspection.QueueStats] = []
         if secret_problem is not None:
             conditions = cond.set_condition(conditions, cond.DATABASE_REACHABLE, False,
                                             secret_problem.reason, str(secret_problem),
@@ -223,7 +224,8 @@ class QueueController:
             metrics.RECONCILE_ERRORS.labels(*labels, secret_problem.reason).inc()
         else:
             assert url is not None
-            stats, db_error = self._read_stats(url, spec, policy)
+            per_queue, db_error = self._read_stats(url, spec, policy)
+            stats = inspection.totals(per_queue) if per_queue else None
             if stats is None:
                 conditions = cond.set_condition(conditions, cond.DATABASE_REACHABLE, False,
                                                 db_error[0], db_error[1], generation)
@@ -245,7 +247,11 @@ class QueueController:
             self.history = History.seeded(now, current)
         load = Load(stats.backlog, stats.in_flight) if stats is not None else None
         self.failures = 0 if load is not None else self.failures + 1
-        decision = decide(policy, load, current, self.history, now, self.failures)
+        # A queue paused in the database (skiplock queue pause) is claimed by no worker: with
+        # every queue paused the decision never scales up (scaling.paused_load says why).
+        all_paused = stats is not None and stats.paused
+        decision = decide(policy, load, current, self.history, now, self.failures,
+                          queues_paused=all_paused)
         self.history = decision.history
         scaled_at: str | None = None
         if decision.desired != current:
@@ -260,6 +266,8 @@ class QueueController:
         else:
             conditions = cond.set_condition(conditions, cond.SCALING, True, decision.reason,
                                             decision.message, generation)
+        if stats is not None:
+            conditions = self._paused_condition(body, conditions, per_queue, status, generation)
         reachable = stats is not None
         if rejected is not None:
             conditions = cond.set_condition(conditions, cond.READY, False, "DeploymentRejected",
@@ -292,7 +300,12 @@ class QueueController:
                 "oldestRunnableAgeSeconds": (round(stats.oldest_runnable_age, 3)
                                              if stats.oldest_runnable_age is not None else None),
                 "countCap": self._cap(policy),
+                # `kubectl get jq` shows it (the Paused column); unknown while stats are not
+                # read, so then the last value stays
+                "paused": stats.paused,
+                "pausedQueues": ",".join(q.queue for q in per_queue if q.paused),
             })
+            metrics.PAUSED.labels(*labels).set(1 if stats.paused else 0)
             metrics.BACKLOG.labels(*labels).set(stats.backlog)
             metrics.IN_FLIGHT.labels(*labels).set(stats.in_flight)
             metrics.DEAD.labels(*labels).set(stats.dead)
@@ -312,8 +325,33 @@ class QueueController:
         return max(self.settings.count_cap_floor,
                    policy.max_replicas * policy.jobs_per_replica + 1)
 
+    def _paused_condition(self, body: dict[str, Any], conditions: list[dict[str, Any]],
+                          per_queue: list[inspection.QueueStats], status: dict[str, Any],
+                          generation: int | None) -> list[dict[str, Any]]:
+        """QueuesPaused: True when every queue is paused; an event when that changes."""
+        paused = [q for q in per_queue if q.paused]
+        said = "; ".join(f"{q.queue} since {cond.timestamp(q.paused_at)} by {q.paused_by or '?'}"
+                         for q in paused)
+        if paused and len(paused) == len(per_queue):
+            reason = "AllQueuesPaused"
+            message = (f"every queue is paused ({said}): no worker claims from them, running "
+                       "jobs finish, and the workers are not scaled up; resume with "
+                       "`skiplock queue resume QUEUE`")
+        elif paused:
+            reason = "SomeQueuesPaused"
+            message = (f"{len(paused)} of {len(per_queue)} queue(s) paused ({said}); the "
+                       "others are served and scaled as usual")
+        else:
+            reason, message = "NoQueuePaused", "no queue is paused"
+        all_paused = reason == "AllQueuesPaused"
+        if all_paused != (status.get("paused") is True):
+            self._event(body, "Normal", "QueuesPaused" if all_paused else "QueuesResumed",
+                        message if all_paused else f"workers claim again: {message}")
+        return cond.set_condition(conditions, cond.QUEUES_PAUSED, all_paused, reason, message,
+                                  generation)
+
     def _read_stats(self, url: str, spec: JobQueueSpec, policy: Policy
-                    ) -> tuple[inspection.QueueStats | None, tuple[str, str]]:
+                    ) -> tuple[list[inspection.QueueStats], tuple[str, str]]:
         started = time.perf_counter()
         try:
             db = self._database(url, spec)
@@ -322,10 +360,10 @@ class QueueController:
             # DatabaseUnavailable text is already scrubbed of the password at the boundary.
             reason = ("DatabaseUnavailable" if isinstance(exc, DatabaseUnavailable)
                       else "QueryFailed")
-            return None, (reason, str(exc))
+            return [], (reason, str(exc))
         metrics.STATS_SECONDS.labels(self.namespace, self.name).observe(
             time.perf_counter() - started)
-        return inspection.totals(per_queue), ("", "")
+        return per_queue, ("", "")
 
     def _scale(self, body: dict[str, Any], spec: JobQueueSpec, dep_name: str, current: int,
                decision: Decision) -> str:

@@ -137,16 +137,25 @@ async def _sleep(seconds: float, body: kopf.Body, seen: dict[str, Any],
 async def _listen(ctl: QueueController, url: str, schema: str, wake: asyncio.Event) -> None:
     """LISTEN for the insert trigger's NOTIFY (channel "<schema>_jobs", payload = queue) and
     wake the poll loop when one of our queues gets jobs: scale-from-zero then takes about a
-    second instead of a poll interval (a KEDA complaint). Polling stays the source of truth;
-    this only hastens it, so its failures are retried quietly (the poll loop reports outages)."""
+    second instead of a poll interval (a KEDA complaint). A pause ("<schema>_control", payload
+    "pause:<queue>") wakes it too, so the status says Paused at once; a resume already NOTIFYs
+    on "<schema>_jobs". Polling stays the source of truth; this only hastens it, so its
+    failures are retried quietly (the poll loop reports outages)."""
     conn = WorkerConnection(url, schema=schema, connect_timeout=5, statement_timeout=5,
                             application_name="skiplock-operator-listen")
     delay = 1.0
     try:
         while True:
             try:
-                async for queue in conn.listen(f"{schema}_jobs"):
+                async for channel, payload in conn.listen(f"{schema}_jobs",
+                                                          f"{schema}_control"):
                     delay = 1.0
+                    if channel == f"{schema}_control":
+                        # other control messages (cancel:<id>) change no replica count
+                        if not payload.startswith("pause:"):
+                            continue
+                        payload = payload.removeprefix("pause:")
+                    queue = payload
                     target = ctl.listen_target
                     if target is not None and queue in target[2]:
                         wake.set()

@@ -14,6 +14,8 @@ DEAD = Gauge("skiplock_operator_dead", "Dead jobs (capped)", _L)
 DESIRED = Gauge("skiplock_operator_desired_replicas", "Replicas the decision asked for", _L)
 REPLICAS = Gauge("skiplock_operator_replicas", "Replicas set on the worker Deployment", _L)
 DATABASE_UP = Gauge("skiplock_operator_database_up", "1 if the last stats query worked", _L)
+PAUSED = Gauge("skiplock_operator_queues_paused",
+               "1 while every queue of the JobQueue is paused (skiplock queue pause)", _L)
 SCALE_EVENTS = Counter("skiplock_operator_scale_events_total", "Replica changes",
                        (*_L, "direction"))
 RECONCILE_ERRORS = Counter("skiplock_operator_reconcile_errors_total",
@@ -25,6 +27,6 @@ STATS_SECONDS = Histogram("skiplock_operator_stats_query_seconds",
 
 def forget(namespace: str, jobqueue: str) -> None:
     """Drop a deleted JobQueue's series so dashboards don't show stale numbers."""
-    for gauge in (BACKLOG, IN_FLIGHT, DEAD, DESIRED, REPLICAS, DATABASE_UP):
+    for gauge in (BACKLOG, IN_FLIGHT, DEAD, DESIRED, REPLICAS, DATABASE_UP, PAUSED):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, jobqueue)

@@ -16,6 +16,8 @@ The rules, in order:
 6. scale-down is stabilized: the target is the highest recommendation seen during the window,
    so a dip shorter than the window changes nothing (no flapping). A fresh history (operator
    start) is seeded with the current replicas, so a restart never scales down at once.
+7. every queue paused (``skiplock queue pause``): the same rules on ``paused_load``, which
+   never asks for more replicas than run now; see there.
 """
 
 from __future__ import annotations
@@ -96,13 +98,35 @@ def recommend(policy: Policy, load: Load, current: int) -> int:
     return clamp(wanted, policy.min_replicas, policy.max_replicas)
 
 
+def paused_load(policy: Policy, load: Load, current: int) -> Load:
+    """The load to size the replicas for while every queue is paused.
+
+    Queued jobs are no work then: no worker may claim them, so the backlog counts as zero and
+    nothing scales up for it. Running jobs finish, so in-flight still counts, but never as
+    more than the replicas running now can hold (they cannot gain jobs). The replicas are not
+    simply held: a pause may last hours (a downstream outage) and idle pods cost. Nor dropped
+    at once to minReplicas: the pods running jobs stay, and the usual stabilization window
+    means a short pause (a deploy, a quick fix) changes nothing, so resuming finds the
+    workers still there. A long pause ends at minReplicas (or zero) like an empty queue.
+    """
+    return Load(backlog=0, in_flight=min(load.in_flight, current * policy.jobs_per_replica))
+
+
 def decide(policy: Policy, load: Load | None, current: int, history: History,
-           now: float, failures: int = 0) -> Decision:
+           now: float, failures: int = 0, queues_paused: bool = False) -> Decision:
     """``failures``: consecutive failed reads before this one (``load`` None counts as one more
-    only through the caller)."""
+    only through the caller). ``queues_paused``: every queue of the JobQueue is paused (known
+    only from a successful read, so it is ignored when ``load`` is None)."""
     if policy.paused:
         return Decision(current, current, "Paused",
                         f"scaling is paused; holding {current} replica(s)", history)
+    if queues_paused and load is not None:
+        d = decide(policy, paused_load(policy, load, current), current, history, now, failures)
+        note = (f"every queue is paused: its {load.backlog} waiting job(s) not counted, "
+                "running ones finish")
+        if d.changes:  # a scale-down, or up to a minReplicas floor: an event of its own
+            return replace(d, message=f"{d.message} ({note})")
+        return replace(d, reason="QueuesPaused", message=f"{note}; {d.message}")
     held = clamp(current, policy.min_replicas, policy.max_replicas)
     if load is None:
         if 0 < policy.fallback_failures <= failures:

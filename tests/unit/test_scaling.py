@@ -195,3 +195,65 @@ def test_error_never_lowers_replicas_below_held(policy: Policy, current: int, fb
     held = max(p.min_replicas, min(p.max_replicas, current))
     assert p.min_replicas <= d.desired <= p.max_replicas
     assert d.desired >= held
+
+
+# -- every queue paused (skiplock queue pause) ----------------------------------------------
+
+
+def test_queues_paused_never_scales_up_for_the_backlog() -> None:
+    d = decide(P, Load(10_000, 0), 2, History.seeded(0, 2), now=1, queues_paused=True)
+    assert (d.desired, d.reason) == (2, "QueuesPaused"), d.message
+    assert "10000 waiting job(s) not counted" in d.message
+    # from zero it stays at zero: nobody could claim the jobs a new pod would be started for
+    d = decide(P, Load(500, 0), 0, History(), now=1, queues_paused=True)
+    assert (d.desired, d.reason) == (0, "QueuesPaused"), d.message
+
+
+def test_queues_paused_keeps_pods_of_running_jobs_then_goes_down_after_the_window() -> None:
+    policy = Policy(scale_down_window=60, jobs_per_replica=10)
+    h, current, seen = History.seeded(0, 5), 5, []
+    for t in range(0, 121, 10):
+        d = decide(policy, Load(900, 12), current, h, now=float(t), queues_paused=True)
+        h, current = d.history, d.desired
+        seen.append((d.desired, d.reason))
+    # a pause shorter than the window changes nothing; then down to what the running jobs
+    # need (ceil(12 / 10) = 2), never below it while they run
+    assert seen[:6] == [(5, "QueuesPaused")] * 6
+    assert (2, "ScaledDown") in seen
+    assert seen[-1] == (2, "QueuesPaused")
+
+
+def test_queues_paused_in_flight_never_asks_for_more_than_runs_now() -> None:
+    # 40 running jobs on 2 pods (concurrency above jobsPerReplica): the formula would ask
+    # for 4, but paused pods cannot gain jobs
+    d = decide(P, Load(0, 40), 2, History.seeded(0, 2), now=1, queues_paused=True)
+    assert d.desired == 2
+
+
+def test_queues_paused_still_honours_the_spec_bounds() -> None:
+    up = decide(Policy(min_replicas=3, max_replicas=5), Load(100, 0), 1, History(), now=0,
+                queues_paused=True)
+    assert (up.desired, up.reason) == (3, "ScaledUp") and "every queue is paused" in up.message
+    # a max lowered below current applies at once (the window holds only within the bounds)
+    down = decide(Policy(max_replicas=2), Load(100, 0), 6, History.seeded(0, 6), now=1,
+                  queues_paused=True)
+    assert (down.desired, down.reason) == (2, "ScaledDown")
+
+
+def test_spec_pause_and_unreadable_stats_come_first() -> None:
+    d = decide(Policy(paused=True), Load(0, 0), 4, History(), now=0, queues_paused=True)
+    assert (d.desired, d.reason) == (4, "Paused")
+    d = decide(P, None, 4, History(), now=0, queues_paused=True)
+    assert (d.desired, d.reason) == (4, "DatabaseUnavailable")
+
+
+@settings(max_examples=300, deadline=None)
+@given(policies, loads, st.integers(0, 40), histories)
+def test_queues_paused_never_above_current_or_the_floor(policy: Policy, load: Load,
+                                                        current: int, history: History) -> None:
+    d = decide(policy, load, current, history, now=0.0, queues_paused=True)
+    assert policy.min_replicas <= d.desired <= policy.max_replicas
+    assert d.desired <= max(current, policy.min_replicas)
+    # and never above what the same jobs would get with the queues open
+    assert d.desired <= max(decide(policy, load, current, history, now=0.0).desired,
+                            policy.min_replicas)

@@ -4,19 +4,59 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from .catalogue import describe_params
+from .errors import JobCancelled
 from .retry import Backoff
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_EVENT_LOCK = threading.Lock()
+
+
+class StopSignal:
+    """Set (from the worker's event loop) when the run must stop: its job was cancelled or its
+    deadline passed. Thread-safe, so a sync handler can look at it from its own thread.
+
+    The threading.Event is made only when a handler waits on it: one per job would cost more
+    than the rest of a no-op job's context."""
+
+    __slots__ = ("_event", "_set", "reason")
+
+    def __init__(self) -> None:
+        self._event: threading.Event | None = None
+        self._set = False
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self._set = True
+        with _EVENT_LOCK:
+            if self._event is not None:
+                self._event.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with _EVENT_LOCK:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._set:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
+
+
 @dataclass(frozen=True)
 class JobContext:
-    """What a handler knows about the job it runs."""
+    """What a handler knows about the job it runs, and whether it should stop."""
 
     job_id: int
     attempt: int
@@ -24,6 +64,30 @@ class JobContext:
     queue: str
     task: str
     worker_id: str
+    # the attempt's deadline in seconds (None: no deadline)
+    timeout: float | None = None
+    snoozes: int = 0
+    stop: StopSignal = field(default_factory=StopSignal, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled or its deadline passed: stop soon. Async handlers
+        are also cancelled (CancelledError at their next await)."""
+        return self.stop.is_set()
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the run must stop ("cancelled: ...", "timed out after N s"); empty until then."""
+        return self.stop.reason
+
+    def raise_if_cancelled(self) -> None:
+        """Raise JobCancelled when the run must stop: call it between steps of long work."""
+        if self.stop.is_set():
+            raise JobCancelled(self.stop.reason)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep in a sync handler, waking at once when the run must stop; True if it must."""
+        return self.stop.wait(seconds)
 
 
 @dataclass(frozen=True)
@@ -35,6 +99,10 @@ class Task:
     backoff: Backoff
     is_async: bool
     params: Mapping[str, Any] = field(default_factory=dict)
+    # each attempt's deadline (seconds); enqueue(timeout=...) overrides it per job
+    timeout: float | None = None
+    # how many times a job may Snooze before it is dead (a snooze loop must end)
+    max_snoozes: int = 100
 
 
 class App:
@@ -58,6 +126,8 @@ class App:
         queue: str | None = None,
         max_attempts: int | None = None,
         backoff: Backoff | None = None,
+        timeout: float | None = None,
+        max_snoozes: int = 100,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -69,8 +139,15 @@ class App:
         queue: str | None = None,
         max_attempts: int | None = None,
         backoff: Backoff | None = None,
+        timeout: float | None = None,
+        max_snoozes: int = 100,
     ) -> F | Callable[[F], F]:
-        """Register a handler ``f(ctx, **args)``; usable bare or with options."""
+        """Register a handler ``f(ctx, **args)``; usable bare or with options.
+
+        ``timeout``: each attempt's deadline in seconds. Past it the handler is told to stop
+        (``ctx.cancelled``; async handlers are cancelled) and the attempt fails as "timed out
+        after N s", retried per the task's policy. ``max_snoozes``: how many times a job may
+        ``raise Snooze(...)`` before it is dead."""
 
         def register(f: F) -> F:
             task_name = name or f.__name__
@@ -81,6 +158,14 @@ class App:
                 raise ValueError(f"task {task_name!r}: max_attempts must be >= 1")
             if not list(inspect.signature(f).parameters):
                 raise TypeError(f"task {task_name!r} must take the JobContext as first parameter")
+            if timeout is not None and (
+                isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                or not math.isfinite(timeout) or not 0 < timeout <= 31_536_000
+            ):
+                raise ValueError(f"task {task_name!r}: timeout must be > 0 seconds (at most a "
+                                 f"year), got {timeout!r}")
+            if isinstance(max_snoozes, bool) or not isinstance(max_snoozes, int) or max_snoozes < 0:
+                raise ValueError(f"task {task_name!r}: max_snoozes must be an int >= 0")
             self.tasks[task_name] = Task(
                 name=task_name,
                 func=f,
@@ -89,6 +174,8 @@ class App:
                 backoff=backoff or Backoff(),
                 is_async=asyncio.iscoroutinefunction(f),
                 params=describe_params(f),
+                timeout=float(timeout) if timeout is not None else None,
+                max_snoozes=max_snoozes,
             )
             return f
 

@@ -15,7 +15,7 @@ from typing import Any
 from . import inspect as inspection
 from . import logs
 from .app import load_app
-from .client import Client
+from .client import Client, user_at_host
 from .db import Database
 from .errors import ConfigurationError, SkiplockError
 from .settings import Settings
@@ -69,6 +69,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         poll_interval=args.poll_interval,
         unrunnable_grace=args.unrunnable_grace,
+        cancel_grace=args.cancel_grace,
     )
     if s.metrics_port is not None:
         serve_probes(s.metrics_port, worker.health)
@@ -103,6 +104,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             delay=args.delay,
             max_attempts=args.max_attempts,
             unique_key=args.unique_key,
+            timeout=args.timeout,
         )
     print(job_id)
     return 0
@@ -142,7 +144,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with _database(_settings(args)) as db:
         stats = inspection.queue_stats(db, args.queue or ())
     if args.json:
-        print(json.dumps([s.as_dict() for s in stats], indent=2))
+        print(json.dumps([{k: _jsonable(v) for k, v in s.as_dict().items()} for s in stats],
+                         indent=2))
         return 0
     cols = (
         "queue",
@@ -155,6 +158,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "high_retry",
         "waiting_for_worker",
         "oldest_runnable_age",
+        "paused",
     )
     widths = {c: max(14, len(c)) for c in cols}
     print(" ".join(f"{c:>{widths[c]}}" for c in cols))
@@ -162,7 +166,58 @@ def cmd_stats(args: argparse.Namespace) -> int:
         d = s.as_dict()
         age = d["oldest_runnable_age"]
         d["oldest_runnable_age"] = f"{age:.1f}s" if age is not None else "-"
+        d["paused"] = "yes" if s.paused else "no"  # who and since when: skiplock queue list
         print(" ".join(f"{d[c]!s:>{widths[c]}}" for c in cols))
+    return 0
+
+
+def _shown(name: str) -> str:
+    """A queue name for the terminal: quoted when it holds control characters, which would
+    otherwise act on the terminal instead of showing."""
+    return name if name.isprintable() else repr(name)
+
+
+def _utc(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def cmd_queue_pause(args: argparse.Namespace) -> int:
+    with Client(settings=_settings(args)) as client:
+        p = client.pause_queue(args.queue, args.reason, by=f"cli {user_at_host()}")
+    if p.newly_paused:
+        print(f"queue {_shown(p.queue)} paused: workers stop claiming from it; running jobs "
+              "finish")
+    else:
+        print(f"queue {_shown(p.queue)} was already paused (since {_utc(p.paused_at)}, by "
+              f"{p.paused_by or '?'}); nothing changed")
+    return 0
+
+
+def cmd_queue_resume(args: argparse.Namespace) -> int:
+    with Client(settings=_settings(args)) as client:
+        if client.resume_queue(args.queue):
+            print(f"queue {_shown(args.queue)} resumed: workers claim from it again")
+            return 0
+        paused = [_shown(p.queue) for p in client.paused_queues()]
+    # An error, not a no-op: most often the name is mistyped, and the paused ones are listed.
+    raise SkiplockError(f"queue {_shown(args.queue)} was not paused; paused queues: "
+                        f"{', '.join(paused) if paused else 'none'}")
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    with Client(settings=_settings(args)) as client:
+        paused = client.paused_queues()
+    if args.json:
+        print(json.dumps([{"queue": p.queue, "paused_at": p.paused_at.isoformat(),
+                           "paused_by": p.paused_by} for p in paused], indent=2))
+        return 0
+    if not paused:
+        print("no queue is paused")
+        return 0
+    width = max(12, *(len(_shown(p.queue)) for p in paused))
+    print(f"{'queue':<{width}} {'paused since':<23} paused by")
+    for p in paused:
+        print(f"{_shown(p.queue):<{width}} {_utc(p.paused_at):<23} {p.paused_by or '?'}")
     return 0
 
 
@@ -178,14 +233,23 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _database(_settings(args)) as db:
-        if db.cancel_job(args.job_id):
+    with Client(settings=_settings(args)) as client:
+        done = client.cancel(args.job_id, args.reason, by=f"cli {user_at_host()}")
+        if done == "cancelled":
             print(f"job {args.job_id} cancelled")
             return 0
-        state = db.job_state(args.job_id)
-    if state is None:
+        if done == "requested":
+            print(f"job {args.job_id} is running: cancel requested; its worker stops the "
+                  "handler and the job ends cancelled")
+            return 0
+        job = client.get_job(args.job_id)
+    if job is None:
         raise SkiplockError(f"job {args.job_id} does not exist")
-    raise SkiplockError(f"job {args.job_id} is {state}; only queued jobs can be cancelled")
+    if job["state"] == "running":
+        raise SkiplockError(f"job {args.job_id}: a cancel was already requested "
+                            f"({job.get('cancel_reason') or '?'}); its worker is stopping it")
+    raise SkiplockError(f"job {args.job_id} is {job['state']}; only queued or running jobs "
+                        "can be cancelled")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -226,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a job no live worker can run waits for one before it is dead "
         "(SKIPLOCK_UNRUNNABLE_GRACE, default 120)",
     )
+    w.add_argument(
+        "--cancel-grace", type=float,
+        help="seconds a handler told to stop (cancel, deadline) has before its outcome is "
+        "written without it (SKIPLOCK_CANCEL_GRACE, default 10)",
+    )
     w.set_defaults(func=cmd_worker)
 
     e = sub.add_parser("enqueue", help="enqueue one job; prints its id")
@@ -235,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--priority", type=int, default=0)
     e.add_argument("--delay", type=float)
     e.add_argument("--max-attempts", type=int)
+    e.add_argument("--timeout", type=float,
+                   help="this job's deadline per attempt in seconds (overrides the task's)")
     e.add_argument("--unique-key")
     e.add_argument("--no-validate", action="store_true", help="skip the task catalogue check")
     e.set_defaults(func=cmd_enqueue)
@@ -256,11 +327,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (
         ("retry", cmd_retry, "queue a dead or cancelled job again"),
-        ("cancel", cmd_cancel, "cancel a queued job"),
+        ("cancel", cmd_cancel, "cancel a queued job, or ask a running job's worker to stop it"),
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument("job_id", type=int)
+        if name == "cancel":
+            c.add_argument("--reason", help="recorded in the job's error history with who asked")
         c.set_defaults(func=func)
+
+    qu = sub.add_parser("queue", help="pause or resume a queue; list the paused ones")
+    qsub = qu.add_subparsers(dest="queue_command", required=True)
+    qp = qsub.add_parser(
+        "pause", help="stop workers claiming from QUEUE within a second (running jobs finish)")
+    qp.add_argument("queue", metavar="QUEUE")
+    qp.add_argument("--reason", help="why (stored with who paused it, shown by `queue list`)")
+    qp.set_defaults(func=cmd_queue_pause)
+    qr = qsub.add_parser("resume", help="let workers claim from QUEUE again")
+    qr.add_argument("queue", metavar="QUEUE")
+    qr.set_defaults(func=cmd_queue_resume)
+    ql = qsub.add_parser("list", help="paused queues: since when, by whom and why")
+    ql.add_argument("--json", action="store_true")
+    ql.set_defaults(func=cmd_queue_list)
 
     pr = sub.add_parser("prune", help="delete finished jobs past retention")
     pr.add_argument("--older-than", type=float, help="seconds (default SKIPLOCK_RETENTION_SECONDS)")

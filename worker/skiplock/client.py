@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
+import math
+import socket
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -13,11 +17,31 @@ import psycopg
 from .catalogue import check_known, validate_args
 from .db import Database, NewJob
 from .errors import ConfigurationError, InvalidArguments, UnknownTask
+from .outcomes import storable_text
 from .settings import Settings
 
 _CATALOGUE_TTL = 5.0
 # Strict (no default=): what it cannot encode is an error for the producer, not a string.
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+# One year: a longer deadline is a typo, and the database refuses it (jobs_timeout_positive).
+MAX_TIMEOUT = 31_536_000.0
+
+
+def check_timeout(timeout: float | dt.timedelta | None) -> float | None:
+    """A job deadline in seconds, or InvalidArguments saying what is wrong with it."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, dt.timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidArguments(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidArguments(
+            f"timeout must be > 0 and at most {MAX_TIMEOUT:.0f} seconds (one year), got {timeout}"
+        )
+    return float(timeout)
 
 
 class Client:
@@ -80,6 +104,7 @@ class Client:
         delay: float | dt.timedelta | None,
         unique_key: str | None,
         validate: bool | None,
+        timeout: float | dt.timedelta | None = None,
     ) -> NewJob:
         if not isinstance(task, str) or not task.strip():
             raise InvalidArguments("task name must be a non-empty string")
@@ -108,6 +133,7 @@ class Client:
             )
         if max_attempts is not None and max_attempts < 1:
             raise InvalidArguments("max_attempts must be >= 1")
+        timeout = check_timeout(timeout)
         entry: Mapping[str, Any] | None = None
         if validate if validate is not None else self.validate:
             catalogue = self.catalogue()
@@ -126,6 +152,7 @@ class Client:
             run_at=run_at,
             delay=delay,
             unique_key=unique_key,
+            timeout=timeout,
         )
 
     def enqueue(
@@ -141,10 +168,14 @@ class Client:
         unique_key: str | None = None,
         validate: bool | None = None,
         connection: psycopg.Connection[Any] | None = None,
+        timeout: float | dt.timedelta | None = None,
     ) -> int:
-        """Insert a job and return its id (the existing job's id for a repeated unique_key)."""
+        """Insert a job and return its id (the existing job's id for a repeated unique_key).
+
+        ``timeout``: this job's deadline per attempt, overriding the task's own."""
         job = self._prepare(
-            task, args, queue, priority, max_attempts, run_at, delay, unique_key, validate
+            task, args, queue, priority, max_attempts, run_at, delay, unique_key, validate,
+            timeout,
         )
         job_id, _created = self.db.enqueue(job, connection=connection)
         return job_id
@@ -155,7 +186,8 @@ class Client:
         """Insert many jobs in one round trip (COPY when it can); returns how many were inserted.
 
         Each item: ``{"task": ..., "args": {...}, "queue"?, "priority"?, "max_attempts"?,
-        "run_at"?, "unique_key"?}``. Jobs whose unique_key already exists are skipped.
+        "run_at"?, "unique_key"?, "timeout"?}``. Jobs whose unique_key already exists are
+        skipped.
         """
         prepared = []
         for i, spec in enumerate(jobs):
@@ -171,6 +203,7 @@ class Client:
                         None,
                         spec.get("unique_key"),
                         validate,
+                        spec.get("timeout"),
                     )
                 )
             except KeyError:
@@ -179,7 +212,8 @@ class Client:
                 raise type(exc)(f"job #{i}: {exc}") from None
         if not prepared:
             return 0
-        if all(j.run_at is None and j.unique_key is None for j in prepared):
+        if all(j.run_at is None and j.unique_key is None and j.timeout is None
+               for j in prepared):
             return self.db.enqueue_copy(prepared)
         return len(self.db.enqueue_unnest(prepared))
 
@@ -189,5 +223,88 @@ class Client:
     def retry(self, job_id: int) -> bool:
         return self.db.retry_job(job_id) is not None
 
-    def cancel(self, job_id: int) -> bool:
-        return self.db.cancel_job(job_id)
+    def cancel(
+        self, job_id: int, reason: str | None = None, *, by: str | None = None
+    ) -> str | None:
+        """Cancel a job: "cancelled" (it was queued), "requested" (it is running: its worker
+        stops the handler and the job ends cancelled), or None (finished, or already asked).
+
+        ``by`` (default: this client's user@host) and ``reason`` go into the job's error
+        history."""
+        who = (by or f"client {user_at_host()}") + (f" ({reason})" if reason else "")
+        state = self.db.cancel_job(job_id, who)
+        return {"cancelled": "cancelled", "running": "requested"}.get(state or "")
+
+    def pause_queue(
+        self, queue: str, reason: str | None = None, *, by: str | None = None
+    ) -> PausedQueue:
+        """Stop workers claiming from ``queue``; running jobs finish, new ones wait.
+
+        Workers hear it through NOTIFY at once, and the claim itself skips paused queues, so
+        a worker that missed the notification does not claim either. Pausing a paused queue
+        changes nothing and returns the first pause (``newly_paused`` False).
+
+        ``by`` says who pauses (default ``client USER@HOST``); ``reason`` is stored after it."""
+        queue = check_queue_name(queue)
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise InvalidArguments(f"reason must be text, got {type(reason).__name__}")
+            if len(reason) > MAX_PAUSE_REASON:
+                raise InvalidArguments(
+                    f"reason is {len(reason)} characters long; at most {MAX_PAUSE_REASON}")
+            if storable_text(reason) != reason:
+                raise InvalidArguments("reason must not contain NUL characters or lone "
+                                       "surrogates")
+        who = by or f"client {user_at_host()}"
+        row = self.db.pause_queue(queue, f"{who}: {reason}" if reason else who)
+        return PausedQueue(row["queue"], row["paused_at"], row["paused_by"],
+                           bool(row["newly_paused"]))
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let workers claim from ``queue`` again (idle ones are woken at once); False when it
+        was not paused."""
+        return self.db.resume_queue(check_queue_name(queue))
+
+    def paused_queues(self) -> list[PausedQueue]:
+        """Every paused queue, by name."""
+        return [PausedQueue(r["queue"], r["paused_at"], r["paused_by"])
+                for r in self.db.paused_queues()]
+
+
+# The database's limits (paused_queues and jobs constraints): checked first for a clear message.
+MAX_QUEUE_NAME = 128
+MAX_PAUSE_REASON = 500
+
+
+@dataclass(frozen=True)
+class PausedQueue:
+    queue: str
+    paused_at: dt.datetime
+    paused_by: str | None  # who paused it, then ": reason" when one was given
+    # False when it was paused already: that first pause is kept (its time, who and why)
+    newly_paused: bool = False
+
+
+def check_queue_name(queue: str) -> str:
+    """``queue`` as given, or InvalidArguments saying what is wrong with it. Never trimmed or
+    cleaned up: a changed name would act on another queue."""
+    if not isinstance(queue, str):
+        raise InvalidArguments(f"queue name must be text, got {type(queue).__name__}")
+    if not queue:
+        raise InvalidArguments("queue name must not be empty")
+    if len(queue) > MAX_QUEUE_NAME:
+        raise InvalidArguments(
+            f"queue name is {len(queue)} characters long; at most {MAX_QUEUE_NAME}")
+    if storable_text(queue) != queue:
+        raise InvalidArguments("queue name must not contain NUL characters or lone surrogates")
+    return queue
+
+
+def user_at_host() -> str:
+    """``user@host`` for the record of who did something (user ``?`` when the process has no
+    user name: a container running as a uid without a passwd entry)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"

@@ -12,7 +12,15 @@ import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -112,6 +120,8 @@ class NewJob(NamedTuple):
     run_at: dt.datetime | None = None
     delay: float | None = None
     unique_key: str | None = None
+    # the deadline of each attempt, overriding the task's (seconds)
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,6 +136,9 @@ class ClaimedJob:
     max_attempts: int
     # seconds since a worker first found that no live worker can run this job (None: never)
     unrunnable_for: float | None = None
+    # this job's own deadline per attempt (enqueue's timeout=); None: the task's, if any
+    timeout: float | None = None
+    snoozes: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +195,33 @@ def _job_filters(filters: Mapping[str, Any], state_key: str) -> dict[str, Any]:
         raise TypeError(f"unknown job filters: {sorted(unknown)}")
     params.update(filters)
     return params
+
+
+# Bulk actions over a jobs filter (bulk.sql): what they do, the bounds of one batch, the cap of
+# the count shown before one.
+BULK_ACTIONS = ("cancel", "retry", "delete")
+BULK_MAX_BATCH = 1000
+BULK_DEFAULT_BATCH = 500
+BULK_COUNT_CAP = 1_000_000
+
+
+@dataclass(frozen=True)
+class BulkBatch:
+    """One batch of a bulk action: ``ids`` it acted on, of ``examined`` matching ids (the rest
+    were skipped), and where the next batch starts."""
+
+    ids: list[int]
+    examined: int
+    cursor: int | None  # the last id examined: the next batch looks at lower ids only
+    more: bool  # the batch was full, so more jobs may match past the cursor
+
+    @property
+    def done(self) -> int:
+        return len(self.ids)
+
+    @property
+    def skipped(self) -> int:
+        return self.examined - len(self.ids)
 
 
 class Database:
@@ -360,6 +400,7 @@ class Database:
             "run_at": job.run_at,
             "delay": job.delay,
             "unique_key": job.unique_key,
+            "timeout": job.timeout,
         }
         if connection is not None:
             return self._enqueue_in(connection, params)
@@ -425,6 +466,7 @@ class Database:
             "max_attempts": [j.max_attempts for j in jobs],
             "run_ats": now_based,
             "unique_keys": [j.unique_key for j in jobs],
+            "timeouts": [j.timeout for j in jobs],
         }
         if any(j.delay for j in jobs):
             raise ValueError("enqueue_many takes run_at, not delay, per job")
@@ -453,6 +495,7 @@ class Database:
                 "run_at": j.run_at,
                 "delay": j.delay,
                 "unique_key": j.unique_key,
+                "timeout": j.timeout,
             }
             for j in jobs
         ]
@@ -548,8 +591,83 @@ class Database:
             self._rows("notify_queue", {"channel": f"{self.schema}_jobs", "queue": q})
         return [int(r["id"]) for r in rows]
 
-    def cancel_job(self, job_id: int) -> bool:
-        return bool(self._rows("cancel_job", {"id": job_id}, f"cancel job {job_id}"))
+    # -- bulk actions over a jobs filter (bulk.sql) ------------------------------------------
+
+    def count_matching(self, cap: int = BULK_COUNT_CAP, **filters: Any) -> tuple[int, bool]:
+        """How many jobs match search_jobs's ``filters``: (count, capped), counting stops at
+        ``cap`` (then capped is True and there may be more)."""
+        params = {**_job_filters(filters, "states"), "cap": cap}
+        n = int(self._rows("count_matching", params, "count matching jobs")[0]["n"])
+        return n, n >= cap
+
+    def bulk_batch(self, action: str, *, cursor: int | None = None,
+                   limit: int = BULK_DEFAULT_BATCH, reason: str = "a bulk cancel",
+                   **filters: Any) -> BulkBatch:
+        """One batch of ``action`` (cancel, retry or delete) on the jobs matching search_jobs's
+        ``filters``: the next ``limit`` of them, newest first, below ``cursor`` (the previous
+        batch's; None to start), in one transaction.
+
+        cancel is cancel_jobs (``reason`` goes into each job's history); retry is retry_job's
+        (dead or cancelled jobs only); delete never deletes a running job. Jobs another
+        transaction holds at that instant are skipped, as are jobs the action does not apply
+        to; loop while ``more``, passing ``cursor`` on."""
+        if action not in BULK_ACTIONS:
+            raise ValueError(f"bulk action {action!r}: use one of {', '.join(BULK_ACTIONS)}")
+        if not 1 <= limit <= BULK_MAX_BATCH:
+            raise ValueError(f"bulk batch size {limit}: use 1 to {BULK_MAX_BATCH}")
+        if "before_id" in filters:
+            raise TypeError("a bulk batch takes the list's cursor as cursor=, not before_id")
+        params = _job_filters({**filters, "before_id": cursor, "limit": limit}, "states")
+        acted: list[int] = []
+        with self._conn(f"{action} jobs in bulk") as conn, conn.transaction(), \
+                conn.cursor(row_factory=dict_row) as cur:
+            picked = cur.execute(Q["bulk_pick"], params).fetchone()
+            assert picked is not None  # an aggregate always answers one row
+            ids = [int(i) for i in picked["ids"]]
+            if ids and action == "cancel":
+                acted = [int(r["id"]) for r in cur.execute(Q["cancel_jobs"], {
+                    "ids": ids, "reason": reason[:1000], "channel": f"{self.schema}_control",
+                }).fetchall()]
+            elif ids and action == "retry":
+                rows = cur.execute(Q["bulk_retry"], {"ids": ids}).fetchall()
+                acted = [int(r["id"]) for r in rows]
+                # Once per queue, not per job; delivered at COMMIT, so never for a rollback.
+                for q in sorted({r["queue"] for r in rows}):
+                    cur.execute(Q["notify_queue"], {"channel": f"{self.schema}_jobs", "queue": q})
+            elif ids:
+                acted = [int(r["id"]) for r in cur.execute(Q["bulk_delete"], {"ids": ids})]
+        examined = int(picked["examined"])
+        # Nothing examined: the cursor stays where it was (None would start over at the top).
+        last = int(picked["last_id"]) if examined else cursor
+        return BulkBatch(ids=sorted(acted, reverse=True), examined=examined, cursor=last,
+                         more=examined == limit)
+
+    def cancel_jobs(self, ids: Sequence[int], reason: str) -> dict[int, str]:
+        """Cancel queued jobs at once and ask running ones' workers to stop them:
+        {id: 'cancelled' | 'running' (requested)}; finished or already-asked jobs are absent."""
+        rows = self._rows("cancel_jobs", {
+            "ids": list(ids), "reason": reason[:1000], "channel": f"{self.schema}_control",
+        }, f"cancel {len(ids)} job(s)")
+        return {int(r["id"]): str(r["state"]) for r in rows}
+
+    def cancel_job(self, job_id: int, reason: str = "a client") -> str | None:
+        """'cancelled', 'running' (a request its worker acts on), or None (nothing to do)."""
+        return self.cancel_jobs([job_id], reason).get(job_id)
+
+    def pause_queue(self, queue: str, by: str) -> Row:
+        """Stop claims from ``queue`` (running jobs finish); the first pause's row is kept."""
+        return self._rows("pause_queue", {
+            "queue": queue, "by": by[:1000], "channel": f"{self.schema}_control",
+        }, f"pause queue {queue!r}")[0]
+
+    def resume_queue(self, queue: str) -> bool:
+        """Claims from ``queue`` again; False when it was not paused."""
+        return bool(self._rows("resume_queue", {
+            "queue": queue, "jobs_channel": f"{self.schema}_jobs",
+        }, f"resume queue {queue!r}"))
+
+    def paused_queues(self) -> list[Row]:
+        return self._rows("paused_queues", {}, "paused queues")
 
     def job_state(self, job_id: int) -> str | None:
         rows = self._rows("job_state", {"id": job_id})
@@ -684,7 +802,7 @@ class WorkerConnection:
                 },
             )
             return [
-                ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+                ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
                 for r in await cur.fetchall()
             ]
 
@@ -697,7 +815,8 @@ class WorkerConnection:
 
     async def renew_leases(
         self, owned: Sequence[tuple[int, int]], worker_id: str, lease_seconds: float
-    ) -> set[int]:
+    ) -> dict[int, str | None]:
+        """Extend the leases still ours: {job id: who asked to cancel it, or None}."""
         async with self.cursor("renew leases") as cur:
             await cur.execute(
                 Q["renew_leases"],
@@ -708,12 +827,14 @@ class WorkerConnection:
                     "lease_seconds": lease_seconds,
                 },
             )
-            return {int(r[0]) for r in await cur.fetchall()}
+            return {int(r[0]): (str(r[1] or "?") if r[2] else None)
+                    for r in await cur.fetchall()}
 
     async def complete_succeeded(
         self, done: Sequence[tuple[int, int, str]], worker_id: str
-    ) -> set[int]:
-        """Fenced completions of (id, attempt, result as JSON text already checked)."""
+    ) -> dict[int, str]:
+        """Fenced completions of (id, attempt, result as JSON text already checked):
+        {id: 'succeeded', or 'cancelled' when a cancel request was stored first}."""
         async with self.cursor("record results") as cur:
             await cur.execute(
                 Q["complete_succeeded"],
@@ -724,7 +845,7 @@ class WorkerConnection:
                     "worker_id": worker_id,
                 },
             )
-            return {int(r[0]) for r in await cur.fetchall()}
+            return {int(r[0]): str(r[1]) for r in await cur.fetchall()}
 
     async def complete_failed(self, failures: Sequence[Failure], worker_id: str) -> dict[int, str]:
         async with self.cursor("record failures") as cur:
@@ -741,7 +862,10 @@ class WorkerConnection:
             )
             return {int(r[0]): str(r[1]) for r in await cur.fetchall()}
 
-    async def release(self, owned: Sequence[tuple[int, int]], worker_id: str) -> set[int]:
+    async def release(
+        self, owned: Sequence[tuple[int, int]], worker_id: str
+    ) -> dict[int, str]:
+        """Hand runs back: {id: 'queued', or 'cancelled' for a job whose cancel was asked}."""
         async with self.cursor("release jobs") as cur:
             await cur.execute(
                 Q["release"],
@@ -751,7 +875,30 @@ class WorkerConnection:
                     "worker_id": worker_id,
                 },
             )
-            return {int(r[0]) for r in await cur.fetchall()}
+            return {int(r[0]): str(r[1]) for r in await cur.fetchall()}
+
+    async def snooze(
+        self, snoozed: Sequence[tuple[int, int, float]], worker_id: str
+    ) -> dict[int, str]:
+        """(id, attempt, seconds) back to queued at database time + seconds, no attempt
+        counted: {id: 'queued', or 'cancelled' for a job whose cancel was asked}."""
+        async with self.cursor("snooze jobs") as cur:
+            await cur.execute(
+                Q["snooze"],
+                {
+                    "ids": [s[0] for s in snoozed],
+                    "attempts": [s[1] for s in snoozed],
+                    "delays": [s[2] for s in snoozed],
+                    "worker_id": worker_id,
+                },
+            )
+            return {int(r[0]): str(r[1]) for r in await cur.fetchall()}
+
+    async def cancel_requests(self, ids: Sequence[int], worker_id: str) -> dict[int, str]:
+        """The cancel requests among runs this worker holds: {id: who asked}."""
+        async with self.cursor("look for cancel requests") as cur:
+            await cur.execute(Q["cancel_requests"], {"ids": list(ids), "worker_id": worker_id})
+            return {int(r[0]): str(r[1] or "?") for r in await cur.fetchall()}
 
     async def register_tasks(
         self, tasks: Iterable[tuple[str, Mapping[str, Any], int, str]]
@@ -770,7 +917,7 @@ class WorkerConnection:
 
     async def defer_unrunnable(
         self, deferred: Sequence[tuple[int, int, str, float]], worker_id: str
-    ) -> set[int]:
+    ) -> dict[int, str]:
         """Hand back (id, attempt, reason, delay) jobs no live worker can run yet."""
         async with self.cursor("defer jobs no worker can run") as cur:
             await cur.execute(
@@ -783,7 +930,7 @@ class WorkerConnection:
                     "worker_id": worker_id,
                 },
             )
-            return {int(r[0]) for r in await cur.fetchall()}
+            return {int(r[0]): str(r[1]) for r in await cur.fetchall()}
 
     async def register_worker(
         self,
@@ -822,13 +969,19 @@ class WorkerConnection:
             await cur.execute(Q["prune_workers"], {"keep_seconds": keep_seconds})
             return len(await cur.fetchall())
 
-    async def listen(self, channel: str) -> AsyncIterator[str]:
-        """Yield notification payloads; raises DatabaseUnavailable when the link dies."""
+    async def listen(
+        self, *channels: str, on_listening: Callable[[], None] | None = None
+    ) -> AsyncIterator[tuple[str, str]]:
+        """Yield (channel, payload) per notification; raises DatabaseUnavailable when the link
+        dies. ``on_listening`` is called once every LISTEN is in place."""
         try:
             conn = await self._get()
-            await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+            for channel in channels:
+                await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+            if on_listening is not None:
+                on_listening()
             async for note in conn.notifies():
-                yield note.payload
+                yield note.channel, note.payload
         except (psycopg.OperationalError, OSError) as exc:
             await self.close()
             raise wrap_error(exc, self.url, "listen for new jobs") from None

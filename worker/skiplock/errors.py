@@ -55,3 +55,25 @@ class InvalidTransition(SkiplockError):
 
 class PermanentError(SkiplockError):
     """Raise from a handler to fail the job at once, without retries."""
+
+
+class JobCancelled(SkiplockError):
+    """Raised by ``ctx.raise_if_cancelled()`` in a handler whose job was cancelled or ran past
+    its deadline: let it propagate (the job ends cancelled, or the attempt timed out)."""
+
+
+class Snooze(Exception):  # a request, not an error: ``raise Snooze(60)``
+    """Raise from a handler to run the job again ``seconds`` from now (database time), without
+    counting an attempt. A task snoozes at most ``max_snoozes`` times (then the job is dead)."""
+
+    MAX_SECONDS = 31_536_000.0  # one year
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+            0 <= seconds <= self.MAX_SECONDS
+        ):
+            raise ValueError(
+                f"Snooze(seconds) takes 0 to {self.MAX_SECONDS:.0f} seconds, got {seconds!r}"
+            )
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = float(seconds)

@@ -3,6 +3,7 @@ API, the metrics and the operator."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,6 +29,10 @@ class QueueStats:
     # queued, but no live worker can run them (unknown task, arguments no registered signature
     # takes): they wait for one, then go dead after a grace period. Part of runnable/scheduled.
     waiting_for_worker: int = 0
+    # skiplock queue pause: no worker claims from it (running jobs finish); who and when
+    paused: bool = False
+    paused_at: dt.datetime | None = None
+    paused_by: str | None = None
 
     @property
     def backlog(self) -> int:
@@ -45,8 +50,16 @@ def queue_stats(
     cap: int = DEFAULT_COUNT_CAP,
     high_attempts: int = HIGH_RETRY_ATTEMPTS,
 ) -> list[QueueStats]:
-    """Per-queue counts; with no queues named, every queue that has tasks or live jobs."""
+    """Per-queue counts; with no queues named, every queue that has tasks or live jobs, and
+    every paused queue (a queue paused before its first job must still show, or it could not
+    be resumed from the dashboard)."""
     rows = db.queue_stats(queues, cap=cap, high_attempts=high_attempts)
+    paused = {p["queue"]: p for p in db.paused_queues()}
+    if not queues:
+        missing = sorted(set(paused) - {r["queue"] for r in rows})
+        if missing:
+            rows = sorted([*rows, *db.queue_stats(missing, cap=cap, high_attempts=high_attempts)],
+                          key=lambda r: str(r["queue"]))
     return [
         QueueStats(
             queue=r["queue"],
@@ -61,13 +74,16 @@ def queue_stats(
                 float(r["oldest_runnable_age"]) if r["oldest_runnable_age"] is not None else None
             ),
             waiting_for_worker=int(r["waiting_for_worker"]),
+            paused=r["queue"] in paused,
+            paused_at=paused[r["queue"]]["paused_at"] if r["queue"] in paused else None,
+            paused_by=paused[r["queue"]]["paused_by"] if r["queue"] in paused else None,
         )
         for r in rows
     ]
 
 
 def totals(stats: Sequence[QueueStats]) -> QueueStats:
-    """All queues added up (oldest age is the maximum)."""
+    """All queues added up (oldest age is the maximum); paused when every one of them is."""
     ages = [s.oldest_runnable_age for s in stats if s.oldest_runnable_age is not None]
     return QueueStats(
         queue="*",
@@ -80,6 +96,7 @@ def totals(stats: Sequence[QueueStats]) -> QueueStats:
         high_retry=sum(s.high_retry for s in stats),
         oldest_runnable_age=max(ages) if ages else None,
         waiting_for_worker=sum(s.waiting_for_worker for s in stats),
+        paused=bool(stats) and all(s.paused for s in stats),
     )
 
 

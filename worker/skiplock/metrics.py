@@ -58,6 +58,22 @@ WAITING_FOR_WORKER = Counter(
     "Times a job was put back because no live worker can run it yet",
     ["queue", "task"],
 )
+JOBS_CANCELLED = Counter(
+    "skiplock_jobs_cancelled", "Running jobs this worker ended cancelled", ["queue", "task"]
+)
+JOBS_SNOOZED = Counter(
+    "skiplock_jobs_snoozed", "Jobs put back by their handler (Snooze)", ["queue", "task"]
+)
+RUNS_STOPPED = Counter(
+    "skiplock_runs_stopped",
+    "Runs told to stop, by why: cancel (a cancel request) or timeout (the task's deadline)",
+    ["reason"],
+)
+ABANDONED = Gauge(
+    "skiplock_abandoned_handlers",
+    "Handlers that did not stop within the grace after a cancel or deadline and still run "
+    "(each holds a slot until it returns)",
+)
 OUTCOMES_REFUSED = Counter(
     "skiplock_outcome_writes_refused",
     "Outcome batches the database refused as data (each split to find the outcome at fault)",
@@ -73,7 +89,8 @@ def child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
-# (metric suffix, QueueStats attribute, help): the shared stats as gauges, one series per queue.
+# (metric suffix, QueueStats attribute, help): the shared stats as gauges, one series per queue
+# (a bool attribute is exported as 0 or 1).
 _QUEUE_GAUGES = (
     ("backlog", "backlog", "Runnable plus stuck jobs: work no live worker is doing"),
     ("runnable", "runnable", "Queued jobs whose run_at has passed"),
@@ -85,6 +102,8 @@ _QUEUE_GAUGES = (
     ("dead_last_hour", "dead_last_hour", "Jobs that went dead in the last hour"),
     ("waiting_for_worker", "waiting_for_worker",
      "Queued jobs no live worker can run (unknown task or arguments): they wait, then go dead"),
+    ("paused", "paused",
+     "1 while the queue is paused (skiplock queue pause): no worker claims from it"),
 )
 
 

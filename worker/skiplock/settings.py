@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1, le=256 * 1024 * 1024,
         description="a job result larger than this (as JSON) fails the job permanently",
     )
+    cancel_grace: float = Field(
+        default=10.0, ge=0, le=86400,
+        description="how long a handler told to stop (cancel, deadline) has before the worker "
+        "gives up on it: the job's outcome is written and a sync handler's thread abandoned",
+    )
     unrunnable_grace: float = Field(
         default=120.0, ge=0, le=7 * 86400,
         description="how long a job no live worker can run waits for one before it is dead",

@@ -198,13 +198,22 @@ def test_retry_and_cancel(api: httpx.Client, sql: Sql) -> None:
     assert r.json()["state"] == "queued" and r.json()["max_attempts"] == 5  # one more attempt
     r = api.post(f"/v1/jobs/{s['queued']}/cancel", headers=AUTH)
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    # A running job: the request is stored (its worker stops it); asking again changes nothing.
     r = api.post(f"/v1/jobs/{s['running']}/cancel", headers=AUTH)
-    assert r.status_code == 409 and "running" in r.json()["error"]
+    assert r.status_code == 200 and r.json()["state"] == "running", r.text
+    asked = r.json()["cancel_requested_at"]
+    assert asked is not None and r.json()["cancel_reason"] == "the HTTP API"
+    again = api.post(f"/v1/jobs/{s['running']}/cancel", headers=AUTH)
+    assert again.status_code == 200 and again.json()["cancel_requested_at"] == asked
+    r = api.post(f"/v1/jobs/{s['succeeded']}/cancel", headers=AUTH)
+    assert r.status_code == 409 and "succeeded" in r.json()["error"]
     r = api.post(f"/v1/jobs/{s['succeeded']}/retry", headers=AUTH)
     assert r.status_code == 409 and "succeeded" in r.json()["error"]
     assert api.post("/v1/jobs/999999/retry", headers=AUTH).status_code == 404
+    assert api.post("/v1/jobs/999999/cancel", headers=AUTH).status_code == 404
     assert api.get("/v1/jobs/999999").status_code == 404
-    assert sql("SELECT state::text FROM jobs WHERE id = %s", s["running"]) == [("running",)]
+    assert sql("SELECT state::text, cancel_reason FROM jobs WHERE id = %s", s["running"]) == [
+        ("running", "the HTTP API")]
 
 
 def test_queues_overview(api: httpx.Client, sql: Sql) -> None:

@@ -1,8 +1,8 @@
 """Server-rendered dashboard under /ui: queues overview, jobs list with filters, job detail.
 
 Pages are plain HTML from Jinja2 templates (autoescaped) with inline SVG charts; the only
-script is static/app.js (retry/cancel buttons, token, auto-refresh). Nothing loads from
-another origin, and the Content-Security-Policy set in app.py forbids it.
+script is static/app.js (retry/cancel and pause/resume buttons, token, auto-refresh).
+Nothing loads from another origin, and the Content-Security-Policy set in app.py forbids it.
 """
 
 from __future__ import annotations

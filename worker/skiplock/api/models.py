@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH
+
 BIGINT_MAX = 2**63 - 1
 INT_MAX = 2**31 - 1
 # Ten years: far beyond any sensible delay, and far inside PostgreSQL's interval range.
@@ -97,6 +99,9 @@ class JobIn(BaseModel):
     unique_key: str | None = Field(
         default=None, min_length=1, max_length=255,
         description="at most one job per key while it is stored; a repeat returns that job")
+    timeout: float | None = Field(
+        default=None, gt=0, le=31_536_000, allow_inf_nan=False,
+        description="each attempt's deadline in seconds, overriding the task's own")
 
     @field_validator("task", "queue", "unique_key")
     @classmethod
@@ -154,12 +159,18 @@ class Job(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    cancel_requested_at: dt.datetime | None = Field(
+        default=None, description="a cancel was asked while it ran: its worker is stopping it")
+    snoozes: int = Field(default=0, description="times its handler snoozed it (raise Snooze)")
 
 
 class JobDetail(Job):
     args: dict[str, Any]
     result: Any = None
     errors: list[AttemptError] = Field(description="one entry per failed attempt, oldest first")
+    cancel_reason: str | None = Field(default=None, description="who asked to cancel it")
+    timeout_seconds: float | None = Field(
+        default=None, description="its own deadline per attempt (None: the task's, if any)")
 
 
 class JobPage(BaseModel):
@@ -201,6 +212,10 @@ class QueueOut(BaseModel):
     throughput: list[Point] = Field(description="finished jobs per bucket, oldest first")
     backlog_history: list[BacklogPoint] = Field(
         description="samples taken by this API process since it started")
+    paused: bool = Field(default=False, description="no worker claims from it (running jobs "
+                                                    "finish); POST .../resume to undo")
+    paused_at: dt.datetime | None = None
+    paused_by: str | None = Field(default=None, description="who paused it, then ': reason'")
 
 
 class QueuesOut(BaseModel):
@@ -208,6 +223,24 @@ class QueuesOut(BaseModel):
     window_minutes: int
     bucket_seconds: int
     queues: list[QueueOut]
+
+
+class PauseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: SafeText | None = Field(default=None, min_length=1, max_length=500,
+                                    description="why; stored with who paused it")
+
+
+class QueuePause(BaseModel):
+    """A queue's pause state after a pause or resume request."""
+
+    queue: str
+    paused: bool
+    paused_at: dt.datetime | None = Field(description="when the pause in force began")
+    paused_by: str | None = Field(description="who paused it, then ': reason'")
+    changed: bool = Field(
+        description="false when there was nothing to do: already paused (the first pause is "
+                    "kept) or, for resume, not paused")
 
 
 class RetryDeadIn(BaseModel):
@@ -224,6 +257,96 @@ class RetryDeadIn(BaseModel):
 class RetryDeadOut(BaseModel):
     retried: int
     ids: list[int]
+
+
+class JobFilter(BaseModel):
+    """Which jobs: the filters of ``GET /v1/jobs`` (all optional, combined with AND). The query
+    parameters of the jobs list and of the count, and the ``filter`` of a bulk action."""
+
+    state: list[JobState] = Field(default_factory=list, description="repeat for several")
+    unfinished: bool = Field(default=False, description="queued or running (with min_attempts: "
+                                                        "the high-retry jobs)")
+    queue: SafeText | None = Field(default=None, min_length=1, max_length=128)
+    task: SafeText | None = Field(default=None, min_length=1, max_length=256)
+    stuck: bool = Field(default=False, description="running with an expired lease")
+    waiting_for_worker: bool = Field(
+        default=False, description="queued, but no live worker can run it (it waits for one, "
+                                   "then goes dead)")
+    min_attempts: int | None = Field(default=None, ge=0, le=INT_MAX)
+    created_after: Instant | None = None
+    created_before: Instant | None = None
+    finished_after: Instant | None = None
+    finished_before: Instant | None = None
+    error: SafeText | None = Field(default=None, min_length=1, max_length=200,
+                                   description="text the last error contains")
+
+    def is_empty(self) -> bool:
+        """No filter set: it matches every job."""
+        return self.model_dump() == JobFilter().model_dump()
+
+
+class BulkFilter(JobFilter):
+    # A misspelt field must be refused, not ignored: ignored, it would widen the filter and
+    # the action would reach jobs nobody meant.
+    model_config = ConfigDict(extra="forbid")
+
+
+class BulkAction(enum.StrEnum):
+    cancel = "cancel"
+    retry = "retry"
+    delete = "delete"
+
+
+class BulkIn(BaseModel):
+    """One batch of a bulk action over the jobs a filter matches."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"action": "retry", "filter": {"state": ["dead"], "queue": "mail",
+                                       "error": "KeyError"}, "limit": 500},
+        {"action": "delete", "filter": {}, "all": True, "cursor": 12345}]})
+
+    action: BulkAction = Field(description="cancel (queued at once; running ones are asked to "
+                                           "stop), retry (dead or cancelled ones), or delete "
+                                           "(never a running one)")
+    filter: BulkFilter = Field(default_factory=BulkFilter,
+                               description="the jobs to act on, as for GET /v1/jobs")
+    all: bool = Field(default=False,
+                      description="act on every job: required when the filter is empty, so an "
+                                  "empty or missing filter never means everything by accident")
+    # one batch is one short transaction, holding at most BULK_MAX_BATCH row locks
+    limit: int = Field(default=BULK_DEFAULT_BATCH, ge=1, le=BULK_MAX_BATCH,
+                       description="at most this many jobs in this batch")
+    cursor: int | None = Field(default=None, ge=1, le=BIGINT_MAX,
+                               description="the previous answer's cursor; omit to start")
+
+    @model_validator(mode="after")
+    def _all_is_explicit(self) -> BulkIn:
+        empty = self.filter.is_empty()
+        if empty and not self.all:
+            raise ValueError('the filter is empty, so it matches every job: set at least one '
+                             'filter, or send "all": true to act on every job')
+        if self.all and not empty:
+            raise ValueError('"all": true acts on every job, so it takes an empty filter: drop '
+                             'the filter to act on everything, or drop "all" to act on the '
+                             'filter\'s jobs')
+        return self
+
+
+class BulkOut(BaseModel):
+    action: BulkAction
+    done: int = Field(description="jobs acted on in this batch (cancel: cancelled, or running "
+                                  "and asked to stop)")
+    skipped: int = Field(
+        description="matching jobs this batch passed over: the action does not apply (cancel: "
+                    "finished or already asked; retry: not dead or cancelled; delete: running) "
+                    "or another transaction held the job at that instant")
+    cursor: int | None = Field(description="send it back as cursor for the next batch")
+    more: bool = Field(description="more jobs may match past the cursor: call again with it")
+
+
+class CountOut(BaseModel):
+    count: int = Field(description="jobs matching the filter")
+    capped: bool = Field(description="counting stopped at the cap: at least this many match")
 
 
 class LeaseHolder(BaseModel):

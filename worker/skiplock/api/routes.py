@@ -24,7 +24,9 @@ from .models import (
     JobIn,
     JobPage,
     JobState,
+    PauseIn,
     Problem,
+    QueuePause,
     QueuesOut,
     RetryDeadIn,
     RetryDeadOut,
@@ -35,6 +37,9 @@ from .models import (
 router = APIRouter()
 Auth = [Depends(require_token)]
 JobId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="job id")]
+# The same limits as the jobs table's queue column; any text PostgreSQL can hold (a slash is
+# sent as %2F, which the :path converter in the routes below accepts).
+QueueName = Annotated[SafeText, Path(min_length=1, max_length=128, description="queue name")]
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "the body is not JSON"},
     401: {"model": Problem, "description": "token required"},
@@ -58,7 +63,7 @@ def _prepare(st: State, job: JobIn, unique_key: str | None, where: str) -> NewJo
         # Client._prepare is the Python client's own validation (catalogue, arguments), so an
         # HTTP producer is held to exactly the same rules.
         return st.client._prepare(job.task, job.args, job.queue, job.priority, job.max_attempts,
-                                  job.run_at, job.delay, unique_key, None)
+                                  job.run_at, job.delay, unique_key, None, job.timeout)
     except UnknownTask as exc:
         raise _FieldError(f"{where}task", f"{prefix}{exc}") from None
     except InvalidArguments as exc:
@@ -185,7 +190,9 @@ async def retry_job(st: State, job_id: JobId) -> JobDetail:
              response_model=JobDetail,
              responses={**_AUTH_ERRORS, 404: {"model": Problem}, 409: {"model": Problem}})
 async def cancel_job(st: State, job_id: JobId) -> JobDetail:
-    """Cancel a queued job."""
+    """Cancel a job. A queued job is cancelled at once; for a running one the cancel request is
+    stored and its worker stops the handler (``cancel_requested_at`` is set in the answer; the
+    job ends ``cancelled`` within the worker's cancel grace). 409 for a finished job."""
     return await blocking(st, lambda: service.cancel(st.db, job_id), mutating=True)
 
 
@@ -199,6 +206,25 @@ async def queues(st: State,
     """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
     per bucket over the window and the backlog samples this process took."""
     return await blocking(st, lambda: service.overview(st.db, st.history, window_minutes, queue))
+
+
+@router.post("/v1/queues/{queue:path}/pause", dependencies=Auth, tags=["queues"],
+             response_model=QueuePause, responses=_AUTH_ERRORS)
+async def pause_queue(st: State, queue: QueueName, body: PauseIn | None = None) -> QueuePause:
+    """Stop workers claiming from the queue, within a second (NOTIFY, and the claim itself
+    skips paused queues); running jobs finish, new jobs wait. The queue need not have jobs
+    yet. Pausing a paused queue keeps the first pause (``changed`` false)."""
+    reason = body.reason if body is not None else None
+    return await blocking(st, lambda: service.pause_queue(st.client, queue, reason),
+                          mutating=True)
+
+
+@router.post("/v1/queues/{queue:path}/resume", dependencies=Auth, tags=["queues"],
+             response_model=QueuePause, responses=_AUTH_ERRORS)
+async def resume_queue(st: State, queue: QueueName) -> QueuePause:
+    """Let workers claim from the queue again; idle ones are woken at once. ``changed`` is
+    false when the queue was not paused."""
+    return await blocking(st, lambda: service.resume_queue(st.client, queue), mutating=True)
 
 
 @router.get("/v1/workers", tags=["queues"], response_model=WorkersOut)

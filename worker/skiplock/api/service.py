@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import inspect as inspection
+from ..client import Client
 from ..db import Database
 from ..errors import InvalidTransition, JobNotFound
 from .history import BacklogHistory
@@ -21,6 +22,7 @@ from .models import (
     LeaseHolder,
     Point,
     QueueOut,
+    QueuePause,
     QueuesOut,
     WorkerProcess,
     WorkersOut,
@@ -83,15 +85,26 @@ def retry(db: Database, job_id: int) -> JobDetail:
     return job_detail(db, job_id)
 
 
-def cancel(db: Database, job_id: int) -> JobDetail:
-    if not db.cancel_job(job_id):
-        state = db.job_state(job_id)
-        if state is None:
-            raise JobNotFound(f"job {job_id} does not exist (it may have been pruned)")
+def cancel(db: Database, job_id: int, by: str = "the HTTP API") -> JobDetail:
+    if db.cancel_job(job_id, by) is None:
+        detail = job_detail(db, job_id)  # JobNotFound when there is none
+        if detail.state == "running":
+            return detail  # asked already: the same answer again, nothing changed
         raise InvalidTransition(
-            f"job {job_id} is {state}; only queued jobs can be cancelled "
-            "(a running job finishes or fails on its own)")
+            f"job {job_id} is {detail.state}; only queued or running jobs can be cancelled")
     return job_detail(db, job_id)
+
+
+def pause_queue(client: Client, queue: str, reason: str | None) -> QueuePause:
+    p = client.pause_queue(queue, reason, by="api")
+    return QueuePause(queue=p.queue, paused=True, paused_at=p.paused_at, paused_by=p.paused_by,
+                      changed=p.newly_paused)
+
+
+def resume_queue(client: Client, queue: str) -> QueuePause:
+    resumed = client.resume_queue(queue)
+    return QueuePause(queue=queue, paused=False, paused_at=None, paused_by=None,
+                      changed=resumed)
 
 
 def _seconds(value: Any) -> float | None:
@@ -191,6 +204,9 @@ def overview(db: Database, history: BacklogHistory, window_minutes: int,
             oldest_runnable_age_seconds=s.oldest_runnable_age,
             succeeded_in_window=ok, dead_in_window=dead,
             throughput_per_minute=round((ok + dead) / window_minutes, 3),
-            throughput=series, backlog_history=backlog))
+            throughput=series, backlog_history=backlog,
+            # inspection.queue_stats merged the paused_queues rows (and lists a paused queue
+            # that has no jobs)
+            paused=s.paused, paused_at=s.paused_at, paused_by=s.paused_by))
     return QueuesOut(generated_at=now, window_minutes=window_minutes, bucket_seconds=bucket,
                      queues=out)

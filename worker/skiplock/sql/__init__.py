@@ -6,24 +6,43 @@ import re
 from functools import cache
 from importlib import resources
 
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# A query starts at `-- name: x`; a fragment (a piece of SQL several queries share, such as the
+# jobs filter) at `-- fragment: x`, and a query includes it with {{x}}.
+_PART = re.compile(r"^-- (name|fragment): (\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"\{\{(\w+)\}\}")
 
 
 def _read(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
+# The .sql files that hold named queries, one per area (schema.sql and migrations hold none).
+QUERY_FILES = ("queries.sql", "control.sql", "bulk.sql")
+
+
 @cache
 def queries() -> dict[str, str]:
-    """Every query in queries.sql, keyed by its ``-- name:`` line."""
-    text = _read("queries.sql")
-    parts = _NAME.split(text)
+    """Every named query of QUERY_FILES, keyed by its ``-- name:`` line, with each ``{{x}}``
+    replaced by fragment x (parenthesised, so it composes with the AND or OR around it)."""
     found: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in found:
-            raise RuntimeError(f"query {name!r} is defined twice in queries.sql")
-        found[name] = body.strip().rstrip(";")
-    return found
+    fragments: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for file in QUERY_FILES:
+        parts = _PART.split(_read(file))
+        for kind, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
+            if name in where:
+                raise RuntimeError(f"{name!r} is defined in {where[name]} and {file}")
+            (found if kind == "name" else fragments)[name] = body.strip().rstrip(";")
+            where[name] = file
+
+    def include(match: re.Match[str]) -> str:
+        # An unknown name fails here, at import: a query that silently lost its filter
+        # could act on every job.
+        if match[1] not in fragments:
+            raise RuntimeError(f"{{{{{match[1]}}}}} names no fragment in {QUERY_FILES}")
+        return f"(\n{fragments[match[1]]}\n)"
+
+    return {name: _INCLUDE.sub(include, body) for name, body in found.items()}
 
 
 def migrations() -> list[tuple[int, str, str]]:

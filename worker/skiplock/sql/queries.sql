@@ -7,11 +7,12 @@
 
 -- name: enqueue
 WITH inserted AS (
-    INSERT INTO jobs (queue, task, args, priority, max_attempts, run_at, unique_key)
+    INSERT INTO jobs (queue, task, args, priority, max_attempts, run_at, unique_key,
+                      timeout_seconds)
     VALUES (
         %(queue)s, %(task)s, %(args)s, %(priority)s, %(max_attempts)s,
         coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s, 0))),
-        %(unique_key)s
+        %(unique_key)s, %(timeout)s
     )
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
@@ -22,12 +23,13 @@ SELECT id, false AS created FROM jobs
 WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT 1 FROM inserted);
 
 -- name: enqueue_many_unnest
-INSERT INTO jobs (queue, task, args, priority, max_attempts, run_at, unique_key)
-SELECT q, t, a, p, m, coalesce(r, now()), u
+INSERT INTO jobs (queue, task, args, priority, max_attempts, run_at, unique_key, timeout_seconds)
+SELECT q, t, a, p, m, coalesce(r, now()), u, d
 FROM unnest(
     %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
-    %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[]
-) AS x(q, t, a, p, m, r, u)
+    %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[],
+    %(timeouts)s::float8[]
+) AS x(q, t, a, p, m, r, u, d)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
 RETURNING id;
 
@@ -37,6 +39,9 @@ RETURNING id;
 -- `queue = ANY(...)` instead, the index order is lost and every claim sorted the whole backlog.
 WITH picked AS (
     SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    -- the claim itself checks for paused queues: a worker that missed the NOTIFY never claims
+    CROSS JOIN LATERAL (SELECT NOT EXISTS (SELECT 1 FROM paused_queues AS p
+                                           WHERE p.queue = q.name) AS open) AS o
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM jobs
         WHERE state = 'queued' AND queue = q.name AND run_at <= now()
@@ -47,6 +52,7 @@ WITH picked AS (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
+    WHERE o.open
     ORDER BY c.priority, c.run_at, c.id
     LIMIT %(limit)s
 )
@@ -59,13 +65,15 @@ SET state = 'running',
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
-          extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for;
+          extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
+          j.timeout_seconds, j.snoozes;
 
 -- name: rescue_expired
 -- Jobs whose worker stopped renewing: back to queued, or dead once out of attempts.
 -- run_at is kept (it is in the past): a rescued job keeps its place at the head of the queue
 -- instead of waiting behind the whole backlog.
 -- SKIP LOCKED so the rescuer never waits on (or deadlocks with) a worker's own writes.
+-- A job whose cancel was requested ends cancelled (its worker died before it could say so).
 WITH expired AS (
     SELECT id FROM jobs
     WHERE state = 'running' AND queue = ANY(%(queues)s) AND locked_until < now()
@@ -74,13 +82,19 @@ WITH expired AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE jobs AS j
-SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead'::job_state ELSE 'queued'::job_state END,
-    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'::job_state
+                 WHEN j.attempts >= j.max_attempts THEN 'dead'::job_state
+                 ELSE 'queued'::job_state END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempts >= j.max_attempts
+                       THEN now() END,
     last_error = format('lease expired: worker %%s stopped renewing attempt %%s of %%s (crashed or cut off)',
                         j.locked_by, j.attempts, j.max_attempts),
     errors = j.errors || jsonb_build_object(
         'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
-        'error', format('lease expired: worker %%s stopped renewing', j.locked_by)),
+        'error', format('lease expired: worker %%s stopped renewing', j.locked_by)
+                 || CASE WHEN j.cancel_requested_at IS NOT NULL
+                         THEN format('; cancelled as requested by %%s', j.cancel_reason)
+                         ELSE '' END),
     locked_by = NULL,
     locked_until = NULL,
     unrunnable_since = NULL
@@ -89,44 +103,61 @@ WHERE j.id = expired.id
 RETURNING j.id, j.state, j.attempts;
 
 -- name: renew_leases
--- Fenced: only rows this worker still owns at this attempt are extended.
+-- Fenced: only rows this worker still owns at this attempt are extended. The answer carries
+-- each cancel request, so a worker learns of it without LISTEN (behind a pooler, a cut link).
 UPDATE jobs AS j
 SET locked_until = now() + make_interval(secs => %(lease_seconds)s)
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS f(id, attempt)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt
-RETURNING j.id;
+RETURNING j.id, j.cancel_reason, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: complete_succeeded
 -- Fenced completion and its result in one statement: a stale worker updates no row, so it
 -- writes no result either; ON CONFLICT keeps the first result if one was ever written.
+-- A cancel request stored before this statement wins: the job ends cancelled, no result.
 WITH done AS (
     UPDATE jobs AS j
-    SET state = 'succeeded', finished_at = now(), locked_by = NULL, locked_until = NULL
+    SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'succeeded'::job_state
+                     ELSE 'cancelled'::job_state END,
+        errors = CASE WHEN j.cancel_requested_at IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_object(
+                          'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
+                          'error', format('cancelled as requested by %%s; the handler '
+                                          'finished and its result was discarded',
+                                          j.cancel_reason)) END,
+        finished_at = now(), locked_by = NULL, locked_until = NULL
     -- results arrive as one JSON array (one json.dumps for the batch), zipped by position
     FROM ROWS FROM (unnest(%(ids)s::bigint[]), unnest(%(attempts)s::int[]),
                     jsonb_array_elements(%(results)s::jsonb)) AS f(id, attempt, result)
     WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
       AND j.attempts = f.attempt
-    RETURNING j.id, f.result
+    RETURNING j.id, j.state, f.result
 ), stored AS (
     INSERT INTO results (job_id, result)
-    SELECT id, result FROM done
+    SELECT id, result FROM done WHERE state = 'succeeded'
     ON CONFLICT (job_id) DO NOTHING
 )
-SELECT id FROM done;
+SELECT id, state::text FROM done;
 
 -- name: complete_failed
 -- Fenced failure: retry later (run_at = now() + backoff) or dead when out of attempts or permanent.
+-- A job whose cancel was requested ends cancelled instead (never retried), with who asked.
 UPDATE jobs AS j
-SET state = CASE WHEN f.permanent OR j.attempts >= j.max_attempts
-                 THEN 'dead'::job_state ELSE 'queued'::job_state END,
-    run_at = CASE WHEN f.permanent OR j.attempts >= j.max_attempts
+SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'::job_state
+                 WHEN f.permanent OR j.attempts >= j.max_attempts THEN 'dead'::job_state
+                 ELSE 'queued'::job_state END,
+    run_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR f.permanent
+                       OR j.attempts >= j.max_attempts
                   THEN j.run_at ELSE now() + make_interval(secs => f.delay) END,
-    finished_at = CASE WHEN f.permanent OR j.attempts >= j.max_attempts THEN now() END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR f.permanent
+                            OR j.attempts >= j.max_attempts THEN now() END,
     last_error = f.error,
     errors = j.errors || jsonb_build_object(
-        'attempt', j.attempts, 'worker', j.locked_by, 'at', now(), 'error', f.error),
+        'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
+        'error', CASE WHEN j.cancel_requested_at IS NULL THEN f.error
+                      ELSE format('cancelled as requested by %%s: %%s', j.cancel_reason,
+                                  f.error) END),
     locked_by = NULL,
     locked_until = NULL,
     unrunnable_since = NULL
@@ -139,13 +170,22 @@ RETURNING j.id, j.state;
 -- name: release
 -- Fenced hand-back (shutdown, or a job for a peer that runs its task): the attempt does not
 -- count, the job is runnable at once and keeps its place in the queue (run_at is in the past).
+-- A job whose cancel was requested is not handed back: it ends cancelled.
 UPDATE jobs AS j
-SET state = 'queued', attempts = j.attempts - 1, locked_by = NULL, locked_until = NULL,
-    unrunnable_since = NULL
+SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'queued'::job_state
+                 ELSE 'cancelled'::job_state END,
+    attempts = CASE WHEN j.cancel_requested_at IS NULL THEN j.attempts - 1 ELSE j.attempts END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+    errors = CASE WHEN j.cancel_requested_at IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_object(
+                      'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
+                      'error', format('cancelled as requested by %%s (the worker stopped '
+                                      'before the handler did)', j.cancel_reason)) END,
+    locked_by = NULL, locked_until = NULL, unrunnable_since = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS f(id, attempt)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt
-RETURNING j.id;
+RETURNING j.id, j.state::text;
 
 -- name: register_task
 INSERT INTO tasks (name, params, max_attempts, queue, updated_at)
@@ -161,7 +201,8 @@ SELECT name, params, max_attempts, queue FROM tasks ORDER BY name;
 SELECT j.id, j.queue, j.task, j.args, j.state::text AS state, j.priority, j.attempts,
        j.max_attempts, j.run_at, j.locked_until, j.locked_by, j.last_error, j.errors,
        j.unique_key, j.created_at, j.started_at, j.finished_at, r.result,
-       (j.state = 'running' AND j.locked_until < now()) AS stuck
+       (j.state = 'running' AND j.locked_until < now()) AS stuck,
+       j.cancel_requested_at, j.cancel_reason, j.timeout_seconds, j.snoozes
 FROM jobs AS j LEFT JOIN results AS r ON r.job_id = j.id
 WHERE j.id = %(id)s;
 
@@ -171,7 +212,8 @@ WHERE j.id = %(id)s;
 SELECT j.id, j.queue, j.task, j.args, j.state::text AS state, j.priority, j.attempts,
        j.max_attempts, j.run_at, j.locked_until, j.locked_by, j.last_error, j.errors,
        j.unique_key, j.created_at, j.started_at, j.finished_at, r.result,
-       (j.state = 'running' AND j.locked_until < now()) AS stuck
+       (j.state = 'running' AND j.locked_until < now()) AS stuck,
+       j.cancel_requested_at, j.cancel_reason, j.timeout_seconds, j.snoozes
 FROM jobs AS j LEFT JOIN results AS r ON r.job_id = j.id
 WHERE j.id = ANY(%(ids)s::bigint[])
 ORDER BY j.id DESC;
@@ -264,16 +306,10 @@ GROUP BY locked_by;
 -- name: retry_job
 UPDATE jobs
 SET state = 'queued', run_at = now(), finished_at = NULL, unrunnable_since = NULL,
+    cancel_requested_at = NULL, cancel_reason = NULL,
     max_attempts = greatest(max_attempts, attempts + 1)
 WHERE id = %(id)s AND state IN ('dead', 'cancelled')
 RETURNING id, queue;
-
--- name: cancel_job
-UPDATE jobs
-SET state = 'cancelled', finished_at = now(), locked_by = NULL, locked_until = NULL,
-    unrunnable_since = NULL
-WHERE id = %(id)s AND state = 'queued'
-RETURNING id;
 
 -- name: job_state
 SELECT state::text AS state FROM jobs WHERE id = %(id)s;
@@ -309,16 +345,11 @@ WHERE finished_at >= now() - make_interval(secs => %(window_seconds)s)
 GROUP BY 1, 2, 3
 ORDER BY 3, 1, 2;
 
--- name: search_jobs
--- The jobs list (HTTP API, dashboard, CLI): every filter, several states at once, without args,
--- errors or results (they can be large; jobs_by_ids and get_job read them).
--- Newest first with an id cursor, so a page costs the same at any depth.
-SELECT j.id, j.queue, j.task, j.state::text AS state, j.priority, j.attempts, j.max_attempts,
-       j.run_at, j.locked_until, j.locked_by, left(j.last_error, 500) AS last_error,
-       j.unique_key, j.created_at, j.started_at, j.finished_at,
-       (j.state = 'running' AND j.locked_until < now()) AS stuck
-FROM jobs AS j
-WHERE (%(states)s::job_state[] IS NULL OR j.state = ANY(%(states)s::job_state[]))
+-- fragment: job_filter
+-- The jobs view's filters over `jobs AS j`, written once: search_jobs lists with it, and the
+-- bulk actions (bulk.sql) count and pick with it, so a bulk action acts on exactly the jobs the
+-- list shows. before_id is the list's cursor (newest first), which the bulk batches walk too.
+(%(states)s::job_state[] IS NULL OR j.state = ANY(%(states)s::job_state[]))
   AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
   AND (%(task)s::text IS NULL OR j.task = %(task)s)
   AND (NOT %(stuck)s OR (j.state = 'running' AND j.locked_until < now()))
@@ -330,6 +361,18 @@ WHERE (%(states)s::job_state[] IS NULL OR j.state = ANY(%(states)s::job_state[])
   AND (%(finished_before)s::timestamptz IS NULL OR j.finished_at < %(finished_before)s)
   AND (%(error_contains)s::text IS NULL OR strpos(j.last_error, %(error_contains)s) > 0)
   AND (%(before_id)s::bigint IS NULL OR j.id < %(before_id)s)
+
+-- name: search_jobs
+-- The jobs list (HTTP API, dashboard, CLI): every filter, several states at once, without args,
+-- errors or results (they can be large; jobs_by_ids and get_job read them).
+-- Newest first with an id cursor, so a page costs the same at any depth.
+SELECT j.id, j.queue, j.task, j.state::text AS state, j.priority, j.attempts, j.max_attempts,
+       j.run_at, j.locked_until, j.locked_by, left(j.last_error, 500) AS last_error,
+       j.unique_key, j.created_at, j.started_at, j.finished_at,
+       (j.state = 'running' AND j.locked_until < now()) AS stuck,
+       j.cancel_requested_at, j.snoozes
+FROM jobs AS j
+WHERE {{job_filter}}
 ORDER BY j.id DESC
 LIMIT %(limit)s;
 
@@ -361,6 +404,7 @@ WITH picked AS (
 )
 UPDATE jobs AS j
 SET state = 'queued', run_at = now(), finished_at = NULL, unrunnable_since = NULL,
+    cancel_requested_at = NULL, cancel_reason = NULL,
     max_attempts = greatest(j.max_attempts, j.attempts + 1)
 FROM picked
 WHERE j.id = picked.id
@@ -415,13 +459,20 @@ LIMIT %(limit)s;
 -- name: defer_unrunnable
 -- Fenced hand-back of jobs no live worker can run yet: the attempt does not count, the job
 -- is looked at again after %(delays)s, and unrunnable_since keeps the first time it was seen.
+-- A job whose cancel was requested ends cancelled instead.
 UPDATE jobs AS j
-SET state = 'queued', attempts = j.attempts - 1, locked_by = NULL, locked_until = NULL,
-    run_at = now() + make_interval(secs => f.delay),
-    unrunnable_since = coalesce(j.unrunnable_since, now()),
+SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'queued'::job_state
+                 ELSE 'cancelled'::job_state END,
+    attempts = CASE WHEN j.cancel_requested_at IS NULL THEN j.attempts - 1 ELSE j.attempts END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+    locked_by = NULL, locked_until = NULL,
+    run_at = CASE WHEN j.cancel_requested_at IS NULL
+                  THEN now() + make_interval(secs => f.delay) ELSE j.run_at END,
+    unrunnable_since = CASE WHEN j.cancel_requested_at IS NULL
+                            THEN coalesce(j.unrunnable_since, now()) END,
     last_error = f.reason
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(reasons)s::text[], %(delays)s::float8[])
     AS f(id, attempt, reason, delay)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt
-RETURNING j.id;
+RETURNING j.id, j.state::text;

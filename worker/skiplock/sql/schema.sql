@@ -23,6 +23,11 @@ CREATE TABLE jobs (
     finished_at  timestamptz,
     -- set when no live worker could run the job (see 0003_worker_registry.sql)
     unrunnable_since timestamptz,
+    -- job control (see 0004_job_control.sql)
+    cancel_requested_at timestamptz,
+    cancel_reason text,
+    timeout_seconds float8,
+    snoozes      integer     NOT NULL DEFAULT 0,
     CONSTRAINT jobs_queue_valid CHECK (length(queue) BETWEEN 1 AND 128),
     CONSTRAINT jobs_task_valid CHECK (length(task) BETWEEN 1 AND 256),
     CONSTRAINT jobs_args_object CHECK (jsonb_typeof(args) = 'object'),
@@ -33,7 +38,11 @@ CREATE TABLE jobs (
     ),
     CONSTRAINT jobs_terminal_has_finish CHECK (
         state NOT IN ('succeeded', 'dead', 'cancelled') OR finished_at IS NOT NULL
-    )
+    ),
+    CONSTRAINT jobs_timeout_positive
+        CHECK (timeout_seconds IS NULL OR (timeout_seconds > 0 AND timeout_seconds <= 31536000)),
+    CONSTRAINT jobs_cancel_reason_length
+        CHECK (cancel_reason IS NULL OR length(cancel_reason) <= 1000)
 );
 
 -- The claim scan: only queued rows, in claim order.
@@ -96,6 +105,15 @@ CREATE TABLE workers (
     -- why the worker is not healthy: a dead service, outcomes not being written
     problem                text,
     CONSTRAINT workers_tasks_object CHECK (jsonb_typeof(tasks) = 'object')
+);
+
+-- Queues no worker claims from (see 0004_job_control.sql).
+CREATE TABLE paused_queues (
+    queue     text        PRIMARY KEY,
+    paused_at timestamptz NOT NULL DEFAULT now(),
+    paused_by text,
+    CONSTRAINT paused_queues_queue_valid CHECK (length(queue) BETWEEN 1 AND 128),
+    CONSTRAINT paused_queues_by_length CHECK (paused_by IS NULL OR length(paused_by) <= 1000)
 );
 
 -- Wake idle workers once per inserting statement (not per row), one notification per queue.

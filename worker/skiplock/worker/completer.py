@@ -56,9 +56,12 @@ class Completer:
         """Write every outcome waiting now; returns how many were settled. On a failure to
         reach the database the unwritten ones go back to the buffer, in order."""
         taken = self.state.outcomes.take()
-        batch = [o for o in taken if self.state.still_ours(o.run.job)]
-        kept = {id(o) for o in batch}
-        self.state.outcomes.settled([o for o in taken if id(o) not in kept])
+        batch: list[Outcome] = []
+        dropped: list[Outcome] = []
+        for outcome in taken:
+            (batch if self.state.still_ours(outcome.run.job) else dropped).append(outcome)
+        if dropped:
+            self.state.outcomes.settled(dropped)
         try:
             for kind, write in (
                 (Kind.SUCCEEDED, self._write_succeeded),
@@ -66,6 +69,7 @@ class Completer:
                 (Kind.FAILED, self._write_failed),
                 (Kind.HANDED_BACK, self._write_handed_back),
                 (Kind.DEFERRED, self._write_deferred),
+                (Kind.SNOOZED, self._write_snoozed),
             ):
                 group = [o for o in batch if o.kind is kind and not o.done]
                 if group:
@@ -155,6 +159,15 @@ class Completer:
                 extra={"job_id": job.id, "attempt": job.attempt},
             )
             return
+        if state == "cancelled":
+            # a cancel request stored before this write: whatever the run did, it ended so
+            self.state.processed += 1
+            metrics.child(metrics.JOBS_CANCELLED, job.queue, job.task).inc()
+            log.info("job %d attempt %d: cancelled", job.id, job.attempt)
+            return
+        if outcome.kind is Kind.SNOOZED:
+            metrics.child(metrics.JOBS_SNOOZED, job.queue, job.task).inc()
+            return
         if outcome.kind in (Kind.HANDED_BACK, Kind.DEFERRED):
             return
         self.state.processed += 1
@@ -170,11 +183,10 @@ class Completer:
     # -- one statement per kind ----------------------------------------------------------------
 
     async def _write_succeeded(self, part: list[Outcome]) -> dict[int, str]:
-        done = await self.db.complete_succeeded(
+        return await self.db.complete_succeeded(
             [(o.run.job.id, o.run.job.attempt, o.result_json) for o in part],
             self.state.worker_id,
         )
-        return dict.fromkeys(done, "succeeded")
 
     async def _write_failed(self, part: list[Outcome]) -> dict[int, str]:
         return await self.db.complete_failed(
@@ -182,17 +194,20 @@ class Completer:
         )
 
     async def _write_handed_back(self, part: list[Outcome]) -> dict[int, str]:
-        done = await self.db.release(
+        return await self.db.release(
             [(o.run.job.id, o.run.job.attempt) for o in part], self.state.worker_id
         )
-        return dict.fromkeys(done, "queued")
 
     async def _write_deferred(self, part: list[Outcome]) -> dict[int, str]:
-        done = await self.db.defer_unrunnable(
+        return await self.db.defer_unrunnable(
             [(o.run.job.id, o.run.job.attempt, o.reason, o.delay) for o in part],
             self.state.worker_id,
         )
-        return dict.fromkeys(done, "queued")
+
+    async def _write_snoozed(self, part: list[Outcome]) -> dict[int, str]:
+        return await self.db.snooze(
+            [(o.run.job.id, o.run.job.attempt, o.delay) for o in part], self.state.worker_id
+        )
 
 
 def _plain(text: str, limit: int = 1000) -> str:

@@ -25,6 +25,7 @@ from ..errors import DatabaseUnavailable, SkiplockError, WorkerFailed
 from ..outcomes import DEFAULT_MAX_RESULT_BYTES
 from ..retry import reconnect_delay
 from ..settings import Settings
+from .cancel_watcher import CancelWatcher
 from .claimer import Claimer
 from .completer import Completer
 from .executor import Executor
@@ -68,11 +69,14 @@ class Worker:
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         unrunnable_grace: float = 120.0,
         connection_urls: Mapping[str, str] | None = None,
+        cancel_grace: float = 10.0,
     ) -> None:
         """``unrunnable_grace``: how long a job no live worker can run (unknown task, arguments
         that fit no registered version) waits for one before it goes dead.
         ``connection_urls``: a URL per connection ("claim", "write", "listen") where one must
-        differ from ``database_url`` (e.g. a direct URL for LISTEN behind a pooler)."""
+        differ from ``database_url`` (e.g. a direct URL for LISTEN behind a pooler).
+        ``cancel_grace``: how long a handler told to stop (cancel request, deadline) has before
+        its outcome is written without it (see executor.py)."""
         if not queues:
             raise ValueError("a worker needs at least one queue")
         if concurrency < 1:
@@ -81,6 +85,8 @@ class Worker:
             raise ValueError("heartbeat_fraction must be in (0, 0.5] so a lease is renewed in time")
         if unrunnable_grace < 0:
             raise ValueError("unrunnable_grace must be >= 0")
+        if cancel_grace < 0:
+            raise ValueError("cancel_grace must be >= 0")
         unknown_roles = set(connection_urls or {}) - {"claim", "write", "listen"}
         if unknown_roles:
             raise ValueError(f"unknown connection roles {sorted(unknown_roles)}")
@@ -121,6 +127,7 @@ class Worker:
             max_result_bytes=max_result_bytes,
             unrunnable_grace=unrunnable_grace,
             report_failure=self.supervisor.report,
+            cancel_grace=cancel_grace,
         )
         self.completer = Completer(self.state, self._write_db)
         self.monitor = Monitor(self.state, self.supervisor.problems)
@@ -134,9 +141,10 @@ class Worker:
             for s in (
                 self.claimer,
                 self.completer,
-                LeaseRenewer(self.state, self._write_db, heartbeat),
-                Listener(self.state, self._listen_db, f"{schema}_jobs", self.queues,
-                         poll_interval),
+                LeaseRenewer(self.state, self._write_db, heartbeat, self.executor.cancel),
+                Listener(self.state, self._listen_db, schema, self.queues, poll_interval,
+                         self.executor.cancel),
+                CancelWatcher(self.state, self._claim_db, poll_interval, self.executor.cancel),
                 Rescuer(self._claim_db, self.queues, lease_seconds),
                 self.registry,
                 self.monitor,
@@ -159,6 +167,7 @@ class Worker:
             "worker_id": make_worker_id(settings.worker_name) if settings.worker_name else None,
             "max_result_bytes": settings.max_result_bytes,
             "unrunnable_grace": settings.unrunnable_grace,
+            "cancel_grace": settings.cancel_grace,
         }
         params.update({k: v for k, v in overrides.items() if v is not None})
         return cls(app, settings.database_url, **params)

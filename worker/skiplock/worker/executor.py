@@ -1,4 +1,14 @@
-"""Runs claimed jobs' handlers and turns what each did into an outcome for the completer."""
+"""Runs claimed jobs' handlers and turns what each did into an outcome for the completer.
+
+Stopping a run (a cancel request, a deadline): the handler is told (``ctx.cancelled``; an async
+handler is also cancelled at its next await) and gets ``cancel_grace`` seconds. Whatever it
+does then, the attempt's outcome is the stop's: cancelled (the job ends cancelled), or "timed
+out after N s" (retried per the task's policy). A handler still running after the grace is
+abandoned: the outcome is written without it, so the job moves on, and its late result is
+discarded. A thread cannot be killed, so an abandoned sync handler keeps its slot (the
+worker claims one job less) until it returns; when every slot is held that way, /livez fails
+and the pod is restarted, which is the only way to get those threads back.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import logs, metrics
-from ..app import App, JobContext
+from ..app import App, JobContext, Task
 from ..catalogue import validate_args
 from ..db import ClaimedJob, Failure
-from ..errors import InvalidArguments, PermanentError
+from ..errors import InvalidArguments, PermanentError, Snooze
 from ..outcomes import NotStorable, describe_exception, storable_result, storable_text
 from ..retry import backoff_delay
 from .rollout import decide_unfit
@@ -40,11 +50,13 @@ class Executor:
         max_result_bytes: int,
         unrunnable_grace: float,
         report_failure: Callable[[str, BaseException], bool],
+        cancel_grace: float = 10.0,
     ) -> None:
         self.state = state
         self.app = app
         self.max_result_bytes = max_result_bytes
         self.unrunnable_grace = unrunnable_grace
+        self.cancel_grace = cancel_grace
         self.report_failure = report_failure
         self.threads = ThreadPoolExecutor(
             max_workers=state.concurrency, thread_name_prefix="skiplock-job"
@@ -62,7 +74,13 @@ class Executor:
             with logs.bind(job_id=job.id, task=job.task, attempt=job.attempt, queue=job.queue):
                 await self._execute(run)
         except asyncio.CancelledError:
-            raise
+            if run.stop is None or not run.executing:
+                raise  # the worker is shutting down (the run was released first)
+            # cancelled before its handler started (the task had not run yet)
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            self.finish(run, self._stop_outcome(run, "before the handler started"))
         except Exception as exc:
             log.error("job %d: the executor failed around its handler", job.id, exc_info=exc)
             # An attempt that failed like any other (counted, retried per the policy): not a
@@ -75,6 +93,12 @@ class Executor:
             # Bookkeeping inside the task, not in a done callback: one loop turn less per job.
             if self.state.executing.get(job.id) is asyncio.current_task():
                 del self.state.executing[job.id]
+            if run.abandoned:
+                self.state.abandoned.discard(run)
+                metrics.ABANDONED.set(len(self.state.abandoned))
+                log.warning("job %d attempt %d: the abandoned handler returned after %.1fs; "
+                            "its slot is free again", job.id, job.attempt,
+                            time.monotonic() - run.started)
             if self.state.more_waiting:
                 self.state.wake.set()
 
@@ -85,9 +109,12 @@ class Executor:
             known = ", ".join(sorted(self.app.tasks)) or "none"
             self._unfit(run, f"unknown task {job.task!r}: this worker runs {known}")
             return
+        timeout = job.timeout or task.timeout
         ctx = JobContext(
-            job.id, job.attempt, job.max_attempts, job.queue, job.task, self.state.worker_id
+            job.id, job.attempt, job.max_attempts, job.queue, job.task, self.state.worker_id,
+            timeout, job.snoozes,
         )
+        run.signal = ctx.stop
         try:
             _check_args(task.func, ctx, job.args)
             # The declared JSON types too: peers are judged by them (rollout.capable_peers).
@@ -99,6 +126,12 @@ class Executor:
             return
         started = time.perf_counter()
         limit = self.max_result_bytes
+        if timeout is not None:
+            run.timers.append(asyncio.get_running_loop().call_later(
+                timeout, self.stop_run, run, "timeout", f"timed out after {timeout:g}s"))
+        if run.stop is not None:  # cancelled while its arguments were checked
+            self.finish(run, self._stop_outcome(run, "before the handler started"))
+            return
         try:
             if task.is_async:
                 result_json = _as_json(await task.func(ctx, **job.args), limit)
@@ -112,26 +145,108 @@ class Executor:
                     self.threads, contextvars.copy_context().run, call
                 )
         except asyncio.CancelledError:
-            raise
-        except NotStorable as exc:
-            self.fail(run, str(exc), 0.0, permanent=True)
-            log.warning("job %d failed permanently: %s", job.id, exc)
-        except PermanentError as exc:
-            # describe_exception, not str(exc): a hostile __str__ must not kill the executor
-            error = describe_exception(exc, traceback_frames=0)
-            self.fail(run, error, 0.0, permanent=True)
-            log.warning("job %d failed permanently: %s", job.id, error)
+            if run.stop is None or not task.is_async:
+                raise  # the worker is shutting down (the run was released first)
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            self.finish(run, self._stop_outcome(run, "the handler was cancelled"))
         except Exception as exc:
-            error = describe_exception(exc)
-            self.fail(run, error, backoff_delay(task.backoff, job.attempt), permanent=False)
-            log.info("job %d attempt %d/%d failed: %s", job.id, job.attempt, job.max_attempts,
-                     error.partition("\n")[0][:300])
+            if run.stop is not None:
+                how = f"the handler stopped with {describe_exception(exc, traceback_frames=0)}"
+                self.finish(run, self._stop_outcome(run, how.partition("\n")[0][:300]))
+            else:
+                self._failed(run, task, exc)
         else:
-            self.finish(run, Outcome(run, Kind.SUCCEEDED, result_json=result_json))
+            if run.stop is not None:
+                # A result that came after the stop is not the attempt's: a cancelled job
+                # stores none, and an attempt past its deadline timed out.
+                self.finish(run, self._stop_outcome(run, "the handler returned; result discarded"))
+            else:
+                self.finish(run, Outcome(run, Kind.SUCCEEDED, result_json=result_json))
         finally:
             metrics.child(metrics.JOB_SECONDS, job.queue, job.task).observe(
                 time.perf_counter() - started
             )
+
+    def _failed(self, run: Run, task: Task, exc: Exception) -> None:
+        """The handler raised (and was not told to stop): the outcome its exception means."""
+        job = run.job
+        if isinstance(exc, Snooze):
+            if job.snoozes >= task.max_snoozes:
+                message = (f"snoozed {job.snoozes} times: the task allows max_snoozes="
+                           f"{task.max_snoozes}; the job is dead rather than snooze for ever")
+                self.fail(run, message, 0.0, permanent=True)
+                log.warning("job %d: %s", job.id, message)
+            else:
+                self.finish(run, Outcome(run, Kind.SNOOZED, delay=exc.seconds))
+        elif isinstance(exc, NotStorable):
+            self.fail(run, str(exc), 0.0, permanent=True)
+            log.warning("job %d failed permanently: %s", job.id, exc)
+        elif isinstance(exc, PermanentError):
+            # describe_exception, not str(exc): a hostile __str__ must not kill the executor
+            error = describe_exception(exc, traceback_frames=0)
+            self.fail(run, error, 0.0, permanent=True)
+            log.warning("job %d failed permanently: %s", job.id, error)
+        else:
+            error = describe_exception(exc)
+            self.fail(run, error, backoff_delay(task.backoff, job.attempt), permanent=False)
+            log.info("job %d attempt %d/%d failed: %s", job.id, job.attempt, job.max_attempts,
+                     error.partition("\n")[0][:300])
+
+    # -- stopping a run ------------------------------------------------------------------------
+
+    def cancel(self, job_id: int, reason: str) -> bool:
+        """A cancel request for a job this worker runs; False when it runs no such job now."""
+        run = self.state.owned.get(job_id)
+        if run is None or not run.executing:
+            return False  # finished meanwhile: the completion statement sees the request
+        self.stop_run(run, "cancel", f"cancelled by {reason}")
+        return True
+
+    def stop_run(self, run: Run, kind: str, message: str) -> None:
+        """Tell the handler to stop, and give up on it after the grace."""
+        if run.stop is not None or not run.executing or not self.state.holds(run.job):
+            return
+        run.stop, run.stop_message = kind, message
+        job = run.job
+        log.info("job %d attempt %d: %s; telling the handler to stop (grace %.0fs)",
+                 job.id, job.attempt, message, self.cancel_grace)
+        metrics.RUNS_STOPPED.labels(kind).inc()
+        if run.signal is not None:
+            run.signal.set(message)
+        task = self.app.tasks.get(job.task)
+        job_task = self.state.executing.get(job.id)
+        if task is not None and task.is_async and job_task is not None:
+            job_task.cancel()
+        run.timers.append(
+            asyncio.get_running_loop().call_later(self.cancel_grace, self._give_up, run))
+
+    def _give_up(self, run: Run) -> None:
+        """The handler did not stop within the grace: write the stop's outcome without it."""
+        if not run.executing:
+            return
+        run.abandoned = True
+        self.state.abandoned.add(run)
+        metrics.ABANDONED.set(len(self.state.abandoned))
+        log.warning("job %d attempt %d: the handler did not stop within %.0fs; it is abandoned "
+                    "(its slot stays taken until it returns; %d abandoned now)", run.job.id,
+                    run.job.attempt, self.cancel_grace, len(self.state.abandoned))
+        self.finish(run, self._stop_outcome(
+            run, f"the handler did not stop within {self.cancel_grace:g}s and was abandoned"))
+
+    def _stop_outcome(self, run: Run, how: str) -> Outcome:
+        job = run.job
+        text = storable_text(f"{run.stop_message}; {how}")
+        if run.stop == "cancel":
+            # Written as a failure: the completion statement ends it cancelled (the request
+            # is stored), with who asked in its history; never retried.
+            failure = Failure(job.id, job.attempt, text, 0.0, True)
+        else:
+            task = self.app.tasks.get(job.task)
+            delay = backoff_delay(task.backoff, job.attempt) if task is not None else 1.0
+            failure = Failure(job.id, job.attempt, text, delay, False)
+        return Outcome(run, Kind.FAILED, failure=failure)
 
     def _unfit(self, run: Run, why: str) -> None:
         """A job this version cannot run: leave it to a peer that can, wait, or fail it."""
@@ -160,7 +275,15 @@ class Executor:
         self.finish(run, Outcome(run, Kind.FAILED, failure=failure))
 
     def finish(self, run: Run, outcome: Outcome) -> None:
+        if not run.executing:
+            # the late end of an abandoned handler: the run's outcome was given without it
+            log.info("job %d attempt %d: the abandoned handler ended (%s); discarded",
+                     run.job.id, run.job.attempt, outcome.kind.value)
+            return
         run.executing = False
+        for timer in run.timers:
+            timer.cancel()
+        run.timers.clear()
         if self.state.still_ours(run.job):
             self.state.outcomes.add(outcome)
 

@@ -24,10 +24,19 @@ def assess(
     oldest_pending_seconds: float | None,
     lease_seconds: float,
     at: float,
+    abandoned: int = 0,
+    concurrency: int = 0,
 ) -> Health:
-    """A worker is failing when a service is down, or when its oldest outcome has waited more
-    than half a lease: by then its jobs' leases are renewed for outcomes that may never land."""
+    """A worker is failing when a service is down, when its oldest outcome has waited more
+    than half a lease (by then its jobs' leases are renewed for outcomes that may never land),
+    or when every slot holds a handler abandoned after a cancel or deadline (threads cannot be
+    killed: only a restart gets those slots back)."""
     problems = list(service_problems)
+    if concurrency and abandoned >= concurrency:
+        problems.append(
+            f"all {concurrency} slots hold handlers that did not stop after a cancel or "
+            "deadline; restart the worker to get them back"
+        )
     if oldest_pending_seconds is not None and oldest_pending_seconds > lease_seconds / 2:
         problems.append(
             f"{pending_outcomes} outcome(s) not written; the oldest has waited "

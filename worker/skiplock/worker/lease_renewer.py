@@ -1,8 +1,10 @@
-"""The heartbeat: extends the lease of every run this worker holds, fenced."""
+"""The heartbeat: extends the lease of every run this worker holds, fenced. Its answer also
+carries the cancel requests for those runs: the path that works without LISTEN."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .. import metrics
 from ..db import WorkerConnection
@@ -16,10 +18,17 @@ log = logging.getLogger("skiplock.worker")
 class LeaseRenewer:
     name = "lease_renewer"
 
-    def __init__(self, state: WorkerState, db: WorkerConnection, interval: float) -> None:
+    def __init__(
+        self,
+        state: WorkerState,
+        db: WorkerConnection,
+        interval: float,
+        on_cancel: Callable[[int, str], object] = lambda job_id, reason: None,
+    ) -> None:
         self.state = state
         self.db = db
         self.interval = interval
+        self.on_cancel = on_cancel
 
     async def run(self) -> None:
         await every(self.interval, self.run_once, "heartbeat", "lease renewal will be retried")
@@ -35,6 +44,9 @@ class LeaseRenewer:
             self.state.lease_seconds,
         )
         metrics.LEASE_RENEWALS.inc(len(renewed))
+        for job_id, cancel_reason in renewed.items():
+            if cancel_reason is not None:
+                self.on_cancel(job_id, cancel_reason)
         for run in runs_that_lost_their_lease(sent, renewed, self.state.owned):
             run.lost = True
             metrics.LEASES_LOST.inc()

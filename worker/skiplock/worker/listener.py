@@ -1,10 +1,12 @@
-"""LISTEN for new jobs on this worker's queues; polling covers whatever it misses."""
+"""LISTEN for new jobs on this worker's queues and for job control (cancel requests, pauses);
+polling covers whatever it misses (the claimer polls for jobs, the cancel watcher for cancels)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from .. import metrics
 from ..db import WorkerConnection
@@ -22,15 +24,18 @@ class Listener:
         self,
         state: WorkerState,
         db: WorkerConnection,
-        channel: str,
+        schema: str,
         queues: list[str],
         poll_interval: float,
+        on_cancel: Callable[[int, str], object] = lambda job_id, reason: None,
     ) -> None:
         self.state = state
         self.db = db
-        self.channel = channel
+        self.jobs_channel = f"{schema}_jobs"
+        self.control_channel = f"{schema}_control"
         self.queues = set(queues)
         self.poll_interval = poll_interval
+        self.on_cancel = on_cancel
 
     async def run(self) -> None:
         failures = 0
@@ -39,6 +44,7 @@ class Listener:
                 await self.run_once()
                 failures = 0
             except DatabaseUnavailable as exc:
+                self.state.listening = False
                 failures += 1
                 metrics.DB_ERRORS.labels("listen").inc()
                 log.warning("%s; polling every %.1fs until LISTEN is back", exc,
@@ -46,15 +52,34 @@ class Listener:
                 await asyncio.sleep(reconnect_delay(failures))
                 # Jobs inserted while we were deaf sent no notification we could hear.
                 self.state.wake.set()
+            finally:
+                self.state.listening = False
+
+    def _listening(self) -> None:
+        self.state.listening = True
 
     async def run_once(self, max_seconds: float | None = None) -> int:
-        """LISTEN and wake the claimer per notification for one of our queues, until the link
-        dies (DatabaseUnavailable) or ``max_seconds`` pass; returns the wake-ups given."""
-        woken = 0
+        """LISTEN and act on each notification, until the link dies (DatabaseUnavailable) or
+        ``max_seconds`` pass; returns the notifications acted on."""
+        acted = 0
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_seconds):
-                async for queue in self.db.listen(self.channel):
-                    if queue in self.queues:
-                        woken += 1
-                        self.state.wake.set()
-        return woken
+                async for channel, payload in self.db.listen(
+                    self.jobs_channel, self.control_channel, on_listening=self._listening
+                ):
+                    if channel == self.jobs_channel:
+                        if payload in self.queues:
+                            acted += 1
+                            self.state.wake.set()
+                    elif self._control(payload):
+                        acted += 1
+        return acted
+
+    def _control(self, payload: str) -> bool:
+        what, _, arg = payload.partition(":")
+        if what == "cancel" and arg.isdigit():
+            return self.on_cancel(int(arg), "a cancel request") is True
+        if what == "pause" and arg in self.queues:
+            log.info("queue %s paused: no more claims from it (running jobs finish)", arg)
+            return True
+        return False

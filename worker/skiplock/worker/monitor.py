@@ -32,7 +32,7 @@ class Monitor:
         outcomes = self.state.outcomes
         self.snapshot = assess(
             self.problems(), len(outcomes), outcomes.oldest_age(now), self.state.lease_seconds,
-            now,
+            now, len(self.state.abandoned), self.state.concurrency,
         )
         metrics.OUTCOMES_WAITING.set(len(outcomes))
         return self.snapshot

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from .. import metrics
+from ..app import StopSignal
 from ..db import ClaimedJob, Failure, Peer
 
 log = logging.getLogger("skiplock.worker")
@@ -24,9 +25,11 @@ class Kind(Enum):
     HANDED_BACK = "handed back"
     # handed back without counting an attempt: nobody can run it yet; looked at again later
     DEFERRED = "deferred"
+    # the handler raised Snooze: queued again at database time + delay, no attempt counted
+    SNOOZED = "snoozed"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Run:
     """One claimed run of a job (compared by identity: a job may be claimed again)."""
 
@@ -35,9 +38,19 @@ class Run:
     lost: bool = False
     # True while the handler runs; False once its outcome waits in the buffer
     executing: bool = True
+    # set once the run must stop: "cancel" or "timeout", and what the handler was told
+    stop: str | None = None
+    stop_message: str = ""
+    # the handler is told through this (ctx.cancelled); None until it starts
+    signal: StopSignal | None = None
+    # the handler did not stop within the grace: the outcome was written without it, and its
+    # thread (or task) is abandoned, holding its slot until it returns
+    abandoned: bool = False
+    # timers for the deadline and the grace (cancelled when the run ends)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Outcome:
     """What a run ended with, waiting to be written; one per run, mutated in place when the
     database refuses it (a refused result becomes a permanent failure of that job)."""
@@ -74,6 +87,10 @@ class OutcomeBuffer:
 
     def settled(self, items: Iterable[Outcome]) -> None:
         gone = {id(o) for o in items}
+        # the usual case: the whole batch was written
+        if len(gone) == len(self._in_flight) and all(id(o) in gone for o in self._in_flight):
+            self._in_flight = []
+            return
         self._in_flight = [o for o in self._in_flight if id(o) not in gone]
 
     def put_back(self, items: Iterable[Outcome]) -> None:
@@ -144,6 +161,10 @@ class WorkerState:
     skip_ids: SkipList = field(default_factory=SkipList)
     more_waiting: bool = False
     processed: int = 0
+    # LISTEN is in place: cancel requests arrive by NOTIFY (else they are polled for)
+    listening: bool = False
+    # runs given up on whose handler still runs (their slots stay taken until it returns)
+    abandoned: set[Run] = field(default_factory=set)
 
     @property
     def outcome_limit(self) -> int:

@@ -245,10 +245,12 @@ class QueueController:
             # First poll since the operator (re)started: act as if the current count had just
             # been recommended, so a restart never scales down before a full window has passed.
             self.history = History.seeded(now, current)
-        load = Load(stats.backlog, stats.in_flight) if stats is not None else None
+        # A queue paused in the database (skiplock queue pause) is claimed by no worker, so its
+        # waiting jobs ask for no replicas (its running ones still count). With every queue
+        # paused the decision also never scales up (scaling.paused_load says why).
+        load = (Load(sum(q.backlog for q in per_queue if not q.paused), stats.in_flight)
+                if stats is not None else None)
         self.failures = 0 if load is not None else self.failures + 1
-        # A queue paused in the database (skiplock queue pause) is claimed by no worker: with
-        # every queue paused the decision never scales up (scaling.paused_load says why).
         all_paused = stats is not None and stats.paused
         decision = decide(policy, load, current, self.history, now, self.failures,
                           queues_paused=all_paused)
@@ -339,8 +341,8 @@ class QueueController:
                        "`skiplock queue resume QUEUE`")
         elif paused:
             reason = "SomeQueuesPaused"
-            message = (f"{len(paused)} of {len(per_queue)} queue(s) paused ({said}); the "
-                       "others are served and scaled as usual")
+            message = (f"{len(paused)} of {len(per_queue)} queue(s) paused ({said}): their "
+                       "waiting jobs are not counted for scaling; the others are served as usual")
         else:
             reason, message = "NoQueuePaused", "no queue is paused"
         all_paused = reason == "AllQueuesPaused"

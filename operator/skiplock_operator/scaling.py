@@ -122,8 +122,7 @@ def decide(policy: Policy, load: Load | None, current: int, history: History,
                         f"scaling is paused; holding {current} replica(s)", history)
     if queues_paused and load is not None:
         d = decide(policy, paused_load(policy, load, current), current, history, now, failures)
-        note = (f"every queue is paused: its {load.backlog} waiting job(s) not counted, "
-                "running ones finish")
+        note = "every queue is paused: waiting jobs not counted, running ones finish"
         if d.changes:  # a scale-down, or up to a minReplicas floor: an event of its own
             return replace(d, message=f"{d.message} ({note})")
         return replace(d, reason="QueuesPaused", message=f"{note}; {d.message}")

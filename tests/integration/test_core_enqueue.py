@@ -133,8 +133,12 @@ def test_retry_and_cancel_rules(db: Database, database_url: str) -> None:
     with Client(database_url) as c:
         job_id = c.enqueue("add", {"a": 1, "b": 2})
         assert c.retry(job_id) is False  # queued jobs are not retried
-        assert c.cancel(job_id) is True
+        assert c.cancel(job_id, "no longer needed") == "cancelled"
         assert db.job_state(job_id) == "cancelled"
-        assert c.cancel(job_id) is False
+        assert c.cancel(job_id) is None  # finished: nothing to do
+        row = c.get_job(job_id)
+        assert row is not None and row["cancel_reason"].endswith("(no longer needed)")
         assert c.retry(job_id) is True
         assert db.job_state(job_id) == "queued"
+        row = c.get_job(job_id)  # a retry forgets the old cancel
+        assert row is not None and (row["cancel_requested_at"], row["cancel_reason"]) == (None, None)

@@ -35,3 +35,14 @@ def wait_until(
                 return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:g}s waiting for {message}; last seen: {last!r}")
+
+
+def holds(predicate: Callable[[], Any], seconds: float, message: str, *,
+          interval: float = 0.2) -> None:
+    """Assert ``predicate()`` stays truthy for ``seconds`` (checked every ``interval``): that
+    something does *not* happen, watched for a bounded time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        assert value, f"{message} stopped holding; saw {value!r}"
+        time.sleep(interval)

@@ -203,7 +203,7 @@ def test_error_never_lowers_replicas_below_held(policy: Policy, current: int, fb
 def test_queues_paused_never_scales_up_for_the_backlog() -> None:
     d = decide(P, Load(10_000, 0), 2, History.seeded(0, 2), now=1, queues_paused=True)
     assert (d.desired, d.reason) == (2, "QueuesPaused"), d.message
-    assert "10000 waiting job(s) not counted" in d.message
+    assert d.message.startswith("every queue is paused: waiting jobs not counted")
     # from zero it stays at zero: nobody could claim the jobs a new pod would be started for
     d = decide(P, Load(500, 0), 0, History(), now=1, queues_paused=True)
     assert (d.desired, d.reason) == (0, "QueuesPaused"), d.message

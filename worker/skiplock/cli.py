@@ -16,7 +16,7 @@ from . import inspect as inspection
 from . import logs
 from .app import load_app
 from .client import Client, user_at_host
-from .db import Database
+from .db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH, Database
 from .errors import ConfigurationError, SkiplockError
 from .settings import Settings
 from .worker import Worker, WorkerFailed
@@ -116,16 +116,26 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _add_job_filters(p: argparse.ArgumentParser) -> None:
+    """The filters of `skiplock jobs`, which its bulk actions (cancel, retry, delete) take too."""
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "dead", "cancelled"])
+    p.add_argument("--queue")
+    p.add_argument("--task")
+    p.add_argument("--stuck", action="store_true", help="running with an expired lease")
+    p.add_argument("--min-attempts", type=int)
+
+
+_JOB_FILTERS = ("state", "queue", "task", "stuck", "min_attempts")
+
+
+def _job_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The _add_job_filters values, as Database.list_jobs takes them."""
+    return {name: getattr(args, name) for name in _JOB_FILTERS}
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _database(_settings(args)) as db:
-        rows = db.list_jobs(
-            state=args.state,
-            queue=args.queue,
-            task=args.task,
-            stuck=args.stuck,
-            min_attempts=args.min_attempts,
-            limit=args.limit,
-        )
+        rows = db.list_jobs(**_job_filters(args), limit=args.limit)
     if args.json:
         print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2))
         return 0
@@ -137,6 +147,73 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             f"{r['id']:>8} {r['state'] + flag:<10} {r['queue']:<12} {r['task']:<20} "
             f"{r['attempts']:>2}/{r['max_attempts']:<2} {err}"
         )
+    return 0
+
+
+# For each bulk action: what was done, and why a matching job can be skipped.
+_BULK_WORDS = {
+    "cancel": ("cancelled or asked to stop", "already finished or asked to stop"),
+    "retry": ("queued again", "not dead or cancelled"),
+    "delete": ("deleted", "running: cancel those first"),
+}
+
+
+def _batch_size(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= BULK_MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{n} is out of range: use 1 to {BULK_MAX_BATCH}")
+    return n
+
+
+def cmd_jobs_bulk(args: argparse.Namespace) -> int:
+    """skiplock jobs cancel|retry|delete: count, confirm, then batch by batch."""
+    action = args.jobs_action
+    filters = _job_filters(args)
+    given = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
+             for k, v in filters.items() if v is not None and v is not False]
+    if not given and not args.all:
+        raise SkiplockError(
+            f"skiplock jobs {action} needs a filter (--state, --queue, --task, --stuck, "
+            "--min-attempts), or --all to act on every job")
+    if given and args.all:
+        raise SkiplockError("--all means every job: drop it, or drop the filters")
+    state = filters.pop("state")
+    filters["states"] = [state] if state else None
+    done_words, skip_words = _BULK_WORDS[action]
+    with _database(_settings(args)) as db:
+        matched, capped = db.count_matching(**filters)
+        shown = f"{'at least ' if capped else ''}{matched:,}"
+        print(f"{shown} job(s) match {' '.join(given) or '(every job)'}")
+        if not matched:
+            print("nothing to do")
+            return 0
+        if not args.yes:
+            # A script piping into this cannot answer: it must say --yes, not be asked.
+            if not sys.stdin.isatty():
+                raise SkiplockError(
+                    f"not a terminal, so no one can confirm: pass --yes to {action} the "
+                    f"{shown} matching job(s) without asking")
+            answer = input(f"{action} {shown} job(s)? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing changed")
+                return 1
+        done = skipped = 0
+        cursor = None
+        more = True
+        while more:
+            batch = db.bulk_batch(action, cursor=cursor, limit=args.batch,
+                                  reason=f"cli {user_at_host()} (skiplock jobs cancel)",
+                                  **filters)
+            done, skipped = done + batch.done, skipped + batch.skipped
+            cursor, more = batch.cursor, batch.more
+            print(f"  {done + skipped:,}/{shown}: {done:,} {done_words}, {skipped:,} skipped",
+                  flush=True)
+    print(f"{done:,} job(s) {done_words}"
+          + (f"; {skipped:,} skipped ({skip_words}, or busy at that instant: run again to "
+             "retry those)" if skipped else ""))
     return 0
 
 
@@ -310,15 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-validate", action="store_true", help="skip the task catalogue check")
     e.set_defaults(func=cmd_enqueue)
 
-    j = sub.add_parser("jobs", help="list jobs, newest first")
-    j.add_argument("--state", choices=["queued", "running", "succeeded", "dead", "cancelled"])
-    j.add_argument("--queue")
-    j.add_argument("--task")
-    j.add_argument("--stuck", action="store_true", help="running with an expired lease")
-    j.add_argument("--min-attempts", type=int)
+    j = sub.add_parser("jobs", help="list jobs, newest first; or cancel, retry or delete "
+                                    "every job matching the filters")
+    _add_job_filters(j)
     j.add_argument("--limit", type=int, default=50)
     j.add_argument("--json", action="store_true")
     j.set_defaults(func=cmd_jobs)
+    jsub = j.add_subparsers(dest="jobs_action", metavar="{cancel,retry,delete}")
+    for name, text in (
+        ("cancel", "cancel the matching jobs (running ones: their workers are asked to stop)"),
+        ("retry", "queue the matching dead or cancelled jobs again"),
+        ("delete", "delete the matching jobs and their results (never a running one)"),
+    ):
+        # SUPPRESS: a filter given before the action word (jobs --state dead delete) is kept,
+        # not reset to its default by this parser.
+        b = jsub.add_parser(name, help=text, argument_default=argparse.SUPPRESS,
+                            description=f"{text}: shows how many match and asks first, then "
+                                        "works in batches (newest first), showing progress")
+        _add_job_filters(b)
+        b.add_argument("--all", action="store_true", default=False,
+                       help="act on every job (required when no filter is given)")
+        b.add_argument("--yes", "-y", action="store_true", default=False,
+                       help="do not ask (required when stdin is not a terminal)")
+        b.add_argument("--batch", type=_batch_size, default=BULK_DEFAULT_BATCH,
+                       help=f"jobs per batch, each one short transaction (1 to "
+                            f"{BULK_MAX_BATCH}, default {BULK_DEFAULT_BATCH})")
+        b.set_defaults(func=cmd_jobs_bulk)
 
     st = sub.add_parser("stats", help="per-queue backlog, in-flight, stuck, high-retry, dead")
     st.add_argument("--queue", action="append")

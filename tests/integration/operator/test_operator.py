@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from tests.integration.operator.conftest import Cluster
 from tests.integration.operator.envtest import EnvTest, OperatorThread
 from tests.support.pgserver import PgServer
-from tests.support.waits import wait_until
+from tests.support.waits import holds, wait_until
 
 pytestmark = pytest.mark.slow
 Sql = Callable[..., list[tuple[object, ...]]]
@@ -46,15 +46,6 @@ def spec(**scaling: Any) -> dict[str, Any]:
 
 def enqueue(sql: Sql, n: int, queue: str = "default") -> None:
     sql("INSERT INTO jobs (queue, task) SELECT %s, 'noop' FROM generate_series(1, %s)", queue, n)
-
-
-def holds(predicate: Callable[[], Any], seconds: float, message: str) -> None:
-    """Assert ``predicate()`` stays truthy for ``seconds`` (checked every 0.2 s)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        assert value, f"{message} stopped holding; saw {value!r}"
-        time.sleep(0.2)
 
 
 def no_secret_in(cluster: Cluster, name: str) -> None:
@@ -85,7 +76,9 @@ def test_creates_owned_deployment_with_status(cluster: Cluster, operator: Operat
     wait_until(ready, 30, message="Ready=True", interval=0.2)
     status = cluster.status("emails")
     assert status["observedGeneration"] == cluster.jobqueue("emails")["metadata"]["generation"]
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "DatabaseReachable", "Scaling"}
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "DatabaseReachable", "Scaling",
+                                                         "QueuesPaused"}
+    assert status["paused"] is False
     assert status["backlog"] == 0 and status["inFlight"] == 0 and status["desiredReplicas"] == 1
     # printer columns: what `kubectl get jq` shows
     table = json.loads(envtest.get_raw(
@@ -93,8 +86,8 @@ def test_creates_owned_deployment_with_status(cluster: Cluster, operator: Operat
         accept="application/json;as=Table;v=v1;g=meta.k8s.io"))
     columns = [c["name"] for c in table["columnDefinitions"] if c["priority"] == 0]
     assert columns == ["Name", "Queues", "Backlog", "In-Flight", "Replicas", "Desired", "Ready",
-                       "Age"]
-    assert table["rows"][0]["cells"][1:7] == ["default", 0, 0, 1, 1, 0]
+                       "Paused", "Age"]
+    assert table["rows"][0]["cells"][1:8] == ["default", 0, 0, 1, 1, 0, False]
     no_secret_in(cluster, "emails")
 
     # liveness endpoint (kopf's, with our probe) and Prometheus metrics
@@ -308,6 +301,81 @@ def test_paused_holds_replicas(cluster: Cluster, operator: OperatorThread, datab
     cluster.patch_jobqueue("frozen", {"spec": {"scaling": {"paused": False}}})
     wait_until(lambda: cluster.replicas("frozen-worker") == 10, 30,
                message="10 replicas once resumed", interval=0.2)
+
+
+def test_queues_paused_in_the_database(cluster: Cluster, operator: OperatorThread,
+                                      database_url: str, sql: Sql, envtest: EnvTest) -> None:
+    """skiplock queue pause on every queue of a JobQueue: status and `kubectl get jq` say
+    Paused, nothing scales up for the waiting jobs, the pods of running jobs stay; resume
+    clears it and scaling picks up the backlog again."""
+    from skiplock import Client
+
+    cluster.secret("db", database_url)
+    body = spec(minReplicas=0)
+    body["queues"] = ["default", "reports"]
+    cluster.create_jobqueue("hushed", **body)
+    enqueue(sql, 100)
+    wait_until(lambda: cluster.replicas("hushed-worker") == 2, 30,
+               message="2 replicas for 100 jobs", interval=0.2)
+
+    def condition() -> dict[str, Any]:
+        return cluster.condition("hushed", "QueuesPaused") or {}
+
+    with Client(database_url) as client:
+        client.pause_queue("default", "one of two", by="test")
+        wait_until(lambda: condition().get("reason") == "SomeQueuesPaused", 20,
+                   message="QueuesPaused=False SomeQueuesPaused", interval=0.2)
+        assert condition()["status"] == "False" and "1 of 2 queue(s) paused" in \
+            condition()["message"]
+        assert cluster.status("hushed")["paused"] is False
+
+        client.pause_queue("reports", by="test")
+        wait_until(lambda: condition().get("status") == "True", 20,
+                   message="QueuesPaused=True", interval=0.2)
+        c = condition()
+        assert c["reason"] == "AllQueuesPaused", c
+        assert "default since" in c["message"] and "by test: one of two" in c["message"], c
+        status = cluster.status("hushed")
+        assert (status["paused"], status["pausedQueues"]) == (True, "default,reports")
+        table = json.loads(envtest.get_raw(
+            f"/apis/skiplock.dev/v1alpha1/namespaces/{cluster.ns}/jobqueues",
+            accept="application/json;as=Table;v=v1;g=meta.k8s.io"))
+        names = [col["name"] for col in table["columnDefinitions"]]
+        assert table["rows"][0]["cells"][names.index("Paused")] is True
+        assert [e.message for e in cluster.events("QueuesPaused")], "no QueuesPaused event"
+
+        # 20 jobs still run; 400 more wait. Nothing scales up for them.
+        sql("""UPDATE jobs SET state = 'running', attempts = 1, locked_by = 'w:1:a',
+                              locked_until = now() + interval '1 hour', started_at = now()
+               WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 20)""")
+        enqueue(sql, 400)
+        wait_until(lambda: cluster.status("hushed").get("backlog") == 480, 20,
+                   message="backlog 480 read while paused", interval=0.2)
+        assert (cluster.condition("hushed", "Scaling") or {}).get("reason") in (
+            "QueuesPaused", "ScaledDown")
+        holds(lambda: (cluster.replicas("hushed-worker") or 0) <= 2, 2,
+              "no scale-up while every queue is paused")
+        # Past the 4 s window: down to what the running jobs need, ceil(20 / 50) = 1.
+        wait_until(lambda: cluster.replicas("hushed-worker") == 1, 30,
+                   message="1 replica for the running jobs", interval=0.2)
+        downs = [e.message for e in cluster.events("ScaledDown")]
+        assert any("every queue is paused" in m for m in downs), downs
+
+        # One queue open again, but it has no jobs: the paused one's still ask for nothing.
+        assert client.resume_queue("reports")
+        wait_until(lambda: condition().get("reason") == "SomeQueuesPaused", 20,
+                   message="one queue resumed", interval=0.2)
+        assert cluster.status("hushed")["paused"] is False
+        assert [e.message for e in cluster.events("QueuesResumed")], "no QueuesResumed event"
+        holds(lambda: cluster.replicas("hushed-worker") == 1, 2,
+              "no scale-up for the jobs of the queue still paused")
+        assert client.resume_queue("default")
+    wait_until(lambda: condition().get("reason") == "NoQueuePaused", 20,
+               message="QueuesPaused=False NoQueuePaused", interval=0.2)
+    # ceil((480 + 20) / 50) = 10, through the rate limit
+    wait_until(lambda: cluster.replicas("hushed-worker") == 10, 30,
+               message="10 replicas once resumed", interval=0.2)
+    assert cluster.status("hushed")["paused"] is False
 
 
 def test_fallback_after_failed_reads(cluster: Cluster, operator: OperatorThread) -> None:

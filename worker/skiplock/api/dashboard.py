@@ -1,8 +1,9 @@
 """Server-rendered dashboard under /ui: queues overview, jobs list with filters, job detail.
 
 Pages are plain HTML from Jinja2 templates (autoescaped) with inline SVG charts; the only
-script is static/app.js (retry/cancel and pause/resume buttons, token, auto-refresh).
-Nothing loads from another origin, and the Content-Security-Policy set in app.py forbids it.
+script is static/app.js (retry/cancel, bulk action and pause/resume buttons, token,
+auto-refresh). Nothing loads from another origin, and the Content-Security-Policy set in app.py
+forbids it.
 """
 
 from __future__ import annotations
@@ -156,9 +157,14 @@ async def jobs_page(request: Request, st: State) -> HTMLResponse:
     params = dict(request.query_params)
     error = None
     page = None
+    bulk_filter: dict[str, Any] = {}
     try:
         filters, cursor = parse_filters(params)
         page = await blocking(st, lambda: service.search(st.db, filters, cursor, PAGE_SIZE))
+        # The bulk buttons act on exactly these filters, as parsed here; not offered without
+        # any filter (every job is too much for a button) nor when nothing matches.
+        if page.jobs:
+            bulk_filter = service.as_filter(filters)
     except BadFilter as exc:
         error = str(exc)
     except DatabaseUnavailable as exc:
@@ -167,14 +173,10 @@ async def jobs_page(request: Request, st: State) -> HTMLResponse:
     older = (f"/ui/jobs?{urlencode({**keep, 'cursor': page.next_cursor})}"
              if page and page.next_cursor else None)
     newest = f"/ui/jobs?{urlencode(keep)}" if "cursor" in params else None
-    # Bulk retry is offered only when the page's filters are exactly what it can honour, so
-    # the button never retries more (or other) jobs than the list shows.
-    bulk = (page is not None and page.jobs and keep.get("state") == "dead"
-            and set(keep) <= {"state", "queue", "task", "error"})
     return templates.TemplateResponse(request, "jobs.html", _ctx(
         request, st, nav="jobs", title="Jobs", page=page, error=error, f=params,
-        states=[s.value for s in JobState], older=older, newest=newest, bulk=bulk),
-        status_code=400 if error else 200)
+        states=[s.value for s in JobState], older=older, newest=newest,
+        bulk_filter=bulk_filter), status_code=400 if error else 200)
 
 
 @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)

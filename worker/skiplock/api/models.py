@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -77,6 +78,10 @@ Instant = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
 
 # Text a query parameter may carry into SQL: refused with a 422 when PostgreSQL could not hold it.
 SafeText = Annotated[str, AfterValidator(_plain_text)]
+# A queue name as the jobs table takes it. The length comes first so that pydantic says
+# "String should have at most 128 characters" (after the validator it would say "items").
+QueueText = Annotated[str, StringConstraints(min_length=1, max_length=128),
+                      AfterValidator(_plain_text)]
 
 
 class JobIn(BaseModel):
@@ -227,8 +232,13 @@ class QueuesOut(BaseModel):
 
 class PauseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: SafeText | None = Field(default=None, min_length=1, max_length=500,
-                                    description="why; stored with who paused it")
+    reason: str | None = Field(default=None, min_length=1, max_length=500,
+                               description="why; stored with who paused it")
+
+    @field_validator("reason")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "reason")
 
 
 class QueuePause(BaseModel):

@@ -14,20 +14,22 @@ from . import service
 from .app import State, blocking, require_token
 from .models import (
     BIGINT_MAX,
-    INT_MAX,
     BatchIn,
     BatchItem,
     BatchOut,
+    BulkIn,
+    BulkOut,
+    CountOut,
     Health,
-    Instant,
     JobDetail,
+    JobFilter,
     JobIn,
     JobPage,
-    JobState,
     PauseIn,
     Problem,
     QueuePause,
     QueuesOut,
+    QueueText,
     RetryDeadIn,
     RetryDeadOut,
     SafeText,
@@ -37,9 +39,9 @@ from .models import (
 router = APIRouter()
 Auth = [Depends(require_token)]
 JobId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="job id")]
-# The same limits as the jobs table's queue column; any text PostgreSQL can hold (a slash is
-# sent as %2F, which the :path converter in the routes below accepts).
-QueueName = Annotated[SafeText, Path(min_length=1, max_length=128, description="queue name")]
+# Any text PostgreSQL can hold, 1..128 characters (a slash is sent as %2F, which the :path
+# converter in the routes below accepts).
+QueueName = Annotated[QueueText, Path(description="queue name")]
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "the body is not JSON"},
     401: {"model": Problem, "description": "token required"},
@@ -124,40 +126,37 @@ async def enqueue_batch(st: State, body: BatchIn,
             responses={422: _AUTH_ERRORS[422]})
 async def list_jobs(
     st: State,
-    state: Annotated[list[JobState], Query(description="repeat for several")] = [],  # noqa: B006
-    queue: Annotated[SafeText | None, Query(min_length=1, max_length=128)] = None,
-    task: Annotated[SafeText | None, Query(min_length=1, max_length=256)] = None,
-    stuck: Annotated[bool, Query(description="running with an expired lease")] = False,
-    waiting_for_worker: Annotated[bool, Query(
-        description="queued, but no live worker can run it (it waits for one, then goes "
-                    "dead)")] = False,
-    unfinished: Annotated[bool, Query(description="queued or running (with min_attempts: "
-                                                  "the high-retry jobs)")] = False,
-    min_attempts: Annotated[int | None, Query(ge=0, le=INT_MAX)] = None,
-    created_after: Instant | None = None,
-    created_before: Instant | None = None,
-    finished_after: Instant | None = None,
-    finished_before: Instant | None = None,
-    error: Annotated[SafeText | None, Query(min_length=1, max_length=200,
-                                       description="text the last error contains")] = None,
+    q: Annotated[JobFilter, Query()],
     cursor: Annotated[int | None, Query(ge=1, le=BIGINT_MAX,
                                         description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobPage:
     """Jobs, newest first, filtered; follow next_cursor for older pages."""
-    states = list(state or [])
-    if unfinished:
-        states = [s for s in states if s in service.UNFINISHED] if states else list(
-            service.UNFINISHED)
-        if not states:
-            return JobPage(jobs=[], next_cursor=None)
-    f = service.JobFilters(
-        states=states, queue=queue, task=task, stuck=stuck,
-        waiting_for_worker=waiting_for_worker, min_attempts=min_attempts,
-        created_after=created_after, created_before=created_before,
-        finished_after=finished_after, finished_before=finished_before,
-        error=error)
+    f = service.filters_of(q)
+    if f is None:
+        return JobPage(jobs=[], next_cursor=None)
     return await blocking(st, lambda: service.search(st.db, f, cursor, limit))
+
+
+@router.get("/v1/jobs/count", tags=["jobs"], response_model=CountOut,
+            responses={422: _AUTH_ERRORS[422]})
+async def count_jobs(st: State, q: Annotated[JobFilter, Query()]) -> CountOut:
+    """How many jobs the filters (those of GET /v1/jobs) match: what a bulk action would act
+    on. Counting stops at 1,000,000 (``capped``), so it stays cheap on a huge table."""
+    f = service.filters_of(q)
+    return await blocking(st, lambda: service.count(st.db, f))
+
+
+@router.post("/v1/jobs/bulk", dependencies=Auth, tags=["jobs"], response_model=BulkOut,
+             responses=_AUTH_ERRORS)
+async def bulk(st: State, body: BulkIn) -> BulkOut:
+    """One batch of cancel, retry or delete over the jobs a filter matches (the filters of
+    GET /v1/jobs), newest first: at most ``limit`` jobs, in one short transaction. Call again
+    with the answer's ``cursor`` while ``more`` is true. Jobs enqueued after the first batch
+    are never reached. An empty filter needs ``"all": true``."""
+    f = service.filters_of(body.filter)
+    return await blocking(st, lambda: service.bulk(st.db, body.action, f, body.cursor,
+                                                   body.limit), mutating=True)
 
 
 @router.post("/v1/jobs/retry-dead", dependencies=Auth, tags=["jobs"],

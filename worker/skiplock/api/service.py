@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import inspect as inspection
@@ -15,8 +15,12 @@ from .history import BacklogHistory
 from .models import (
     AttemptError,
     BacklogPoint,
+    BulkAction,
+    BulkOut,
+    CountOut,
     Job,
     JobDetail,
+    JobFilter,
     JobPage,
     JobState,
     LeaseHolder,
@@ -47,16 +51,53 @@ class JobFilters:
     waiting_for_worker: bool = False
 
 
+def filters_of(q: JobFilter) -> JobFilters | None:
+    """An API filter (the jobs list's query, or a bulk action's body) as JobFilters; None when
+    it can match no job (unfinished with finished states only)."""
+    states = list(q.state)
+    if q.unfinished:
+        states = [s for s in states if s in UNFINISHED] if states else list(UNFINISHED)
+        if not states:
+            return None
+    return JobFilters(states=states, **q.model_dump(exclude={"state", "unfinished"}))
+
+
+def as_filter(f: JobFilters) -> dict[str, Any]:
+    """JobFilters as a bulk action's JSON filter, set fields only (the dashboard's buttons)."""
+    fields = {k: v for k, v in asdict(f).items() if k != "states"}
+    return JobFilter(state=list(f.states), **fields).model_dump(mode="json", exclude_defaults=True)
+
+
+def _db_filters(f: JobFilters) -> dict[str, Any]:
+    """The search_jobs filters of JobFilters: the list, the count and the bulk actions."""
+    return {"states": [s.value for s in f.states] or None, "queue": f.queue, "task": f.task,
+            "stuck": f.stuck, "waiting_for_worker": f.waiting_for_worker,
+            "min_attempts": f.min_attempts, "created_after": f.created_after,
+            "created_before": f.created_before, "finished_after": f.finished_after,
+            "finished_before": f.finished_before, "error_contains": f.error or None}
+
+
 def search(db: Database, f: JobFilters, cursor: int | None, limit: int) -> JobPage:
     # One row more than asked tells whether an older page exists without a count(*).
-    rows = db.search_jobs(
-        states=[s.value for s in f.states] or None, queue=f.queue, task=f.task, stuck=f.stuck,
-        waiting_for_worker=f.waiting_for_worker, min_attempts=f.min_attempts,
-        created_after=f.created_after, created_before=f.created_before,
-        finished_after=f.finished_after, finished_before=f.finished_before,
-        error_contains=f.error or None, before_id=cursor, limit=limit + 1)
+    rows = db.search_jobs(**_db_filters(f), before_id=cursor, limit=limit + 1)
     jobs = [Job.model_validate(r) for r in rows[:limit]]
     return JobPage(jobs=jobs, next_cursor=jobs[-1].id if len(rows) > limit else None)
+
+
+def count(db: Database, f: JobFilters | None) -> CountOut:
+    if f is None:
+        return CountOut(count=0, capped=False)
+    n, capped = db.count_matching(**_db_filters(f))
+    return CountOut(count=n, capped=capped)
+
+
+def bulk(db: Database, action: BulkAction, f: JobFilters | None, cursor: int | None,
+         limit: int, by: str = "a bulk cancel through the HTTP API") -> BulkOut:
+    """One batch of a bulk action; ``by`` is who cancelled, in each job's error history."""
+    if f is None:
+        return BulkOut(action=action, done=0, skipped=0, cursor=cursor, more=False)
+    b = db.bulk_batch(action.value, cursor=cursor, limit=limit, reason=by, **_db_filters(f))
+    return BulkOut(action=action, done=b.done, skipped=b.skipped, cursor=b.cursor, more=b.more)
 
 
 def _errors(raw: Any) -> list[AttemptError]:

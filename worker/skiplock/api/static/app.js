@@ -1,7 +1,7 @@
-// The dashboard's only script: retry/cancel and queue pause/resume through the JSON API (with
-// the bearer token the user typed, kept in sessionStorage so it never leaves this tab except in
-// that header) and auto-refresh of the queues overview. No cookies, so no cross-site request
-// can act for you.
+// The dashboard's only script: retry/cancel, bulk actions and queue pause/resume through the
+// JSON API (with the bearer token the user typed, kept in sessionStorage so it never leaves
+// this tab except in that header) and auto-refresh of the queues overview. No cookies, so no
+// cross-site request can act for you.
 "use strict";
 
 const TOKEN_KEY = "skiplock-api-token";
@@ -77,30 +77,6 @@ function setupRefresh() {
   }, 5000);
 }
 
-async function retryAll(button) {
-  const filters = {};
-  for (const key of ["queue", "task", "error"]) {
-    if (button.dataset[key]) filters[key] = button.dataset[key];
-  }
-  const what = Object.entries(filters).map(([k, v]) => `${k}=${v}`).join(", ") || "all queues";
-  if (!window.confirm(`Queue again every dead job matching ${what}?`)) return;
-  const headers = { "Content-Type": "application/json" };
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) headers["Authorization"] = "Bearer " + token;
-  button.disabled = true;
-  const resp = await fetch("/v1/jobs/retry-dead", {
-    method: "POST", headers, body: JSON.stringify({ ...filters, limit: 10000 }),
-  });
-  const body = await resp.json().catch(() => ({}));
-  if (resp.ok) {
-    flash(`${body.retried} dead job(s) queued again`, true);
-  } else {
-    const hint = resp.status === 401 ? " (enter the API token at the top right)" : "";
-    flash(`retry all failed: ${body.error || resp.status}${hint}`, false);
-    button.disabled = false;
-  }
-}
-
 // The bearer token the user saved, if any, as request headers.
 function authHeaders(extra) {
   const headers = { ...(extra || {}) };
@@ -162,6 +138,161 @@ async function queueAct(button) {
   button.disabled = false;
 }
 
+// Bulk actions over every job the jobs page's filters match (the filter comes from the page,
+// as the server parsed it): count, confirm in the page's own dialog, then batch by batch
+// through POST /v1/jobs/bulk, following the cursor, with progress. Every string shown is set
+// as text, never as HTML.
+const BULK = {
+  cancel: { verb: "Cancel", did: "cancelled or asked to stop", skip: "already finished or asked to stop" },
+  retry: { verb: "Retry", did: "queued again", skip: "not dead or cancelled" },
+  delete: { verb: "Delete", did: "deleted", skip: "running: cancel those first" },
+};
+const BULK_BATCH = 500;
+let bulkRun = null;  // {action, filter, count, shown, running, stop, finished}
+
+function bulkEl(name) { return document.getElementById(`bulk-${name}`); }
+
+function filterQuery(filter) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(filter)) {
+    for (const v of Array.isArray(value) ? value : [value]) query.append(key, String(v));
+  }
+  return query.toString();
+}
+
+function describeFilter(filter) {
+  return Object.entries(filter)
+    .map(([key, value]) => value === true ? key
+      : `${key} = ${Array.isArray(value) ? value.join(" or ") : value}`)
+    .join(", ");
+}
+
+function apiError(what, resp, body) {
+  const hint = resp.status === 401 ? " (enter the API token at the top right)" : "";
+  return `${what} failed: ${body.error || resp.status}${hint}`;
+}
+
+async function bulkAsk(button) {
+  const action = button.dataset.bulk;
+  const filter = JSON.parse(document.getElementById("bulk").dataset.filter);
+  const words = BULK[action];
+  button.disabled = true;
+  try {
+    const resp = await fetch(`/v1/jobs/count?${filterQuery(filter)}`);
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      flash(apiError("counting the matching jobs", resp, body), false);
+      return;
+    }
+    const shown = (body.capped ? "at least " : "") + body.count.toLocaleString("en-US");
+    bulkRun = { action, filter, count: body.count, shown, running: false, stop: false, finished: false };
+    bulkEl("question").textContent = body.count
+      ? `${words.verb} ${shown} job(s) matching these filters?`
+      : "No job matches these filters any more: nothing to do.";
+    bulkEl("filter").textContent = describeFilter(filter);
+    bulkEl("status").textContent = "";
+    bulkEl("status").className = "";
+    bulkEl("progress").hidden = true;
+    const go = bulkEl("go");
+    go.textContent = `${words.verb} ${shown} job(s)`;
+    go.hidden = !body.count;
+    go.disabled = false;
+    go.dataset.action = action;
+    bulkEl("dismiss").textContent = body.count ? `Don't ${action}` : "Close";
+    bulkEl("dialog").showModal();
+  } catch (err) {
+    flash(`counting the matching jobs failed: ${err}`, false);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function bulkGo() {
+  const run = bulkRun;
+  if (!run || run.running || run.finished) return;
+  const words = BULK[run.action];
+  const status = bulkEl("status");
+  const progress = bulkEl("progress");
+  run.running = true;
+  bulkEl("go").disabled = true;
+  bulkEl("dismiss").textContent = "Stop after this batch";
+  progress.max = Math.max(run.count, 1);
+  progress.value = 0;
+  progress.hidden = false;
+  let cursor = null;
+  let done = 0;
+  let skipped = 0;
+  let failure = null;
+  for (;;) {
+    const payload = { action: run.action, filter: run.filter, limit: BULK_BATCH };
+    if (cursor !== null) payload.cursor = cursor;
+    let resp;
+    let body;
+    try {
+      resp = await fetch("/v1/jobs/bulk", {
+        method: "POST", headers: authHeaders({ "Content-Type": "application/json" }),
+        body: JSON.stringify(payload),
+      });
+      body = await resp.json().catch(() => ({}));
+    } catch (err) {
+      failure = `${run.action} failed: ${err}`;
+      break;
+    }
+    if (!resp.ok) {
+      failure = apiError(run.action, resp, body);
+      break;
+    }
+    done += body.done;
+    skipped += body.skipped;
+    cursor = body.cursor;
+    // The count was taken before: jobs may have changed since, so the bar never overflows.
+    progress.max = Math.max(progress.max, done + skipped);
+    progress.value = done + skipped;
+    status.textContent = `${(done + skipped).toLocaleString("en-US")} of ${run.shown}: ` +
+      `${done.toLocaleString("en-US")} ${words.did}, ${skipped.toLocaleString("en-US")} skipped`;
+    if (!body.more || run.stop) break;
+  }
+  run.running = false;
+  run.finished = true;
+  let result = `${done.toLocaleString("en-US")} job(s) ${words.did}`;
+  if (skipped) result += `; ${skipped.toLocaleString("en-US")} skipped (${words.skip}, or busy at that instant)`;
+  if (failure) result = `${failure}. So far: ${result}`;
+  else if (run.stop) result = `Stopped. ${result}`;
+  else result = `Done: ${result}`;
+  status.textContent = result;
+  status.className = failure ? "fail" : "ok";
+  bulkEl("go").hidden = true;
+  bulkEl("dismiss").textContent = "Close";
+  flash(result, !failure);
+}
+
+function bulkDismiss() {
+  const run = bulkRun;
+  if (run && run.running) {
+    run.stop = true;  // the batch under way finishes; no other starts
+    bulkEl("dismiss").textContent = "Stopping…";
+    return;
+  }
+  bulkEl("dialog").close();
+  // After a run the list is stale: show the jobs as they are now.
+  if (run && run.finished) window.location.reload();
+  bulkRun = null;
+}
+
+function setupBulk() {
+  const dialog = bulkEl("dialog");
+  if (!dialog) return;
+  bulkEl("go").addEventListener("click", bulkGo);
+  bulkEl("dismiss").addEventListener("click", bulkDismiss);
+  // Escape: the same as the dismiss button (and it never closes the dialog mid-run).
+  dialog.addEventListener("cancel", (ev) => { ev.preventDefault(); bulkDismiss(); });
+}
+
+document.addEventListener("click", (ev) => {
+  const button = ev.target.closest("button.bulk-act");
+  if (button) bulkAsk(button);
+});
+
 document.addEventListener("click", (ev) => {
   const button = ev.target.closest("button.queue-act");
   if (button) queueAct(button);
@@ -170,7 +301,7 @@ document.addEventListener("click", (ev) => {
 document.addEventListener("click", (ev) => {
   const button = ev.target.closest("button.act");
   if (button) act(button);
-  if (ev.target.closest("#retry-all")) retryAll(ev.target.closest("#retry-all"));
 });
 setupToken();
 setupRefresh();
+setupBulk();

@@ -1,0 +1,60 @@
+"""Pause and resume a queue from the dashboard in a real browser, with a hostile queue name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import expect
+
+from tests.browser.conftest import Dashboard
+from tests.browser.test_dashboard import WATCH
+from tests.integration.api.conftest import TOKEN
+
+Sql = Callable[..., list[tuple[object, ...]]]
+NAME = "<img src=x onerror=alert(1)> \"q'/日本"
+
+
+def css_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def test_pause_and_resume_buttons(dashboard: Dashboard, sql: Sql) -> None:
+    sql("INSERT INTO jobs (queue, task) VALUES (%s, 'noop'), ('plain', 'noop')", NAME)
+    page = dashboard.page
+    page.add_init_script(WATCH)
+    page.goto(f"{dashboard.url}/ui/")
+    row = page.locator(f"#queues-table tr[data-queue={css_string(NAME)}]")
+    button = row.locator("button.queue-act")
+    expect(button).to_have_text("Pause")
+    # Without the token the API refuses, the page says why, and nothing changes.
+    button.click()
+    expect(page.locator("#flash")).to_contain_text("token")
+    assert sql("SELECT count(*) FROM paused_queues") == [(0,)]
+
+    page.fill("#token", TOKEN)
+    page.click("#token-form button")
+    button.click()
+    expect(page.locator("#flash")).to_have_text(
+        f"queue {NAME} paused: workers stop claiming from it; running jobs finish")
+    expect(row.locator("[data-col='paused']")).to_have_text("paused")
+    expect(row.locator("[data-col='paused_by']")).to_contain_text("by api")
+    expect(button).to_have_text("Resume")
+    assert sql("SELECT queue, paused_by FROM paused_queues") == [(NAME, "api")]
+    expect(page.locator("tr[data-queue='plain'] [data-col='paused']")).to_have_count(0)
+    # the auto-refresh (every 5 s) renders it on the server the same way
+    with page.expect_response(lambda r: r.url.startswith(f"{dashboard.url}/ui/")
+                              and "/static/" not in r.url, timeout=20_000):
+        pass
+    expect(row).to_have_attribute("data-paused", "true")
+    expect(row.locator("[data-col='paused']")).to_have_text("paused")
+    dashboard.shot("queues-paused")
+
+    row.locator("button.queue-act").click()
+    expect(page.locator("#flash")).to_have_text(
+        f"queue {NAME} resumed: workers claim from it again")
+    expect(row.locator("[data-col='paused']")).to_have_count(0)
+    expect(row.locator("button.queue-act")).to_have_text("Pause")
+    assert sql("SELECT count(*) FROM paused_queues") == [(0,)]
+    assert page.locator("#main script, #main img").count() == 0
+    assert page.evaluate("window.__alerts") == []
+    assert page.evaluate("window.__csp") == []

@@ -60,6 +60,9 @@ test: lint test-unit test-integration test-browser e2e ## everything CI runs
 bench: setup ## Skiplock vs procrastinate and pgqueuer, same Postgres, same run
 	$(BIN)/python -m benchmarks
 
+bench-cancel: setup ## cancel latency (request -> handler sees it), with and without LISTEN
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.cancel_latency
+
 
 .PHONY: help setup demo lint toolchain toxiproxy test-unit test-integration test-failures \
-	test-operator test-browser images operator e2e test bench
+	test-operator test-browser images operator e2e test bench bench-cancel

@@ -141,4 +141,5 @@ def test_retry_and_cancel_rules(db: Database, database_url: str) -> None:
         assert c.retry(job_id) is True
         assert db.job_state(job_id) == "queued"
         row = c.get_job(job_id)  # a retry forgets the old cancel
-        assert row is not None and (row["cancel_requested_at"], row["cancel_reason"]) == (None, None)
+        assert row is not None
+        assert (row["cancel_requested_at"], row["cancel_reason"]) == (None, None)

@@ -41,6 +41,18 @@ def _saw_stop(marker: Path, job: int) -> float:
     return next((at for e, j, _, at in events(marker) if e == "saw-stop" and j == job), 0.0)
 
 
+async def _until(predicate: Any, within: float) -> bool:
+    """wait_until for a test that runs the worker on its own event loop (which must keep
+    turning while the test waits)."""
+    deadline = time.monotonic() + within
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+
+
 def _history(sql: Sql, job: int) -> list[str]:
     ((errors,),) = sql("SELECT errors FROM jobs WHERE id = %s", job)
     return [str(e["error"]) for e in errors]
@@ -130,15 +142,13 @@ def test_cancel_reaches_the_handler_without_listen(database_url: str, audited: S
                 for _ in range(5):
                     job = c.enqueue("async_hold", {"marker": str(marker),
                                                    "hold": str(tmp_path / "never")})
-                    while not _started(marker, job):
-                        await asyncio.sleep(0.01)
+                    assert await _until(lambda: _started(marker, job), 30)
                     asked = time.monotonic()
                     assert c.cancel(job) == "requested"
-                    while not _saw_stop(marker, job) and time.monotonic() - asked < 5:
-                        await asyncio.sleep(0.01)
+                    assert await _until(lambda: _saw_stop(marker, job), 5)
                     latencies.append(_saw_stop(marker, job) - asked)
-                    while state_of(audited, job)[0] != "cancelled":
-                        await asyncio.sleep(0.05)
+                    assert await _until(lambda: state_of(audited, job)[0] == "cancelled",
+                                        GRACE + 5)
         finally:
             w.request_stop()
             await run

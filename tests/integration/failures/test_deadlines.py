@@ -99,7 +99,7 @@ def test_a_sync_handler_that_ignores_its_deadline_keeps_its_slot_until_it_return
         # Its thread still runs: the only slot is taken, so a new job waits, and the worker
         # says so on /livez (every slot abandoned: only a restart frees them).
         nxt = c.enqueue("quick", {"marker": str(marker), "seconds": 0})
-        status, body = wait_until(lambda: (s := _livez(port))[0] == 503 and s, 5,
+        _, body = wait_until(lambda: (s := _livez(port))[0] == 503 and s, 5,
                                   "/livez to report the abandoned slot")
         assert "all 1 slots hold handlers that did not stop" in " ".join(body["problems"])
         assert state_of(audited, nxt)[0] == "queued"

@@ -54,9 +54,10 @@ class StopSignal:
         return event.wait(timeout)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JobContext:
-    """What a handler knows about the job it runs, and whether it should stop."""
+    """What a handler knows about the job it runs, and whether it should stop. (Not frozen:
+    one is made per job, and a frozen dataclass's constructor costs several times more.)"""
 
     job_id: int
     attempt: int

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import logs, metrics
-from ..app import App, JobContext, Task
+from ..app import App, JobContext, StopSignal, Task
 from ..catalogue import validate_args
 from ..db import ClaimedJob, Failure
 from ..errors import InvalidArguments, PermanentError, Snooze
@@ -110,11 +110,11 @@ class Executor:
             self._unfit(run, f"unknown task {job.task!r}: this worker runs {known}")
             return
         timeout = job.timeout or task.timeout
+        run.signal = StopSignal()
         ctx = JobContext(
             job.id, job.attempt, job.max_attempts, job.queue, job.task, self.state.worker_id,
-            timeout, job.snoozes,
+            timeout, job.snoozes, run.signal,
         )
-        run.signal = ctx.stop
         try:
             _check_args(task.func, ctx, job.args)
             # The declared JSON types too: peers are judged by them (rollout.capable_peers).

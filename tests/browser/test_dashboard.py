@@ -78,9 +78,17 @@ def test_retry_and_cancel_buttons(dashboard: Dashboard, sql: Sql) -> None:
     page.click("button[data-action='cancel']")
     expect(page.locator("#job-state")).to_have_text("cancelled")
     assert sql("SELECT state::text FROM jobs WHERE id = %s", s["queued"]) == [("cancelled",)]
-    # A running job offers no cancel button, and a queued one no retry.
+    # A running job: Cancel stores the request (its worker stops it); the page then says so
+    # and offers no second Cancel (nor a retry).
     page.goto(f"{dashboard.url}/ui/jobs/{s['running']}")
+    expect(page.locator("button.act")).to_have_count(1)
+    page.click("button[data-action='cancel']")
+    expect(page.locator("#cancel-requested")).to_have_text("cancel requested")
+    expect(page.locator("#job-state")).to_have_text("running")
+    expect(page.locator("#cancel-reason")).to_contain_text("the HTTP API")
     expect(page.locator("button.act")).to_have_count(0)
+    assert sql("SELECT state::text, cancel_requested_at IS NOT NULL FROM jobs WHERE id = %s",
+               s["running"]) == [("running", True)]
     dashboard.shot("job-after-cancel")
 
 
@@ -148,27 +156,6 @@ def test_pagination_walks_all_jobs(dashboard: Dashboard, sql: Sql) -> None:
     assert [len(p) for p in seen] == [50, 50, 20]
     assert len(set().union(*seen)) == 120
     expect(page.locator("#newest")).to_be_visible()
-
-
-def test_retry_all_dead_matching_the_filters(dashboard: Dashboard, sql: Sql) -> None:
-    from tests.integration.api.test_api_jobs import dead_jobs
-
-    target = dead_jobs(sql, "beta", "KeyError: 'customer'", 3)
-    other = dead_jobs(sql, "alpha", "KeyError: 'customer'", 2)
-    page = dashboard.page
-    # A filter the bulk action cannot honour hides the button rather than over-reaching.
-    page.goto(f"{dashboard.url}/ui/jobs?state=dead&queue=beta&min_attempts=1")
-    expect(page.locator("#retry-all")).to_have_count(0)
-    page.goto(f"{dashboard.url}/ui/jobs?state=dead&queue=beta&error=KeyError")
-    assert shown_ids(page) == target
-    page.fill("#token", TOKEN)
-    page.click("#token-form button")
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#retry-all")
-    expect(page.locator("#flash")).to_contain_text("3 dead job(s) queued again")
-    assert {int(r[0]) for r in sql("SELECT id FROM jobs WHERE state = 'queued'")} == target  # type: ignore[call-overload]
-    assert {int(r[0]) for r in sql("SELECT id FROM jobs WHERE state = 'dead'")} == other  # type: ignore[call-overload]
-    dashboard.shot("jobs-retry-all-dead")
 
 
 # Records what a hostile string could make the page do: alerts, and every CSP violation.

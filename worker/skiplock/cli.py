@@ -203,17 +203,22 @@ def cmd_jobs_bulk(args: argparse.Namespace) -> int:
         done = skipped = 0
         cursor = None
         more = True
-        while more:
-            batch = db.bulk_batch(action, cursor=cursor, limit=args.batch,
-                                  reason=f"cli {user_at_host()} (skiplock jobs cancel)",
-                                  **filters)
-            done, skipped = done + batch.done, skipped + batch.skipped
-            cursor, more = batch.cursor, batch.more
-            print(f"  {done + skipped:,}/{shown}: {done:,} {done_words}, {skipped:,} skipped",
-                  flush=True)
+        try:
+            while more:
+                batch = db.bulk_batch(action, cursor=cursor, limit=args.batch,
+                                      reason=f"cli {user_at_host()} (skiplock jobs cancel)",
+                                      **filters)
+                done, skipped = done + batch.done, skipped + batch.skipped
+                cursor, more = batch.cursor, batch.more
+                print(f"  {done + skipped:,}/{shown}: {done:,} {done_words}, {skipped:,} "
+                      "skipped", flush=True)
+        except KeyboardInterrupt:
+            # Each batch commits on its own: say what is already done before exiting.
+            print(f"interrupted: {done:,} job(s) {done_words} so far")
+            raise
     print(f"{done:,} job(s) {done_words}"
-          + (f"; {skipped:,} skipped ({skip_words}, or busy at that instant: run again to "
-             "retry those)" if skipped else ""))
+          + (f"; {skipped:,} skipped ({skip_words}, or busy at that instant: a second run "
+             "takes the busy ones)" if skipped else ""))
     return 0
 
 

@@ -188,7 +188,6 @@ def test_a_locked_job_is_skipped_not_waited_for(api: httpx.Client, database_url:
     assert ids(sql, "SELECT id FROM jobs WHERE state = 'queued'") == {busy}
 
 
-@pytest.mark.slow
 def test_bulk_cancel_stops_jobs_a_real_worker_runs(
         api: httpx.Client, database_url: str, sql: Sql,
         spawn_worker: Callable[..., Any]) -> None:
@@ -228,6 +227,13 @@ def test_bulk_cancel_stops_jobs_a_real_worker_runs(
      "filter.created_after", "timezone"),
     ({"action": "delete", "filter": {"min_attempts": -1}}, "filter.min_attempts", "0"),
     ({"action": "delete", "filter": {"queue": ""}}, "filter.queue", "at least 1"),
+    # JSON has booleans and numbers: no guessing from strings, numbers or floats
+    ({"action": "delete", "all": "yes"}, "all", "boolean"),
+    ({"action": "delete", "all": 1}, "all", "boolean"),
+    ({"action": "delete", "filter": {"stuck": "false"}}, "filter.stuck", "true or false"),
+    ({"action": "delete", "filter": {"min_attempts": False}}, "filter.min_attempts",
+     "whole number"),
+    ({"action": "delete", "filter": {"queue": "a"}, "limit": 5.5}, "limit", "integer"),
 ])
 def test_a_bad_bulk_request_is_422_and_changes_nothing(
         api: httpx.Client, database_url: str, sql: Sql, body: dict[str, Any], field: str,

@@ -315,6 +315,10 @@ def test_queues_paused_in_the_database(cluster: Cluster, operator: OperatorThrea
     body["queues"] = ["default", "reports"]
     cluster.create_jobqueue("hushed", **body)
     enqueue(sql, 100)
+    # 20 of them run (they go on running through the pause), 80 wait
+    sql("""UPDATE jobs SET state = 'running', attempts = 1, locked_by = 'w:1:a',
+                          locked_until = now() + interval '1 hour', started_at = now()
+           WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 20)""")
     wait_until(lambda: cluster.replicas("hushed-worker") == 2, 30,
                message="2 replicas for 100 jobs", interval=0.2)
 
@@ -344,10 +348,7 @@ def test_queues_paused_in_the_database(cluster: Cluster, operator: OperatorThrea
         assert table["rows"][0]["cells"][names.index("Paused")] is True
         assert [e.message for e in cluster.events("QueuesPaused")], "no QueuesPaused event"
 
-        # 20 jobs still run; 400 more wait. Nothing scales up for them.
-        sql("""UPDATE jobs SET state = 'running', attempts = 1, locked_by = 'w:1:a',
-                              locked_until = now() + interval '1 hour', started_at = now()
-               WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 20)""")
+        # 400 more wait: nothing scales up for them.
         enqueue(sql, 400)
         wait_until(lambda: cluster.status("hushed").get("backlog") == 480, 20,
                    message="backlog 480 read while paused", interval=0.2)
@@ -355,11 +356,16 @@ def test_queues_paused_in_the_database(cluster: Cluster, operator: OperatorThrea
             "QueuesPaused", "ScaledDown")
         holds(lambda: (cluster.replicas("hushed-worker") or 0) <= 2, 2,
               "no scale-up while every queue is paused")
-        # Past the 4 s window: down to what the running jobs need, ceil(20 / 50) = 1.
+        # Past the 4 s window (already while only "default" was paused, whose waiting jobs
+        # count for nothing either): down to what the running jobs need, ceil(20 / 50) = 1.
         wait_until(lambda: cluster.replicas("hushed-worker") == 1, 30,
                    message="1 replica for the running jobs", interval=0.2)
         downs = [e.message for e in cluster.events("ScaledDown")]
-        assert any("every queue is paused" in m for m in downs), downs
+        assert len(downs) == 1 and downs[0].startswith("2 -> 1: backlog=0 inFlight=20"), downs
+        scaling = wait_until(lambda: (c := cluster.condition("hushed", "Scaling")) and
+                             c["reason"] == "QueuesPaused" and c, 20,
+                             message="Scaling reason QueuesPaused", interval=0.2)
+        assert scaling["message"].startswith("every queue is paused: waiting jobs not counted")
 
         # One queue open again, but it has no jobs: the paused one's still ask for nothing.
         assert client.resume_queue("reports")

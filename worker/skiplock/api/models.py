@@ -66,10 +66,19 @@ def _plain_text(value: str) -> str:
     return check_text(value, "the value")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _iso_only(value: Any) -> Any:
-    # pydantic would read a bare number as a Unix timestamp; the documented form is ISO 8601.
-    if not isinstance(value, str | dt.datetime) or (
-            isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()):
+    # pydantic would read a bare number as a Unix timestamp (also 1e3 or 3.7e-273, which
+    # float() catches where a digits check did not); the documented form is ISO 8601.
+    if not isinstance(value, str | dt.datetime) or (isinstance(value, str)
+                                                    and _is_number(value)):
         raise ValueError("must be an ISO 8601 date-time with a timezone, e.g. 2024-05-01T13:30:00Z")
     return value
 
@@ -300,6 +309,23 @@ class BulkFilter(JobFilter):
     # the action would reach jobs nobody meant.
     model_config = ConfigDict(extra="forbid")
 
+    # JSON has real booleans and numbers: "stuck": "no" or "min_attempts": false is a client's
+    # mistake to report, not to guess at (the query string's "true" and "3" are text, so the
+    # jobs list itself reads them leniently).
+    @field_validator("stuck", "waiting_for_worker", "unfinished", mode="before")
+    @classmethod
+    def _json_bool(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+
+    @field_validator("min_attempts", mode="before")
+    @classmethod
+    def _json_int(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("must be a whole number or null")
+        return value
+
 
 class BulkAction(enum.StrEnum):
     cancel = "cancel"
@@ -320,13 +346,14 @@ class BulkIn(BaseModel):
                                            "(never a running one)")
     filter: BulkFilter = Field(default_factory=BulkFilter,
                                description="the jobs to act on, as for GET /v1/jobs")
-    all: bool = Field(default=False,
+    # strict: only a JSON true means everything ("all": "no" must not)
+    all: bool = Field(default=False, strict=True,
                       description="act on every job: required when the filter is empty, so an "
                                   "empty or missing filter never means everything by accident")
     # one batch is one short transaction, holding at most BULK_MAX_BATCH row locks
-    limit: int = Field(default=BULK_DEFAULT_BATCH, ge=1, le=BULK_MAX_BATCH,
+    limit: int = Field(default=BULK_DEFAULT_BATCH, ge=1, le=BULK_MAX_BATCH, strict=True,
                        description="at most this many jobs in this batch")
-    cursor: int | None = Field(default=None, ge=1, le=BIGINT_MAX,
+    cursor: int | None = Field(default=None, ge=1, le=BIGINT_MAX, strict=True,
                                description="the previous answer's cursor; omit to start")
 
     @model_validator(mode="after")

@@ -236,3 +236,85 @@ def test_a_worker_killed_after_the_cancel_request_does_not_get_the_job_rerun(
     assert [e for e in events(marker) if e[0] == "start"] == [
         ("start", job, 1, _started(marker, job))]  # never re-run
     assert_invariants(audited, [job], expected_states={job: "cancelled"})
+
+
+def test_a_cancel_stored_before_the_completion_is_written_wins(database_url: str,
+                                                               audited: Sql) -> None:
+    """Deterministic race: the handler has returned and its outcome waits to be written (the
+    write connection held) when the cancel is stored: the job ends cancelled, no result."""
+
+    async def main() -> int:
+        w = Worker(control_tasks.app, database_url, concurrency=2, lease_seconds=30,
+                   poll_interval=0.2, cancel_grace=GRACE)
+        run = asyncio.create_task(w.run())
+        try:
+            await asyncio.wait_for(w.ready.wait(), 30)
+            async with w._write_db._turn:  # the completer cannot write while we hold it
+                with Client(database_url) as c:
+                    job = c.enqueue("quick", {"marker": "/dev/null", "seconds": 0})
+                    assert await _until(lambda: len(w.state.outcomes) == 1, 30)
+                    assert await asyncio.to_thread(c.cancel, job) == "requested"
+            assert await _until(lambda: state_of(audited, job)[0] != "running", 30)
+            return job
+        finally:
+            w.request_stop()
+            await run
+
+    job = asyncio.run(main())
+    assert state_of(audited, job) == ("cancelled", 1)
+    assert audited("SELECT count(*) FROM results WHERE job_id = %s", job) == [(0,)]
+    assert "the handler finished and its result was discarded" in _history(audited, job)[-1]
+    assert_invariants(audited, [job], expected_states={job: "cancelled"})
+
+
+def test_a_forged_or_garbled_notify_stops_nothing(database_url: str, audited: Sql,
+                                                  spawn_worker: Any, marker: Path,
+                                                  tmp_path: Path) -> None:
+    """Anyone who can connect may NOTIFY: a notification alone never stops a job (the stored
+    request is read back first), and no payload can take the listener down."""
+    hold = tmp_path / "hold"
+    w = spawn_worker(APP, *ARGS)
+    wait_workers_ready(audited, 1)
+    with Client(database_url) as c:
+        job = c.enqueue("async_hold", {"marker": str(marker), "hold": str(hold)})
+        wait_until(lambda: _started(marker, job), 30, "the handler to start")
+        for payload in ("²", "cancel:²", "cancel:" + "9" * 5000, "cancel:", "cancel:-1",
+                        "cancel:1e3", f"cancel:{job}", f"cancel: {job}", "pause:", "\x7f",
+                        "x" * 7000):
+            audited("SELECT pg_notify('skiplock_control', %s)", payload)
+        time.sleep(1.5)
+        assert not _saw_stop(marker, job), events(marker)
+        assert state_of(audited, job) == ("running", 1)
+        hold.touch()
+        wait_until(lambda: state_of(audited, job)[0] == "succeeded", 30, "the job to succeed")
+    assert w.proc.poll() is None, w.output()[-3000:]
+    assert "service listener failed" not in w.output()
+    assert_invariants(audited, [job], expected_states={job: "succeeded"})
+
+
+def test_an_abandoned_thread_keeps_its_slot_when_its_job_comes_back(
+        database_url: str, audited: Sql, spawn_worker: Any, marker: Path) -> None:
+    """A timed-out sync job retried on the same worker while its first thread still runs: the
+    retry must not hide the busy thread (two slots, both taken), so a third job waits."""
+    spawn_worker(APP, *ARGS[:-1], "2", "--cancel-grace", "0.5")
+    wait_workers_ready(audited, 1)
+    with Client(database_url) as c:
+        slow = c.enqueue("sync_slow", {"marker": str(marker), "cooperative": False,
+                                       "seconds": 6})
+        # attempt 2 runs while attempt 1's thread is still busy (1 s deadline + 0.5 s grace)
+        wait_until(lambda: [e for e in events(marker) if e[:3] == ("start", slow, 2)], 20,
+                   "the retry to start on the same worker")
+        other = c.enqueue("quick", {"marker": str(marker), "seconds": 0})
+        # Not even claimed while both threads are busy (a claim into a slot that is not
+        # free would hold the job running behind the busy thread, or run a cancelled one).
+        looked = 0
+        while not [e for e in events(marker) if e[:3] == ("end", slow, 1)]:
+            state = state_of(audited, other)[0]
+            if [e for e in events(marker) if e[:3] == ("end", slow, 1)]:
+                break  # the thread returned between the two looks
+            assert state == "queued", "claimed while both slots were taken"
+            looked += 1
+            time.sleep(0.05)
+        assert looked > 10, looked
+        wait_until(lambda: state_of(audited, other)[0] == "succeeded", 30, "the other job")
+    assert_invariants(audited)

@@ -60,7 +60,8 @@ def test_an_attempt_past_its_deadline_times_out_and_is_retried(
     stops = [at for e, j, _, at in events(marker) if e == "saw-stop" and j == job]
     assert len(starts) == 2 and len(stops) == 2, events(marker)
     for start, stop in zip(starts, stops, strict=True):
-        assert 0.9 <= stop - start < 2.0, (start, stop)
+        # the deadline counts from before the pool thread starts: a busy machine makes it late
+        assert 0.5 <= stop - start < 2.5, (start, stop)
     assert not [e for e in events(marker) if e[0] == "end"]  # no attempt ran to its end
     assert [t[1] for t in audit(audited, job)] == ["queued", "running", "queued", "running",
                                                    "dead"]

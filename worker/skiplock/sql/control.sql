@@ -49,10 +49,15 @@ UPDATE jobs AS j
 SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'queued'::job_state
                  ELSE 'cancelled'::job_state END,
     attempts = CASE WHEN j.cancel_requested_at IS NULL THEN j.attempts - 1 ELSE j.attempts END,
-    snoozes = j.snoozes + 1,
+    snoozes = CASE WHEN j.cancel_requested_at IS NULL THEN j.snoozes + 1 ELSE j.snoozes END,
     run_at = CASE WHEN j.cancel_requested_at IS NULL
                   THEN now() + make_interval(secs => f.delay) ELSE j.run_at END,
     finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+    errors = CASE WHEN j.cancel_requested_at IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_object(
+                      'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
+                      'error', format('cancelled as requested by %%s (the handler snoozed)',
+                                      j.cancel_reason)) END,
     locked_by = NULL, locked_until = NULL, unrunnable_since = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(delays)s::float8[])
     AS f(id, attempt, delay)

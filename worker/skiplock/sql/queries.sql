@@ -22,16 +22,84 @@ UNION ALL
 SELECT id, false AS created FROM jobs
 WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT 1 FROM inserted);
 
+-- name: enqueue_keyed
+-- A job with an idempotency key (see skiplock/idempotency.py), or without one (a batch runs
+-- every job through this statement). One statement, so a keyed enqueue costs the round trips
+-- of an unkeyed one. The key is claimed first, holding the job's id taken from the sequence
+-- ahead of the insert; the job is inserted only when the claim succeeded, so a key that
+-- outlived its pruned job still stops a duplicate. A key already there returns its row
+-- (created false) for the caller to compare the request hashes. A claim not yet committed by
+-- another transaction makes this statement wait for it and then return no row (its snapshot
+-- predates that commit): the caller runs it again and sees the key.
+WITH new AS (
+    SELECT nextval('jobs_id_seq') AS id
+), claimed AS (
+    INSERT INTO idempotency_keys (key, request_hash, request, job_ids)
+    SELECT %(unique_key)s::text, %(request_hash)s::text, %(request)s::jsonb, ARRAY[new.id]
+    FROM new
+    WHERE %(unique_key)s::text IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key
+), inserted AS (
+    INSERT INTO jobs (id, queue, task, args, priority, max_attempts, run_at, unique_key,
+                      timeout_seconds)
+    OVERRIDING SYSTEM VALUE
+    SELECT new.id, %(queue)s::text, %(task)s::text, %(args)s::jsonb, %(priority)s::smallint,
+           %(max_attempts)s::int,
+           coalesce(%(run_at)s::timestamptz,
+                    now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
+           %(unique_key)s::text, %(timeout)s::float8
+    FROM new
+    WHERE %(unique_key)s::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
+    RETURNING id
+)
+SELECT id, true AS created, NULL::bigint[] AS job_ids, NULL::text AS request_hash,
+       NULL::jsonb AS request
+FROM inserted
+UNION ALL
+SELECT k.job_ids[1], false, k.job_ids, k.request_hash, k.request FROM idempotency_keys AS k
+WHERE k.key = %(unique_key)s::text AND NOT EXISTS (SELECT 1 FROM claimed);
+
 -- name: enqueue_many_unnest
-INSERT INTO jobs (queue, task, args, priority, max_attempts, run_at, unique_key, timeout_seconds)
-SELECT q, t, a, p, m, coalesce(r, now()), u, d
-FROM unnest(
-    %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
-    %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[],
-    %(timeouts)s::float8[]
-) AS x(q, t, a, p, m, r, u, d)
-ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+-- Keyed jobs claim their keys first (as enqueue_keyed does, ids taken ahead of the insert);
+-- a job is inserted when it has no key or its claim succeeded: a key already stored, or
+-- repeated within the call, skips its job. The caller then compares the request hashes.
+WITH x AS (
+    SELECT nextval('jobs_id_seq') AS id, q, t, a, p, m, r, u, d, h, req
+    FROM unnest(
+        %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
+        %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[],
+        %(timeouts)s::float8[], %(request_hashes)s::text[], %(requests)s::jsonb[]
+    ) AS x(q, t, a, p, m, r, u, d, h, req)
+), claimed AS (
+    INSERT INTO idempotency_keys (key, request_hash, request, job_ids)
+    SELECT u, h, req, ARRAY[id] FROM x WHERE u IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING job_ids[1] AS id
+)
+INSERT INTO jobs (id, queue, task, args, priority, max_attempts, run_at, unique_key,
+                  timeout_seconds)
+OVERRIDING SYSTEM VALUE
+SELECT id, q, t, a, p, m, coalesce(r, now()), u, d FROM x
+WHERE u IS NULL OR id IN (SELECT id FROM claimed)
 RETURNING id;
+
+-- name: claim_idempotency_key
+-- A batch's key, claimed before its jobs are inserted (job_ids set after them, in the same
+-- transaction). No row: the key is taken (or was, by a transaction that has just committed).
+INSERT INTO idempotency_keys (key, request_hash, request, job_ids)
+VALUES (%(key)s, %(request_hash)s, %(request)s, '{}')
+ON CONFLICT (key) DO NOTHING
+RETURNING key;
+
+-- name: set_idempotency_jobs
+-- RETURNING: the caller reads it, so an error surfaces before COMMIT is sent.
+UPDATE idempotency_keys SET job_ids = %(job_ids)s::bigint[] WHERE key = %(key)s
+RETURNING key;
+
+-- name: idempotency_keys
+SELECT key, job_ids, request_hash, request FROM idempotency_keys
+WHERE key = ANY(%(keys)s::text[]);
 
 -- name: claim
 -- One short transaction: lock up to %(limit)s runnable jobs, skipping rows other workers hold.
@@ -329,6 +397,20 @@ WITH old AS (
 DELETE FROM jobs AS j USING old WHERE j.id = old.id
 RETURNING j.id;
 
+-- name: prune_idempotency_keys
+-- Keys past their retention whose jobs are all gone (a key lives at least as long as its job,
+-- so a stored job's key always answers), in bounded batches like prune_finished.
+WITH old AS (
+    SELECT key FROM idempotency_keys AS k
+    WHERE created_at < now() - make_interval(secs => %(retention_seconds)s)
+      AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = ANY(k.job_ids))
+    ORDER BY created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM idempotency_keys AS k USING old WHERE k.key = old.key
+RETURNING k.key;
+
 -- name: database_now
 SELECT now() AS now;
 
@@ -359,7 +441,9 @@ ORDER BY 3, 1, 2;
   AND (%(created_before)s::timestamptz IS NULL OR j.created_at < %(created_before)s)
   AND (%(finished_after)s::timestamptz IS NULL OR j.finished_at >= %(finished_after)s)
   AND (%(finished_before)s::timestamptz IS NULL OR j.finished_at < %(finished_before)s)
-  AND (%(error_contains)s::text IS NULL OR strpos(j.last_error, %(error_contains)s) > 0)
+  -- a substring, as LIKE with its wildcards escaped: the form jobs_last_error_trgm_idx serves
+  AND (%(error_contains)s::text IS NULL OR j.last_error LIKE '%%' || replace(replace(replace(
+         %(error_contains)s, '\', '\\'), '%%', '\%%'), '_', '\_') || '%%')
   AND (%(before_id)s::bigint IS NULL OR j.id < %(before_id)s)
 
 -- name: search_jobs
@@ -397,7 +481,8 @@ WITH picked AS (
     WHERE state = 'dead'
       AND (%(queue)s::text IS NULL OR queue = %(queue)s)
       AND (%(task)s::text IS NULL OR task = %(task)s)
-      AND (%(error_contains)s::text IS NULL OR strpos(last_error, %(error_contains)s) > 0)
+      AND (%(error_contains)s::text IS NULL OR last_error LIKE '%%' || replace(replace(replace(
+             %(error_contains)s, '\', '\\'), '%%', '\%%'), '_', '\_') || '%%')
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -470,7 +555,13 @@ SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'queued'::job_state
                   THEN now() + make_interval(secs => f.delay) ELSE j.run_at END,
     unrunnable_since = CASE WHEN j.cancel_requested_at IS NULL
                             THEN coalesce(j.unrunnable_since, now()) END,
-    last_error = f.reason
+    last_error = CASE WHEN j.cancel_requested_at IS NULL THEN f.reason
+                      ELSE format('cancelled as requested by %%s', j.cancel_reason) END,
+    errors = CASE WHEN j.cancel_requested_at IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_object(
+                      'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
+                      'error', format('cancelled as requested by %%s (before a worker that '
+                                      'can run it took it)', j.cancel_reason)) END
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(reasons)s::text[], %(delays)s::float8[])
     AS f(id, attempt, reason, delay)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s

@@ -1,13 +1,24 @@
-"""Looks for cancel requests while LISTEN is unavailable (a pooler, a cut link), so a cancel
-still reaches the handler within a poll interval instead of waiting for the lease heartbeat."""
+"""Reads the stored cancel requests for the runs this worker holds and hands them to the
+executor. Looks when a NOTIFY says a request was made (so a forged NOTIFY, which anyone who can
+connect may send, stops nothing by itself), when LISTEN (re)connects (requests made while it
+was away sent no notification we heard), every poll interval while LISTEN is down (behind a
+pooler, a cut link), and every ``slow_interval`` in any case (a link that died silently). The
+lease heartbeat's answer carries the requests too; this makes them arrive sooner."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
 
+from .. import metrics
 from ..db import WorkerConnection
-from .loops import every
+from ..errors import DatabaseUnavailable
+from ..retry import reconnect_delay
 from .state import WorkerState
+
+log = logging.getLogger("skiplock.worker")
 
 
 class CancelWatcher:
@@ -19,21 +30,41 @@ class CancelWatcher:
         db: WorkerConnection,
         interval: float,
         on_cancel: Callable[[int, str], object],
+        slow_interval: float = 5.0,
     ) -> None:
         self.state = state
         self.db = db
         self.interval = interval
+        self.slow_interval = max(interval, slow_interval)
         self.on_cancel = on_cancel
+        self.wake = asyncio.Event()
+
+    def look_now(self, *_: object) -> bool:
+        """Look at the stored requests at once (a NOTIFY came, LISTEN is back)."""
+        self.wake.set()
+        return True
 
     async def run(self) -> None:
-        await every(self.interval, self.run_once, "cancel poll",
-                    "cancel requests are looked for again")
+        failures = 0
+        while True:
+            wait = self.interval if not self.state.listening else self.slow_interval
+            if failures:
+                wait = min(wait, reconnect_delay(failures))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), wait)
+            self.wake.clear()
+            try:
+                await self.run_once()
+                failures = 0
+            except DatabaseUnavailable as exc:
+                failures += 1
+                metrics.DB_ERRORS.labels("cancel poll").inc()
+                log.warning("%s; cancel requests are looked for again", exc)
 
     async def run_once(self) -> int:
-        """Look once (only when LISTEN is down and handlers run); returns requests acted on."""
-        if self.state.listening:
-            return 0
-        ids = [i for i, run in self.state.owned.items() if run.executing and run.stop is None]
+        """Look once at the runs whose handlers run; returns the requests acted on."""
+        ids = sorted(i for i, run in self.state.owned.items()
+                     if run.executing and run.stop is None)
         if not ids:
             return 0
         found = await self.db.cancel_requests(ids, self.state.worker_id)

@@ -136,6 +136,8 @@ class Worker:
         )
         self.claimer = Claimer(self.state, self._claim_db, self.executor, self.queues,
                                poll_interval)
+        cancel_watcher = CancelWatcher(self.state, self._claim_db, poll_interval,
+                                       self.executor.cancel)
         self.services: dict[str, Any] = {
             s.name: s
             for s in (
@@ -143,8 +145,8 @@ class Worker:
                 self.completer,
                 LeaseRenewer(self.state, self._write_db, heartbeat, self.executor.cancel),
                 Listener(self.state, self._listen_db, schema, self.queues, poll_interval,
-                         self.executor.cancel),
-                CancelWatcher(self.state, self._claim_db, poll_interval, self.executor.cancel),
+                         cancel_watcher.look_now),
+                cancel_watcher,
                 Rescuer(self._claim_db, self.queues, lease_seconds),
                 self.registry,
                 self.monitor,
@@ -334,7 +336,8 @@ class Worker:
         """Hand back runs this worker still holds (still running; with ``executing_only``
         False also those whose outcome could not be written): the attempt does not count,
         and another worker can take the job at once instead of waiting for the lease."""
-        runs = [r for r in self.state.owned.values() if r.executing or not executing_only]
+        runs = [r for _, r in sorted(self.state.owned.items())
+                if r.executing or not executing_only]
         if not runs:
             return
         for attempt in range(1, 4):

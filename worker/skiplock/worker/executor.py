@@ -74,13 +74,7 @@ class Executor:
             with logs.bind(job_id=job.id, task=job.task, attempt=job.attempt, queue=job.queue):
                 await self._execute(run)
         except asyncio.CancelledError:
-            if run.stop is None or not run.executing:
-                raise  # the worker is shutting down (the run was released first)
-            # cancelled before its handler started (the task had not run yet)
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-            self.finish(run, self._stop_outcome(run, "before the handler started"))
+            raise  # the worker is shutting down (the run was released first)
         except Exception as exc:
             log.error("job %d: the executor failed around its handler", job.id, exc_info=exc)
             # An attempt that failed like any other (counted, retried per the policy): not a
@@ -145,7 +139,7 @@ class Executor:
                     self.threads, contextvars.copy_context().run, call
                 )
         except asyncio.CancelledError:
-            if run.stop is None or not task.is_async:
+            if not run.task_cancelled:
                 raise  # the worker is shutting down (the run was released first)
             current = asyncio.current_task()
             if current is not None:
@@ -213,11 +207,15 @@ class Executor:
         log.info("job %d attempt %d: %s; telling the handler to stop (grace %.0fs)",
                  job.id, job.attempt, message, self.cancel_grace)
         metrics.RUNS_STOPPED.labels(kind).inc()
-        if run.signal is not None:
-            run.signal.set(message)
+        if run.signal is None:
+            # Not started yet: _execute sees run.stop before it calls the handler. (Cancelling
+            # a task that has not run yet would skip all of execute(), finally included.)
+            return
+        run.signal.set(message)
         task = self.app.tasks.get(job.task)
         job_task = self.state.executing.get(job.id)
         if task is not None and task.is_async and job_task is not None:
+            run.task_cancelled = True  # tells this cancel from the worker's own at shutdown
             job_task.cancel()
         run.timers.append(
             asyncio.get_running_loop().call_later(self.cancel_grace, self._give_up, run))
@@ -228,6 +226,11 @@ class Executor:
             return
         run.abandoned = True
         self.state.abandoned.add(run)
+        # Its task leaves `executing` (keyed by job id: a retry of the job claimed here again
+        # must not overwrite it and hide the busy thread); free_slots counts it as abandoned,
+        # and the shutdown drain does not wait for it (its outcome is written).
+        if self.state.executing.get(run.job.id) is not None:
+            del self.state.executing[run.job.id]
         metrics.ABANDONED.set(len(self.state.abandoned))
         log.warning("job %d attempt %d: the handler did not stop within %.0fs; it is abandoned "
                     "(its slot stays taken until it returns; %d abandoned now)", run.job.id,
@@ -297,6 +300,8 @@ def _as_json(result: Any, limit: int) -> str:
 
 
 def _call_sync(func: Callable[..., Any], ctx: JobContext, args: dict[str, Any], limit: int) -> str:
+    # Stopped while waiting for a pool thread: the handler never starts.
+    ctx.raise_if_cancelled()
     return _as_json(func(ctx, **args), limit)
 
 

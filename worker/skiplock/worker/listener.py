@@ -27,7 +27,7 @@ class Listener:
         schema: str,
         queues: list[str],
         poll_interval: float,
-        on_cancel: Callable[[int, str], object] = lambda job_id, reason: None,
+        on_cancel_notice: Callable[[], object] = lambda: None,
     ) -> None:
         self.state = state
         self.db = db
@@ -35,7 +35,9 @@ class Listener:
         self.control_channel = f"{schema}_control"
         self.queues = set(queues)
         self.poll_interval = poll_interval
-        self.on_cancel = on_cancel
+        # A NOTIFY only says "look": the cancel watcher reads the stored request (anyone who
+        # can connect can send a NOTIFY; it must not stop a job by itself).
+        self.on_cancel_notice = on_cancel_notice
 
     async def run(self) -> None:
         failures = 0
@@ -57,6 +59,7 @@ class Listener:
 
     def _listening(self) -> None:
         self.state.listening = True
+        self.on_cancel_notice()  # requests made while we were deaf sent nothing we heard
 
     async def run_once(self, max_seconds: float | None = None) -> int:
         """LISTEN and act on each notification, until the link dies (DatabaseUnavailable) or
@@ -77,8 +80,15 @@ class Listener:
 
     def _control(self, payload: str) -> bool:
         what, _, arg = payload.partition(":")
-        if what == "cancel" and arg.isdigit():
-            return self.on_cancel(int(arg), "a cancel request") is True
+        if what == "cancel":
+            # ASCII digits of a bigint only ('²'.isdigit() is True, int('²') raises)
+            if not (arg.isascii() and arg.isdigit() and len(arg) <= 19):
+                return False
+            run = self.state.owned.get(int(arg))
+            if run is None or not run.executing:
+                return False  # not ours (another worker's job, or finished meanwhile)
+            self.on_cancel_notice()
+            return True
         if what == "pause" and arg in self.queues:
             log.info("queue %s paused: no more claims from it (running jobs finish)", arg)
             return True

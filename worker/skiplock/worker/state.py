@@ -43,6 +43,8 @@ class Run:
     stop_message: str = ""
     # the handler is told through this (ctx.cancelled); None until it starts
     signal: StopSignal | None = None
+    # this run's task was cancelled by stop_run (an async handler), not by the shutdown
+    task_cancelled: bool = False
     # the handler did not stop within the grace: the outcome was written without it, and its
     # thread (or task) is abandoned, holding its slot until it returns
     abandoned: bool = False
@@ -179,7 +181,8 @@ class WorkerState:
         does not stop claiming: claims and writes overlap, as throughput needs.
         """
         over = max(0, len(self.outcomes) - self.outcome_limit)
-        return max(0, self.concurrency - len(self.executing) - over)
+        # abandoned handlers still hold their thread (or task) until they return
+        return max(0, self.concurrency - len(self.executing) - len(self.abandoned) - over)
 
     def holds(self, job: ClaimedJob) -> bool:
         """Whether ``job`` is the run this worker holds for its id (by identity)."""

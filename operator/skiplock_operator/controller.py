@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from skiplock import inspect as inspection
 from skiplock.db import Database
-from skiplock.errors import DatabaseUnavailable, SkiplockError
+from skiplock.errors import ConfigurationError, DatabaseUnavailable, SkiplockError
 
 from . import conditions as cond
 from . import metrics, resources
@@ -233,7 +233,7 @@ class QueueController:
                 metrics.RECONCILE_ERRORS.labels(*labels, db_error[0]).inc()
             else:
                 self.listen_target = (url, spec.database.schema_name, tuple(spec.queues))
-                for reason in ("DatabaseUnavailable", "QueryFailed"):
+                for reason in ("DatabaseUnavailable", "DatabaseUrlInvalid", "QueryFailed"):
                     self._clear_warning(reason)
                 conditions = cond.set_condition(
                     conditions, cond.DATABASE_REACHABLE, True, "StatsRead",
@@ -359,8 +359,10 @@ class QueueController:
             db = self._database(url, spec)
             per_queue = inspection.queue_stats(db, spec.queues, cap=self._cap(policy))
         except SkiplockError as exc:
-            # DatabaseUnavailable text is already scrubbed of the password at the boundary.
+            # Scrubbed of the password at the database boundary, however the URL looks (a URL
+            # libpq cannot parse is a ConfigurationError there, not a driver traceback here).
             reason = ("DatabaseUnavailable" if isinstance(exc, DatabaseUnavailable)
+                      else "DatabaseUrlInvalid" if isinstance(exc, ConfigurationError)
                       else "QueryFailed")
             return [], (reason, str(exc))
         metrics.STATS_SECONDS.labels(self.namespace, self.name).observe(

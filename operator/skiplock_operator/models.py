@@ -13,8 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-_QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+from skiplock.names import queue_problem, schema_problem
+
 _APP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -41,8 +41,10 @@ class DatabaseSpec(_Model):
     @field_validator("schema_name")
     @classmethod
     def _schema(cls, v: str) -> str:
-        if not _SCHEMA.match(v):
-            raise ValueError("must be a lower-case SQL identifier (letters, digits, underscore)")
+        # The workers' own rule (skiplock.names): a schema they would refuse is refused here.
+        problem = schema_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -130,7 +132,9 @@ class JobQueueSpec(_Model):
     @field_validator("queues")
     @classmethod
     def _queues(cls, v: list[str]) -> list[str]:
-        bad = [q for q in v if not _QUEUE.match(q)]
+        # The producers' rule (skiplock.names), so every queue a producer can fill is one the
+        # operator can scale and the other way round. fullmatch: "mail\n" is not "mail".
+        bad = [q for q in v if queue_problem(q)]
         if bad:
             raise ValueError(f"invalid queue name(s) {bad}: use letters, digits, '_.:-', "
                              "at most 128 characters")

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, Request, sync_playwright
 
 from tests.conftest import ROOT
-from tests.integration.api.conftest import TOKEN, register_tasks
+from tests.integration.api.conftest import READ_TOKEN, TOKEN, register_tasks
 from tests.support.pgserver import free_port
 from tests.support.waits import wait_until
 
@@ -61,6 +61,7 @@ def api_process(database_url: str, sql: Callable[..., list[tuple[object, ...]]]
     register_tasks(sql)
     port = free_port()
     env = {**os.environ, "SKIPLOCK_DATABASE_URL": database_url, "SKIPLOCK_API_TOKEN": TOKEN,
+           "SKIPLOCK_API_READ_TOKEN": READ_TOKEN,
            "SKIPLOCK_API_SAMPLE_INTERVAL": "0.5", "PYTHONPATH": f"{ROOT}:{ROOT / 'worker'}"}
     log = open(f"/tmp/skiplock-api-{os.getpid()}-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "skiplock", "api", "--port", str(port)],
@@ -94,6 +95,10 @@ def dashboard(browser: Browser, api_process: str) -> Iterator[Dashboard]:
     def record(request: Request) -> None:
         seen.append(request.url)
     page.on("request", record)
+    # Pages need a token once one is configured: sign in with the read token, as a person on
+    # call would; the write token is what the tests type into the form to act.
+    signed = context.request.post(f"{api_process}/ui/session", data={"token": READ_TOKEN})
+    assert signed.status == 200, signed.text()
     yield Dashboard(url=api_process, page=page, requests=seen)
     context.close()
     # Nothing may come from anywhere but the API itself (no CDN, fonts or trackers).

@@ -38,6 +38,7 @@ def test_pause_and_resume_buttons(dashboard: Dashboard, sql: Sql) -> None:
         f"queue {NAME} paused: workers stop claiming from it; running jobs finish")
     expect(row.locator("[data-col='paused']")).to_have_text("paused")
     expect(row.locator("[data-col='paused_by']")).to_contain_text("by api")
+    drawn = row.locator("[data-col='paused_by']").text_content()
     expect(button).to_have_text("Resume")
     assert sql("SELECT queue, paused_by FROM paused_queues") == [(NAME, "api")]
     expect(page.locator("tr[data-queue='plain'] [data-col='paused']")).to_have_count(0)
@@ -47,6 +48,8 @@ def test_pause_and_resume_buttons(dashboard: Dashboard, sql: Sql) -> None:
         pass
     expect(row).to_have_attribute("data-paused", "true")
     expect(row.locator("[data-col='paused']")).to_have_text("paused")
+    # what the script drew is what the server renders (time in UTC, to the second)
+    expect(row.locator("[data-col='paused_by']")).to_have_text(drawn or "?")
     dashboard.shot("queues-paused")
 
     row.locator("button.queue-act").click()

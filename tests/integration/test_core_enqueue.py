@@ -11,7 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from skiplock import Client, DatabaseUnavailable, InvalidArguments, UnknownTask, Worker
+from skiplock import (
+    Client,
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidArguments,
+    UnknownTask,
+    Worker,
+)
 from skiplock.db import Database
 from tests.support.pgserver import free_port
 from tests.tasks import app
@@ -45,8 +52,11 @@ def test_enqueue_returns_id_and_defaults(database_url: str, sql: Sql) -> None:
 def test_unique_key_gives_the_same_job(database_url: str, sql: Sql) -> None:
     with Client(database_url) as c:
         first = c.enqueue("add", {"a": 1, "b": 2}, unique_key="order-17")
-        second = c.enqueue("add", {"a": 9, "b": 9}, unique_key="order-17")
-    assert first == second
+        second = c.enqueue("add", {"b": 2, "a": 1}, unique_key="order-17")
+        # the key names one request: other arguments with it are a conflict, not that job
+        with pytest.raises(IdempotencyConflict, match="args differ") as info:
+            c.enqueue("add", {"a": 9, "b": 9}, unique_key="order-17")
+    assert first == second == info.value.job_id
     assert sql("SELECT count(*) FROM jobs") == [(1,)]
 
 

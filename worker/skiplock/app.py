@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 
 from .catalogue import describe_params
 from .errors import JobCancelled
+from .names import queue_problem, task_problem
 from .retry import Backoff
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -154,6 +155,10 @@ class App:
             task_name = name or f.__name__
             if task_name in self.tasks:
                 raise ValueError(f"task {task_name!r} is registered twice")
+            # A name no producer could enqueue (names.py) is a mistake to catch at import.
+            problem = task_problem(task_name) or queue_problem(queue or self.default_queue)
+            if problem:
+                raise ValueError(f"task {task_name[:60]!r}: {problem}")
             attempts = max_attempts if max_attempts is not None else self.default_max_attempts
             if attempts < 1:
                 raise ValueError(f"task {task_name!r}: max_attempts must be >= 1")

@@ -9,8 +9,11 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
+
+from pydantic import ValidationError
 
 from . import inspect as inspection
 from . import logs
@@ -18,6 +21,7 @@ from .app import load_app
 from .client import Client, user_at_host
 from .db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH, Database
 from .errors import ConfigurationError, SkiplockError
+from .redact import scrub
 from .settings import Settings
 from .worker import Worker, WorkerFailed
 from .worker.probes import serve_probes
@@ -30,9 +34,30 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "database_url", None):
         overrides["database_url"] = args.database_url
     if getattr(args, "schema", None):
-        overrides["schema_name"] = args.schema
-    base = Settings()
-    return base.model_copy(update=overrides) if overrides else base
+        overrides["SKIPLOCK_SCHEMA"] = args.schema  # the field's alias
+    # Validated like the environment: model_copy(update=...) skips validation, and an
+    # unchecked --schema "x -c statement_timeout=0" reached libpq's options.
+    return _validated_settings(**overrides)
+
+
+def _validated_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise settings_error(exc) from None
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """Which setting is wrong and why, named as a person sets it (never its value: the URL
+    is a secret)."""
+    problems = []
+    for e in exc.errors():
+        field = str(e["loc"][0]) if e["loc"] else "settings"
+        name = field if field.startswith("SKIPLOCK_") else f"SKIPLOCK_{field.upper()}"
+        flag = {"SKIPLOCK_SCHEMA": " (--schema)", "SKIPLOCK_DATABASE_URL": " (--database-url)"}
+        message = str(e["msg"]).removeprefix("Value error, ")
+        problems.append(f"{name}{flag.get(name, '')}: {message}")
+    return ConfigurationError("; ".join(problems))
 
 
 def _database(s: Settings) -> Database:
@@ -337,9 +362,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     s = _settings(args)
     retention = args.older_than if args.older_than is not None else s.retention_seconds
+    keys_retention = (args.keys_older_than if args.keys_older_than is not None
+                      else s.idempotency_retention)
+    if not keys_retention >= 0:  # also NaN: a negative age would delete every unused key
+        raise ConfigurationError(
+            f"--keys-older-than must be a number of seconds >= 0, got {keys_retention}")
     with _database(s) as db:
         n = db.prune_finished(retention)
+        # After the jobs: a key is kept while its job exists, so this frees the keys of the
+        # jobs just pruned once the keys are past their own retention.
+        k = db.prune_idempotency_keys(keys_retention)
     print(f"pruned {n} finished job(s) older than {retention:.0f}s")
+    print(f"pruned {k} idempotency key(s) older than {keys_retention:.0f}s whose jobs are gone")
     return 0
 
 
@@ -450,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="delete finished jobs past retention")
     pr.add_argument("--older-than", type=float, help="seconds (default SKIPLOCK_RETENTION_SECONDS)")
+    pr.add_argument("--keys-older-than", type=float,
+                    help="idempotency keys: seconds (default SKIPLOCK_IDEMPOTENCY_RETENTION)")
     pr.set_defaults(func=cmd_prune)
 
     d = sub.add_parser("demo", help="run a self-contained demo (embedded Postgres if no URL)")
@@ -472,15 +508,30 @@ def _add_extensions(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    s = Settings()
-    logs.configure(args.log_level or s.log_level, s.log_json)
     try:
+        s = _validated_settings()
+        logs.configure(args.log_level or s.log_level, s.log_json)
         return int(args.func(args))
     except (SkiplockError, ValueError) as exc:
-        print(f"skiplock: error: {exc}", file=sys.stderr)
+        print(f"skiplock: error: {_scrubbed(str(exc), args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: say so, but a driver's text may quote the URL
+        print(f"skiplock: unexpected {type(exc).__name__}: {_scrubbed(str(exc), args)}",
+              file=sys.stderr)
+        if log.isEnabledFor(logging.DEBUG):
+            print(_scrubbed("".join(traceback.format_exception(exc)), args), file=sys.stderr)
+        else:
+            print("skiplock: run with --log-level DEBUG for the traceback", file=sys.stderr)
+        return 1
+
+
+def _scrubbed(text: str, args: argparse.Namespace) -> str:
+    """``text`` without any database URL this process was given (flag or environment)."""
+    for url in (getattr(args, "database_url", None), os.environ.get("SKIPLOCK_DATABASE_URL")):
+        text = scrub(text, url)
+    return text
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import psycopg
 from .catalogue import check_known, validate_args
 from .db import Database, NewJob
 from .errors import ConfigurationError, InvalidArguments, UnknownTask
+from .idempotency import check_key
+from .names import queue_problem, task_problem
 from .outcomes import storable_text
 from .settings import Settings
 
@@ -42,6 +44,48 @@ def check_timeout(timeout: float | dt.timedelta | None) -> float | None:
             f"timeout must be > 0 and at most {MAX_TIMEOUT:.0f} seconds (one year), got {timeout}"
         )
     return float(timeout)
+
+
+def check_args_size(task: str, args_json: str, max_bytes: int) -> None:
+    """InvalidArguments when a job's arguments (as JSON) are over ``max_bytes``: every claim
+    loads them into a worker, ``concurrency`` at a time, so one huge job is an out-of-memory."""
+    # _to_json escapes non-ASCII (ensure_ascii), so characters are bytes.
+    size = len(args_json)
+    if size > max_bytes:
+        raise InvalidArguments(
+            f"arguments for {task!r} are {_mib(size)} as JSON, over the {_mib(max_bytes)} limit "
+            "(SKIPLOCK_MAX_ARGS_BYTES): store large data elsewhere (a table, object storage) "
+            "and pass its key"
+        )
+
+
+# Nesting of job arguments: far more than real arguments need, well inside what every reader
+# copes with (pydantic, which the API answers with, gives up serialising at 255 levels; a
+# worker thread decodes with less stack than the producer had).
+MAX_ARGS_DEPTH = 128
+
+
+def _too_deep(args: Mapping[str, Any], args_json: str) -> bool:
+    """Nested deeper than MAX_ARGS_DEPTH (``args`` itself is level 1)."""
+    if args_json.count("[") + args_json.count("{") <= MAX_ARGS_DEPTH:
+        return False  # the common case: too few brackets to be that deep, no walk
+    stack: list[tuple[Any, int]] = [(args, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth > MAX_ARGS_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
 class Client:
@@ -73,6 +117,7 @@ class Client:
         )
         self._catalogue: dict[str, dict[str, Any]] = {}
         self._catalogue_at = float("-inf")
+        self.max_args_bytes = s.max_args_bytes
 
     def close(self) -> None:
         self.db.close()
@@ -106,8 +151,11 @@ class Client:
         validate: bool | None,
         timeout: float | dt.timedelta | None = None,
     ) -> NewJob:
-        if not isinstance(task, str) or not task.strip():
-            raise InvalidArguments("task name must be a non-empty string")
+        # Names are bounded (see names.py): every queue costs a stats subquery, a metrics
+        # series and a dashboard line, so free-form names are a way to run the API out of room.
+        problem = task_problem(task) or (queue_problem(queue) if queue is not None else None)
+        if problem:
+            raise InvalidArguments(problem)
         arguments = dict(args) if args else {}
         if arguments and not all(isinstance(k, str) for k in arguments):
             raise InvalidArguments("argument names must be strings")
@@ -117,6 +165,14 @@ class Client:
             raise InvalidArguments(
                 f"arguments for {task!r} must be JSON-serialisable: {exc}"
             ) from None
+        except RecursionError:
+            args_json = ""  # deeper than Python's recursion limit (a cycle is a ValueError)
+        if not args_json or _too_deep(arguments, args_json):
+            raise InvalidArguments(
+                f"arguments for {task!r} are nested more than {MAX_ARGS_DEPTH} levels deep: "
+                "send flatter JSON"
+            )
+        check_args_size(task, args_json, self.max_args_bytes)
         if run_at is not None and delay is not None:
             raise InvalidArguments("pass run_at or delay, not both")
         if run_at is not None and run_at.tzinfo is None:
@@ -146,12 +202,12 @@ class Client:
             task=task,
             args=arguments,
             args_json=args_json,
-            queue=queue or (entry["queue"] if entry else "default"),
+            queue=queue if queue is not None else (entry["queue"] if entry else "default"),
             priority=priority,
             max_attempts=max_attempts or (int(entry["max_attempts"]) if entry else 5),
             run_at=run_at,
             delay=delay,
-            unique_key=unique_key,
+            unique_key=None if unique_key is None else check_key(unique_key),
             timeout=timeout,
         )
 
@@ -170,7 +226,13 @@ class Client:
         connection: psycopg.Connection[Any] | None = None,
         timeout: float | dt.timedelta | None = None,
     ) -> int:
-        """Insert a job and return its id (the existing job's id for a repeated unique_key).
+        """Insert a job and return its id.
+
+        ``unique_key`` is an idempotency key (the HTTP API's ``Idempotency-Key`` shares its
+        keys): repeating the same request with it returns the first job's id and stores
+        nothing (also after that job was pruned, for SKIPLOCK_IDEMPOTENCY_RETENTION); the key
+        with a different request (another task, queue, arguments, schedule...) raises
+        IdempotencyConflict, whose ``job_id`` is the key's job and ``reason`` what differs.
 
         ``timeout``: this job's deadline per attempt, overriding the task's own."""
         job = self._prepare(
@@ -186,8 +248,9 @@ class Client:
         """Insert many jobs in one round trip (COPY when it can); returns how many were inserted.
 
         Each item: ``{"task": ..., "args": {...}, "queue"?, "priority"?, "max_attempts"?,
-        "run_at"?, "unique_key"?, "timeout"?}``. Jobs whose unique_key already exists are
-        skipped.
+        "run_at"?, "unique_key"?, "timeout"?}``. A job whose unique_key was already used for
+        the same job is skipped (not counted); for a different job, IdempotencyConflict and
+        nothing is stored. Keyed jobs take the unnest path; COPY stays keyless.
         """
         prepared = []
         for i, spec in enumerate(jobs):

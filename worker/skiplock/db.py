@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import os
 import socket
+import threading
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -32,15 +34,23 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import sql
 from .errors import (
+    ConfigurationError,
     DatabaseUnavailable,
     DataRefused,
     EnqueueOutcomeUnknown,
+    IdempotencyConflict,
     SchemaMissing,
     SkiplockError,
 )
-from .redact import redact_url, scrub
+from .idempotency import batch_request, differences, job_request, request_hash
+from .names import schema_problem
+from .redact import SecretFilter, parse_problem, redact_url, remember, scrub
 
 log = logging.getLogger("skiplock.db")
+# psycopg and psycopg_pool log connection failures in their own words (a host name libpq read
+# out of a malformed password, say): scrubbed like our own messages.
+for _name in ("psycopg", "psycopg.pool"):
+    logging.getLogger(_name).addFilter(SecretFilter())
 Row = dict[str, Any]
 Q = sql.queries()
 _MIGRATION_LOCK = "skiplock-migrate"
@@ -54,8 +64,20 @@ def conninfo(
     statement_timeout: float,
     application_name: str = "skiplock",
     synchronous_commit: bool = True,
+    read_only: bool = False,
 ) -> str:
-    """The URL plus the options every Skiplock connection needs (schema, bounded timeouts)."""
+    """The URL plus the options every Skiplock connection needs (schema, bounded timeouts).
+
+    ``read_only``: the server refuses writes on it (the API's read pool: a write that landed
+    there by mistake fails loudly instead of competing with reads).
+
+    Every connection (Database, WorkerConnection) is built here, so this is where the schema
+    name is checked (it is spliced into ``options``: a space would add a server setting) and
+    where a URL libpq cannot parse becomes a ConfigurationError without the URL's text."""
+    remember(url)
+    problem = schema_problem(schema)
+    if problem:
+        raise ConfigurationError(problem)
     # jit=off: every Skiplock query is short; JIT compiling queue_stats on a big table cost
     # 1.4 s of a 2.4 s run at 1M rows (the planner's cost estimate trips the JIT threshold).
     options = (
@@ -64,6 +86,32 @@ def conninfo(
     )
     if not synchronous_commit:
         options += " -c synchronous_commit=off"
+    if read_only:
+        options += " -c default_transaction_read_only=on"
+    try:
+        return _make_conninfo(url, connect_timeout, statement_timeout, application_name, options)
+    except (psycopg.Error, ValueError, TypeError) as exc:
+        raise malformed_url(exc, url) from None
+
+
+def malformed_url(exc: BaseException, url: str) -> ConfigurationError:
+    """The error for a URL libpq cannot parse. Its message quotes the piece it choked on,
+    which is often the password (`invalid percent-encoded token: "Hunter%zzSecret"`), so only
+    what it means is said (redact.parse_problem), never its text."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigurationError(
+        f"the database URL ({redact_url(url)}) is malformed: {parse_problem(first)}. "
+        "Fix SKIPLOCK_DATABASE_URL (--database-url): percent-encode special characters in "
+        "the user and password ('%' as %25, '@' as %40, '/' as %2F, a space as %20), or "
+        "use a key=value DSN with the password in single quotes (a quote or backslash in it "
+        "escaped with a backslash)."
+    )
+
+
+def _make_conninfo(
+    url: str, connect_timeout: float, statement_timeout: float, application_name: str,
+    options: str,
+) -> str:
     return psycopg.conninfo.make_conninfo(
         url,
         connect_timeout=max(1, round(connect_timeout)),
@@ -167,6 +215,50 @@ class WorkerBeat(NamedTuple):
     registered: bool
 
 
+def _job_params(job: NewJob) -> dict[str, Any]:
+    """The parameters of enqueue and enqueue_keyed for one job (request and its hash only for
+    a keyed job: the unkeyed path pays nothing for idempotency)."""
+    request = job_request(job) if job.unique_key is not None else None
+    return {
+        "queue": job.queue,
+        "task": job.task,
+        "args": Jsonb(dict(job.args)),
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "run_at": job.run_at,
+        "delay": job.delay,
+        "unique_key": job.unique_key,
+        "timeout": job.timeout,
+        "request_hash": request_hash(request) if request is not None else None,
+        "request": Jsonb(request) if request is not None else None,
+        "_request": request,
+    }
+
+
+def _check_replay(key: str, job_ids: Sequence[int], stored_hash: str | None,
+                  stored: Mapping[str, Any] | None, request: Mapping[str, Any],
+                  new_hash: str) -> list[int]:
+    """The key's job ids when this request is the one the key was first used for; else
+    IdempotencyConflict. A key carried over from jobs.unique_key (no hash) replays."""
+    ids = [int(i) for i in job_ids]
+    if stored_hash is not None and stored_hash != new_hash:
+        raise IdempotencyConflict(key, ids, differences(stored, request))
+    return ids
+
+
+def _keyed_outcome(row: Sequence[Any], params: Mapping[str, Any]) -> tuple[int, bool]:
+    """(id, created) from a row of enqueue or enqueue_keyed; a key that was already there
+    must have been used for this same request."""
+    if bool(row[1]) or len(row) < 5:
+        return int(row[0]), bool(row[1])
+    ids = _check_replay(params["unique_key"], row[2], row[3], row[4], params["_request"],
+                        params["request_hash"])
+    if len(ids) != 1:  # the key of a batch, sent for one job
+        raise IdempotencyConflict(params["unique_key"], ids, differences(
+            row[4], params["_request"]))
+    return ids[0], False
+
+
 def _int_array(values: Iterable[int]) -> str:
     """An integer array literal: psycopg's list dumper costs ~1 us per element, this ~0.1."""
     return "{" + ",".join(map(str, values)) + "}"
@@ -226,6 +318,67 @@ class BulkBatch:
         return self.examined - len(self.ids)
 
 
+class QueryScope:
+    """The database work of one caller (an API request), which another thread can cancel.
+
+    The API runs a request's work in a thread under a deadline; at the deadline the request
+    answers 503 and the thread is abandoned. Without this its query kept running up to the
+    statement timeout, holding a pool connection. ``cancel`` sends a cancel request for every
+    connection the work holds and makes every later checkout fail; those connections are closed
+    instead of going back to the pool, so a late cancel can never hit another request's query.
+    ``read_only`` work takes connections from the read pool when the Database has one.
+    """
+
+    def __init__(self, *, read_only: bool) -> None:
+        self.read_only = read_only
+        self.cancelled = False
+        self._lock = threading.Lock()
+        self._held: set[psycopg.Connection[Any]] = set()
+
+    def cancel(self, timeout: float) -> None:
+        """Cancel the running queries (blocking: a network round trip per connection)."""
+        with self._lock:  # held while sending, so no connection goes back to the pool meanwhile
+            self.cancelled = True
+            for conn in self._held:
+                try:
+                    conn.cancel_safe(timeout=timeout)
+                except Exception as exc:  # it ended meanwhile, or the server is unreachable
+                    log.debug("cancelling a query of an abandoned request: %s",
+                              type(exc).__name__)
+
+    def cancel_soon(self, timeout: float) -> None:
+        """``cancel`` in a thread of its own: the caller (the event loop) must not wait on a
+        database that may not answer."""
+        threading.Thread(target=self.cancel, args=(timeout,), name="skiplock-cancel",
+                         daemon=True).start()
+
+    def _enter(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            if self.cancelled:
+                raise DatabaseUnavailable("the request's deadline passed; its work was cancelled")
+            self._held.add(conn)
+
+    def _leave(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            self._held.discard(conn)
+            if self.cancelled:
+                conn.close()  # the pool discards a closed connection
+
+
+_SCOPE: contextvars.ContextVar[QueryScope | None] = contextvars.ContextVar(
+    "skiplock_query_scope", default=None)
+
+
+@contextlib.contextmanager
+def query_scope(scope: QueryScope) -> Iterator[QueryScope]:
+    """Run the block's database work (in this thread) under ``scope``."""
+    token = _SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPE.reset(token)
+
+
 class Database:
     """Synchronous access for producers, the CLI, the API and the operator (a small pool)."""
 
@@ -238,17 +391,26 @@ class Database:
         statement_timeout: float = 30.0,
         max_size: int = 4,
         application_name: str = "skiplock",
+        read_pool_size: int | None = None,
     ) -> None:
+        """``read_pool_size``: a second pool, of read-only connections, for work run under a
+        read-only QueryScope (the API's reads), so that they cannot take every connection."""
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
         self._conninfo = conninfo(url, schema, connect_timeout, statement_timeout, application_name)
-        self._pool = ConnectionPool(
-            self._conninfo,
+        self._pool = self._new_pool(self._conninfo, max_size)
+        self._read_pool = None if read_pool_size is None else self._new_pool(
+            conninfo(url, schema, connect_timeout, statement_timeout, application_name,
+                     read_only=True), read_pool_size)
+
+    def _new_pool(self, info: str, max_size: int) -> ConnectionPool:
+        return ConnectionPool(
+            info,
             min_size=0,
             max_size=max_size,
             open=True,
-            timeout=connect_timeout,
+            timeout=self.connect_timeout,
             reconnect_timeout=0,
             check=ConnectionPool.check_connection,
             kwargs={"autocommit": True},
@@ -256,6 +418,25 @@ class Database:
 
     def close(self) -> None:
         self._pool.close()
+        if self._read_pool is not None:
+            self._read_pool.close()
+
+    @contextlib.contextmanager
+    def _checkout(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection: from the read pool for read-only work, tracked by the current
+        QueryScope (if any) so that its deadline can cancel what runs on it."""
+        scope = _SCOPE.get()
+        if scope is None:
+            with self._pool.connection() as conn:
+                yield conn
+            return
+        pool = self._read_pool if scope.read_only and self._read_pool is not None else self._pool
+        with pool.connection() as conn:
+            scope._enter(conn)
+            try:
+                yield conn
+            finally:
+                scope._leave(conn)
 
     def __enter__(self) -> Database:
         return self
@@ -266,7 +447,7 @@ class Database:
     @contextlib.contextmanager
     def _conn(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self._pool.connection() as conn:
+            with self._checkout() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise wrap_error(exc, self.url, doing) from None
@@ -354,7 +535,7 @@ class Database:
         while True:
             committing = False
             try:
-                with self._pool.connection() as conn:
+                with self._checkout() as conn:
                     if pipeline:
                         with conn.pipeline():
                             conn.execute("BEGIN")
@@ -392,43 +573,40 @@ class Database:
     def enqueue(
         self, job: NewJob, connection: psycopg.Connection[Any] | None = None
     ) -> tuple[int, bool]:
-        """Insert one job (or find the one with its unique key): (id, created)."""
-        params = {
-            "queue": job.queue,
-            "task": job.task,
-            "args": Jsonb(dict(job.args)),
-            "priority": job.priority,
-            "max_attempts": job.max_attempts,
-            "run_at": job.run_at,
-            "delay": job.delay,
-            "unique_key": job.unique_key,
-            "timeout": job.timeout,
-        }
+        """Insert one job: (id, created). With a unique_key (an idempotency key), a repeat of
+        the same request returns the key's job (created False, even when that job has since
+        been pruned) and a different request raises IdempotencyConflict."""
+        params = _job_params(job)
+        # Only a keyed job pays for the key (hashing, the key row): the unkeyed statement is
+        # the plain insert.
+        query = Q["enqueue"] if job.unique_key is None else Q["enqueue_keyed"]
         if connection is not None:
-            return self._enqueue_in(connection, params)
+            return self._enqueue_in(connection, query, params)
         doing = f"enqueue {job.task!r}"
 
         def insert(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
-            row: tuple[Any, ...] | None = conn.execute(Q["enqueue"], params).fetchone()
+            row: tuple[Any, ...] | None = conn.execute(query, params).fetchone()
             return row
 
         for _ in (1, 2):
             found: tuple[Any, ...] | None = self._insert_transaction(doing, "the job", insert)
             if found is not None:
-                return int(found[0]), bool(found[1])
+                return _keyed_outcome(found, params)
             # A concurrent insert with the same key, committed after this statement's snapshot
             # was taken: the next statement sees it.
-        raise DatabaseUnavailable(f"{doing}: could not insert or find the job")
+        raise DatabaseUnavailable(
+            f"{doing}: a request with the same unique_key was being stored at the same time "
+            "and could not be read back; nothing was stored by this call, retry it")
 
     def _enqueue_in(
-        self, conn: psycopg.Connection[Any], params: Mapping[str, Any]
+        self, conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any]
     ) -> tuple[int, bool]:
         """Run inside the caller's transaction, with our schema only for this statement."""
         try:
             previous = conn.execute("SELECT current_setting('search_path')").fetchone()
             conn.execute("SELECT set_config('search_path', %s, true)", [f"{self.schema}, public"])
             try:
-                row = conn.execute(Q["enqueue"], params).fetchone()
+                row = conn.execute(query, params).fetchone()
             finally:
                 conn.execute(
                     "SELECT set_config('search_path', %s, true)",
@@ -440,7 +618,7 @@ class Database:
             raise SkiplockError(
                 "enqueue: a job with this unique_key is being inserted concurrently"
             )
-        return int(row[0]), bool(row[1])
+        return _keyed_outcome(row, params)
 
     def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
         """Bulk insert with COPY (no unique keys, no schedule): the fastest path."""
@@ -472,9 +650,30 @@ class Database:
         }
         if any(j.delay for j in jobs):
             raise ValueError("enqueue_many takes run_at, not delay, per job")
+        requests = [job_request(j) if j.unique_key is not None else None for j in jobs]
+        hashes = [request_hash(r) if r is not None else None for r in requests]
+        params["request_hashes"] = hashes
+        params["requests"] = [Jsonb(r) if r is not None else None for r in requests]
+        # A key's first job in the call is the one that claims it.
+        keyed: dict[str, tuple[dict[str, Any], str]] = {}
+        for j, r, h in zip(jobs, requests, hashes, strict=True):
+            if j.unique_key is not None and r is not None and h is not None:
+                keyed.setdefault(j.unique_key, (r, h))
 
         def insert(conn: psycopg.Connection[Any]) -> list[int]:
-            return [int(r[0]) for r in conn.execute(Q["enqueue_many_unnest"], params).fetchall()]
+            ids = [int(r[0]) for r in conn.execute(Q["enqueue_many_unnest"], params).fetchall()]
+            if keyed:
+                # A key stored before (or twice in this call) skipped its job: it must have
+                # been the same request. Checked in the transaction, so a conflict stores
+                # nothing at all.
+                rows = conn.execute(Q["idempotency_keys"], {"keys": list(keyed)}).fetchall()
+                for key, job_ids, stored_hash, stored in rows:
+                    _check_replay(key, job_ids, stored_hash, stored, *keyed[key])
+                for j, r, h in zip(jobs, requests, hashes, strict=True):
+                    if j.unique_key is not None and r is not None and h != keyed[j.unique_key][1]:
+                        raise IdempotencyConflict(j.unique_key, [], differences(
+                            keyed[j.unique_key][0], r) + " (the key is repeated in this call)")
+            return ids
 
         ids: list[int] = self._insert_transaction(
             f"enqueue_many ({len(jobs)} jobs)", "the jobs", insert
@@ -484,41 +683,56 @@ class Database:
     def enqueue_batch(self, jobs: Sequence[NewJob]) -> list[tuple[int, bool]]:
         """Insert jobs all-or-nothing in one transaction: (id, created) per job, in order.
 
-        Unlike enqueue_unnest this returns the existing job's id for a repeated unique_key,
+        Unlike enqueue_unnest this returns the existing job's id for a repeated unique_key
+        (the same request; a different one raises IdempotencyConflict and stores nothing),
         which is what an HTTP caller retrying a batch needs.
         """
-        params = [
-            {
-                "queue": j.queue,
-                "task": j.task,
-                "args": Jsonb(dict(j.args)),
-                "priority": j.priority,
-                "max_attempts": j.max_attempts,
-                "run_at": j.run_at,
-                "delay": j.delay,
-                "unique_key": j.unique_key,
-                "timeout": j.timeout,
-            }
-            for j in jobs
-        ]
-        doing = f"enqueue batch ({len(jobs)} jobs)"
+        return self.enqueue_keyed_batch(jobs, None)[0]
 
-        def insert(conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
+    def enqueue_keyed_batch(
+        self, jobs: Sequence[NewJob], key: str | None
+    ) -> tuple[list[tuple[int, bool]], bool]:
+        """enqueue_batch under one idempotency ``key`` for the whole batch (None: no key):
+        (per job (id, created), replayed). A replay of the same batch returns its first
+        answer's ids, all created False, replayed True; a different request with the key (a
+        different batch, or a single job's key) raises IdempotencyConflict."""
+        params = [_job_params(j) for j in jobs]
+        doing = f"enqueue batch ({len(jobs)} jobs)"
+        request = batch_request(jobs) if key is not None else None
+        digest = request_hash(request) if request is not None else ""
+        claim = ({"key": key, "request_hash": digest, "request": Jsonb(request)}
+                 if key is not None else None)
+
+        def insert(conn: psycopg.Connection[Any]) -> tuple[list[tuple[int, bool]], bool]:
+            if (claim is not None and key is not None and request is not None
+                    and conn.execute(Q["claim_idempotency_key"], claim).fetchone() is None):
+                # Taken: this statement sees a claim committed while the claim waited.
+                row = conn.execute(Q["idempotency_keys"], {"keys": [key]}).fetchone()
+                if row is None:
+                    raise DatabaseUnavailable(
+                        f"{doing}: a request with the same Idempotency-Key was being "
+                        "stored at the same time; nothing was stored, retry the batch")
+                ids = _check_replay(key, row[1], row[2], row[3], request, digest)
+                return [(i, False) for i in ids], True
             with conn.cursor() as cur:
-                cur.executemany(Q["enqueue"], params, returning=True)
+                cur.executemany(Q["enqueue_keyed"], params, returning=True)
                 out: list[tuple[int, bool]] = []
-                while True:
+                for p in params:
                     row = cur.fetchone()
                     if row is None:  # a concurrent insert with the same key
                         raise DatabaseUnavailable(  # rolled back: the batch is all-or-nothing
                             f"{doing}: a job with the same unique_key is being inserted "
                             "concurrently; nothing was stored, retry the batch"
                         )
-                    out.append((int(row[0]), bool(row[1])))
-                    if not cur.nextset():
-                        return out
+                    out.append(_keyed_outcome(row, p))
+                    cur.nextset()
+            if claim is not None:
+                conn.execute(Q["set_idempotency_jobs"],
+                             {"key": key, "job_ids": [i for i, _ in out]}).fetchall()
+            return out, False
 
-        done: list[tuple[int, bool]] = self._insert_transaction(doing, "the jobs", insert)
+        done: tuple[list[tuple[int, bool]], bool] = self._insert_transaction(
+            doing, "the jobs", insert)
         return done
 
     def lease_holders(self, limit: int = 200) -> list[Row]:
@@ -689,6 +903,18 @@ class Database:
             if n < limit:
                 return total
 
+    def prune_idempotency_keys(self, retention_seconds: float, limit: int = 10_000) -> int:
+        """Delete idempotency keys older than ``retention_seconds`` whose jobs are all gone;
+        returns how many. A key whose job is still stored is kept."""
+        total = 0
+        while True:
+            n = len(self._rows("prune_idempotency_keys",
+                               {"retention_seconds": retention_seconds, "limit": limit},
+                               "prune idempotency keys"))
+            total += n
+            if n < limit:
+                return total
+
     def now(self) -> dt.datetime:
         return self._rows("database_now")[0]["now"]  # type: ignore[no-any-return]
 
@@ -730,9 +956,14 @@ class WorkerConnection:
 
     async def _get(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, prepare_threshold=0
-            )
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, prepare_threshold=0
+                )
+            except UnicodeError as exc:
+                # psycopg resolves host names itself: one IDNA cannot encode (a piece of a
+                # malformed URL) is as unreachable as one DNS does not know.
+                raise wrap_error(OSError(str(exc)), self.url, "connect") from None
         return self._conn
 
     async def close(self) -> None:

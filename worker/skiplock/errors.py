@@ -49,6 +49,25 @@ class JobNotFound(SkiplockError):
     """No job has this id."""
 
 
+class IdempotencyConflict(SkiplockError):
+    """The idempotency key (``unique_key``, the ``Idempotency-Key`` header) was already used
+    for a different request: nothing was stored. ``job_ids`` are the jobs the key's first
+    request created (``job_id`` the first of them); ``reason`` says what differs."""
+
+    def __init__(self, key: str, job_ids: list[int], reason: str) -> None:
+        self.key = key
+        self.job_ids = job_ids
+        self.job_id = job_ids[0] if job_ids else None
+        self.reason = reason
+        jobs = (f"job {job_ids[0]}" if len(job_ids) == 1
+                else f"{len(job_ids)} jobs ({job_ids[0]}..{job_ids[-1]})" if job_ids
+                else "another job of the same call")
+        super().__init__(
+            f"idempotency key {key!r} was already used for a different request ({jobs}): "
+            f"{reason}. Nothing was stored. Send the first request unchanged to get its "
+            "job, or use a new key for a new request.")
+
+
 class InvalidTransition(SkiplockError):
     """The job is not in a state that allows the requested action."""
 

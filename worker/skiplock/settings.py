@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+from .names import schema_problem
 
 
 class Settings(BaseSettings):
@@ -24,6 +22,14 @@ class Settings(BaseSettings):
     poll_interval: float = Field(default=1.0, gt=0, le=60)
     shutdown_grace: float = Field(default=30.0, ge=0, le=86400)
     retention_seconds: float = Field(default=7 * 86400, ge=0)
+    # 24 h, as Stripe keeps its keys: long enough for any client's retry loop to outlast an
+    # outage of a night, short enough that the key table stays a day of keyed enqueues. A key
+    # also lives as long as its job (SKIPLOCK_RETENTION_SECONDS for a finished one).
+    idempotency_retention: float = Field(
+        default=86400.0, ge=0, le=366 * 86400,
+        description="seconds an idempotency key (unique_key, Idempotency-Key) is kept after "
+        "first use, even when its job was pruned; `skiplock prune` deletes older keys",
+    )
     worker_name: str | None = Field(
         default=None, description="pod or host name recorded in locked_by; POD_NAME also works"
     )
@@ -32,9 +38,16 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serves /metrics and the /livez probe"
     )
+    # Both at most 8 MiB: the database's own ceiling (jobs_args_size, results_result_size:
+    # 64 MiB stored) then stays above anything these let through, whatever the JSON (stored
+    # jsonb takes up to ~6x its text for a list of small numbers).
     max_result_bytes: int = Field(
-        default=1024 * 1024, ge=1, le=256 * 1024 * 1024,
+        default=1024 * 1024, ge=1, le=8 * 1024 * 1024,
         description="a job result larger than this (as JSON) fails the job permanently",
+    )
+    max_args_bytes: int = Field(
+        default=1024 * 1024, ge=1, le=8 * 1024 * 1024,
+        description="job arguments larger than this (as JSON) are refused at enqueue",
     )
     cancel_grace: float = Field(
         default=10.0, ge=0, le=86400,
@@ -49,9 +62,7 @@ class Settings(BaseSettings):
     @field_validator("schema_name")
     @classmethod
     def _schema_is_identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError(
-                f"schema name {value!r} must be a lower-case SQL identifier "
-                "(letters, digits, underscore; at most 63 characters)"
-            )
+        problem = schema_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import httpx
 import pytest
@@ -16,6 +16,19 @@ from tests.tasks import app as task_app
 
 TOKEN = "s3cret-t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+READ_TOKEN = "r3ad-only-t0ken-for-tests"
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+
+
+class ReadsWithReadToken(httpx.Auth):
+    """Sends the read token with every GET that has no Authorization of its own: reads need a
+    token once one is configured, while a POST without headers still goes unauthenticated (so
+    tests of the 401 stay what they say)."""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if request.method == "GET" and "authorization" not in request.headers:
+            request.headers["Authorization"] = READ["Authorization"]
+        yield request
 
 
 def register_tasks(sql: Callable[..., list[tuple[object, ...]]]) -> None:
@@ -31,8 +44,11 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture
 def api(database_url: str, sql: Callable[..., list[tuple[object, ...]]]) -> Iterator[httpx.Client]:
     register_tasks(sql)
-    with serve(settings(database_url), ApiSettings(token=SecretStr(TOKEN), sample_interval=0.1)
+    with serve(settings(database_url), ApiSettings(token=SecretStr(TOKEN),
+                                                   read_token=SecretStr(READ_TOKEN),
+                                                   sample_interval=0.1)
                ) as url, client(url) as c:
+        c.auth = ReadsWithReadToken()
         yield c
 
 

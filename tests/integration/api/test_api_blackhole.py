@@ -53,6 +53,6 @@ def test_blackholed_database_gives_503_within_the_deadline(
                 # The link is back: the API recovers without a restart.
                 wait_until(lambda: c.get("/readyz").status_code == 200, timeout=60,
                            message="readiness after the blackhole")
-                assert c.get("/v1/jobs").status_code == 200
+                assert c.get("/v1/jobs", headers=AUTH).status_code == 200
         finally:
             toxiproxy.delete(proxy.name)

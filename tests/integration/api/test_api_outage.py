@@ -48,10 +48,10 @@ def test_database_down_gives_bounded_503_and_retries_are_safe(
         pg.stop()
         try:
             calls = [("POST", "/v1/jobs", {**AUTH, "Idempotency-Key": "k-outage"}),
-                     ("POST", "/v1/jobs/batch", AUTH), ("GET", "/v1/jobs", {}),
-                     ("GET", "/v1/jobs/1", {}), ("POST", "/v1/jobs/1/retry", AUTH),
-                     ("GET", "/v1/queues", {}), ("GET", "/readyz", {}), ("GET", "/ui/", {}),
-                     ("GET", "/ui/jobs", {})]
+                     ("POST", "/v1/jobs/batch", AUTH), ("GET", "/v1/jobs", AUTH),
+                     ("GET", "/v1/jobs/1", AUTH), ("POST", "/v1/jobs/1/retry", AUTH),
+                     ("GET", "/v1/queues", AUTH), ("GET", "/readyz", {}), ("GET", "/ui/", AUTH),
+                     ("GET", "/ui/jobs", AUTH)]
             for method, path, headers in calls:
                 body = {"jobs": [job]} if path.endswith("batch") else job
                 started = time.monotonic()
@@ -105,7 +105,8 @@ def test_skiplock_api_command_serves_and_logs_json_without_secrets(database_url:
             assert c.post("/v1/jobs", json={"task": "noop"}).status_code == 401
             r = c.post("/v1/jobs", json={"task": "noop"}, headers=AUTH)
             assert r.status_code == 201, r.text
-            assert c.get("/ui/").status_code == 200
+            assert c.get("/ui/").status_code == 401  # reads need a token too
+            assert c.get("/ui/", headers=AUTH).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)

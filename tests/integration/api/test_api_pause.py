@@ -66,7 +66,8 @@ def test_pause_twice_then_resume_twice(api: httpx.Client, sql: Sql) -> None:
     assert sql("SELECT count(*) FROM paused_queues") == [(0,)]
 
 
-@pytest.mark.parametrize("name", [HOSTILE, "a/b", "x" * 128, " spaced ", "résumé"])
+@pytest.mark.parametrize("name", [HOSTILE, "a/b", "x" * 128, " spaced ", "résumé",
+                                  "new\nline\ttab", "/", "ends/pause"])
 def test_any_storable_name_round_trips_through_the_path(api: httpx.Client, sql: Sql,
                                                         name: str) -> None:
     r = api.post(url(name, "pause"), headers=AUTH)

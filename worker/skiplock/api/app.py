@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -15,7 +14,6 @@ import anyio
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as prometheus_text
@@ -24,20 +22,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from .. import inspect as inspection
 from ..client import Client
-from ..db import Database
+from ..db import Database, QueryScope, query_scope
 from ..errors import (
     DatabaseUnavailable,
+    EnqueueOutcomeUnknown,
+    IdempotencyConflict,
     InvalidArguments,
     InvalidTransition,
     JobNotFound,
+    SchemaMissing,
     SkiplockError,
     UnknownTask,
 )
 from ..metrics import QueueStatsCollector
 from ..settings import Settings
+from . import access
 from .config import ApiSettings
 from .history import BacklogHistory
-from .models import FieldProblem, Problem
+from .limits import BodyLimit
+from .models import FieldProblem, IdempotencyProblem, Problem
 
 log = logging.getLogger("skiplock.api")
 HERE = Path(__file__).resolve().parent
@@ -62,18 +65,48 @@ async def blocking(st: ApiState, work: Callable[[], T], *, mutating: bool = Fals
 
     A database that stops answering without closing the connection (a dropped route, a frozen
     host, a proxy that swallows packets) would otherwise hold the request until TCP gives up,
-    minutes later. At the deadline the request answers 503 and the thread is abandoned; it
-    holds one pool connection at most, so the pool bounds how many can pile up.
+    minutes later. At the deadline the request answers 503, the thread is abandoned and the
+    queries it runs are cancelled (QueryScope), so it does not hold a connection until the
+    statement timeout. Work that is not ``mutating`` runs on the read pool, so slow reads
+    cannot take the connections enqueue needs.
     """
+    scope = QueryScope(read_only=not mutating)
+
+    def scoped() -> T:
+        with query_scope(scope):
+            return work()
+
     try:
         with anyio.fail_after(st.api.request_timeout):
-            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(scoped, abandon_on_cancel=True)
     except TimeoutError:
+        scope.cancel_soon(st.db.connect_timeout)
         outcome = ("the change may or may not have been made: retry with the same "
                    "Idempotency-Key to make the retry safe" if mutating else "nothing was changed")
-        raise DatabaseUnavailable(
+        raise ApiDeadline(
             f"the database did not answer within {st.api.request_timeout:g}s; {outcome}"
         ) from None
+
+
+class ApiDeadline(DatabaseUnavailable):
+    """The request deadline passed; its message is the API's own (no user, host or driver
+    text), so a caller may read it."""
+
+
+def public_unavailable(exc: DatabaseUnavailable, doing: str) -> str:
+    """What an anonymous caller may learn of a database failure: what to do, never the user,
+    host, port or database, nor the driver's text (which names them). The whole, redacted
+    message is logged for whoever runs the API."""
+    log.warning("%s: %s", doing, exc)
+    if isinstance(exc, ApiDeadline):
+        return str(exc)
+    if isinstance(exc, EnqueueOutcomeUnknown):
+        return ("database unreachable while committing: the change may or may not have been "
+                "made; retry with the same Idempotency-Key to make the retry safe")
+    if isinstance(exc, SchemaMissing):
+        return ("database unreachable: the Skiplock tables are missing (whoever runs this API "
+                "must run `skiplock migrate`); the API log has the details")
+    return "database unreachable; try again later (the API log has the details)"
 
 
 def state_of(request: Request) -> ApiState:
@@ -82,23 +115,9 @@ def state_of(request: Request) -> ApiState:
 
 
 State = Annotated[ApiState, Depends(state_of)]
-_bearer = HTTPBearer(auto_error=False, description="SKIPLOCK_API_TOKEN, when one is configured")
-
-
-def require_token(request: Request,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Mutating endpoints need the bearer token when one is configured."""
-    expected = state_of(request).api.token
-    if expected is None:
-        return
-    given = creds.credentials if creds is not None else ""
-    # compare_digest takes time independent of where the strings differ.
-    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
-        raise _Unauthorized()
-
-
-class _Unauthorized(Exception):
-    pass
+# The access rules live in access.py; these names are what routes and pages depend on.
+require_token = access.require_write
+require_read = access.require_read
 
 
 def _problem(status: int, message: str, fields: Sequence[FieldProblem] = (),
@@ -127,10 +146,9 @@ def _install_handlers(app: FastAPI) -> None:
         text = "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
         return _problem(422, f"invalid request: {text}", fields)
 
-    @app.exception_handler(_Unauthorized)
-    async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        return _problem(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
-                        headers={"WWW-Authenticate": "Bearer"})
+    @app.exception_handler(access.AccessDenied)
+    async def _denied(request: Request, exc: access.AccessDenied) -> JSONResponse:
+        return _problem(exc.status, exc.message, headers=exc.headers)
 
     @app.exception_handler(UnknownTask)
     async def _unknown(request: Request, exc: UnknownTask) -> JSONResponse:
@@ -145,15 +163,21 @@ def _install_handlers(app: FastAPI) -> None:
     async def _missing(request: Request, exc: JobNotFound) -> JSONResponse:
         return _problem(404, str(exc))
 
+    @app.exception_handler(IdempotencyConflict)
+    async def _key_conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:
+        body = IdempotencyProblem(error=str(exc), job_id=exc.job_id, job_ids=exc.job_ids,
+                                  reason=exc.reason)
+        return JSONResponse(body.model_dump(), status_code=409)
+
     @app.exception_handler(InvalidTransition)
     async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
         return _problem(409, str(exc))
 
     @app.exception_handler(DatabaseUnavailable)
     async def _unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        # The message is already scrubbed of the password by the database boundary.
         retry_after = str(state_of(request).api.retry_after)
-        return _problem(503, str(exc), headers={"Retry-After": retry_after})
+        return _problem(503, public_unavailable(exc, f"{request.method} {request.url.path}"),
+                        headers={"Retry-After": retry_after})
 
     @app.exception_handler(SkiplockError)
     async def _other(request: Request, exc: SkiplockError) -> JSONResponse:
@@ -166,6 +190,9 @@ def _install_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = "the request body is not valid JSON (send UTF-8 JSON, Content-Type: " \
                      "application/json)"
+            if isinstance(exc.__cause__, RecursionError):
+                detail = ("the request body is nested too deeply (arrays and objects inside "
+                          "each other, about 1000 levels): send flatter JSON")
         return _problem(exc.status_code, detail,
                         headers=dict(exc.headers) if exc.headers else None)
 
@@ -173,6 +200,9 @@ def _install_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, api: ApiSettings | None = None) -> FastAPI:
     s = settings or Settings()
     a = api or ApiSettings()
+    # A statement never outlives the request that waits for it (the deadline also cancels it;
+    # this bounds a query whose cancel request was lost).
+    s = s.model_copy(update={"statement_timeout": min(s.statement_timeout, a.request_timeout)})
     if not s.database_url:
         from ..errors import ConfigurationError
 
@@ -180,9 +210,14 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
             "no database URL: set SKIPLOCK_DATABASE_URL or pass --database-url")
     db = Database(s.database_url, schema=s.schema_name, connect_timeout=s.connect_timeout,
                   statement_timeout=s.statement_timeout, max_size=a.pool_size,
-                  application_name="skiplock-api")
+                  application_name="skiplock-api", read_pool_size=a.read_pool_size)
     client = Client(settings=s)
-    history = BacklogHistory(lambda: inspection.queue_stats(db), a.sample_interval, a.history_size)
+
+    def sample() -> list[inspection.QueueStats]:
+        with query_scope(QueryScope(read_only=True)):
+            return inspection.queue_stats(db)
+
+    history = BacklogHistory(sample, a.sample_interval, a.history_size)
     # A registry of its own: the API's /metrics must not depend on what else was imported.
     registry = CollectorRegistry()
     registry.register(QueueStatsCollector(lambda: inspection.queue_stats(db)))
@@ -209,12 +244,17 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
         # FastAPI's /docs and /redoc pages load their scripts from a CDN; nothing here may
         # fetch from the internet, so only the document itself is served.
         docs_url=None, redoc_url=None,
-        description="Enqueue and inspect Skiplock jobs over HTTP. Mutating endpoints need "
-                    "`Authorization: Bearer <token>` when the server has a token configured.",
+        description="Enqueue and inspect Skiplock jobs over HTTP. When the server has a token "
+                    "configured, reads need `Authorization: Bearer <token>` (the read or the "
+                    "write token) and changes the write token. Changes take `Content-Type: "
+                    "application/json` (or, without a body, an `X-Skiplock-Request: 1` or "
+                    "Authorization header).",
         responses={503: {"model": Problem, "description": "database unreachable; see Retry-After"}},
     )
     app.state.skiplock = st
     _install_handlers(app)
+    # Inside _observe (added after it, below), so that 413s are counted like other answers.
+    app.add_middleware(BodyLimit, max_bytes=a.max_body_bytes)
 
     @app.middleware("http")
     async def _observe(request: Request,
@@ -238,6 +278,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     app.include_router(routes.router)
     app.include_router(dashboard.router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
+    # Outermost (added last): a request under an untrusted Host name (DNS rebinding) is
+    # answered 400 before anything reads its body or the database.
+    app.add_middleware(access.TrustedHosts, allowed=access.allowed_hosts(a))
 
     @app.get("/", include_in_schema=False)
     def _root() -> RedirectResponse:

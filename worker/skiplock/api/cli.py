@@ -10,16 +10,22 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..cli import _settings
+    from .access import check_bind
     from .app import create_app
     from .config import ApiSettings
 
-    api = ApiSettings()
     overrides: dict[str, Any] = {}
     if args.host:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
-    api = api.model_copy(update=overrides)
+    if args.insecure_no_token:
+        overrides["insecure_no_token"] = True
+    if args.trusted_host:
+        overrides["trusted_hosts"] = args.trusted_host
+    # Constructed, not model_copy'd: the flags are validated like the environment is.
+    api = ApiSettings(**overrides)
+    check_bind(api)
     app = create_app(_settings(args), api)
     # log_config=None keeps the logging that skiplock.cli configured (text or JSON lines).
     uvicorn.run(app, host=api.host, port=api.port, log_config=None,
@@ -29,8 +35,16 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def add_api_command(subparsers: Any) -> None:
     a = subparsers.add_parser(
-        "api", help="serve the HTTP API and dashboard (token: SKIPLOCK_API_TOKEN)")
+        "api", help="serve the HTTP API and dashboard (tokens: SKIPLOCK_API_TOKEN, "
+                    "SKIPLOCK_API_READ_TOKEN)")
     a.add_argument("--host", help="default SKIPLOCK_API_HOST or 127.0.0.1")
     a.add_argument("--port", type=int, help="default SKIPLOCK_API_PORT or 8080")
     a.add_argument("--access-log", action="store_true", help="log every request")
+    a.add_argument("--trusted-host", action="append", metavar="NAME",
+                   help="a Host name to answer (repeat; default SKIPLOCK_API_TRUSTED_HOSTS, or "
+                        "localhost names on a loopback bind)")
+    a.add_argument("--insecure-no-token", action="store_true",
+                   help="serve a non-loopback address without SKIPLOCK_API_TOKEN or "
+                        "SKIPLOCK_API_READ_TOKEN: anyone who reaches it may read and change "
+                        "everything (only behind something that authenticates)")
     a.set_defaults(func=cmd_api)

@@ -13,15 +13,15 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
 from .. import inspect as inspection
 from ..errors import DatabaseUnavailable, JobNotFound
-from . import charts, service
-from .app import HERE, State, blocking
-from .models import BIGINT_MAX, INT_MAX, JobState, check_text
+from . import access, charts, service
+from .app import HERE, State, blocking, public_unavailable
+from .models import BIGINT_MAX, INT_MAX, JobState, SessionIn, check_text
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -93,7 +93,9 @@ def parse_filters(q: dict[str, str]) -> tuple[service.JobFilters, int | None]:
 
 
 def _ctx(request: Request, st: State, **kw: Any) -> dict[str, Any]:
-    return {"request": request, "auth_required": st.api.token is not None,
+    scope = access.scope_of(request, st.api)
+    return {"request": request, "auth_required": scope is not None,
+            "scope": scope.name if scope is not None else "open",
             "nav": kw.pop("nav", ""), **kw}
 
 
@@ -118,12 +120,49 @@ templates.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=Tr
 
 def _unavailable(request: Request, st: State, exc: DatabaseUnavailable) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, "error.html", _ctx(request, st, title="Database unavailable", message=str(exc)),
+        request, "error.html", _ctx(request, st, title="Database unavailable",
+                                    message=public_unavailable(exc, request.url.path)),
         status_code=503, headers={"Retry-After": str(st.api.retry_after)})
+
+
+def _signin_needed(request: Request, st: State) -> HTMLResponse | None:
+    """The page asking for a token, when one is configured and the request has none."""
+    scope = access.scope_of(request, st.api)
+    if scope is None or scope >= access.Scope.read:
+        return None
+    return templates.TemplateResponse(request, "error.html", _ctx(
+        request, st, title="Sign in", signin=True,
+        message="This dashboard needs a token: enter the read token (to look) or the write "
+                "token (to also retry, cancel and pause) at the top right."), status_code=401)
+
+
+@router.post("/ui/session", dependencies=[Depends(access.require_same_origin)])
+async def sign_in(request: Request, st: State, body: SessionIn) -> JSONResponse:
+    """Trade a token, sent in a JSON body (never in a URL), for the session cookie."""
+    if not access.auth_configured(st.api):
+        return JSONResponse({"scope": "open", "detail": "no token is configured: nothing to "
+                                                        "sign in to"})
+    scope = access.scope_of_token(body.token.get_secret_value(), st.api)
+    if scope < access.Scope.read:
+        raise access.unauthorized()
+    response = JSONResponse({"scope": scope.name})
+    response.set_cookie(access.COOKIE, access.session_value(body.token.get_secret_value()),
+                        httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.delete("/ui/session", dependencies=[Depends(access.require_same_origin)])
+async def sign_out() -> JSONResponse:
+    response = JSONResponse({"scope": "none"})
+    response.delete_cookie(access.COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 @router.get("/ui/", response_class=HTMLResponse)
 async def queues_page(request: Request, st: State) -> HTMLResponse:
+    if (signin := _signin_needed(request, st)) is not None:
+        return signin
     raw = request.query_params.get("window", "30")
     window = int(raw) if raw.isdigit() and int(raw) in WINDOWS else 30
     try:
@@ -154,6 +193,8 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
 
 @router.get("/ui/jobs", response_class=HTMLResponse)
 async def jobs_page(request: Request, st: State) -> HTMLResponse:
+    if (signin := _signin_needed(request, st)) is not None:
+        return signin
     params = dict(request.query_params)
     error = None
     page = None
@@ -181,6 +222,8 @@ async def jobs_page(request: Request, st: State) -> HTMLResponse:
 
 @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
 async def job_page(request: Request, st: State, job_id: str) -> HTMLResponse:
+    if (signin := _signin_needed(request, st)) is not None:
+        return signin
     if not job_id.isdigit() or not 1 <= int(job_id) <= BIGINT_MAX:
         return templates.TemplateResponse(request, "error.html", _ctx(
             request, st, title="Not found", message=f"{job_id!r} is not a job id"),

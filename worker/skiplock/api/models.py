@@ -14,12 +14,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     StringConstraints,
     field_validator,
     model_validator,
 )
 
 from ..db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH
+from ..names import MAX_QUEUE_NAME, QUEUE_PATTERN, queue_problem
 
 BIGINT_MAX = 2**63 - 1
 INT_MAX = 2**31 - 1
@@ -66,6 +68,13 @@ def _plain_text(value: str) -> str:
     return check_text(value, "the value")
 
 
+def _queue_name(value: str) -> str:
+    problem = queue_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -102,8 +111,13 @@ class JobIn(BaseModel):
     task: str = Field(min_length=1, max_length=256, description="registered task name")
     args: dict[str, Any] = Field(default_factory=dict,
                                  description="keyword arguments (JSON object)")
-    queue: str | None = Field(default=None, min_length=1, max_length=128,
-                              description="default: the task's queue, else 'default'")
+    # The producers' rule (names.queue_problem, which says what to do) rather than pydantic's
+    # "String should match pattern"; the pattern is published for clients all the same.
+    queue: Annotated[str, AfterValidator(_queue_name)] | None = Field(
+        default=None, min_length=1, max_length=MAX_QUEUE_NAME,
+        json_schema_extra={"pattern": QUEUE_PATTERN},
+        description="default: the task's queue, else 'default'; letters, digits and _ . : - "
+        "(the JobQueue CRD's pattern)")
     priority: int = Field(default=0, ge=-32768, le=32767, description="lower runs first")
     max_attempts: int | None = Field(default=None, ge=1, le=INT_MAX,
                                      description="default: the task's setting, else 5")
@@ -446,6 +460,21 @@ class Problem(BaseModel):
     fields: list[FieldProblem] = Field(default_factory=list)
 
 
+class IdempotencyProblem(Problem):
+    """409: the Idempotency-Key (or unique_key) was first used for a different request.
+    410: a replay of the key's first request, whose job has since been pruned."""
+
+    job_id: int | None = Field(description="the key's job (the first, for a batch's key)")
+    job_ids: list[int] = Field(description="every job the key's first request created")
+    reason: str = Field(description="what differs from the key's first request")
+
+
 class Health(BaseModel):
     status: str
     detail: str | None = None
+
+
+class SessionIn(BaseModel):
+    """The dashboard's sign-in: the token in a JSON body, so it is never in a URL or a log."""
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    token: SecretStr = Field(min_length=1, max_length=1000)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from ..db import NewJob
-from ..errors import DatabaseUnavailable, InvalidArguments, SkiplockError, UnknownTask
+from ..errors import (
+    DatabaseUnavailable,
+    InvalidArguments,
+    JobNotFound,
+    SkiplockError,
+    UnknownTask,
+)
 from . import service
-from .app import State, blocking, require_token
+from .app import State, blocking, public_unavailable, require_read, require_token
 from .models import (
     BIGINT_MAX,
     BatchIn,
@@ -21,6 +29,7 @@ from .models import (
     BulkOut,
     CountOut,
     Health,
+    IdempotencyProblem,
     JobDetail,
     JobFilter,
     JobIn,
@@ -36,20 +45,55 @@ from .models import (
     WorkersOut,
 )
 
+log = logging.getLogger("skiplock.api")
+
 router = APIRouter()
 Auth = [Depends(require_token)]
+# Reads of job data: a token (either) when one is configured.
+Read = [Depends(require_read)]
 JobId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="job id")]
-# Any text PostgreSQL can hold, 1..128 characters (a slash is sent as %2F, which the :path
-# converter in the routes below accepts).
+# Any text PostgreSQL can hold, 1..128 characters, percent-encoded in the path.
 QueueName = Annotated[QueueText, Path(description="queue name")]
+
+
+class _AnyText(Convertor[str]):
+    """A path parameter holding any text, "/" and newlines included: a queue name is any text,
+    and Starlette's own converters stop at a "/" (str) or at a newline (path)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "the body is not JSON"},
-    401: {"model": Problem, "description": "token required"},
+    401: {"model": Problem, "description": "token missing or wrong"},
+    403: {"model": Problem, "description": "the read token cannot change anything, or the "
+                                           "request came from another site's page"},
+    415: {"model": Problem, "description": "not JSON: send Content-Type: application/json "
+                                           "(without a body: X-Skiplock-Request: 1)"},
     422: {"model": Problem, "description": "invalid request; `fields` names each bad field"},
 }
+_READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _AUTH_ERRORS[401], 422: _AUTH_ERRORS[422]}
 _IDEMPOTENCY = Header(
     alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
-    description="makes a retried request safe: mapped to the job's unique_key")
+    description="makes a retried request safe (Stripe's rule): the same key with the same "
+                "request answers 200 with the first answer's job(s) and "
+                "`Idempotent-Replayed: true`; with a different request, 409 naming the job. "
+                "Kept SKIPLOCK_IDEMPOTENCY_RETENTION (default 24 h) and while its jobs exist. "
+                "For one job it is the job's unique_key (the Python Client's keys)")
+# Set on every answer to a keyed enqueue: "true" for a replay (nothing new was stored).
+REPLAYED = "Idempotent-Replayed"
+_KEY_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"model": IdempotencyProblem,
+          "description": "the key was first used for a different request; nothing stored"},
+}
 
 
 class _FieldError(InvalidArguments):
@@ -69,61 +113,81 @@ def _prepare(st: State, job: JobIn, unique_key: str | None, where: str) -> NewJo
     except UnknownTask as exc:
         raise _FieldError(f"{where}task", f"{prefix}{exc}") from None
     except InvalidArguments as exc:
-        field = "task" if str(exc).startswith("task name") else "args"
+        field = ("task" if str(exc).startswith("task name")
+                 else "queue" if str(exc).startswith("queue name") else "args")
         raise _FieldError(f"{where}{field}", f"{prefix}{exc}") from None
 
 
 @router.post("/v1/jobs", status_code=201, dependencies=Auth, tags=["jobs"],
              response_model=JobDetail,
-             responses={**_AUTH_ERRORS, 200: {"model": JobDetail,
-                                              "description": "replay: the job with this key"}})
+             responses={**_AUTH_ERRORS, **_KEY_ERRORS,
+                        200: {"model": JobDetail, "description": "replay: the key's job"},
+                        410: {"model": IdempotencyProblem,
+                              "description": "replay: the key's job was pruned"}})
 async def enqueue(st: State, body: JobIn, response: Response,
-                  idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> JobDetail:
-    """Enqueue one job. 201 with the job; 200 with the existing job for a repeated key."""
+                  idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> Any:
+    """Enqueue one job. 201 with the job; for a key already used, 200 with its job when this
+    is the same request (``Idempotent-Replayed: true``), 409 when it is a different one."""
     key = body.unique_key
     if idempotency_key is not None:
         if key is not None and key != idempotency_key:
             raise _FieldError("unique_key", "unique_key and the Idempotency-Key header differ; "
                                             "send one of them, or the same value in both")
         key = idempotency_key
-    def work() -> tuple[JobDetail, bool]:
+    def work() -> tuple[int, JobDetail | None, bool]:
         job_id, created = st.db.enqueue(_prepare(st, body, key, ""))
-        return service.job_detail(st.db, job_id), created
+        try:
+            return job_id, service.job_detail(st.db, job_id), created
+        except JobNotFound:  # a replay whose job finished and was pruned since
+            return job_id, None, created
 
-    detail, created = await blocking(st, work, mutating=True)
+    job_id, detail, created = await blocking(st, work, mutating=True)
+    if key is not None:
+        response.headers[REPLAYED] = "false" if created else "true"
+    if detail is None:
+        return JSONResponse(IdempotencyProblem(
+            error=f"idempotency key {key!r} was first used for this same request, which "
+                  f"created job {job_id}; that job no longer exists (it finished and was "
+                  "pruned, or was deleted), so the request was not run again. Use a new key "
+                  "to run it again.",
+            job_id=job_id, job_ids=[job_id], reason="the key's job no longer exists").model_dump(),
+            status_code=410, headers={REPLAYED: "true"})
     if not created:
         response.status_code = 200
     return detail
 
 
 @router.post("/v1/jobs/batch", status_code=201, dependencies=Auth, tags=["jobs"],
-             response_model=BatchOut, responses=_AUTH_ERRORS)
-async def enqueue_batch(st: State, body: BatchIn,
+             response_model=BatchOut,
+             responses={**_AUTH_ERRORS, **_KEY_ERRORS,
+                        200: {"model": BatchOut, "description": "replay: the key's jobs"}})
+async def enqueue_batch(st: State, body: BatchIn, response: Response,
                         idempotency_key: Annotated[str | None, _IDEMPOTENCY] = None) -> BatchOut:
     """Enqueue several jobs in one transaction: all are stored or none.
 
-    With an Idempotency-Key header, job *i* without its own unique_key gets ``KEY:i``, so
-    retrying the same batch stores nothing twice.
+    An Idempotency-Key header names the whole batch: the same batch again answers 200 with
+    the first answer's ids (``Idempotent-Replayed: true``); another batch, or a single job,
+    with the key answers 409. A job's own unique_key follows the same rule for that job.
     """
     if len(body.jobs) > st.api.max_batch:
         raise _FieldError(
             "jobs", f"at most {st.api.max_batch} jobs per batch, got {len(body.jobs)}")
 
-    def work() -> list[tuple[int, bool]]:
-        prepared = []
-        for i, job in enumerate(body.jobs):
-            key = job.unique_key
-            if key is None and idempotency_key is not None:
-                key = f"{idempotency_key}:{i}"
-            prepared.append(_prepare(st, job, key, f"jobs[{i}]."))
-        return st.db.enqueue_batch(prepared)
+    def work() -> tuple[list[tuple[int, bool]], bool]:
+        prepared = [_prepare(st, job, job.unique_key, f"jobs[{i}].")
+                    for i, job in enumerate(body.jobs)]
+        return st.db.enqueue_keyed_batch(prepared, idempotency_key)
 
-    done = await blocking(st, work, mutating=True)
+    done, replayed = await blocking(st, work, mutating=True)
+    if idempotency_key is not None:
+        response.headers[REPLAYED] = "true" if replayed else "false"
+    if replayed:
+        response.status_code = 200
     return BatchOut(jobs=[BatchItem(id=i, created=c) for i, c in done])
 
 
-@router.get("/v1/jobs", tags=["jobs"], response_model=JobPage,
-            responses={422: _AUTH_ERRORS[422]})
+@router.get("/v1/jobs", dependencies=Read, tags=["jobs"], response_model=JobPage,
+            responses=_READ_ERRORS)
 async def list_jobs(
     st: State,
     q: Annotated[JobFilter, Query()],
@@ -138,8 +202,8 @@ async def list_jobs(
     return await blocking(st, lambda: service.search(st.db, f, cursor, limit))
 
 
-@router.get("/v1/jobs/count", tags=["jobs"], response_model=CountOut,
-            responses={422: _AUTH_ERRORS[422]})
+@router.get("/v1/jobs/count", dependencies=Read, tags=["jobs"], response_model=CountOut,
+            responses=_READ_ERRORS)
 async def count_jobs(st: State, q: Annotated[JobFilter, Query()]) -> CountOut:
     """How many jobs the filters (those of GET /v1/jobs) match: what a bulk action would act
     on. Counting stops at 1,000,000 (``capped``), so it stays cheap on a huge table."""
@@ -170,8 +234,8 @@ async def retry_dead(st: State, body: RetryDeadIn) -> RetryDeadOut:
     return RetryDeadOut(retried=len(ids), ids=ids)
 
 
-@router.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobDetail,
-            responses={404: {"model": Problem}, 422: _AUTH_ERRORS[422]})
+@router.get("/v1/jobs/{job_id}", dependencies=Read, tags=["jobs"], response_model=JobDetail,
+            responses={**_READ_ERRORS, 404: {"model": Problem}})
 async def get_job(st: State, job_id: JobId) -> JobDetail:
     """One job with its arguments, result and the error of every failed attempt."""
     return await blocking(st, lambda: service.job_detail(st.db, job_id))
@@ -195,8 +259,8 @@ async def cancel_job(st: State, job_id: JobId) -> JobDetail:
     return await blocking(st, lambda: service.cancel(st.db, job_id), mutating=True)
 
 
-@router.get("/v1/queues", tags=["queues"], response_model=QueuesOut,
-            responses={422: _AUTH_ERRORS[422]})
+@router.get("/v1/queues", dependencies=Read, tags=["queues"], response_model=QueuesOut,
+            responses=_READ_ERRORS)
 async def queues(st: State,
            window_minutes: Annotated[int, Query(ge=1, le=1440)] = 30,
            queue: Annotated[list[Annotated[SafeText, Field(min_length=1, max_length=128)]],
@@ -207,7 +271,7 @@ async def queues(st: State,
     return await blocking(st, lambda: service.overview(st.db, st.history, window_minutes, queue))
 
 
-@router.post("/v1/queues/{queue:path}/pause", dependencies=Auth, tags=["queues"],
+@router.post("/v1/queues/{queue:anytext}/pause", dependencies=Auth, tags=["queues"],
              response_model=QueuePause, responses=_AUTH_ERRORS)
 async def pause_queue(st: State, queue: QueueName, body: PauseIn | None = None) -> QueuePause:
     """Stop workers claiming from the queue, within a second (NOTIFY, and the claim itself
@@ -218,7 +282,7 @@ async def pause_queue(st: State, queue: QueueName, body: PauseIn | None = None) 
                           mutating=True)
 
 
-@router.post("/v1/queues/{queue:path}/resume", dependencies=Auth, tags=["queues"],
+@router.post("/v1/queues/{queue:anytext}/resume", dependencies=Auth, tags=["queues"],
              response_model=QueuePause, responses=_AUTH_ERRORS)
 async def resume_queue(st: State, queue: QueueName) -> QueuePause:
     """Let workers claim from the queue again; idle ones are woken at once. ``changed`` is
@@ -226,7 +290,8 @@ async def resume_queue(st: State, queue: QueueName) -> QueuePause:
     return await blocking(st, lambda: service.resume_queue(st.client, queue), mutating=True)
 
 
-@router.get("/v1/workers", tags=["queues"], response_model=WorkersOut)
+@router.get("/v1/workers", dependencies=Read, tags=["queues"], response_model=WorkersOut,
+            responses=_READ_ERRORS)
 async def workers(st: State) -> WorkersOut:
     """Workers holding running jobs, per queue: live leases and expired ones. A worker with
     only expired leases died or was cut off mid-job; its jobs come back after the rescuer
@@ -251,8 +316,11 @@ async def readyz(st: State) -> Any:
     try:
         await blocking(st, st.db.now)
     except DatabaseUnavailable as exc:
-        return JSONResponse(Health(status="unavailable", detail=str(exc)).model_dump(),
+        detail = public_unavailable(exc, "readyz")
+        return JSONResponse(Health(status="unavailable", detail=detail).model_dump(),
                             status_code=503, headers={"Retry-After": str(st.api.retry_after)})
     except SkiplockError as exc:
-        return JSONResponse(Health(status="error", detail=str(exc)).model_dump(), status_code=503)
+        log.error("readyz: %s", exc)  # redacted at the database boundary; callers are anonymous
+        return JSONResponse(Health(status="error", detail="database error; the API log has "
+                                   "the details").model_dump(), status_code=503)
     return Health(status="ok")

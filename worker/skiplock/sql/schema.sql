@@ -42,7 +42,10 @@ CREATE TABLE jobs (
     CONSTRAINT jobs_timeout_positive
         CHECK (timeout_seconds IS NULL OR (timeout_seconds > 0 AND timeout_seconds <= 31536000)),
     CONSTRAINT jobs_cancel_reason_length
-        CHECK (cancel_reason IS NULL OR length(cancel_reason) <= 1000)
+        CHECK (cancel_reason IS NULL OR length(cancel_reason) <= 1000),
+    -- a ceiling for every producer, above what Client and the API let through (see
+    -- 0006_bounded_cost.sql)
+    CONSTRAINT jobs_args_size CHECK (pg_column_size(args) <= 67108864)
 );
 
 -- The claim scan: only queued rows, in claim order.
@@ -59,6 +62,21 @@ CREATE INDEX jobs_finished_idx ON jobs (finished_at) WHERE finished_at IS NOT NU
 -- Idempotent enqueue: one job per unique key for as long as the job row exists.
 CREATE UNIQUE INDEX jobs_unique_key_idx ON jobs (unique_key) WHERE unique_key IS NOT NULL;
 
+-- The error text filter (LIKE '%text%') and the created_at range filters (0006_bounded_cost.sql).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm') THEN
+        CREATE EXTENSION pg_trgm SCHEMA public;
+    END IF;
+    EXECUTE format(
+        'CREATE INDEX jobs_last_error_trgm_idx ON jobs USING gin (last_error %I.gin_trgm_ops)'
+        ' WHERE last_error IS NOT NULL',
+        (SELECT n.nspname FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
+         WHERE e.extname = 'pg_trgm'));
+END
+$$;
+CREATE INDEX jobs_created_brin_idx ON jobs USING brin (created_at);
+
 -- Jobs waiting for a worker that can run them (few rows: the claim path never touches it).
 CREATE INDEX jobs_unrunnable_idx ON jobs (queue)
     WHERE state = 'queued' AND unrunnable_since IS NOT NULL;
@@ -73,7 +91,8 @@ ALTER TABLE jobs SET (
 CREATE TABLE results (
     job_id     bigint      PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
     result     jsonb,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT results_result_size CHECK (result IS NULL OR pg_column_size(result) <= 67108864)
 );
 
 -- What running workers can execute, so enqueue can reject unknown tasks and bad arguments.
@@ -115,6 +134,22 @@ CREATE TABLE paused_queues (
     CONSTRAINT paused_queues_queue_valid CHECK (length(queue) BETWEEN 1 AND 128),
     CONSTRAINT paused_queues_by_length CHECK (paused_by IS NULL OR length(paused_by) <= 1000)
 );
+
+-- Idempotency keys: one request per key, kept apart from the jobs so that pruning jobs does
+-- not free a key (see 0005_idempotency_keys.sql).
+CREATE TABLE idempotency_keys (
+    key          text        PRIMARY KEY,
+    request_hash text,
+    request      jsonb,
+    job_ids      bigint[]    NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT idempotency_keys_key_length CHECK (length(key) BETWEEN 1 AND 255),
+    CONSTRAINT idempotency_keys_hash_hex
+        CHECK (request_hash IS NULL OR request_hash ~ '^[0-9a-f]{64}$'),
+    CONSTRAINT idempotency_keys_request_size
+        CHECK (request IS NULL OR pg_column_size(request) <= 8192)
+);
+CREATE INDEX idempotency_keys_created_idx ON idempotency_keys (created_at);
 
 -- Wake idle workers once per inserting statement (not per row), one notification per queue.
 CREATE FUNCTION notify_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -1,10 +1,9 @@
-// The dashboard's only script: retry/cancel, bulk actions and queue pause/resume through the
-// JSON API (with the bearer token the user typed, kept in sessionStorage so it never leaves
-// this tab except in that header) and auto-refresh of the queues overview. No cookies, so no
-// cross-site request can act for you.
+// The dashboard's only script: sign-in, retry/cancel, bulk actions and queue pause/resume
+// through the JSON API, and auto-refresh of the queues overview. The token the user types is
+// sent once, in a JSON body, to /ui/session, which answers with an HttpOnly SameSite=Strict
+// cookie: the token is never in a URL and this script never holds it afterwards. Every POST
+// carries the X-Skiplock-Request header (or a JSON body), which no other site's form can send.
 "use strict";
-
-const TOKEN_KEY = "skiplock-api-token";
 
 function flash(text, ok) {
   const box = document.getElementById("flash");
@@ -16,12 +15,10 @@ function flash(text, ok) {
 async function act(button) {
   const id = button.dataset.job;
   const action = button.dataset.action;
-  const headers = {};
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) headers["Authorization"] = "Bearer " + token;
   button.disabled = true;
   try {
-    const resp = await fetch(`/v1/jobs/${encodeURIComponent(id)}/${action}`, { method: "POST", headers });
+    const resp = await fetch(`/v1/jobs/${encodeURIComponent(id)}/${action}`,
+                             { method: "POST", headers: authHeaders() });
     const body = await resp.json().catch(() => ({}));
     if (resp.ok) {
       flash(`job ${id}: ${action} done, now ${body.state}`, true);
@@ -35,7 +32,7 @@ async function act(button) {
         window.location.reload();
       }
     } else {
-      const hint = resp.status === 401 ? " (enter the API token at the top right)" : "";
+      const hint = needsToken(resp) ? " (enter the API token at the top right)" : "";
       flash(`job ${id}: ${action} failed: ${body.error || resp.status}${hint}`, false);
       button.disabled = false;
     }
@@ -50,13 +47,40 @@ function setupToken() {
   if (!form) return;
   const input = document.getElementById("token");
   const state = document.getElementById("token-state");
-  state.textContent = sessionStorage.getItem(TOKEN_KEY) ? "saved" : "";
-  form.addEventListener("submit", (ev) => {
+  form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, input.value);
+    const token = input.value;
     input.value = "";
-    state.textContent = "saved";
+    try {
+      const resp = await fetch("/ui/session", {
+        method: "POST", headers: authHeaders({ "Content-Type": "application/json" }),
+        body: JSON.stringify({ token }),
+      });
+      const body = await resp.json().catch(() => ({}));
+      if (!resp.ok) {
+        state.textContent = "not saved";
+        flash(`sign-in failed: ${body.error || resp.status}`, false);
+        return;
+      }
+      document.body.dataset.scope = body.scope;
+      state.textContent = "saved";
+      // The sign-in page has nothing else on it: show the page that was asked for.
+      if (document.body.dataset.signin === "needed") window.location.reload();
+    } catch (err) {
+      flash(`sign-in failed: ${err}`, false);
+    }
   });
+  const out = document.getElementById("sign-out");
+  if (out) {
+    out.addEventListener("click", async () => {
+      await fetch("/ui/session", { method: "DELETE", headers: authHeaders() }).catch(() => null);
+      window.location.reload();
+    });
+  }
+}
+
+function needsToken(resp) {
+  return resp.status === 401 || resp.status === 403;
 }
 
 function setupRefresh() {
@@ -77,12 +101,10 @@ function setupRefresh() {
   }, 5000);
 }
 
-// The bearer token the user saved, if any, as request headers.
+// Headers for a change: the session cookie goes by itself; X-Skiplock-Request is what tells
+// the API that this page, not another site's form, sent it (see access.py).
 function authHeaders(extra) {
-  const headers = { ...(extra || {}) };
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) headers["Authorization"] = "Bearer " + token;
-  return headers;
+  return { ...(extra || {}), "X-Skiplock-Request": "1" };
 }
 
 // Show a queue row as paused or not. Queue names and "paused by" are data: set with
@@ -100,7 +122,9 @@ function showPaused(row, state) {
     const by = document.createElement("div");
     by.className = "muted paused-by";
     by.dataset.col = "paused_by";
-    const since = state.paused_at ? state.paused_at.replace("T", " ").slice(0, 19) : "-";
+    // in UTC, as the server renders it (the API's time may carry another offset)
+    const since = state.paused_at
+      ? new Date(state.paused_at).toISOString().replace("T", " ").slice(0, 19) : "-";
     by.textContent = `since ${since} UTC by ${state.paused_by || "?"}`;
     cell.append(" ", badge, by);
   }
@@ -129,7 +153,7 @@ async function queueAct(button) {
       const row = button.closest("tr[data-queue]");
       if (row) showPaused(row, body);
     } else {
-      const hint = resp.status === 401 ? " (enter the API token at the top right)" : "";
+      const hint = needsToken(resp) ? " (enter the API token at the top right)" : "";
       flash(`queue ${queue}: ${action} failed: ${body.error || resp.status}${hint}`, false);
     }
   } catch (err) {
@@ -168,7 +192,7 @@ function describeFilter(filter) {
 }
 
 function apiError(what, resp, body) {
-  const hint = resp.status === 401 ? " (enter the API token at the top right)" : "";
+  const hint = needsToken(resp) ? " (enter the API token at the top right)" : "";
   return `${what} failed: ${body.error || resp.status}${hint}`;
 }
 

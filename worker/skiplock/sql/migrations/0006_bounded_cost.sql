@@ -1,0 +1,36 @@
+-- Bounded data and bounded searches.
+
+-- A ceiling on what one job or result may hold, for every producer (Client, the API, raw SQL):
+-- a claim loads `concurrency` jobs into a worker at once, so one 200 MB job is an
+-- out-of-memory, then the next worker's. Client and the API refuse far less, with a clearer
+-- message (SKIPLOCK_MAX_ARGS_BYTES, SKIPLOCK_MAX_RESULT_BYTES, at most 8 MiB of JSON each);
+-- 64 MiB stays above anything they let through (stored jsonb is up to ~6x its JSON text, for
+-- a list of small numbers). pg_column_size is the datum's size, read from its header (no
+-- detoasting); a CHECK runs before the row is compressed, so it sees the whole value.
+ALTER TABLE jobs ADD CONSTRAINT jobs_args_size CHECK (pg_column_size(args) <= 67108864);
+ALTER TABLE results ADD CONSTRAINT results_result_size
+    CHECK (result IS NULL OR pg_column_size(result) <= 67108864);
+
+-- The jobs list's error text filter (`error=`, a substring, as LIKE '%text%') through a
+-- trigram index instead of a scan of every job. Partial: a job without an error (most of
+-- them, and every new one) costs enqueue nothing here. pg_trgm ships with PostgreSQL
+-- (contrib) and is a trusted extension: the database owner may create it. It goes into
+-- public, not the Skiplock schema: there is one per database, and several Skiplock schemas
+-- may share it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm') THEN
+        CREATE EXTENSION pg_trgm SCHEMA public;
+    END IF;
+    EXECUTE format(
+        'CREATE INDEX jobs_last_error_trgm_idx ON jobs USING gin (last_error %I.gin_trgm_ops)'
+        ' WHERE last_error IS NOT NULL',
+        (SELECT n.nspname FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
+         WHERE e.extname = 'pg_trgm'));
+END
+$$;
+
+-- The created_after / created_before filters: created_at grows with the table, so a BRIN
+-- index (a few pages for millions of rows, next to nothing per insert) narrows a time range
+-- to the blocks that hold it.
+CREATE INDEX jobs_created_brin_idx ON jobs USING brin (created_at);

@@ -1,4 +1,5 @@
-"""Pause and resume a queue from the dashboard in a real browser, with a hostile queue name."""
+"""Pause and resume a queue from the dashboard in a real browser, and a queue with a hostile
+name (paused by hand in SQL, from before the naming rule) shown and resumed as text."""
 
 from __future__ import annotations
 
@@ -20,43 +21,58 @@ def css_string(text: str) -> str:
 
 def test_pause_and_resume_buttons(dashboard: Dashboard, sql: Sql) -> None:
     sql("INSERT INTO jobs (queue, task) VALUES (%s, 'noop'), ('plain', 'noop')", NAME)
+    sql("INSERT INTO paused_queues (queue, paused_by) VALUES (%s, %s)", NAME, f"ops: {NAME}")
     page = dashboard.page
     page.add_init_script(WATCH)
     page.goto(f"{dashboard.url}/ui/")
-    row = page.locator(f"#queues-table tr[data-queue={css_string(NAME)}]")
-    button = row.locator("button.queue-act")
+    plain = page.locator("#queues-table tr[data-queue='plain']")
+    button = plain.locator("button.queue-act")
     expect(button).to_have_text("Pause")
+    hostile = page.locator(f"#queues-table tr[data-queue={css_string(NAME)}]")
+    expect(hostile.locator("[data-col='paused']")).to_have_text("paused")
+    expect(hostile.locator("[data-col='paused_by']")).to_contain_text(f"by ops: {NAME}")
+    expect(hostile.locator("button.queue-act")).to_have_text("Resume")
+
     # Without the token the API refuses, the page says why, and nothing changes.
     button.click()
     expect(page.locator("#flash")).to_contain_text("token")
-    assert sql("SELECT count(*) FROM paused_queues") == [(0,)]
+    assert sql("SELECT queue FROM paused_queues") == [(NAME,)]
 
     page.fill("#token", TOKEN)
     page.click("#token-form button")
     button.click()
     expect(page.locator("#flash")).to_have_text(
-        f"queue {NAME} paused: workers stop claiming from it; running jobs finish")
-    expect(row.locator("[data-col='paused']")).to_have_text("paused")
-    expect(row.locator("[data-col='paused_by']")).to_contain_text("by api")
-    drawn = row.locator("[data-col='paused_by']").text_content()
+        "queue plain paused: workers stop claiming from it; running jobs finish")
+    expect(plain.locator("[data-col='paused']")).to_have_text("paused")
+    expect(plain.locator("[data-col='paused_by']")).to_contain_text("by api")
+    drawn = plain.locator("[data-col='paused_by']").text_content()
     expect(button).to_have_text("Resume")
-    assert sql("SELECT queue, paused_by FROM paused_queues") == [(NAME, "api")]
-    expect(page.locator("tr[data-queue='plain'] [data-col='paused']")).to_have_count(0)
+    assert sorted(sql("SELECT queue, paused_by FROM paused_queues")) == sorted(
+        [(NAME, f"ops: {NAME}"), ("plain", "api")])
     # the auto-refresh (every 5 s) renders it on the server the same way
     with page.expect_response(lambda r: r.url.startswith(f"{dashboard.url}/ui/")
                               and "/static/" not in r.url, timeout=20_000):
         pass
-    expect(row).to_have_attribute("data-paused", "true")
-    expect(row.locator("[data-col='paused']")).to_have_text("paused")
+    expect(plain).to_have_attribute("data-paused", "true")
     # what the script drew is what the server renders (time in UTC, to the second)
-    expect(row.locator("[data-col='paused_by']")).to_have_text(drawn or "?")
+    expect(plain.locator("[data-col='paused_by']")).to_have_text(drawn or "?")
     dashboard.shot("queues-paused")
 
-    row.locator("button.queue-act").click()
+    # The hostile name: resumed (any stored name may be), then refused a new pause, with
+    # the rule shown as text.
+    hostile.locator("button.queue-act").click()
     expect(page.locator("#flash")).to_have_text(
         f"queue {NAME} resumed: workers claim from it again")
-    expect(row.locator("[data-col='paused']")).to_have_count(0)
-    expect(row.locator("button.queue-act")).to_have_text("Pause")
+    expect(hostile.locator("[data-col='paused']")).to_have_count(0)
+    hostile.locator("button.queue-act").click()
+    expect(page.locator("#flash")).to_contain_text(f"queue {NAME}: pause failed: ")
+    expect(page.locator("#flash")).to_contain_text("is not allowed")
+
+    plain.locator("button.queue-act").click()
+    expect(page.locator("#flash")).to_have_text(
+        "queue plain resumed: workers claim from it again")
+    expect(plain.locator("[data-col='paused']")).to_have_count(0)
+    expect(plain.locator("button.queue-act")).to_have_text("Pause")
     assert sql("SELECT count(*) FROM paused_queues") == [(0,)]
     assert page.locator("#main script, #main img").count() == 0
     assert page.evaluate("window.__alerts") == []

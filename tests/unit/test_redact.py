@@ -213,3 +213,13 @@ def test_the_pool_logs_no_password(url: str, _shown: str, password: str,
     assert "is malformed" in message or "is unreachable" in message, message
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert leaked(password, logged + message) is None, logged + message
+
+
+def test_settings_never_show_the_url() -> None:
+    from skiplock.settings import Settings
+
+    s = Settings(database_url=f"postgresql://app:Hunter{MARK_}@db/jobs")
+    assert MARK_ not in repr(s) and MARK_ not in str(s)
+
+
+MARK_ = "Zq9SecretRepr"

@@ -18,7 +18,7 @@ from .catalogue import check_known, validate_args
 from .db import Database, NewJob
 from .errors import ConfigurationError, InvalidArguments, UnknownTask
 from .idempotency import check_key
-from .names import queue_problem, task_problem
+from .names import MAX_QUEUE_NAME, queue_problem, task_problem
 from .outcomes import storable_text
 from .settings import Settings
 
@@ -307,8 +307,12 @@ class Client:
         a worker that missed the notification does not claim either. Pausing a paused queue
         changes nothing and returns the first pause (``newly_paused`` False).
 
-        ``by`` says who pauses (default ``client USER@HOST``); ``reason`` is stored after it."""
-        queue = check_queue_name(queue)
+        ``queue`` follows the rule for enqueueing (skiplock.names): a paused queue is listed
+        in every stats view and metrics scrape, jobs or not. ``by`` says who pauses (default
+        ``client USER@HOST``); ``reason`` is stored after it."""
+        problem = queue_problem(queue)
+        if problem:
+            raise InvalidArguments(problem)
         if reason is not None:
             if not isinstance(reason, str):
                 raise InvalidArguments(f"reason must be text, got {type(reason).__name__}")
@@ -325,8 +329,11 @@ class Client:
 
     def resume_queue(self, queue: str) -> bool:
         """Let workers claim from ``queue`` again (idle ones are woken at once); False when it
-        was not paused."""
-        return self.db.resume_queue(check_queue_name(queue))
+        was not paused.
+
+        Any name the table can hold is taken, not only those ``pause_queue`` takes: a queue
+        paused by hand in SQL (or under an older rule) can always be resumed."""
+        return self.db.resume_queue(stored_queue_name(queue))
 
     def paused_queues(self) -> list[PausedQueue]:
         """Every paused queue, by name."""
@@ -334,8 +341,7 @@ class Client:
                 for r in self.db.paused_queues()]
 
 
-# The database's limits (paused_queues and jobs constraints): checked first for a clear message.
-MAX_QUEUE_NAME = 128
+# Read by people in `skiplock queue list`; stored after who paused it, within paused_by's 1000.
 MAX_PAUSE_REASON = 500
 
 
@@ -348,9 +354,10 @@ class PausedQueue:
     newly_paused: bool = False
 
 
-def check_queue_name(queue: str) -> str:
-    """``queue`` as given, or InvalidArguments saying what is wrong with it. Never trimmed or
-    cleaned up: a changed name would act on another queue."""
+def stored_queue_name(queue: str) -> str:
+    """``queue`` as given if a queue column can hold it (1..128 characters of text PostgreSQL
+    stores), or InvalidArguments saying what is wrong. Never trimmed or cleaned up: a changed
+    name would act on another queue. (New names follow the stricter names.queue_problem.)"""
     if not isinstance(queue, str):
         raise InvalidArguments(f"queue name must be text, got {type(queue).__name__}")
     if not queue:

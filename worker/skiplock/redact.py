@@ -250,11 +250,14 @@ def _mask_pieces(text: str, url: str, spans: list[tuple[int, int]]) -> str:
 def _escaped(url: str, spans: list[tuple[int, int]], table: dict[str, str]
              ) -> tuple[str, list[tuple[int, int]]]:
     """``url`` with characters replaced per ``table``, and ``spans`` moved to match."""
-    where, out = [], []
+    where: list[int] = []
+    out: list[str] = []
+    length = 0
     for ch in url:
-        where.append(sum(map(len, out)))
+        where.append(length)
         out.append(table.get(ch, ch))
-    where.append(sum(map(len, out)))
+        length += len(out[-1])
+    where.append(length)
     return "".join(out), [(where[a], where[b]) for a, b in spans]
 
 

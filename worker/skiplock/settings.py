@@ -12,7 +12,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKIPLOCK_", extra="ignore")
 
     database_url: str | None = Field(
-        default=None, description="libpq URL or DSN; secret, never logged (see redact_url)"
+        default=None, description="libpq URL or DSN; secret, never logged (see redact_url)",
+        repr=False,  # a logged or printed Settings must not carry the password
     )
     schema_name: str = Field(default="skiplock", validation_alias="SKIPLOCK_SCHEMA")
     connect_timeout: float = Field(default=5.0, gt=0, le=120)

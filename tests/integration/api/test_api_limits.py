@@ -25,8 +25,9 @@ from pydantic import SecretStr
 from skiplock.api import create_app
 from skiplock.api.config import ApiSettings
 from skiplock.client import Client
-from skiplock.db import Database, QueryScope, query_scope
+from skiplock.db import Database, QueryScope, _job_filters, query_scope
 from skiplock.errors import DatabaseUnavailable, InvalidArguments, SkiplockError
+from skiplock.sql import queries
 from tests.integration.api.conftest import AUTH, TOKEN, register_tasks, settings
 from tests.integration.api.server import client, serve
 from tests.support.pgserver import free_port
@@ -425,10 +426,13 @@ def fill_errors(sql: Sql, n: int) -> None:
     # it row by row.
     (definition,) = sql("SELECT pg_get_indexdef('jobs_last_error_trgm_idx'::regclass)")[0]
     sql("DROP INDEX jobs_last_error_trgm_idx")
+    # and without the per-row NOTIFY trigger: these dead jobs need no worker woken
+    sql("ALTER TABLE jobs DISABLE TRIGGER jobs_notify_inserted")
     sql("""INSERT INTO jobs (queue, task, args, state, attempts, finished_at, last_error)
            SELECT 'q' || (g %% 5), 'task' || (g %% 20), '{}', 'dead', 5, now(),
                   'RuntimeError: boom ' || md5(g::text) || repeat(' traceback line', 20)
            FROM generate_series(1, %s) AS g""", n)
+    sql("ALTER TABLE jobs ENABLE TRIGGER jobs_notify_inserted")
     sql(str(definition))
     sql("ANALYZE jobs")
 
@@ -487,3 +491,18 @@ def test_enqueue_keeps_working_during_20_concurrent_error_searches(
           f"({statuses.count(200)} answered, {statuses.count(503)} timed out)")
     assert len(busy) == 300
     assert statuses and set(statuses) <= {200, 503}
+
+
+def test_error_and_created_filters_are_served_by_their_indexes(database_url: str,
+                                                                sql: Sql) -> None:
+    """Without the indexes both plans are a scan of every job (newest first, nothing matches:
+    the worst case)."""
+    fill_errors(sql, 50_000)
+    with Database(database_url) as db, db._conn("explain") as conn:
+        for filters, index in (({"error_contains": "zzzz"}, "jobs_last_error_trgm_idx"),
+                               ({"created_before": "2000-01-01T00:00:00Z"},
+                                "jobs_created_brin_idx")):
+            params = _job_filters({**filters, "limit": 51}, "states")
+            plan = "\n".join(r[0] for r in conn.execute(
+                "EXPLAIN " + queries()["search_jobs"], params).fetchall())
+            assert index in plan, plan

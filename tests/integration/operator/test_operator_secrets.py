@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 # the condition DatabaseReachable each outcome ends in: (status, reason, message start)
 EXPECTED = {
     "malformed": ("False", "DatabaseUrlInvalid", "the database URL ("),
-    "unreachable": ("False", "DatabaseUnavailable", "queue stats: database at "),
+    "unreachable": ("False", "DatabaseUnavailable", "migrate: database at "),  # it migrates first
     "ok": ("True", "StatsRead", "read stats for queue(s) default"),
 }
 

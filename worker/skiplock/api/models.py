@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..client import MAX_PAUSE_REASON
 from ..db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH
 from ..names import MAX_QUEUE_NAME, QUEUE_PATTERN, queue_problem
 
@@ -96,10 +97,14 @@ Instant = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
 
 # Text a query parameter may carry into SQL: refused with a 422 when PostgreSQL could not hold it.
 SafeText = Annotated[str, AfterValidator(_plain_text)]
-# A queue name as the jobs table takes it. The length comes first so that pydantic says
-# "String should have at most 128 characters" (after the validator it would say "items").
-QueueText = Annotated[str, StringConstraints(min_length=1, max_length=128),
+# Queue names in a path: any name a queue column can hold (QueueText: resume, so that a queue
+# paused by hand in SQL can be resumed), or one new names may take (NewQueueName: pause, the
+# producers' rule). The length comes first so that pydantic says "String should have at most
+# 128 characters" (after the validator it would say "items").
+QueueText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUEUE_NAME),
                       AfterValidator(_plain_text)]
+NewQueueName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUEUE_NAME),
+                         AfterValidator(_queue_name)]
 
 
 class JobIn(BaseModel):
@@ -255,7 +260,7 @@ class QueuesOut(BaseModel):
 
 class PauseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str | None = Field(default=None, min_length=1, max_length=500,
+    reason: str | None = Field(default=None, min_length=1, max_length=MAX_PAUSE_REASON,
                                description="why; stored with who paused it")
 
     @field_validator("reason")

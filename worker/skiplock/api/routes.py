@@ -18,6 +18,7 @@ from ..errors import (
     SkiplockError,
     UnknownTask,
 )
+from ..names import QUEUE_PATTERN
 from . import service
 from .app import State, blocking, public_unavailable, require_read, require_token
 from .models import (
@@ -34,6 +35,7 @@ from .models import (
     JobFilter,
     JobIn,
     JobPage,
+    NewQueueName,
     PauseIn,
     Problem,
     QueuePause,
@@ -52,13 +54,18 @@ Auth = [Depends(require_token)]
 # Reads of job data: a token (either) when one is configured.
 Read = [Depends(require_read)]
 JobId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="job id")]
-# Any text PostgreSQL can hold, 1..128 characters, percent-encoded in the path.
-QueueName = Annotated[QueueText, Path(description="queue name")]
+# Percent-encoded in the path.
+PausedName = Annotated[QueueText, Path(description="queue name")]
+NewPausedName = Annotated[NewQueueName, Path(
+    description="queue name: letters, digits and _ . : - (as for enqueueing)",
+    json_schema_extra={"pattern": QUEUE_PATTERN})]
 
 
 class _AnyText(Convertor[str]):
-    """A path parameter holding any text, "/" and newlines included: a queue name is any text,
-    and Starlette's own converters stop at a "/" (str) or at a newline (path)."""
+    """A path parameter holding any text, "/" and newlines included, so that such a queue
+    name gets the 422 that says what names may be (Starlette's own converters stop at a "/"
+    (str) or a newline (path): a bare 404), and a queue paused by hand in SQL, whatever its
+    name, can be resumed."""
 
     regex = r"[\s\S]*"
 
@@ -70,6 +77,7 @@ class _AnyText(Convertor[str]):
 
 
 register_url_convertor("anytext", _AnyText())
+
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "the body is not JSON"},
     401: {"model": Problem, "description": "token missing or wrong"},
@@ -273,7 +281,8 @@ async def queues(st: State,
 
 @router.post("/v1/queues/{queue:anytext}/pause", dependencies=Auth, tags=["queues"],
              response_model=QueuePause, responses=_AUTH_ERRORS)
-async def pause_queue(st: State, queue: QueueName, body: PauseIn | None = None) -> QueuePause:
+async def pause_queue(st: State, queue: NewPausedName,
+                      body: PauseIn | None = None) -> QueuePause:
     """Stop workers claiming from the queue, within a second (NOTIFY, and the claim itself
     skips paused queues); running jobs finish, new jobs wait. The queue need not have jobs
     yet. Pausing a paused queue keeps the first pause (``changed`` false)."""
@@ -284,7 +293,7 @@ async def pause_queue(st: State, queue: QueueName, body: PauseIn | None = None) 
 
 @router.post("/v1/queues/{queue:anytext}/resume", dependencies=Auth, tags=["queues"],
              response_model=QueuePause, responses=_AUTH_ERRORS)
-async def resume_queue(st: State, queue: QueueName) -> QueuePause:
+async def resume_queue(st: State, queue: PausedName) -> QueuePause:
     """Let workers claim from the queue again; idle ones are woken at once. ``changed`` is
     false when the queue was not paused."""
     return await blocking(st, lambda: service.resume_queue(st.client, queue), mutating=True)

@@ -318,3 +318,45 @@ def test_an_abandoned_thread_keeps_its_slot_when_its_job_comes_back(
         assert looked > 10, looked
         wait_until(lambda: state_of(audited, other)[0] == "succeeded", 30, "the other job")
     assert_invariants(audited)
+
+
+def test_a_silently_cut_listen_link_falls_back_to_the_heartbeat(
+        database_url: str, audited: Sql, proxy: Proxy, marker: Path, tmp_path: Path) -> None:
+    """The LISTEN link blackholed by Toxiproxy after it was set up (bytes swallowed, the TCP
+    session kept: the worker still believes it listens, so it does not poll every interval):
+    the cancel still reaches the handler, through the lease heartbeat's answer (every lease/3)
+    or the watcher's slow look (every 5 s), whichever comes first."""
+    latencies: list[float] = []
+
+    async def main() -> None:
+        w = Worker(control_tasks.app, database_url, concurrency=2, lease_seconds=3,
+                   poll_interval=0.2, cancel_grace=GRACE,
+                   connection_urls={"listen": proxy.url(database_url)})
+        run = asyncio.create_task(w.run())
+        try:
+            await asyncio.wait_for(w.ready.wait(), 30)
+            assert await _until(lambda: w.state.listening, 30)
+            with proxy.toxic("timeout", stream="downstream", timeout=0), \
+                    proxy.toxic("timeout", stream="upstream", timeout=0, name="up"):
+                with Client(database_url) as c:
+                    for _ in range(3):
+                        job = c.enqueue("async_hold", {"marker": str(marker),
+                                                       "hold": str(tmp_path / "never")})
+                        assert await _until(lambda: _started(marker, job), 30)
+                        asked = time.monotonic()
+                        assert c.cancel(job) == "requested"
+                        assert await _until(lambda: _saw_stop(marker, job), 15)
+                        latencies.append(_saw_stop(marker, job) - asked)
+                        assert await _until(lambda: state_of(audited, job)[0] == "cancelled",
+                                            GRACE + 10)
+                assert w.state.listening  # it never noticed: the fallback did the work
+        finally:
+            w.request_stop()
+            await run
+
+    asyncio.run(main())
+    print(f"\n[cancel, LISTEN silently cut] heartbeat every 1 s: request -> handler sees it "
+          f"{', '.join(f'{x * 1000:.0f}' for x in latencies)} ms")
+    # within a heartbeat (1 s) or the slow look (5 s), with room for a busy machine
+    assert all(0 < x < 6.0 for x in latencies), latencies
+    assert_invariants(audited)

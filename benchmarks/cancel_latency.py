@@ -17,10 +17,10 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.pgserver import PgServer, free_port
+from tests.support.waits import until as _until
 
 import skiplock
 from skiplock import Client, JobContext, Worker
@@ -38,17 +38,6 @@ async def hold(ctx: JobContext) -> None:
     except asyncio.CancelledError:
         SEEN[ctx.job_id] = time.perf_counter()
         raise
-
-
-async def _until(predicate: Callable[[], bool], within: float) -> bool:
-    """Poll ``predicate`` (the worker's own state, read on this loop) until true or timeout."""
-    deadline = time.monotonic() + within
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.0005)
 
 
 def _pct(values: list[float], q: float) -> float:

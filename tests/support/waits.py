@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,3 +47,15 @@ def holds(predicate: Callable[[], Any], seconds: float, message: str, *,
         value = predicate()
         assert value, f"{message} stopped holding; saw {value!r}"
         time.sleep(interval)
+
+
+async def until(predicate: Callable[[], Any], within: float, interval: float = 0.01) -> bool:
+    """wait_until for code that runs a worker on its own event loop (which must keep turning
+    while it waits): True once ``predicate()`` is truthy, False after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)

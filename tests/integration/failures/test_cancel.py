@@ -24,6 +24,7 @@ from tests.integration.failures.conftest import LEASE, wait_workers_ready
 from tests.support.chaos import audit, state_of
 from tests.support.invariants import assert_invariants
 from tests.support.toxiproxy import Proxy
+from tests.support.waits import until as _until
 from tests.support.waits import wait_until
 
 Sql = Any
@@ -41,16 +42,16 @@ def _saw_stop(marker: Path, job: int) -> float:
     return next((at for e, j, _, at in events(marker) if e == "saw-stop" and j == job), 0.0)
 
 
-async def _until(predicate: Any, within: float) -> bool:
-    """wait_until for a test that runs the worker on its own event loop (which must keep
-    turning while the test waits)."""
-    deadline = time.monotonic() + within
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
+async def _cancel_one(c: Client, sql: Sql, marker: Path, tmp_path: Path,
+                      within: float) -> float:
+    """Cancel one running async job; seconds from the request to the handler seeing it."""
+    job = c.enqueue("async_hold", {"marker": str(marker), "hold": str(tmp_path / "never")})
+    assert await _until(lambda: _started(marker, job), 30)
+    asked = time.monotonic()
+    assert c.cancel(job) == "requested"
+    assert await _until(lambda: _saw_stop(marker, job), within)
+    assert await _until(lambda: state_of(sql, job)[0] == "cancelled", GRACE + 10)
+    return _saw_stop(marker, job) - asked
 
 
 def _history(sql: Sql, job: int) -> list[str]:
@@ -140,15 +141,7 @@ def test_cancel_reaches_the_handler_without_listen(database_url: str, audited: S
             assert not w.state.listening
             with Client(database_url) as c:
                 for _ in range(5):
-                    job = c.enqueue("async_hold", {"marker": str(marker),
-                                                   "hold": str(tmp_path / "never")})
-                    assert await _until(lambda: _started(marker, job), 30)
-                    asked = time.monotonic()
-                    assert c.cancel(job) == "requested"
-                    assert await _until(lambda: _saw_stop(marker, job), 5)
-                    latencies.append(_saw_stop(marker, job) - asked)
-                    assert await _until(lambda: state_of(audited, job)[0] == "cancelled",
-                                        GRACE + 5)
+                    latencies.append(await _cancel_one(c, audited, marker, tmp_path, 5))
         finally:
             w.request_stop()
             await run
@@ -340,15 +333,7 @@ def test_a_silently_cut_listen_link_falls_back_to_the_heartbeat(
                     proxy.toxic("timeout", stream="upstream", timeout=0, name="up"):
                 with Client(database_url) as c:
                     for _ in range(3):
-                        job = c.enqueue("async_hold", {"marker": str(marker),
-                                                       "hold": str(tmp_path / "never")})
-                        assert await _until(lambda: _started(marker, job), 30)
-                        asked = time.monotonic()
-                        assert c.cancel(job) == "requested"
-                        assert await _until(lambda: _saw_stop(marker, job), 15)
-                        latencies.append(_saw_stop(marker, job) - asked)
-                        assert await _until(lambda: state_of(audited, job)[0] == "cancelled",
-                                            GRACE + 10)
+                        latencies.append(await _cancel_one(c, audited, marker, tmp_path, 15))
                 assert w.state.listening  # it never noticed: the fallback did the work
         finally:
             w.request_stop()

@@ -7,7 +7,6 @@ held so, /livez fails so that the pod is restarted.
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.integration.failures.conftest import LEASE, wait_workers_ready
 from tests.support.chaos import audit, state_of
 from tests.support.invariants import assert_invariants
 from tests.support.pgserver import free_port
+from tests.support.probes import livez
 from tests.support.waits import wait_until
 
 Sql = Any
@@ -35,12 +35,6 @@ def _history(sql: Sql, job: int) -> list[str]:
     return [str(e["error"]) for e in errors]
 
 
-def _livez(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @pytest.mark.parametrize("task", ["sync_slow", "async_slow"])
@@ -100,7 +94,7 @@ def test_a_sync_handler_that_ignores_its_deadline_keeps_its_slot_until_it_return
         # Its thread still runs: the only slot is taken, so a new job waits, and the worker
         # says so on /livez (every slot abandoned: only a restart frees them).
         nxt = c.enqueue("quick", {"marker": str(marker), "seconds": 0})
-        _, body = wait_until(lambda: (s := _livez(port))[0] == 503 and s, 5,
+        _, body = wait_until(lambda: (s := livez(port))[0] == 503 and s, 5,
                                   "/livez to report the abandoned slot")
         assert "all 1 slots hold handlers that did not stop" in " ".join(body["problems"])
         assert state_of(audited, nxt)[0] == "queued"
@@ -109,7 +103,7 @@ def test_a_sync_handler_that_ignores_its_deadline_keeps_its_slot_until_it_return
         # When the thread returns (6 s of work), the slot is back and the job runs.
         wait_until(lambda: state_of(audited, nxt)[0] == "succeeded", 20, "the next job")
     # healthy again at the monitor's next look (it refreshes every second)
-    wait_until(lambda: _livez(port)[0] == 200, 5, "/livez to be healthy again")
+    wait_until(lambda: livez(port)[0] == 200, 5, "/livez to be healthy again")
     assert state_of(audited, job)[0] == "dead"  # the late "finished" was discarded
     assert audited("SELECT count(*) FROM results WHERE job_id = %s", job) == [(0,)]
     assert "abandoned handler returned" in w.output()

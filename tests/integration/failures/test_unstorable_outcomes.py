@@ -7,10 +7,8 @@ writing ordinary outcomes whatever the poison before them was, and stays healthy
 from __future__ import annotations
 
 import base64
-import json
 import math
 import pickle
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +19,7 @@ from hypothesis import strategies as st
 from skiplock import Client
 from tests.support.invariants import assert_invariants
 from tests.support.pgserver import free_port
+from tests.support.probes import livez
 from tests.support.waits import wait_until
 from tests.tasks import Unserialisable
 
@@ -89,12 +88,6 @@ poison = (
 )
 
 
-def _livez(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def _terminal(sql: Sql, ids: list[int]) -> bool:
@@ -125,7 +118,7 @@ def test_one_nul_result_does_not_freeze_the_worker(database_url: str, audited: S
     assert audited("SELECT count(*) FROM jobs WHERE id = ANY(%s) AND state = 'succeeded'",
                    ids) == [(60,)]
     assert w.proc.poll() is None, w.output()
-    assert _livez(port)[0] == 200
+    assert livez(port)[0] == 200
     assert_invariants(audited)
 
 
@@ -175,7 +168,7 @@ def test_poison_outcomes_among_ordinary_ones(database_url: str, sql: Sql,
         client.close()
     assert len(examples) >= 20, f"only {len(examples)} examples ran"
     assert sql("SELECT count(*) FROM jobs WHERE state = 'running'") == [(0,)]
-    status, body = _livez(port)
+    status, body = livez(port)
     assert status == 200 and body["pending_outcomes"] == 0, body
     assert_invariants(sql)
 

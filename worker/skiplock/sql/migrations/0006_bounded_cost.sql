@@ -17,10 +17,21 @@ ALTER TABLE results ADD CONSTRAINT results_result_size
 -- (contrib) and is a trusted extension: the database owner may create it. It goes into
 -- public, not the Skiplock schema: there is one per database, and several Skiplock schemas
 -- may share it.
+-- Where pg_trgm is not installed (an embedded or minimal PostgreSQL without contrib) or may
+-- not be created, the index is left out with a NOTICE: the filter still works, by a scan.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm') THEN
-        CREATE EXTENSION pg_trgm SCHEMA public;
+        IF NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_trgm') THEN
+            RAISE NOTICE 'pg_trgm is not available: the error text filter will scan';
+            RETURN;
+        END IF;
+        BEGIN
+            CREATE EXTENSION pg_trgm SCHEMA public;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE NOTICE 'pg_trgm may not be created here: the error text filter will scan';
+            RETURN;
+        END;
     END IF;
     EXECUTE format(
         'CREATE INDEX jobs_last_error_trgm_idx ON jobs USING gin (last_error %I.gin_trgm_ops)'

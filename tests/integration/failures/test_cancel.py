@@ -7,9 +7,11 @@ that dies after the request does not get the job re-run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,18 @@ def _started(marker: Path, job: int) -> float:
 
 def _saw_stop(marker: Path, job: int) -> float:
     return next((at for e, j, _, at in events(marker) if e == "saw-stop" and j == job), 0.0)
+
+
+@contextlib.asynccontextmanager
+async def _running(w: Worker) -> AsyncIterator[Worker]:
+    """An in-process worker, ready, for the block; stopped (drained) after it."""
+    run = asyncio.create_task(w.run())
+    try:
+        await asyncio.wait_for(w.ready.wait(), 30)
+        yield w
+    finally:
+        w.request_stop()
+        await run
 
 
 async def _cancel_one(c: Client, sql: Sql, marker: Path, tmp_path: Path,
@@ -135,16 +149,11 @@ def test_cancel_reaches_the_handler_without_listen(database_url: str, audited: S
         w = Worker(control_tasks.app, database_url, concurrency=2, lease_seconds=30,
                    poll_interval=0.2, cancel_grace=GRACE,
                    connection_urls={"listen": proxy.url(database_url)})
-        run = asyncio.create_task(w.run())
-        try:
-            await asyncio.wait_for(w.ready.wait(), 30)
+        async with _running(w):
             assert not w.state.listening
             with Client(database_url) as c:
                 for _ in range(5):
                     latencies.append(await _cancel_one(c, audited, marker, tmp_path, 5))
-        finally:
-            w.request_stop()
-            await run
 
     asyncio.run(main())
     print(f"\n[cancel without LISTEN] poll 0.2 s: request -> handler sees it p50 "
@@ -239,9 +248,7 @@ def test_a_cancel_stored_before_the_completion_is_written_wins(database_url: str
     async def main() -> int:
         w = Worker(control_tasks.app, database_url, concurrency=2, lease_seconds=30,
                    poll_interval=0.2, cancel_grace=GRACE)
-        run = asyncio.create_task(w.run())
-        try:
-            await asyncio.wait_for(w.ready.wait(), 30)
+        async with _running(w):
             async with w._write_db._turn:  # the completer cannot write while we hold it
                 with Client(database_url) as c:
                     job = c.enqueue("quick", {"marker": "/dev/null", "seconds": 0})
@@ -249,9 +256,6 @@ def test_a_cancel_stored_before_the_completion_is_written_wins(database_url: str
                     assert await asyncio.to_thread(c.cancel, job) == "requested"
             assert await _until(lambda: state_of(audited, job)[0] != "running", 30)
             return job
-        finally:
-            w.request_stop()
-            await run
 
     job = asyncio.run(main())
     assert state_of(audited, job) == ("cancelled", 1)
@@ -325,9 +329,7 @@ def test_a_silently_cut_listen_link_falls_back_to_the_heartbeat(
         w = Worker(control_tasks.app, database_url, concurrency=2, lease_seconds=3,
                    poll_interval=0.2, cancel_grace=GRACE,
                    connection_urls={"listen": proxy.url(database_url)})
-        run = asyncio.create_task(w.run())
-        try:
-            await asyncio.wait_for(w.ready.wait(), 30)
+        async with _running(w):
             assert await _until(lambda: w.state.listening, 30)
             with proxy.toxic("timeout", stream="downstream", timeout=0), \
                     proxy.toxic("timeout", stream="upstream", timeout=0, name="up"):
@@ -335,9 +337,6 @@ def test_a_silently_cut_listen_link_falls_back_to_the_heartbeat(
                     for _ in range(3):
                         latencies.append(await _cancel_one(c, audited, marker, tmp_path, 15))
                 assert w.state.listening  # it never noticed: the fallback did the work
-        finally:
-            w.request_stop()
-            await run
 
     asyncio.run(main())
     print(f"\n[cancel, LISTEN silently cut] heartbeat every 1 s: request -> handler sees it "

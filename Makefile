@@ -60,9 +60,12 @@ test: lint test-unit test-integration test-browser e2e ## everything CI runs
 bench: setup ## Skiplock vs procrastinate and pgqueuer, same Postgres, same run
 	$(BIN)/python -m benchmarks
 
+bench-claim: setup ## the claim statement with and without its rollout and pause guards (pgbench)
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.claim_cost
+
 bench-cancel: setup ## cancel latency (request -> handler sees it), with and without LISTEN
 	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.cancel_latency
 
 
 .PHONY: help setup demo lint toolchain toxiproxy test-unit test-integration test-failures \
-	test-operator test-browser images operator e2e test bench bench-cancel
+	test-operator test-browser images operator e2e test bench bench-claim bench-cancel

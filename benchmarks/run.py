@@ -463,16 +463,22 @@ def build_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, 
             return "-"
         return f"{x:,.0f}{unit}" if x >= 100 else f"{x:.2f}{unit}"
 
+    def ratio(mine: float | None, peers: dict[str, float], best_of: Any = max,
+              suffix: str = "") -> str:
+        """Skiplock against the best peer measured; "-" when no peer ran (--systems skiplock)."""
+        others = [v for k, v in peers.items() if k != "skiplock"]
+        if mine is None or not others:
+            return "-"
+        return f"{mine / best_of(others):.2f}x{suffix}"
+
     rows = []
     enq = {s: res["enqueue"][s]["jobs_per_s"] for s in SYSTEMS if s in res.get("enqueue", {})}
     if enq:
-        best = max(v for k, v in enq.items() if k != "skiplock")
         rows.append(("bulk enqueue (jobs/s)", f(enq.get("skiplock")), f(enq.get("pgqueuer")),
-                     f(enq.get("procrastinate")), "-", f"{enq['skiplock'] / best:.2f}x", "-"))
+                     f(enq.get("procrastinate")), "-", ratio(enq.get("skiplock"), enq), "-"))
     e2e = {s: res["e2e"][s]["jobs_per_s"] for s in SYSTEMS if s in res.get("e2e", {})}
     raw = res.get("raw_sql", {})
     if e2e:
-        best = max(v for k, v in e2e.items() if k != "skiplock")
         batch = str(SETTINGS["skiplock"]["batch"])
         near = raw.get(batch) or (raw[max(raw, key=int)] if raw else None)
         rr = near["jobs_per_s"] if near else None
@@ -480,8 +486,8 @@ def build_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, 
                      f(e2e.get("pgqueuer")), f(e2e.get("procrastinate")),
                      f(rr) + (f" (batch {batch if batch in raw else max(raw, key=int)})"
                               if rr else ""),
-                     f"{e2e['skiplock'] / best:.2f}x",
-                     f"{e2e['skiplock'] / rr:.0%}" if rr else "-"))
+                     ratio(e2e.get("skiplock"), e2e),
+                     f"{e2e['skiplock'] / rr:.0%}" if rr and "skiplock" in e2e else "-"))
     for batch, v in sorted(raw.items(), key=lambda kv: int(kv[0])):
         rows.append((f"raw SQL claim+complete {batch} x2 clients (jobs/s)", "-", "-", "-",
                      f(v["jobs_per_s"]), "-", "-"))
@@ -489,10 +495,9 @@ def build_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, 
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
         if lat:
             vals = {s: lat[s][key] for s in SYSTEMS if s in lat}
-            best = min(v for k, v in vals.items() if k != "skiplock")
             rows.append((f"enqueue->start latency {label} (ms)", f(vals.get("skiplock")),
                          f(vals.get("pgqueuer")), f(vals.get("procrastinate")), "-",
-                         f"{vals['skiplock'] / best:.2f}x (lower is better)", "-"))
+                         ratio(vals.get("skiplock"), vals, min, " (lower is better)"), "-"))
     for v in res.get("backlog", {}).values():
         rows.append((f"queue_stats, {v['mix']} mix, {v['rows']:,} rows (ms, operator / stats)",
                      f"{f(v['operator']['median_ms'])} / {f(v['cli']['median_ms'])}",

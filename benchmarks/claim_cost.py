@@ -1,0 +1,149 @@
+"""What the claim's guards cost: the worker's claim statement as shipped, against the same
+statement without the rolling-deploy predicates (``task <> ALL(skip_tasks)``,
+``id <> ALL(skip_ids)``) and without the paused-queue check, and during a rollout (one task
+left to a peer and 1,000 job ids skipped).
+
+    .venv/bin/python -m benchmarks.claim_cost [--jobs 100000] [--rounds 5] [--batch 200]
+
+Each variant claims the same backlog with pgbench (2 clients, prepared statements, the claim
+committing without waiting for the WAL flush as the worker's claim connection does); variants
+alternate within every round (in a rotating order) on a freshly loaded table, so a noisy
+machine shifts them all alike. Prints each variant's median claims/s and its ratio to the
+shipped claim, and writes artifacts/bench/claim_cost.json. Bounded: ``--rounds`` x 4 pgbench
+runs of ``--jobs`` claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from tests.support.pgserver import PgServer
+
+from benchmarks.run import pgbench_path
+from skiplock import Client
+from skiplock.db import Database
+from skiplock.sql import queries
+
+OUT = Path("artifacts/bench/claim_cost.json")
+_ROLLOUT_LINE = re.compile(r"^.*<> ALL\(%\(skip_tasks\)s.*$\n", re.MULTILINE)
+_PAUSE_CHECK = re.compile(r"^\s*--[^\n]*paused queues[^\n]*\n\s*CROSS JOIN LATERAL \(SELECT NOT "
+                          r"EXISTS.*?AS o\n", re.MULTILINE | re.DOTALL)
+
+
+def variants() -> dict[str, tuple[str, dict[str, str]]]:
+    """name -> (claim SQL, pgbench variables). Fails loudly if the claim's text changed so
+    that a guard can no longer be removed: a variant equal to the shipped claim measures
+    nothing."""
+    shipped = queries()["claim"]
+    no_rollout = _ROLLOUT_LINE.sub("", shipped)
+    bare = _PAUSE_CHECK.sub("", no_rollout).replace("WHERE o.open\n", "")
+    if no_rollout == shipped or bare == no_rollout or "o.open" in bare:
+        raise SystemExit("claim_cost: the claim statement changed; update the variants")
+    empty = {"skip_tasks": "{}", "skip_ids": "{}"}
+    rollout = {"skip_tasks": "{task_of_a_peer}",
+               "skip_ids": "{" + ",".join(str(10**12 + i) for i in range(1000)) + "}"}
+    return {
+        "shipped (empty skip lists)": (shipped, empty),
+        "without rollout predicates": (no_rollout, empty),
+        "without rollout and pause checks": (bare, empty),
+        "during a rollout (1 task, 1000 ids skipped)": (shipped, rollout),
+    }
+
+
+def pgbench_script(sql: str) -> str:
+    body = re.sub(r"%\((\w+)\)s", r":\1", sql)
+    return ("BEGIN;\nSET LOCAL synchronous_commit = off;\n" + body + ";\nCOMMIT;\n")
+
+
+def load(url: str, jobs: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE skiplock.results, skiplock.jobs")
+    with Client(url) as client:
+        client.enqueue_many({"task": "noop", "args": {}} for _ in range(jobs))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE skiplock.jobs")
+
+
+def claim_rate(pgbench: Path, url: str, script: Path, vars_: dict[str, str], jobs: int,
+               batch: int) -> float:
+    per_client = jobs // (2 * batch)
+    defines = [arg for k, v in {**vars_, "limit": str(batch), "lease_seconds": "30",
+                                "queues": "{default}", "worker_id": "bench"}.items()
+               for arg in ("-D", f"{k}={v}")]
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [str(pgbench), "-n", "-M", "prepared", "-c", "2", "-j", "2", "-t", str(per_client),
+         *defines, "-f", str(script), url],
+        capture_output=True, text=True, timeout=300)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench failed:\n{proc.stdout}\n{proc.stderr}")
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM skiplock.jobs WHERE state = 'running'").fetchone()
+    claimed = int(row[0]) if row else 0
+    if claimed != per_client * 2 * batch:
+        raise RuntimeError(f"expected {per_client * 2 * batch} claims, saw {claimed}")
+    return claimed / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=200)
+    a = ap.parse_args(argv)
+    server = PgServer(durable=True)
+    server.init()
+    server.start()
+    try:
+        url = server.url()
+        with Database(url) as db:
+            db.migrate()
+        with psycopg.connect(url, autocommit=True) as conn:  # the worker's search_path
+            conn.execute("ALTER ROLE CURRENT_USER SET search_path = skiplock")
+        pgbench = pgbench_path(server)
+        tmp = Path(tempfile.mkdtemp(prefix="skiplock-claim-"))
+        scripts = {}
+        for i, (name, (sql, _)) in enumerate(variants().items()):
+            scripts[name] = tmp / f"v{i}.pgbench"
+            scripts[name].write_text(pgbench_script(sql))
+        rates: dict[str, list[float]] = {name: [] for name in scripts}
+        order = list(variants().items())
+        for r in range(a.rounds):
+            # rotated each round: no variant always runs first after a load
+            for name, (_, vars_) in order[r % len(order):] + order[:r % len(order)]:
+                load(url, a.jobs)
+                rate = claim_rate(pgbench, url, scripts[name], vars_, a.jobs, a.batch)
+                rates[name].append(rate)
+                print(f"round {r + 1}/{a.rounds}  {name:<45} {rate:>9,.0f} claims/s", flush=True)
+    finally:
+        server.stop()
+        server.destroy()
+    shipped = statistics.median(rates["shipped (empty skip lists)"])
+    print(f"\nclaim, batch {a.batch}, 2 clients, {a.jobs:,} jobs, median of {a.rounds} rounds")
+    summary = {}
+    for name, runs in rates.items():
+        med = statistics.median(runs)
+        # per round, so the machine's drift between rounds cancels out
+        paired = statistics.median(
+            x / s for x, s in zip(runs, rates["shipped (empty skip lists)"], strict=True))
+        summary[name] = {"claims_per_s": med, "runs": runs, "vs_shipped_paired": paired}
+        print(f"  {name:<45} {med:>9,.0f} claims/s   {paired:5.3f}x shipped (paired)")
+    print(f"  shipped claim: {shipped:,.0f} claims/s")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"batch": a.batch, "jobs": a.jobs, "variants": summary}, indent=2))
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

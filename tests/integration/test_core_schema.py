@@ -23,6 +23,7 @@ def _dump(pg: PgServer, dbname: str) -> str:
             "--no-privileges",
             "--schema=skiplock",
             "--exclude-table=skiplock.schema_migrations",
+            "--exclude-table=skiplock.schema_migration_steps",
             pg.url(dbname),
         ],
         check=True,

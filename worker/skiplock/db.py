@@ -24,7 +24,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 from psycopg import sql as pgsql
@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import sql
+from . import migrator, sql
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -45,6 +45,9 @@ from .errors import (
 from .idempotency import batch_request, differences, job_request, request_hash
 from .names import schema_problem
 from .redact import SecretFilter, parse_problem, redact_url, remember, scrub
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger("skiplock.db")
 # psycopg and psycopg_pool log connection failures in their own words (a host name libpq read
@@ -404,6 +407,32 @@ class Database:
             conninfo(url, schema, connect_timeout, statement_timeout, application_name,
                      read_only=True), read_pool_size)
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        application_name: str,
+        url: str | None = None,
+        schema: str | None = None,
+        connect_timeout: float | None = None,
+        statement_timeout: float | None = None,
+        max_size: int = 4,
+        read_pool_size: int | None = None,
+    ) -> Database:
+        """A Database as ``settings`` configure it (URL, schema, timeouts), ConfigurationError
+        saying how to set the URL when there is none. ``url``, ``schema``, ``connect_timeout``
+        and ``statement_timeout`` override the settings (a caller's own arguments)."""
+        return cls(
+            url or settings.require_url(),
+            schema=schema or settings.schema_name,
+            connect_timeout=connect_timeout or settings.connect_timeout,
+            statement_timeout=statement_timeout or settings.statement_timeout,
+            max_size=max_size,
+            application_name=application_name,
+            read_pool_size=read_pool_size,
+        )
+
     def _new_pool(self, info: str, max_size: int) -> ConnectionPool:
         return ConnectionPool(
             info,
@@ -463,49 +492,26 @@ class Database:
 
     # -- migrations -----------------------------------------------------------------------
 
-    def migrate(self) -> list[str]:
-        """Apply pending migrations under an advisory lock; returns the names applied."""
-        applied: list[str] = []
-        with self._conn("migrate") as conn:
-            conn.execute(
-                "SELECT pg_advisory_lock(hashtext(%s))", [f"{_MIGRATION_LOCK}:{self.schema}"]
-            )
-            try:
-                schema_id = pgsql.Identifier(self.schema)
-                conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
-                conn.execute(
-                    pgsql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-                        " version integer PRIMARY KEY, name text NOT NULL,"
-                        " applied_at timestamptz NOT NULL DEFAULT now())"
-                    ).format(schema_id)
-                )
-                done = {
-                    r[0]
-                    for r in conn.execute(
-                        pgsql.SQL("SELECT version FROM {}.schema_migrations").format(schema_id)
-                    )
-                }
-                for version, name, body in sql.migrations():
-                    if version in done:
-                        continue
-                    with conn.transaction():
-                        conn.execute(
-                            pgsql.SQL("SET LOCAL search_path TO {}, public").format(schema_id)
-                        )
-                        conn.execute(body)
-                        conn.execute(
-                            pgsql.SQL(
-                                "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
-                            ).format(schema_id),
-                            [version, name],
-                        )
-                    applied.append(f"{version:04d}_{name}")
-            finally:
-                conn.execute(
-                    "SELECT pg_advisory_unlock(hashtext(%s))", [f"{_MIGRATION_LOCK}:{self.schema}"]
-                )
-        return applied
+    def migrate(
+        self, lock_timeout: float = 5.0, attempts: int = 5, target: int | None = None
+    ) -> list[str]:
+        """Apply pending migrations under an advisory lock; returns the names applied.
+
+        On its own autocommit connection, not a pooled one: the index builds run outside a
+        transaction and without the pool's statement timeout (see skiplock/migrator.py).
+        """
+        lock = [f"{_MIGRATION_LOCK}:{self.schema}"]
+        try:
+            with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                migrator.take_lock(conn, lock[0])
+                try:
+                    return migrator.apply(conn, self.schema, lock_timeout, attempts,
+                                          target=target)
+                finally:
+                    if not conn.closed:
+                        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", lock)
+        except psycopg.Error as exc:
+            raise wrap_error(exc, self.url, "migrate") from None
 
     # -- producers --------------------------------------------------------------------------
 

@@ -26,6 +26,11 @@ class EnqueueOutcomeUnknown(DatabaseUnavailable):
     """
 
 
+class MigrationBlocked(DatabaseUnavailable):
+    """A migration could not take a lock it needs within its lock timeout, after retries: a
+    long transaction holds the table. Nothing of that migration was applied; retry later."""
+
+
 class DataRefused(SkiplockError):
     """The database answered and refused the data itself (SQLSTATE class 22, 23 or 54: an
     invalid value, a constraint, a size or nesting limit). Retrying the same data cannot help;

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import ConfigurationError
 from .names import schema_problem
+
+# What every "no database URL" error says: how to give one, the way each entry point takes it.
+NO_URL = ("no database URL: set SKIPLOCK_DATABASE_URL (the skiplock command also takes "
+          "--database-url, the Python Client a database_url argument), e.g. "
+          "postgresql://user:pass@localhost:5432/app")
 
 
 class Settings(BaseSettings):
@@ -67,3 +73,9 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return value
+
+    def require_url(self) -> str:
+        """The database URL, or ConfigurationError saying how to set one."""
+        if not self.database_url:
+            raise ConfigurationError(NO_URL)
+        return self.database_url

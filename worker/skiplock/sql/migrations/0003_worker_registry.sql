@@ -26,5 +26,7 @@ CREATE TABLE workers (
 ALTER TABLE jobs ADD COLUMN unrunnable_since timestamptz;
 
 -- Jobs waiting for a worker that can run them (few rows: the claim path never touches it).
-CREATE INDEX jobs_unrunnable_idx ON jobs (queue)
-    WHERE state = 'queued' AND unrunnable_since IS NOT NULL;
+-- Built concurrently (skiplock/migrator.py): on a big table the workers keep writing meanwhile.
+-- step: no transaction
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_unrunnable_idx ON jobs (queue)
+    WHERE state = 'queued' AND unrunnable_since IS NOT NULL

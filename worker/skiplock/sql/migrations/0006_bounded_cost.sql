@@ -7,9 +7,11 @@
 -- 64 MiB stays above anything they let through (stored jsonb is up to ~6x its JSON text, for
 -- a list of small numbers). pg_column_size is the datum's size, read from its header (no
 -- detoasting); a CHECK runs before the row is compressed, so it sees the whole value.
-ALTER TABLE jobs ADD CONSTRAINT jobs_args_size CHECK (pg_column_size(args) <= 67108864);
+-- NOT VALID here, validated in the steps below (no write-blocking scan: skiplock/migrator.py).
+ALTER TABLE jobs ADD CONSTRAINT jobs_args_size CHECK (pg_column_size(args) <= 67108864)
+    NOT VALID;
 ALTER TABLE results ADD CONSTRAINT results_result_size
-    CHECK (result IS NULL OR pg_column_size(result) <= 67108864);
+    CHECK (result IS NULL OR pg_column_size(result) <= 67108864) NOT VALID;
 
 -- The jobs list's error text filter (`error=`, a substring, as LIKE '%text%') through a
 -- trigram index instead of a scan of every job. Partial: a job without an error (most of
@@ -19,6 +21,8 @@ ALTER TABLE results ADD CONSTRAINT results_result_size
 -- may share it.
 -- Where pg_trgm is not installed (an embedded or minimal PostgreSQL without contrib) or may
 -- not be created, the index is left out with a NOTICE: the filter still works, by a scan.
+-- The index itself is a step below (built concurrently, only where pg_trgm is on the
+-- search_path: in public, or in the Skiplock schema).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm') THEN
@@ -33,15 +37,22 @@ BEGIN
             RETURN;
         END;
     END IF;
-    EXECUTE format(
-        'CREATE INDEX jobs_last_error_trgm_idx ON jobs USING gin (last_error %I.gin_trgm_ops)'
-        ' WHERE last_error IS NOT NULL',
-        (SELECT n.nspname FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
-         WHERE e.extname = 'pg_trgm'));
 END
 $$;
 
 -- The created_after / created_before filters: created_at grows with the table, so a BRIN
 -- index (a few pages for millions of rows, next to nothing per insert) narrows a time range
 -- to the blocks that hold it.
-CREATE INDEX jobs_created_brin_idx ON jobs USING brin (created_at);
+-- step: no transaction
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_created_brin_idx ON jobs USING brin (created_at)
+
+-- step: no transaction
+-- only if: EXISTS (SELECT FROM pg_extension AS e WHERE e.extname = 'pg_trgm' AND e.extnamespace::regnamespace::text = ANY (current_schemas(false)))
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_last_error_trgm_idx
+    ON jobs USING gin (last_error gin_trgm_ops) WHERE last_error IS NOT NULL
+
+-- step: no transaction
+ALTER TABLE jobs VALIDATE CONSTRAINT jobs_args_size
+
+-- step: no transaction
+ALTER TABLE results VALIDATE CONSTRAINT results_result_size

@@ -1,0 +1,214 @@
+"""Applies the schema migrations without blocking a busy table.
+
+A migration file is a transactional part, then optional steps that run outside a transaction::
+
+    ALTER TABLE jobs ADD CONSTRAINT jobs_x CHECK (...) NOT VALID;   -- transactional part
+
+    -- step: no transaction
+    ALTER TABLE jobs VALIDATE CONSTRAINT jobs_x
+
+    -- step: no transaction
+    -- only if: EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm')
+    CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_y ON jobs ...
+
+Why: on a table of millions of rows a plain CREATE INDEX or a validating ADD CONSTRAINT holds a
+lock that stops every enqueue, claim and completion for as long as the scan takes. So:
+
+- the transactional part runs with a short ``lock_timeout``: its brief ACCESS EXCLUSIVE locks
+  (ADD COLUMN, ADD CONSTRAINT ... NOT VALID) never sit in the lock queue in front of the
+  workers' writes for longer than that; on a timeout the transaction is retried with backoff,
+  then the migration fails saying which lock it could not take;
+- each step is one idempotent statement (CONCURRENTLY, IF NOT EXISTS, VALIDATE) that takes only
+  locks writers do not wait on, without a statement timeout; a step is recorded when done, so
+  an interrupted migration resumes at its first unfinished step. An index left INVALID by an
+  interrupted CREATE INDEX CONCURRENTLY is dropped (concurrently) and built again.
+
+The migration's version is recorded with its transactional part: the queries that need the new
+columns work from then on; the steps add indexes and validate constraints on old rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+
+from . import sql
+from .errors import MigrationBlocked
+
+log = logging.getLogger("skiplock.migrate")
+
+_STEP = re.compile(r"^-- step: no transaction\s*$", re.MULTILINE)
+_ONLY_IF = re.compile(r"^-- only if: (.+)$", re.MULTILINE)
+_INDEX_NAME = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    number: int  # 1-based within its migration
+    statement: str
+    only_if: str | None = None
+    # the index a CREATE INDEX CONCURRENTLY builds: dropped first when an earlier try left it
+    # INVALID (IF NOT EXISTS would otherwise keep the broken index for ever)
+    index: str | None = None
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    body: str  # the transactional part
+    steps: tuple[Step, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
+
+
+def parse(version: int, name: str, text: str) -> Migration:
+    """Split a migration file into its transactional part and its steps (pure)."""
+    parts = _STEP.split(text)
+    steps = []
+    for number, part in enumerate(parts[1:], start=1):
+        only_if = _ONLY_IF.search(part)
+        statement = _ONLY_IF.sub("", part)
+        # the statement without its comment lines: one statement, no trailing semicolon
+        code = "\n".join(
+            line for line in statement.splitlines() if not line.lstrip().startswith("--")
+        ).strip().rstrip(";").strip()
+        if not code or ";" in code:
+            raise ValueError(
+                f"migration {version:04d}_{name}, step {number}: a step is exactly one statement"
+            )
+        if re.search(r"\bCREATE\s+(UNIQUE\s+)?INDEX\b", code, re.IGNORECASE) and not (
+            _INDEX_NAME.search(code)
+        ):
+            raise ValueError(
+                f"migration {version:04d}_{name}, step {number}: an index step must be "
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS <name> (idempotent, writers keep going)"
+            )
+        index = _INDEX_NAME.search(code)
+        steps.append(Step(number, code, only_if[1].strip() if only_if else None,
+                          index[1] if index else None))
+    return Migration(version, name, parts[0], tuple(steps))
+
+
+def migrations() -> list[Migration]:
+    return [parse(v, n, body) for v, n, body in sql.migrations()]
+
+
+def pending(
+    all_: Iterable[Migration], applied: set[int], steps_done: set[tuple[int, int]]
+) -> list[tuple[Migration, bool, list[Step]]]:
+    """(migration, its transactional part still to run, its steps still to run), in order
+    (pure). A migration applied before steps existed re-runs its idempotent steps once."""
+    out = []
+    for m in all_:
+        todo = [s for s in m.steps if (m.version, s.number) not in steps_done]
+        if m.version not in applied or todo:
+            out.append((m, m.version not in applied, todo))
+    return out
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retrying a transactional part that hit its lock timeout (pure)."""
+    return float(min(30, 2 ** (attempt - 1)))
+
+
+def _retrying(what: str, attempts: int, run: Callable[[], None],
+              sleep: Callable[[float], None] = time.sleep) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            run()
+            return
+        except psycopg.errors.LockNotAvailable:
+            if attempt == attempts:
+                raise MigrationBlocked(
+                    f"{what}: could not take its lock within the lock timeout, {attempts} "
+                    "times; a long transaction holds the table (see pg_stat_activity for "
+                    "sessions 'idle in transaction' or long queries), then run "
+                    "`skiplock migrate` again. Nothing of this migration was applied."
+                ) from None
+            delay = backoff(attempt)
+            log.warning("%s: lock not available within the lock timeout; retrying in %.0fs",
+                        what, delay)
+            sleep(delay)
+
+
+def take_lock(conn: psycopg.Connection[Any], key: str,
+              sleep: Callable[[float], None] = time.sleep) -> None:
+    """The migration lock, taken by polling rather than by a waiting pg_advisory_lock: a
+    session waiting in a statement holds a snapshot, and CREATE INDEX CONCURRENTLY in the
+    session holding the lock waits for every such snapshot: a deadlock between migrators."""
+    tries = 0
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
+        if row and row[0]:
+            return
+        tries += 1
+        if tries % 40 == 0:  # every 10 s
+            log.info("waiting for another process's migration to finish (%ds)", tries // 4)
+        sleep(0.25)
+
+
+def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
+          attempts: int = 5, sleep: Callable[[float], None] = time.sleep,
+          target: int | None = None) -> list[str]:
+    """Apply what is pending on ``conn`` (autocommit; the caller holds the migration lock),
+    up to version ``target`` (default: all). Returns the labels of the migrations whose
+    transactional part ran."""
+    schema_id = pgsql.Identifier(schema)
+    q = sql.queries()
+    conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
+    conn.execute(pgsql.SQL("SET search_path TO {}, public").format(schema_id))
+    # no statement timeout: the steps may scan a big table, and they block no writer
+    conn.execute("SET statement_timeout = 0")
+    conn.execute(q["migrations_table"])
+    conn.execute(q["migration_steps_table"])
+    applied = {int(r[0]) for r in conn.execute(q["applied_migrations"])}
+    steps_done = {(int(r[0]), int(r[1])) for r in conn.execute(q["applied_migration_steps"])}
+    ran: list[str] = []
+    wanted = [m for m in migrations() if target is None or m.version <= target]
+    for m, body_pending, steps in pending(wanted, applied, steps_done):
+        if body_pending:
+            def body(m: Migration = m) -> None:
+                with conn.transaction():
+                    conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
+                        pgsql.Literal(f"{int(lock_timeout * 1000)}ms")))
+                    conn.execute(m.body)
+                    conn.execute(q["record_migration"], {"version": m.version, "name": m.name})
+            _retrying(f"migration {m.label}", attempts, body, sleep)
+            ran.append(m.label)
+        for step in steps:
+            _run_step(conn, m, step)
+    return ran
+
+
+def _run_step(conn: psycopg.Connection[Any], m: Migration, step: Step) -> None:
+    q = sql.queries()
+    if step.only_if is not None:
+        row = conn.execute(f"SELECT ({step.only_if})").fetchone()
+        if not (row and row[0]):
+            log.info("migration %s step %d skipped (condition false)", m.label, step.number)
+            conn.execute(q["record_migration_step"], {"version": m.version, "step": step.number})
+            return
+    if step.index is not None:
+        row = conn.execute(q["invalid_index"], {"name": step.index}).fetchone()
+        if row:
+            log.warning("migration %s: index %s was left invalid by an interrupted build; "
+                        "dropping it to build it again", m.label, step.index)
+            conn.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                pgsql.Identifier(step.index)))
+    started = time.monotonic()
+    conn.execute(step.statement)
+    conn.execute(q["record_migration_step"], {"version": m.version, "step": step.number})
+    log.info("migration %s step %d done in %.1fs", m.label, step.number,
+             time.monotonic() - started)

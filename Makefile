@@ -21,7 +21,7 @@ demo: setup ## run the demo: embedded Postgres, workers, a SIGKILL, a summary
 	$(BIN)/skiplock demo
 
 lint: setup ## ruff and mypy --strict
-	$(BIN)/ruff check worker operator tests e2e benchmarks
+	$(BIN)/ruff check worker operator tests e2e benchmarks charts/skiplock/files
 	$(BIN)/mypy
 
 test-unit: setup ## pure-logic unit tests

@@ -10,9 +10,13 @@ from typing import Any
 READY = "Ready"
 DATABASE_REACHABLE = "DatabaseReachable"
 SCALING = "Scaling"
+# True while there is work: backlog + in-flight above the activation threshold (KEDA's Active)
+ACTIVE = "Active"
+# True while the replicas come from spec.scaling.fallback (too many failed stats reads)
+FALLBACK = "Fallback"
 # True when every queue of the JobQueue is paused (skiplock queue pause): nothing is claimed
-QUEUES_PAUSED = "QueuesPaused"
-ORDER = (READY, DATABASE_REACHABLE, SCALING, QUEUES_PAUSED)
+PAUSED = "Paused"
+ORDER = (READY, DATABASE_REACHABLE, SCALING, ACTIVE, FALLBACK, PAUSED)
 
 
 def timestamp(now: dt.datetime | None = None) -> str:
@@ -24,12 +28,12 @@ def precise_timestamp(now: dt.datetime | None = None) -> str:
     return (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def set_condition(conditions: Sequence[dict[str, Any]], type_: str, status: bool, reason: str,
-                  message: str, generation: int | None,
+def set_condition(conditions: Sequence[dict[str, Any]], type_: str, status: bool | None,
+                  reason: str, message: str, generation: int | None,
                   now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """A new list with ``type_`` set; lastTransitionTime moves only when the status flips, so
-    watchers can tell how long a condition has held."""
-    value = "True" if status else "False"
+    """A new list with ``type_`` set (``None``: Unknown); lastTransitionTime moves only when
+    the status flips, so watchers can tell how long a condition has held."""
+    value = "Unknown" if status is None else "True" if status else "False"
     old = next((c for c in conditions if c.get("type") == type_), None)
     changed_at = (old.get("lastTransitionTime") if old and old.get("status") == value
                   else None) or timestamp(now)

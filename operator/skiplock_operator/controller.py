@@ -1,13 +1,17 @@
-"""One JobQueue's reconcile loop body: spec -> Secret -> Deployment -> stats -> decision ->
-scale -> status. Synchronous (the kubernetes client and the Database are); the kopf daemon
-runs ``poll()`` in a thread once per poll interval.
+"""One JobQueue's reconcile loop body, in phases: ensure the worker Deployment, read the load,
+decide (scaling.decide, pure), apply, and build the status (status.build_status, pure).
+Synchronous (the kubernetes client and the Database are); the kopf daemon runs ``poll()`` in a
+thread of the operator's poll pool once per poll interval.
 
 Nothing here may raise out of ``poll()`` for a known problem: every failure becomes a
-condition, an event and a held replica count, and the next poll tries again.
+condition, an event and a held replica count, and the next poll tries again. A replica that
+does not hold the leader Lease polls read-only: it reads and decides (so its history is warm
+when it takes over) but writes nothing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -18,16 +22,17 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from skiplock import inspect as inspection
+from skiplock import inspection
 from skiplock.db import Database
 from skiplock.errors import ConfigurationError, DatabaseUnavailable, SkiplockError
 
 from . import conditions as cond
 from . import metrics, resources
-from .kube import Kube, SecretProblem
+from .kube import Forbidden, Kube, SecretProblem, SecretValue
 from .models import InvalidSpec, JobQueueSpec, parse_spec
-from .scaling import Decision, History, Load, Policy, decide
+from .scaling import Decision, History, Load, Policy, decide, with_seed
 from .settings import OperatorSettings
+from .status import PollResult, Stop, build_status, condition_values, differs
 
 log = logging.getLogger("skiplock.operator")
 DEFAULT_POLL = 15.0
@@ -53,6 +58,15 @@ def policy_of(spec: JobQueueSpec) -> Policy:
                   fallback_replicas=s.fallback.replicas if s.fallback else 0)
 
 
+def load_of(per_queue: list[inspection.QueueStats]) -> Load | None:
+    """A queue paused in the database (skiplock queue pause) is claimed by no worker, so its
+    waiting jobs ask for no replicas (its running ones still count)."""
+    if not per_queue:
+        return None
+    return Load(sum(q.backlog for q in per_queue if not q.paused),
+                sum(q.in_flight for q in per_queue))
+
+
 @dataclass
 class _Db:
     key: str
@@ -60,31 +74,58 @@ class _Db:
     migrated: bool = False
 
 
+@dataclass(frozen=True)
+class Ensured:
+    """The ensure phase: the Deployment to scale (None: none exists), or why not."""
+
+    deployment: dict[str, Any] | None
+    stop: Stop | None = None
+    rejected: str | None = None
+
+
 class QueueController:
     def __init__(self, kube: Kube, settings: OperatorSettings, namespace: str, name: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.kube = kube
         self.settings = settings
         self.namespace = namespace
         self.name = name
         self.clock = clock
+        self.wall = wall
         self.history: History | None = None
         self.failures = 0  # consecutive polls without stats
+        self.leading = False
         # (url, schema, queues) of the last successful read: what the NOTIFY listener follows.
         self.listen_target: tuple[str, str, tuple[str, ...]] | None = None
+        # What the last poll saw, for the NOTIFY filter (handlers.notify_can_change).
+        self.last_policy: Policy | None = None
+        self.last_replicas: int | None = None
+        self.all_paused = False
+        self.paused_queues: frozenset[str] = frozenset()
         self._db: _Db | None = None
         self._last_warning: dict[str, float] = {}
+        self._applied: str | None = None       # fingerprint of the template we last wrote
+        self._written: dict[str, Any] | None = None
+        self._written_at = -float("inf")
+        self._paused_seen: bool | None = None
+        self._takeover = False
 
     def close(self) -> None:
         if self._db is not None:
             self._db.db.close()
             self._db = None
 
+    def condition_types(self) -> tuple[str, ...]:
+        return cond.ORDER
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _warn(self, body: dict[str, Any], reason: str, message: str) -> None:
         """A Warning event, repeated for the same reason at most every warning_repeat_seconds
         (an outage polled every few seconds must not flood the event store)."""
+        if not self.leading:
+            return
         now = self.clock()
         last = self._last_warning.get(reason)
         if last is not None and now - last < self.settings.warning_repeat_seconds:
@@ -93,11 +134,20 @@ class QueueController:
         self._event(body, "Warning", reason, message)
 
     def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        if not self.leading:  # only the leader speaks: two replicas must not double events
+            return
         try:
-            self.kube.event(body, type_, reason, message)
-        except ApiException as exc:  # an event is best effort; the status says it all too
+            self.kube.event(body, type_, reason, message, instance=self.settings.identity)
+        except (ApiException, Forbidden) as exc:  # best effort; the status says it all too
             log.warning("could not post event %s for %s/%s: %s", reason, self.namespace,
-                        self.name, exc.reason)
+                        self.name, exc)
+
+    def _clear_warning(self, *reasons: str) -> None:
+        for reason in reasons:
+            self._last_warning.pop(reason, None)
+
+    def _error(self, reason: str) -> None:
+        metrics.RECONCILE_ERRORS.labels(self.namespace, self.name, reason).inc()
 
     def _database(self, url: str, spec: JobQueueSpec) -> Database:
         key = hashlib.sha256(
@@ -106,215 +156,165 @@ class QueueController:
         if self._db is None or self._db.key != key:
             self.close()
             timeout = spec.database.connect_timeout_seconds
+            # connect_timeout and statement_timeout: no database call waits unbounded.
             self._db = _Db(key, Database(url, schema=spec.database.schema_name,
                                          connect_timeout=timeout, statement_timeout=timeout,
                                          max_size=2, application_name="skiplock-operator"))
-        if spec.database.migrate and not self._db.migrated:
+        if spec.database.migrate and not self._db.migrated and self.leading:
             applied = self._db.db.migrate()
             if applied:
                 log.info("%s/%s: applied migrations %s", self.namespace, self.name, applied)
             self._db.migrated = True
         return self._db.db
 
-    def _clear_warning(self, reason: str) -> None:
-        self._last_warning.pop(reason, None)
+    def _cap(self, policy: Policy) -> int:
+        return max(self.settings.count_cap_floor,
+                   policy.max_replicas * policy.jobs_per_replica + 1)
 
     # -- the poll -----------------------------------------------------------------------------
 
-    def poll(self, body: dict[str, Any]) -> float:
+    def poll(self, body: dict[str, Any], leading: bool = True) -> float:
         """One reconcile; returns the seconds until the next one."""
-        meta, status = body["metadata"], dict(body.get("status") or {})
+        if leading and not self.leading:
+            self._takeover = True
+        if leading != self.leading:
+            self._written, self._written_at = None, -float("inf")
+        self.leading = leading
+        status = dict(body.get("status") or {})
+        generation = body["metadata"].get("generation")
+        try:
+            result, interval = self._phases(body, status)
+        except Forbidden as exc:
+            self._error(exc.reason)
+            log.warning("%s/%s: %s", self.namespace, self.name, exc)
+            result = PollResult(generation, self.wall(), stop=Stop(
+                exc.reason, str(exc), "not scaling until the permission is granted"))
+            interval = DEFAULT_POLL
+        self._finish(body, status, result)
+        return interval
+
+    def _phases(self, body: dict[str, Any], status: dict[str, Any]
+                ) -> tuple[PollResult, float]:
+        meta = body["metadata"]
         generation = meta.get("generation")
-        conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
-        labels = (self.namespace, self.name)
-
-        def finish(extra: dict[str, Any]) -> None:
-            new = {**extra, "conditions": conditions, "observedGeneration": generation}
-            self.kube.patch_status(self.namespace, self.name, new)
-
         try:
             spec = parse_spec(body.get("spec"))
         except InvalidSpec as exc:
-            conditions = cond.set_condition(conditions, cond.READY, False, "InvalidSpec",
-                                            str(exc), generation)
-            conditions = cond.set_condition(conditions, cond.SCALING, False, "InvalidSpec",
-                                            "not scaling until the spec is fixed", generation)
             self._warn(body, "InvalidSpec", str(exc))
-            metrics.RECONCILE_ERRORS.labels(*labels, "InvalidSpec").inc()
-            finish({})
-            return DEFAULT_POLL
+            self._error("InvalidSpec")
+            return PollResult(generation, self.wall(), stop=Stop(
+                "InvalidSpec", str(exc), "not scaling until the spec is fixed")), DEFAULT_POLL
         self._clear_warning("InvalidSpec")
-        poll_interval = spec.scaling.poll_interval_seconds
+        interval = spec.scaling.poll_interval_seconds
         policy = policy_of(spec)
+        self.last_policy = policy
 
+        secret = self._read_secret(body, spec)
+        dep_name = resources.deployment_name(self.name)
+        ensured = self._ensure(body, spec, status, policy,
+                               secret if isinstance(secret, SecretValue) else None)
+        if ensured.stop is not None or ensured.deployment is None:
+            stop = ensured.stop or Stop("DeploymentRejected", ensured.rejected or "",
+                                        "no worker Deployment to scale")
+            return PollResult(generation, self.wall(), stop=stop), interval
+        existing = ensured.deployment
+        current = int((existing.get("spec") or {}).get("replicas") or 0)
+        self.last_replicas = current
+
+        per_queue, source_problem = self._read_load(body, secret, spec, policy)
+        load = load_of(per_queue)
+        if per_queue:
+            self.paused_queues = frozenset(q.queue for q in per_queue if q.paused)
+        decision = self._decide(policy, load, current, bool(per_queue) and all(
+            q.paused for q in per_queue))
+        scaled_at, scale_problem = None, None
+        if decision.desired != current and self.leading:
+            scaled_at, scale_problem = self._apply(body, spec, dep_name, current, decision)
+        else:
+            self.history = decision.history
+        ready_problem = (("DeploymentRejected", ensured.rejected) if ensured.rejected
+                         else scale_problem)
+        return PollResult(
+            generation, self.wall(), spec=spec, deployment_name=dep_name, deployment=existing,
+            ready_problem=ready_problem, source_problem=source_problem, per_queue=per_queue,
+            load=load, decision=decision, failures=self.failures,
+            count_cap=self._cap(policy), scaled_at=scaled_at), interval
+
+    # -- phase 1: the Secret and the Deployment -------------------------------------------------
+
+    def _read_secret(self, body: dict[str, Any], spec: JobQueueSpec
+                     ) -> SecretValue | SecretProblem:
         # The URL only lives in memory: never in status, events, logs or the Deployment.
         ref = spec.database.url_secret_ref
         try:
-            url: str | None = self.kube.secret_value(self.namespace, ref.name, ref.key)
-            self._clear_warning("SecretProblem")
+            value = self.kube.secret_value(self.namespace, ref.name, ref.key,
+                                           salt=str(body["metadata"].get("uid", "")))
         except SecretProblem as exc:
-            url = None
-            secret_problem: SecretProblem | None = exc
-        else:
-            secret_problem = None
+            return exc
+        self._clear_warning("SecretProblem")
+        return value
 
+    def _ensure(self, body: dict[str, Any], spec: JobQueueSpec, status: dict[str, Any],
+                policy: Policy, secret: SecretValue | None) -> Ensured:
         dep_name = resources.deployment_name(self.name)
         existing = self.kube.get_deployment(self.namespace, dep_name)
-        desired_dep = resources.deployment(
-            body, spec, replicas=self._initial_replicas(status, policy))
-        rejected: str | None = None
-        if existing is not None and not resources.owned_by(existing, meta.get("uid", "")):
+        if existing is not None and not resources.owned_by(existing,
+                                                           body["metadata"].get("uid", "")):
             # Someone else's Deployment (or one left by a deleted JobQueue of the same name,
             # waiting for garbage collection): never take it over or scale it.
             message = (f"Deployment {self.namespace}/{dep_name} exists and is not owned by this "
                        "JobQueue; rename or delete it (a leftover of a deleted JobQueue goes "
                        "away with garbage collection)")
-            conditions = cond.set_condition(conditions, cond.READY, False, "DeploymentConflict",
-                                            message, generation)
-            conditions = cond.set_condition(conditions, cond.SCALING, False,
-                                            "DeploymentConflict", "not scaling a Deployment "
-                                            "this JobQueue does not own", generation)
             self._warn(body, "DeploymentConflict", message)
-            metrics.RECONCILE_ERRORS.labels(*labels, "DeploymentConflict").inc()
-            finish({})
-            return poll_interval
+            self._error("DeploymentConflict")
+            return Ensured(None, stop=Stop("DeploymentConflict", message,
+                                           "not scaling a Deployment this JobQueue does not "
+                                           "own"))
         self._clear_warning("DeploymentConflict")
+        # The Secret unreadable: keep the checksum the pods run with (rolling them would not
+        # help; they read the same Secret).
+        checksum = secret.checksum if secret is not None else str(
+            resources.template_annotations(existing or {}).get(resources.SECRET_CHECKSUM, ""))
+        desired = resources.deployment(body, spec, replicas=self._initial_replicas(
+            status, policy), secret_checksum=checksum)
+        if not self.leading:  # read-only: report what is there
+            return Ensured(existing, stop=None if existing is not None else Stop(
+                "Standby", "no worker Deployment yet", "not leading"))
         try:
             if existing is None:
-                existing = self.kube.create_deployment(self.namespace, desired_dep)
+                existing = self.kube.create_deployment(self.namespace, desired)
+                self._applied = resources.template_fingerprint(existing)
                 self._event(body, "Normal", "DeploymentCreated",
                             f"created Deployment {dep_name} with "
-                            f"{desired_dep['spec']['replicas']} replica(s)")
-            elif ((existing["metadata"].get("annotations") or {}).get(resources.SPEC_HASH)
-                  != desired_dep["metadata"]["annotations"][resources.SPEC_HASH]):
-                self.kube.replace_deployment(self.namespace, dep_name,
-                                             resources.for_update(desired_dep, existing))
-                self._event(body, "Normal", "DeploymentUpdated",
-                            f"applied the JobQueue spec to Deployment {dep_name}")
+                            f"{desired['spec']['replicas']} replica(s)")
+            elif resources.drifted(existing, desired, self._applied):
+                spec_changed = ((existing["metadata"].get("annotations") or {})
+                                .get(resources.SPEC_HASH)
+                                != desired["metadata"]["annotations"][resources.SPEC_HASH])
+                existing = self.kube.replace_deployment(
+                    self.namespace, dep_name, resources.for_update(desired, existing))
+                self._applied = resources.template_fingerprint(existing)
+                if spec_changed:
+                    self._event(body, "Normal", "DeploymentUpdated",
+                                f"applied the JobQueue spec to Deployment {dep_name}")
+                else:
+                    self._event(body, "Warning", "DeploymentDriftReverted",
+                                f"Deployment {dep_name}'s pod template was changed outside "
+                                "the JobQueue; put back (edit the JobQueue instead)")
+            else:
+                self._applied = resources.template_fingerprint(existing)
         except ApiException as exc:
             if exc.status not in (400, 422):
                 raise
-            # The schema cannot check a free-form podTemplate; the API server's verdict on
-            # the Deployment built from it is the user's answer.
+            # The schema cannot check everything in a podTemplate (a label's syntax, a
+            # quantity); the API server's verdict on the Deployment is the user's answer.
             rejected = (f"the API server rejected Deployment {dep_name}: {api_message(exc)}; "
                         "fix spec.worker (podTemplate, env, resources)")
             self._warn(body, "DeploymentRejected", rejected)
-            metrics.RECONCILE_ERRORS.labels(*labels, "DeploymentRejected").inc()
-        else:
-            self._clear_warning("DeploymentRejected")
-        if existing is None:
-            assert rejected is not None
-            conditions = cond.set_condition(conditions, cond.READY, False, "DeploymentRejected",
-                                            rejected, generation)
-            conditions = cond.set_condition(conditions, cond.SCALING, False,
-                                            "DeploymentRejected",
-                                            "no worker Deployment to scale", generation)
-            finish({})
-            return poll_interval
-        current = int((existing.get("spec") or {}).get("replicas") or 0)
-        ready = int((existing.get("status") or {}).get("readyReplicas") or 0)
-
-        stats: inspection.QueueStats | None = None
-        per_queue: list[inspection.QueueStats] = []
-        if secret_problem is not None:
-            conditions = cond.set_condition(conditions, cond.DATABASE_REACHABLE, False,
-                                            secret_problem.reason, str(secret_problem),
-                                            generation)
-            self._warn(body, "SecretProblem", str(secret_problem))
-            metrics.RECONCILE_ERRORS.labels(*labels, secret_problem.reason).inc()
-        else:
-            assert url is not None
-            per_queue, db_error = self._read_stats(url, spec, policy)
-            stats = inspection.totals(per_queue) if per_queue else None
-            if stats is None:
-                conditions = cond.set_condition(conditions, cond.DATABASE_REACHABLE, False,
-                                                db_error[0], db_error[1], generation)
-                self._warn(body, db_error[0], db_error[1])
-                metrics.RECONCILE_ERRORS.labels(*labels, db_error[0]).inc()
-            else:
-                self.listen_target = (url, spec.database.schema_name, tuple(spec.queues))
-                for reason in ("DatabaseUnavailable", "DatabaseUrlInvalid", "QueryFailed"):
-                    self._clear_warning(reason)
-                conditions = cond.set_condition(
-                    conditions, cond.DATABASE_REACHABLE, True, "StatsRead",
-                    f"read stats for queue(s) {', '.join(spec.queues)}", generation)
-        metrics.DATABASE_UP.labels(*labels).set(1 if stats is not None else 0)
-
-        now = self.clock()
-        if self.history is None:
-            # First poll since the operator (re)started: act as if the current count had just
-            # been recommended, so a restart never scales down before a full window has passed.
-            self.history = History.seeded(now, current)
-        # A queue paused in the database (skiplock queue pause) is claimed by no worker, so its
-        # waiting jobs ask for no replicas (its running ones still count). With every queue
-        # paused the decision also never scales up (scaling.paused_load says why).
-        load = (Load(sum(q.backlog for q in per_queue if not q.paused), stats.in_flight)
-                if stats is not None else None)
-        self.failures = 0 if load is not None else self.failures + 1
-        all_paused = stats is not None and stats.paused
-        decision = decide(policy, load, current, self.history, now, self.failures,
-                          queues_paused=all_paused)
-        self.history = decision.history
-        scaled_at: str | None = None
-        if decision.desired != current:
-            scaled_at = self._scale(body, spec, dep_name, current, decision)
-
-        if policy.paused:
-            conditions = cond.set_condition(conditions, cond.SCALING, False, "Paused",
-                                            decision.message, generation)
-        elif load is None:
-            conditions = cond.set_condition(conditions, cond.SCALING, False, decision.reason,
-                                            decision.message, generation)
-        else:
-            conditions = cond.set_condition(conditions, cond.SCALING, True, decision.reason,
-                                            decision.message, generation)
-        if stats is not None:
-            conditions = self._paused_condition(body, conditions, per_queue, status, generation)
-        reachable = stats is not None
-        if rejected is not None:
-            conditions = cond.set_condition(conditions, cond.READY, False, "DeploymentRejected",
-                                            rejected, generation)
-        else:
-            conditions = cond.set_condition(
-                conditions, cond.READY, reachable,
-                "Reconciled" if reachable else "DatabaseUnreachable",
-                (f"Deployment {dep_name} has {decision.desired} replica(s), {ready} ready"
-                 if reachable else
-                 f"holding {decision.desired} replica(s) until the database can be read"),
-                generation)
-
-        extra: dict[str, Any] = {
-            "queues": ",".join(spec.queues),
-            "deployment": dep_name,
-            "replicas": decision.desired,
-            "desiredReplicas": decision.desired,
-            "recommendedReplicas": decision.raw,
-            "readyReplicas": ready,
-            # A heartbeat: shows the operator is polling (e.g. after it restarted).
-            "lastPollTime": cond.precise_timestamp(),
-        }
-        if scaled_at:
-            extra["lastScaleTime"] = scaled_at
-        if stats is not None:
-            extra.update({
-                "backlog": stats.backlog, "inFlight": stats.in_flight, "dead": stats.dead,
-                "stuck": stats.stuck, "scheduled": stats.scheduled,
-                "oldestRunnableAgeSeconds": (round(stats.oldest_runnable_age, 3)
-                                             if stats.oldest_runnable_age is not None else None),
-                "countCap": self._cap(policy),
-                # `kubectl get jq` shows it (the Paused column); unknown while stats are not
-                # read, so then the last value stays
-                "paused": stats.paused,
-                "pausedQueues": ",".join(q.queue for q in per_queue if q.paused),
-            })
-            metrics.PAUSED.labels(*labels).set(1 if stats.paused else 0)
-            metrics.BACKLOG.labels(*labels).set(stats.backlog)
-            metrics.IN_FLIGHT.labels(*labels).set(stats.in_flight)
-            metrics.DEAD.labels(*labels).set(stats.dead)
-        metrics.DESIRED.labels(*labels).set(decision.desired)
-        metrics.REPLICAS.labels(*labels).set(decision.desired)
-        finish(extra)
-        return poll_interval
+            self._error("DeploymentRejected")
+            return Ensured(existing, rejected=rejected)
+        self._clear_warning("DeploymentRejected")
+        return Ensured(existing)
 
     def _initial_replicas(self, status: dict[str, Any], policy: Policy) -> int:
         """Replicas for a Deployment created now: what we last decided (a deleted Deployment
@@ -323,40 +323,20 @@ class QueueController:
         base = int(last) if isinstance(last, int) else policy.min_replicas
         return max(policy.min_replicas, min(policy.max_replicas, base))
 
-    def _cap(self, policy: Policy) -> int:
-        return max(self.settings.count_cap_floor,
-                   policy.max_replicas * policy.jobs_per_replica + 1)
+    # -- phase 2: the load ----------------------------------------------------------------------
 
-    def _paused_condition(self, body: dict[str, Any], conditions: list[dict[str, Any]],
-                          per_queue: list[inspection.QueueStats], status: dict[str, Any],
-                          generation: int | None) -> list[dict[str, Any]]:
-        """QueuesPaused: True when every queue is paused; an event when that changes."""
-        paused = [q for q in per_queue if q.paused]
-        said = "; ".join(f"{q.queue} since {cond.timestamp(q.paused_at)} by {q.paused_by or '?'}"
-                         for q in paused)
-        if paused and len(paused) == len(per_queue):
-            reason = "AllQueuesPaused"
-            message = (f"every queue is paused ({said}): no worker claims from them, running "
-                       "jobs finish, and the workers are not scaled up; resume with "
-                       "`skiplock queue resume QUEUE`")
-        elif paused:
-            reason = "SomeQueuesPaused"
-            message = (f"{len(paused)} of {len(per_queue)} queue(s) paused ({said}): their "
-                       "waiting jobs are not counted for scaling; the others are served as usual")
-        else:
-            reason, message = "NoQueuePaused", "no queue is paused"
-        all_paused = reason == "AllQueuesPaused"
-        if all_paused != (status.get("paused") is True):
-            self._event(body, "Normal", "QueuesPaused" if all_paused else "QueuesResumed",
-                        message if all_paused else f"workers claim again: {message}")
-        return cond.set_condition(conditions, cond.QUEUES_PAUSED, all_paused, reason, message,
-                                  generation)
-
-    def _read_stats(self, url: str, spec: JobQueueSpec, policy: Policy
-                    ) -> tuple[list[inspection.QueueStats], tuple[str, str]]:
+    def _read_load(self, body: dict[str, Any], secret: SecretValue | SecretProblem,
+                   spec: JobQueueSpec, policy: Policy
+                   ) -> tuple[list[inspection.QueueStats], tuple[str, str] | None]:
+        labels = (self.namespace, self.name)
+        if isinstance(secret, SecretProblem):
+            self._warn(body, "SecretProblem", str(secret))
+            self._error(secret.reason)
+            metrics.DATABASE_UP.labels(*labels).set(0)
+            return [], (secret.reason, str(secret))
         started = time.perf_counter()
         try:
-            db = self._database(url, spec)
+            db = self._database(secret.value, spec)
             per_queue = inspection.queue_stats(db, spec.queues, cap=self._cap(policy))
         except SkiplockError as exc:
             # Scrubbed of the password at the database boundary, however the URL looks (a URL
@@ -364,21 +344,55 @@ class QueueController:
             reason = ("DatabaseUnavailable" if isinstance(exc, DatabaseUnavailable)
                       else "DatabaseUrlInvalid" if isinstance(exc, ConfigurationError)
                       else "QueryFailed")
+            self._warn(body, reason, str(exc))
+            self._error(reason)
+            metrics.DATABASE_UP.labels(*labels).set(0)
             return [], (reason, str(exc))
-        metrics.STATS_SECONDS.labels(self.namespace, self.name).observe(
-            time.perf_counter() - started)
-        return per_queue, ("", "")
+        metrics.STATS_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        metrics.DATABASE_UP.labels(*labels).set(1)
+        self.listen_target = (secret.value, spec.database.schema_name, tuple(spec.queues))
+        self._clear_warning("DatabaseUnavailable", "DatabaseUrlInvalid", "QueryFailed")
+        if not per_queue:
+            return [], ("QueryFailed", "the stats query returned no queue")
+        return per_queue, None
 
-    def _scale(self, body: dict[str, Any], spec: JobQueueSpec, dep_name: str, current: int,
-               decision: Decision) -> str:
+    # -- phase 3: the decision (pure, scaling.decide) -------------------------------------------
+
+    def _decide(self, policy: Policy, load: Load | None, current: int,
+                all_paused: bool) -> Decision:
+        now = self.clock()
+        if self.history is None or self._takeover:
+            # First poll since the operator (re)started or took the lead: act as if the
+            # current count had just been recommended, so a restart or a handover never
+            # scales down before a full window has passed.
+            self.history = seed_on_takeover(self.history, now, current)
+            self._takeover = False
+        self.failures = 0 if load is not None else self.failures + 1
+        self.all_paused = all_paused
+        # With every queue paused the decision also never scales up (scaling.paused_load).
+        return decide(policy, load, current, self.history, now, self.failures,
+                      queues_paused=all_paused)
+
+    # -- phase 4: apply -------------------------------------------------------------------------
+
+    def _apply(self, body: dict[str, Any], spec: JobQueueSpec, dep_name: str, current: int,
+               decision: Decision) -> tuple[str | None, tuple[str, str] | None]:
+        """Scale; the history moves on only once the API server took the new count (a failed
+        call must not count as a scale-up against the rate limit, nor start a window)."""
         if decision.desired < current:
             self._mark_idle_first(body, spec)
-        self.kube.scale_deployment(self.namespace, dep_name, decision.desired)
+        try:
+            self.kube.scale_deployment(self.namespace, dep_name, decision.desired)
+        except Forbidden as exc:
+            self._error(exc.reason)
+            return None, (exc.reason, str(exc))
+        self.history = decision.history
+        self.last_replicas = decision.desired
         direction = "up" if decision.desired > current else "down"
         metrics.SCALE_EVENTS.labels(self.namespace, self.name, direction).inc()
         self._event(body, "Normal", decision.reason, decision.message)
         log.info("%s/%s: %s", self.namespace, self.name, decision.message)
-        return cond.timestamp()
+        return cond.timestamp(self.wall()), None
 
     def _mark_idle_first(self, body: dict[str, Any], spec: JobQueueSpec) -> None:
         """Just before scaling in, give each pod a deletion cost equal to the jobs it is
@@ -399,3 +413,58 @@ class QueueController:
             value = str(costs[pod_name])
             if (pod["metadata"].get("annotations") or {}).get(resources.DELETION_COST) != value:
                 self.kube.annotate_pod(self.namespace, pod_name, {resources.DELETION_COST: value})
+
+    # -- phase 5: the status (status.build_status, pure) --------------------------------------
+
+    def _finish(self, body: dict[str, Any], status: dict[str, Any], result: PollResult) -> None:
+        labels = (self.namespace, self.name)
+        new = build_status(status, result)
+        for type_, value in condition_values(new).items():
+            metrics.CONDITION.labels(*labels, type_).set(1 if value else 0)
+        if result.decision is not None:
+            metrics.DESIRED.labels(*labels).set(result.decision.desired)
+            for gauge, key in ((metrics.REPLICAS, "replicas"),
+                               (metrics.READY_REPLICAS, "readyReplicas"),
+                               (metrics.AVAILABLE_REPLICAS, "availableReplicas")):
+                gauge.labels(*labels).set(new.get(key, 0))
+        if "paused" in new:
+            metrics.PAUSED.labels(*labels).set(1 if new["paused"] else 0)
+            for gauge, key in ((metrics.BACKLOG, "backlog"), (metrics.IN_FLIGHT, "inFlight"),
+                               (metrics.DEAD, "dead")):
+                gauge.labels(*labels).set(new[key])
+            self._paused_event(body, status, new)
+        if not self.leading:
+            return
+        base = self._written if self._written is not None else status
+        now = self.clock()
+        if not differs(base, new) and now - self._written_at < \
+                self.settings.status_heartbeat_seconds:
+            return
+        try:
+            self.kube.patch_status(self.namespace, self.name, new)
+        except Forbidden as exc:  # nowhere to say it but the log and the metric
+            self._error(exc.reason)
+            log.warning("%s/%s: cannot write status: %s", self.namespace, self.name, exc)
+            return
+        self._written = {**(self._written or status), **new}
+        self._written_at = now
+
+    def _paused_event(self, body: dict[str, Any], status: dict[str, Any],
+                      new: dict[str, Any]) -> None:
+        """An event when "every queue paused" changes (the Paused condition says why)."""
+        seen = self._paused_seen if self._paused_seen is not None else (
+            status.get("paused") is True)
+        now_paused = bool(new["paused"])
+        self._paused_seen = now_paused
+        if now_paused == seen:
+            return
+        message = next((c["message"] for c in new["conditions"] if c["type"] == cond.PAUSED), "")
+        self._event(body, "Normal", "QueuesPaused" if now_paused else "QueuesResumed",
+                    message if now_paused else f"workers claim again: {message}")
+
+
+def seed_on_takeover(history: History | None, now: float, current: int) -> History:
+    """The history a new leader starts from: what it saw while standing by, plus the current
+    replicas as if just recommended (conservative: no scale-down before a full window)."""
+    return with_seed(history, now, current) if history is not None else History.seeded(
+        now, current)

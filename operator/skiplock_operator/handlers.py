@@ -1,4 +1,5 @@
-"""Thin kopf handlers: one daemon per JobQueue runs the controller's poll in a thread.
+"""Thin kopf handlers: one daemon per JobQueue runs the controller's poll in a thread of the
+operator's own poll pool.
 
 Run with ``python -m skiplock_operator`` (adds liveness and metrics) or
 ``kopf run -m skiplock_operator.handlers``.
@@ -10,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -21,7 +24,9 @@ from skiplock.errors import SkiplockError
 from . import metrics
 from .controller import DEFAULT_POLL, QueueController
 from .kube import Kube, api_client
+from .leader import AlwaysLeader, Elector
 from .resources import GROUP, PLURAL, VERSION
+from .scaling import notify_can_change
 from .settings import OperatorSettings
 
 log = logging.getLogger("skiplock.operator")
@@ -33,13 +38,25 @@ TICK = 0.25
 MIN_POLL_GAP = 1.0
 
 
+@dataclass
+class PollClock:
+    """When a JobQueue's poll last ran to its end, and how stale that may get."""
+
+    completed_at: float
+    allowed: float
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours = OperatorSettings()
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = ours.watch_connect_timeout
-    # One replica with the Recreate strategy: no peering objects to install or clean up.
+    # kopf's own short calls (finalizer and annotation patches) get our timeout too; its
+    # default is 5 minutes.
+    settings.networking.request_timeout = ours.kube_timeout
+    settings.networking.connect_timeout = ours.kube_timeout
+    # Our own Lease decides who acts (leader.py); kopf's peering objects are not needed.
     settings.peering.standalone = True
     # Keep kopf's bookkeeping in our own annotations and finalizer, not in status (the
     # status schema is ours and the API server would drop unknown fields).
@@ -49,9 +66,39 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
     memo.settings = ours
-    memo.kube = Kube(api_client())
+    api = api_client()
+    memo.kube = Kube(api, timeout=ours.kube_timeout)
     # Shared by every per-resource memo (they are shallow copies of this one).
     memo.running = set()
+    memo.polls = {}
+    # Polls block (the kubernetes client, psycopg): one thread each, in a pool of our own,
+    # so a JobQueue stuck on an unreachable database never waits for another's thread and
+    # kopf's own executor stays free.
+    memo.pool = ThreadPoolExecutor(max_workers=ours.max_poll_threads,
+                                   thread_name_prefix="skiplock-poll")
+    if ours.leader_election:
+        # Lease calls get a shorter timeout: one must end well within the renew deadline.
+        lease_kube = Kube(api, timeout=max(1.0, ours.renew_deadline_seconds / 2))
+        memo.elector = Elector(lease_kube, ours.lease_name, ours.resolved_lease_namespace(),
+                               ours.identity, ours.lease_duration_seconds,
+                               ours.renew_deadline_seconds, ours.retry_period_seconds)
+        memo.elector_task = asyncio.create_task(memo.elector.run())
+    else:
+        memo.elector = AlwaysLeader()
+        memo.elector_task = None
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "elector_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await memo.elector.stop(release=True)
+    pool = getattr(memo, "pool", None)
+    if pool is not None:
+        pool.shutdown(wait=False)
 
 
 @kopf.on.login()
@@ -61,20 +108,41 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-@kopf.on.probe(id="jobqueues")
-def probe(memo: kopf.Memo, **_: Any) -> int:
-    """How many JobQueues have a running poll loop (shown in the liveness response)."""
-    return len(getattr(memo, "running", ()))
+def stale_polls(polls: dict[str, PollClock], now: float) -> list[str]:
+    """JobQueues whose last completed poll is older than allowed (pure, for the probe)."""
+    return sorted(k for k, c in polls.items() if now - c.completed_at > c.allowed)
+
+
+@kopf.on.probe(id="jobqueues", errors=kopf.ErrorsMode.PERMANENT)
+def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """The liveness answer: fails (HTTP 500) when a JobQueue's last completed poll is older
+    than max(3 x pollInterval, 60 s): a poll hung on a call without answer (the timeouts
+    should end any), or a loop that died. Restarting the pod is the cure for both."""
+    polls: dict[str, PollClock] = getattr(memo, "polls", {})
+    stale = stale_polls(polls, time.monotonic())
+    if stale:
+        raise kopf.PermanentError(f"no completed poll within the allowed time for: "
+                                  f"{', '.join(stale[:20])}")
+    return {"count": len(getattr(memo, "running", ())),
+            "leader": bool(getattr(memo, "elector", AlwaysLeader()).is_leader)}
+
+
+def allowed_staleness(settings: OperatorSettings, interval: float) -> float:
+    return max(settings.liveness_poll_factor * interval, settings.liveness_min_seconds)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
 async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped,
                    memo: kopf.Memo, **_: Any) -> None:
     kube: Kube = memo.kube
+    settings: OperatorSettings = memo.settings
     assert namespace is not None  # JobQueue is a namespaced resource
-    ctl = QueueController(kube, memo.settings, namespace, name)
+    ctl = QueueController(kube, settings, namespace, name)
+    key = f"{namespace}/{name}"
+    loop = asyncio.get_running_loop()
     failures = 0
-    memo.running.add(f"{namespace}/{name}")
+    memo.running.add(key)
+    memo.polls[key] = PollClock(time.monotonic(), allowed_staleness(settings, DEFAULT_POLL))
     wake = asyncio.Event()
     listener: asyncio.Task[None] | None = None
     listening: tuple[str, str] | None = None
@@ -82,11 +150,15 @@ async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: k
         while not stopped:
             snapshot = _plain(body)
             wake.clear()
+            leading = memo.elector.is_leader
             try:
-                interval = await asyncio.to_thread(ctl.poll, snapshot)
+                interval = await loop.run_in_executor(memo.pool, ctl.poll, snapshot, leading)
                 failures = 0
+                memo.polls[key] = PollClock(time.monotonic(),
+                                            allowed_staleness(settings, interval))
                 target = ctl.listen_target
-                if target is not None and target[:2] != listening:
+                # A standby is never woken early: no LISTEN connection for it.
+                if leading and target is not None and target[:2] != listening:
                     if listener is not None:
                         listener.cancel()
                     listening = target[:2]
@@ -98,20 +170,27 @@ async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: k
                 metrics.RECONCILE_ERRORS.labels(namespace, name, f"Api{exc.status}").inc()
                 log.warning("%s/%s: Kubernetes API error %s (%s); retrying in %.0fs",
                             namespace, name, exc.status, exc.reason, interval)
-            except Exception:
+            except Exception as exc:
+                # A timeout (urllib3's, after kube_timeout), a reset connection, a bug.
                 interval = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
                 failures += 1
-                metrics.RECONCILE_ERRORS.labels(namespace, name, "Unexpected").inc()
-                log.exception("%s/%s: poll failed; retrying in %.0fs", namespace, name, interval)
-            await _sleep(interval or DEFAULT_POLL, body, snapshot, stopped, wake)
+                metrics.RECONCILE_ERRORS.labels(namespace, name, type(exc).__name__).inc()
+                log.warning("%s/%s: poll failed (%s: %s); retrying in %.0fs", namespace, name,
+                            type(exc).__name__, exc, interval, exc_info=log.isEnabledFor(
+                                logging.DEBUG))
+            await _sleep(interval or DEFAULT_POLL, body, snapshot, stopped, wake, memo, leading)
     finally:
         if listener is not None:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
-        memo.running.discard(f"{namespace}/{name}")
-        await asyncio.to_thread(ctl.close)
-        metrics.forget(namespace, name)
+        memo.running.discard(key)
+        memo.polls.pop(key, None)
+        try:
+            await loop.run_in_executor(memo.pool, ctl.close)
+        except RuntimeError:  # the pool is shut down already (the operator is stopping)
+            ctl.close()
+        metrics.forget(namespace, name, ctl.condition_types())
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
@@ -120,14 +199,18 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
 
 
 async def _sleep(seconds: float, body: kopf.Body, seen: dict[str, Any],
-                 stopped: kopf.DaemonStopped, wake: asyncio.Event) -> None:
+                 stopped: kopf.DaemonStopped, wake: asyncio.Event, memo: kopf.Memo,
+                 leading: bool) -> None:
     """Sleep until the next poll, but wake early for a spec change (new generation), for new
-    jobs in our queues (NOTIFY; at most one early poll per MIN_POLL_GAP) or a stop."""
+    jobs in our queues (NOTIFY; at most one early poll per MIN_POLL_GAP), a change of
+    leadership (a new leader acts at once) or a stop."""
     started = time.monotonic()
     deadline = started + seconds
     generation = seen["metadata"].get("generation")
     while not stopped and time.monotonic() < deadline:
         if body.metadata.get("generation") != generation:
+            return
+        if memo.elector.is_leader != leading:
             return
         if wake.is_set() and time.monotonic() - started >= MIN_POLL_GAP:
             return
@@ -136,11 +219,13 @@ async def _sleep(seconds: float, body: kopf.Body, seen: dict[str, Any],
 
 async def _listen(ctl: QueueController, url: str, schema: str, wake: asyncio.Event) -> None:
     """LISTEN for the insert trigger's NOTIFY (channel "<schema>_jobs", payload = queue) and
-    wake the poll loop when one of our queues gets jobs: scale-from-zero then takes about a
-    second instead of a poll interval (a KEDA complaint). A pause ("<schema>_control", payload
-    "pause:<queue>") wakes it too, so the status says Paused at once; a resume already NOTIFYs
-    on "<schema>_jobs". Polling stays the source of truth; this only hastens it, so its
-    failures are retried quietly (the poll loop reports outages)."""
+    wake the poll loop when that can change the decision (scaling.notify_can_change): scale
+    from zero then takes about a second instead of a poll interval (a KEDA complaint), while
+    a stream of inserts into a queue already at maxReplicas costs no poll at all. A pause
+    ("<schema>_control", payload "pause:<queue>") wakes it too, so the status says Paused at
+    once; a resume already NOTIFYs on "<schema>_jobs". Polling stays the source of truth;
+    this only hastens it, so its failures are retried quietly (the poll loop reports
+    outages)."""
     conn = WorkerConnection(url, schema=schema, connect_timeout=5, statement_timeout=5,
                             application_name="skiplock-operator-listen")
     delay = 1.0
@@ -150,14 +235,18 @@ async def _listen(ctl: QueueController, url: str, schema: str, wake: asyncio.Eve
                 async for channel, payload in conn.listen(f"{schema}_jobs",
                                                           f"{schema}_control"):
                     delay = 1.0
+                    kind = "insert"
                     if channel == f"{schema}_control":
                         # other control messages (cancel:<id>) change no replica count
                         if not payload.startswith("pause:"):
                             continue
-                        payload = payload.removeprefix("pause:")
-                    queue = payload
+                        kind, payload = "pause", payload.removeprefix("pause:")
                     target = ctl.listen_target
-                    if target is not None and queue in target[2]:
+                    if target is None or payload not in target[2] or wake.is_set():
+                        continue
+                    if ctl.leading and notify_can_change(
+                            kind, payload, ctl.last_policy, ctl.last_replicas,
+                            ctl.paused_queues):
                         wake.set()
             except SkiplockError as exc:
                 log.debug("%s/%s: NOTIFY listener: %s", ctl.namespace, ctl.name, exc)

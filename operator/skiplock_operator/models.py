@@ -15,6 +15,8 @@ from pydantic.alias_generators import to_camel
 
 from skiplock.names import queue_problem, schema_problem
 
+from . import podtemplate
+
 _APP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -61,8 +63,21 @@ class WorkerSpec(_Model):
     # Always served: the liveness probe (GET /livez) and Prometheus (/metrics) use it.
     metrics_port: int = Field(default=9100, ge=1, le=65535)
     service_account_name: str | None = None
-    # Free-form pod template overrides, deep-merged into what the operator builds.
+    # Pod template overrides, deep-merged into what the operator builds; only the fields in
+    # podtemplate.py's allow-list (a JobQueue must not be a way to run a privileged pod).
     pod_template: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pod_template")
+    @classmethod
+    def _allowed_template(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = podtemplate.problems(v)
+        if bad:
+            raise ValueError("fields not allowed: " + "; ".join(bad) + " (podTemplate may set "
+                             "labels, annotations, scheduling, imagePullSecrets, "
+                             "secret/configMap/emptyDir/projected volumes and the worker "
+                             "container's resources, env, envFrom, volumeMounts, probes, ports; "
+                             "see docs/operator.md)")
+        return v
 
     @field_validator("app")
     @classmethod

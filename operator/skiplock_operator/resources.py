@@ -17,6 +17,19 @@ MANAGED_BY = "skiplock-operator"
 CONTAINER = "worker"
 SPEC_HASH = f"{GROUP}/worker-spec-hash"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+# On the pod template: a salted digest of the database Secret's value, so rotating the Secret
+# rolls the workers (they read it from the environment once, at start).
+SECRET_CHECKSUM = f"{GROUP}/secret-checksum"
+# `kubectl rollout restart` stamps this on the template: a restart, not drift to undo.
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 # Time the worker gets after its drain deadline to flush completions before the kubelet's
 # SIGKILL: SIGTERM -> grace for running jobs -> final flush -> exit.
 FLUSH_MARGIN_SECONDS = 10
@@ -144,7 +157,7 @@ def _merge_overrides(template: dict[str, Any], overrides: dict[str, Any],
     return out
 
 
-def pod_template(name: str, spec: JobQueueSpec) -> dict[str, Any]:
+def pod_template(name: str, spec: JobQueueSpec, secret_checksum: str = "") -> dict[str, Any]:
     w = spec.worker
     args = ["worker", w.app]
     for q in spec.queues:
@@ -156,10 +169,7 @@ def pod_template(name: str, spec: JobQueueSpec) -> dict[str, Any]:
         "args": args,
         "env": worker_env(spec),
         "resources": dict(w.resources),
-        "securityContext": {
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     if w.image_pull_policy:
         container["imagePullPolicy"] = w.image_pull_policy
@@ -169,8 +179,7 @@ def pod_template(name: str, spec: JobQueueSpec) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": w.shutdown_grace_period_seconds + FLUSH_MARGIN_SECONDS,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                            "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": copy.deepcopy(POD_SECURITY),
         "volumes": [{"name": "tmp", "emptyDir": {}}],
         "automountServiceAccountToken": False,
     }
@@ -182,7 +191,23 @@ def pod_template(name: str, spec: JobQueueSpec) -> dict[str, Any]:
         template = _merge_overrides(template, w.pod_template, port)
         # Overrides may add labels but never break the selector that ties pods to us.
         template["metadata"]["labels"].update(selector_labels(name))
+    harden(template)
+    if secret_checksum:
+        template["metadata"].setdefault("annotations", {})[SECRET_CHECKSUM] = secret_checksum
     return template
+
+
+def harden(template: dict[str, Any]) -> None:
+    """The security context, again, after the merge: podtemplate.py already refuses these
+    fields, and this keeps a future allow-list mistake from reopening them."""
+    spec = template["spec"]
+    spec["securityContext"] = copy.deepcopy(POD_SECURITY)
+    spec["automountServiceAccountToken"] = False
+    for key in ("hostNetwork", "hostPID", "hostIPC", "initContainers", "ephemeralContainers"):
+        spec.pop(key, None)
+    spec["containers"] = [c for c in spec["containers"] if c.get("name") == CONTAINER]
+    for c in spec["containers"]:
+        c["securityContext"] = copy.deepcopy(CONTAINER_SECURITY)
 
 
 def spec_hash(template: dict[str, Any]) -> str:
@@ -200,11 +225,12 @@ def owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
 
 
-def deployment(body: dict[str, Any], spec: JobQueueSpec, replicas: int) -> dict[str, Any]:
+def deployment(body: dict[str, Any], spec: JobQueueSpec, replicas: int,
+               secret_checksum: str = "") -> dict[str, Any]:
     """The whole worker Deployment. ``replicas`` is used on creation only; afterwards the
     operator changes replicas through the scale decision and nothing else."""
     name = body["metadata"]["name"]
-    template = pod_template(name, spec)
+    template = pod_template(name, spec, secret_checksum)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -238,7 +264,54 @@ def for_update(desired: dict[str, Any], existing: dict[str, Any]) -> dict[str, A
     out["metadata"]["annotations"] = {**(meta.get("annotations") or {}),
                                       **out["metadata"]["annotations"]}
     out["spec"]["replicas"] = (existing.get("spec") or {}).get("replicas", out["spec"]["replicas"])
+    restarted = template_annotations(existing).get(RESTARTED_AT)
+    if restarted:  # keep a `kubectl rollout restart` (undoing it would roll the pods again)
+        out["spec"]["template"]["metadata"].setdefault("annotations", {})[RESTARTED_AT] = \
+            restarted
     return out
+
+
+def template_annotations(dep: dict[str, Any]) -> dict[str, Any]:
+    """The pod template's annotations of a Deployment as read ({} when there are none)."""
+    tpl = (dep.get("spec") or {}).get("template") or {}
+    return dict((tpl.get("metadata") or {}).get("annotations") or {})
+
+
+def template_fingerprint(dep: dict[str, Any]) -> str:
+    """A digest of the pod template as the API server stores it (defaults filled in), minus
+    a rollout restart's stamp: it changes when someone edits the template."""
+    tpl = copy.deepcopy((dep.get("spec") or {}).get("template") or {})
+    annotations = (tpl.get("metadata") or {}).get("annotations")
+    if isinstance(annotations, dict):
+        annotations.pop(RESTARTED_AT, None)
+    return hashlib.sha256(json.dumps(tpl, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def contains(actual: Any, wanted: Any) -> bool:
+    """True if every field of ``wanted`` is in ``actual`` with the same value; ``actual`` may
+    have more (what the API server defaults). Lists must match item by item."""
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(
+            k in actual and contains(actual[k], v) for k, v in wanted.items()
+            if v not in ({}, [], None) or k in actual)
+    if isinstance(wanted, list):
+        return (isinstance(actual, list) and len(actual) == len(wanted)
+                and all(contains(a, w) for a, w in zip(actual, wanted, strict=True)))
+    return bool(actual == wanted)
+
+
+def drifted(existing: dict[str, Any], desired: dict[str, Any], applied: str | None) -> bool:
+    """Does ``existing`` need our template again? Yes when the JobQueue (or the Secret's
+    checksum) changed it, or when the stored template is not the one we last wrote
+    (``applied``, its fingerprint) — someone edited it. Without a fingerprint (the operator
+    restarted, a new leader) the test is weaker: every field we set must still hold."""
+    ours = desired["metadata"]["annotations"][SPEC_HASH]
+    if ((existing.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH) != ours:
+        return True
+    if applied is not None:
+        return template_fingerprint(existing) != applied
+    return not contains((existing.get("spec") or {}).get("template"),
+                        desired["spec"]["template"])
 
 
 def deletion_costs(pods: list[str], busy: dict[str, int]) -> dict[str, int]:

@@ -181,3 +181,21 @@ def decide(policy: Policy, load: Load | None, current: int, history: History,
 def with_seed(history: History, now: float, current: int) -> History:
     """A history that has seen ``current`` at ``now`` (used after a restart or a re-create)."""
     return replace(history, recommendations=(*history.recommendations, (now, current)))
+
+
+def notify_can_change(kind: str, queue: str, policy: Policy | None, current: int | None,
+                      paused_queues: frozenset[str]) -> bool:
+    """May a NOTIFY change the decision, so that it is worth an early poll?
+
+    ``insert`` (jobs added to ``queue``) only ever adds load, so it cannot change anything
+    when scaling is paused, the queue is paused in the database (its waiting jobs count for
+    nothing), or the workers already run at maxReplicas. ``pause`` changes the Paused
+    condition and the load: always worth it. Unknown state (no poll yet): yes.
+    """
+    if kind != "insert":
+        return True
+    if policy is None or current is None:
+        return True
+    if policy.paused or queue in paused_queues:
+        return False
+    return current < policy.max_replicas

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from skiplock import InvalidArguments, JobCancelled, JobContext, Snooze
 from skiplock.app import StopSignal
-from skiplock.client import MAX_TIMEOUT, check_timeout
+from skiplock.preparation import MAX_TIMEOUT, check_timeout
 from skiplock.worker.health import assess
 
 numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**12, 10**12))

@@ -13,13 +13,11 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
-from . import inspect as inspection
-from . import logs
+from . import inspection, logs, transitions
 from .app import load_app
+from .cli_settings import cli_database, settings_from_args, validated
 from .client import Client, user_at_host
-from .db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH, Database
+from .db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH
 from .errors import ConfigurationError, SkiplockError
 from .redact import scrub
 from .settings import Settings
@@ -29,61 +27,15 @@ from .worker.probes import serve_probes
 log = logging.getLogger("skiplock.cli")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    if getattr(args, "database_url", None):
-        overrides["database_url"] = args.database_url
-    if getattr(args, "schema", None):
-        overrides["SKIPLOCK_SCHEMA"] = args.schema  # the field's alias
-    # Validated like the environment: model_copy(update=...) skips validation, and an
-    # unchecked --schema "x -c statement_timeout=0" reached libpq's options.
-    return _validated_settings(**overrides)
-
-
-def _validated_settings(**overrides: Any) -> Settings:
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        raise settings_error(exc) from None
-
-
-def settings_error(exc: ValidationError) -> ConfigurationError:
-    """Which setting is wrong and why, named as a person sets it (never its value: the URL
-    is a secret)."""
-    problems = []
-    for e in exc.errors():
-        field = str(e["loc"][0]) if e["loc"] else "settings"
-        name = field if field.startswith("SKIPLOCK_") else f"SKIPLOCK_{field.upper()}"
-        flag = {"SKIPLOCK_SCHEMA": " (--schema)", "SKIPLOCK_DATABASE_URL": " (--database-url)"}
-        message = str(e["msg"]).removeprefix("Value error, ")
-        problems.append(f"{name}{flag.get(name, '')}: {message}")
-    return ConfigurationError("; ".join(problems))
-
-
-def _database(s: Settings) -> Database:
-    if not s.database_url:
-        raise ConfigurationError(
-            "no database URL: set SKIPLOCK_DATABASE_URL or pass --database-url "
-            "(e.g. postgresql://user:pass@localhost:5432/app)"
-        )
-    return Database(
-        s.database_url,
-        schema=s.schema_name,
-        connect_timeout=s.connect_timeout,
-        statement_timeout=s.statement_timeout,
-        application_name="skiplock-cli",
-    )
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
-    with _database(_settings(args)) as db:
+    with cli_database(settings_from_args(args)) as db:
         applied = db.migrate()
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    s = _settings(args)
+    s = settings_from_args(args)
     app = load_app(args.app)
     worker = Worker.from_settings(
         app,
@@ -120,7 +72,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         ) from None
     if not isinstance(payload, dict):
         raise SkiplockError("--args must be a JSON object of keyword arguments, e.g. '{\"n\": 1}'")
-    with Client(settings=_settings(args), validate=not args.no_validate) as client:
+    with Client(settings=settings_from_args(args), validate=not args.no_validate) as client:
         job_id = client.enqueue(
             args.task,
             payload,
@@ -159,7 +111,7 @@ def _job_filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    with _database(_settings(args)) as db:
+    with cli_database(settings_from_args(args)) as db:
         rows = db.list_jobs(**_job_filters(args), limit=args.limit)
     if args.json:
         print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2))
@@ -208,7 +160,7 @@ def cmd_jobs_bulk(args: argparse.Namespace) -> int:
     state = filters.pop("state")
     filters["states"] = [state] if state else None
     done_words, skip_words = _BULK_WORDS[action]
-    with _database(_settings(args)) as db:
+    with cli_database(settings_from_args(args)) as db:
         matched, capped = db.count_matching(**filters)
         shown = f"{'at least ' if capped else ''}{matched:,}"
         print(f"{shown} job(s) match {' '.join(given) or '(every job)'}")
@@ -248,7 +200,7 @@ def cmd_jobs_bulk(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with _database(_settings(args)) as db:
+    with cli_database(settings_from_args(args)) as db:
         stats = inspection.queue_stats(db, args.queue or ())
     if args.json:
         print(json.dumps([{k: _jsonable(v) for k, v in s.as_dict().items()} for s in stats],
@@ -289,7 +241,7 @@ def _utc(t: dt.datetime) -> str:
 
 
 def cmd_queue_pause(args: argparse.Namespace) -> int:
-    with Client(settings=_settings(args)) as client:
+    with Client(settings=settings_from_args(args)) as client:
         p = client.pause_queue(args.queue, args.reason, by=f"cli {user_at_host()}")
     if p.newly_paused:
         print(f"queue {_shown(p.queue)} paused: workers stop claiming from it; running jobs "
@@ -301,7 +253,7 @@ def cmd_queue_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_resume(args: argparse.Namespace) -> int:
-    with Client(settings=_settings(args)) as client:
+    with Client(settings=settings_from_args(args)) as client:
         if client.resume_queue(args.queue):
             print(f"queue {_shown(args.queue)} resumed: workers claim from it again")
             return 0
@@ -312,7 +264,7 @@ def cmd_queue_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    with Client(settings=_settings(args)) as client:
+    with Client(settings=settings_from_args(args)) as client:
         paused = client.paused_queues()
     if args.json:
         print(json.dumps([{"queue": p.queue, "paused_at": p.paused_at.isoformat(),
@@ -329,45 +281,35 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    with _database(_settings(args)) as db:
-        if db.retry_job(args.job_id):
-            print(f"job {args.job_id} queued again")
-            return 0
-        state = db.job_state(args.job_id)
-    if state is None:
-        raise SkiplockError(f"job {args.job_id} does not exist")
-    raise SkiplockError(f"job {args.job_id} is {state}; only dead or cancelled jobs can be retried")
+    with cli_database(settings_from_args(args)) as db:
+        answer = transitions.retry(db, args.job_id)
+    if answer.outcome is not transitions.Outcome.DONE:
+        raise SkiplockError(answer.message)
+    print(answer.message)
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with Client(settings=_settings(args)) as client:
-        done = client.cancel(args.job_id, args.reason, by=f"cli {user_at_host()}")
-        if done == "cancelled":
-            print(f"job {args.job_id} cancelled")
-            return 0
-        if done == "requested":
-            print(f"job {args.job_id} is running: cancel requested; its worker stops the "
-                  "handler and the job ends cancelled")
-            return 0
-        job = client.get_job(args.job_id)
-    if job is None:
-        raise SkiplockError(f"job {args.job_id} does not exist")
-    if job["state"] == "running":
-        raise SkiplockError(f"job {args.job_id}: a cancel was already requested "
-                            f"({job.get('cancel_reason') or '?'}); its worker is stopping it")
-    raise SkiplockError(f"job {args.job_id} is {job['state']}; only queued or running jobs "
-                        "can be cancelled")
+    who = transitions.requester(f"cli {user_at_host()}", args.reason)
+    with cli_database(settings_from_args(args)) as db:
+        answer = transitions.cancel(db, args.job_id, who)
+    # Asked before is an error here, unlike in the API: whoever typed it learns that their
+    # cancel changed nothing, and who asked first.
+    if answer.outcome not in (transitions.Outcome.DONE, transitions.Outcome.REQUESTED):
+        raise SkiplockError(answer.message)
+    print(answer.message)
+    return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    s = _settings(args)
+    s = settings_from_args(args)
     retention = args.older_than if args.older_than is not None else s.retention_seconds
     keys_retention = (args.keys_older_than if args.keys_older_than is not None
                       else s.idempotency_retention)
     if not keys_retention >= 0:  # also NaN: a negative age would delete every unused key
         raise ConfigurationError(
             f"--keys-older-than must be a number of seconds >= 0, got {keys_retention}")
-    with _database(s) as db:
+    with cli_database(s) as db:
         n = db.prune_finished(retention)
         # After the jobs: a key is kept while its job exists, so this frees the keys of the
         # jobs just pruned once the keys are past their own retention.
@@ -380,7 +322,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(_settings(args).database_url, workers=args.workers, jobs=args.jobs)
+    return run_demo(settings_from_args(args).database_url, workers=args.workers, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        s = _validated_settings()
+        s = validated(Settings, {})
         logs.configure(args.log_level or s.log_level, s.log_json)
         return int(args.func(args))
     except (SkiplockError, ValueError) as exc:

@@ -211,12 +211,18 @@ def test_retry_and_cancel(api: httpx.Client, sql: Sql) -> None:
     assert asked is not None and r.json()["cancel_reason"] == "the HTTP API"
     again = api.post(f"/v1/jobs/{s['running']}/cancel", headers=AUTH)
     assert again.status_code == 200 and again.json()["cancel_requested_at"] == asked
-    r = api.post(f"/v1/jobs/{s['succeeded']}/cancel", headers=AUTH)
-    assert r.status_code == 409 and "succeeded" in r.json()["error"]
-    r = api.post(f"/v1/jobs/{s['succeeded']}/retry", headers=AUTH)
-    assert r.status_code == 409 and "succeeded" in r.json()["error"]
-    assert api.post("/v1/jobs/999999/retry", headers=AUTH).status_code == 404
-    assert api.post("/v1/jobs/999999/cancel", headers=AUTH).status_code == 404
+    # The words `skiplock cancel` and `skiplock retry` print (tests/integration/test_cli_jobs.py).
+    done = s["succeeded"]
+    r = api.post(f"/v1/jobs/{done}/cancel", headers=AUTH)
+    assert (r.status_code, r.json()["error"]) == (
+        409, f"job {done} is succeeded; only queued or running jobs can be cancelled")
+    r = api.post(f"/v1/jobs/{done}/retry", headers=AUTH)
+    assert (r.status_code, r.json()["error"]) == (
+        409, f"job {done} is succeeded; only dead or cancelled jobs can be retried")
+    for action in ("retry", "cancel"):
+        r = api.post(f"/v1/jobs/999999/{action}", headers=AUTH)
+        assert (r.status_code, r.json()["error"]) == (
+            404, "job 999999 does not exist (it may have been pruned)")
     assert api.get("/v1/jobs/999999").status_code == 404
     assert sql("SELECT state::text, cancel_reason FROM jobs WHERE id = %s", s["running"]) == [
         ("running", "the HTTP API")]
@@ -276,7 +282,7 @@ def test_openapi_document_lists_the_endpoints(api: httpx.Client) -> None:
 
 def test_cli_stats_metrics_and_api_report_the_same_numbers(api: httpx.Client, sql: Sql,
                                                            database_url: str) -> None:
-    # One shared query (skiplock.inspect.queue_stats) behind all three views.
+    # One shared query (skiplock.inspection.queue_stats) behind all three views.
     seed(sql)
     env = {**os.environ, "SKIPLOCK_DATABASE_URL": database_url,
            "PYTHONPATH": f"{ROOT}:{ROOT / 'worker'}"}

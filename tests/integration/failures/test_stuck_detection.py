@@ -1,6 +1,6 @@
 """Stuck jobs / silent failures: each stuck condition is created for real (a SIGKILLed worker
 leaves a running job with an expired lease; a struggling job sits at a high retry count; a
-poison job goes dead), and every detection path reports exactly those jobs: skiplock.inspect,
+poison job goes dead), and every detection path reports exactly those jobs: skiplock.inspection,
 `skiplock stats --json` / `skiplock jobs --json`, the workers' Prometheus metrics, the queue
 gauges the API exports, the API's job filters and the dashboard's jobs filter (/ui/jobs)."""
 
@@ -15,8 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from skiplock import Client
-from skiplock import inspect as inspection
+from skiplock import Client, inspection
 from skiplock.db import Database
 from tests.conftest import ROOT
 from tests.integration.failures.conftest import WORKER_ARGS, wait_workers_ready
@@ -103,7 +102,7 @@ def test_detection_reports_exactly_the_stuck_jobs(database_url, audited, spawn_w
                and sql("SELECT locked_until < now() FROM jobs WHERE id = %s", stuck)[0][0],
                30, "the dead, high-retry and stuck conditions")
 
-    # 1. The queries (skiplock.inspect and the list filters).
+    # 1. The queries (skiplock.inspection and the list filters).
     with Database(database_url) as db:
         stats = {s.queue: s.as_dict() for s in inspection.queue_stats(db)}
         assert stats["default"] == {

@@ -54,6 +54,10 @@ def _install(api: client.ApiClient, deploy: Path) -> None:
             rbac.create_cluster_role(doc)
         elif kind == "ClusterRoleBinding":
             rbac.create_cluster_role_binding(doc)
+        elif kind == "Role":
+            rbac.create_namespaced_role(doc["metadata"]["namespace"], doc)
+        elif kind == "RoleBinding":
+            rbac.create_namespaced_role_binding(doc["metadata"]["namespace"], doc)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         crd = ext.read_custom_resource_definition("jobqueues.skiplock.dev")
@@ -72,6 +76,15 @@ def operator_env(envtest: EnvTest, admin: client.ApiClient,
     monkeypatch.setenv("SKIPLOCK_OPERATOR_WARNING_REPEAT_SECONDS", "0")
     monkeypatch.setenv("SKIPLOCK_OPERATOR_WATCH_SERVER_TIMEOUT", "30")
     monkeypatch.setenv("SKIPLOCK_OPERATOR_WATCH_CLIENT_TIMEOUT", "40")
+    # Every poll writes its status (the tests watch lastPollTime move); the default 60 s
+    # heartbeat has tests of its own (test_operator_ha.py, tests/unit/test_operator_*).
+    monkeypatch.setenv("SKIPLOCK_OPERATOR_STATUS_HEARTBEAT_SECONDS", "0")
+    # Leader election on, as deployed, on the Lease deploy/20-rbac.yaml grants; short times
+    # so a test starting after another's operator never waits long for the Lease.
+    monkeypatch.setenv("SKIPLOCK_OPERATOR_LEASE_NAMESPACE", "skiplock")
+    monkeypatch.setenv("SKIPLOCK_OPERATOR_LEASE_DURATION_SECONDS", "3")
+    monkeypatch.setenv("SKIPLOCK_OPERATOR_RENEW_DEADLINE_SECONDS", "2")
+    monkeypatch.setenv("SKIPLOCK_OPERATOR_RETRY_PERIOD_SECONDS", "0.5")
 
 
 @pytest.fixture

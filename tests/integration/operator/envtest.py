@@ -28,6 +28,8 @@ from tests.support.pgserver import free_port
 
 BUILD_SCRIPT = "e2e/toolchain/tools.sh"
 OPERATOR_USER = "system:serviceaccount:skiplock:skiplock-operator"
+# A user with only the RBAC a test grants it (tests of missing permissions).
+RESTRICTED_USER = "system:serviceaccount:skiplock:restricted"
 
 
 def kube_bin_dir() -> Path:
@@ -57,12 +59,14 @@ def make_certs(d: Path) -> None:
 
 
 class EnvTest:
-    def __init__(self) -> None:
+    def __init__(self, apiserver_args: tuple[str, ...] = ()) -> None:
+        self.apiserver_args = apiserver_args
         self.bin = kube_bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="skiplock-envtest-"))
         self.etcd_port, self.peer_port, self.port = free_port(), free_port(), free_port()
         self.admin_token = secrets.token_hex(16)
         self.operator_token = secrets.token_hex(16)
+        self.restricted_token = secrets.token_hex(16)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
@@ -83,7 +87,8 @@ class EnvTest:
         make_certs(self.root)
         (self.root / "tokens.csv").write_text(
             f'{self.admin_token},admin,admin,"system:masters"\n'
-            f'{self.operator_token},{OPERATOR_USER},op,"system:serviceaccounts"\n')
+            f'{self.operator_token},{OPERATOR_USER},op,"system:serviceaccounts"\n'
+            f'{self.restricted_token},{RESTRICTED_USER},restricted,"system:authenticated"\n')
         self._spawn("etcd", [
             "--name", "envtest", "--data-dir", str(self.root / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
@@ -108,10 +113,11 @@ class EnvTest:
             # No controller-manager creates service accounts: pods must not need one.
             "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true", "--enable-priority-and-fairness=false",
-            "--v=0",
+            "--v=0", *self.apiserver_args,
         ])
         self.write_kubeconfig("admin", self.admin_token)
         self.write_kubeconfig("operator", self.operator_token)
+        self.write_kubeconfig("restricted", self.restricted_token)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 90) -> None:
@@ -152,15 +158,21 @@ class EnvTest:
     def kubeconfig(self, user: str) -> Path:
         return self.root / f"{user}.kubeconfig"
 
-    def write_kubeconfig(self, user: str, token: str) -> None:
+    def write_kubeconfig(self, user: str, token: str, server: str | None = None,
+                         name: str | None = None) -> Path:
+        """A kubeconfig for ``user``; ``server`` e.g. a proxy in front of the API server (the
+        serving cert is for 127.0.0.1, so a loopback proxy verifies the same)."""
         cfg = {
             "apiVersion": "v1", "kind": "Config", "current-context": "envtest",
             "clusters": [{"name": "envtest", "cluster": {
-                "server": self.server, "certificate-authority": str(self.root / "ca.crt")}}],
+                "server": server or self.server,
+                "certificate-authority": str(self.root / "ca.crt")}}],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": user}}],
         }
-        self.kubeconfig(user).write_text(yaml.safe_dump(cfg))
+        path = self.kubeconfig(name or user)
+        path.write_text(yaml.safe_dump(cfg))
+        return path
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -175,14 +187,14 @@ class EnvTest:
 
 
 @contextlib.contextmanager
-def running_envtest() -> Iterator[EnvTest]:
+def running_envtest(apiserver_args: tuple[str, ...] = ()) -> Iterator[EnvTest]:
     """A started etcd + kube-apiserver; fails the test (never skips) when they are not built."""
     missing = missing_binaries()
     if missing:
         pytest.fail(f"Kubernetes test binaries missing: {', '.join(missing)}. Build them with "
                     f"`bash {BUILD_SCRIPT} etcd apiserver` (or set SKIPLOCK_KUBE_BIN_DIR to a "
                     "directory holding etcd and kube-apiserver).", pytrace=False)
-    env = EnvTest()
+    env = EnvTest(apiserver_args)
     try:
         env.start()
         yield env
@@ -194,7 +206,11 @@ class OperatorThread:
     """The real operator (skiplock_operator.handlers under kopf) in a thread of this process."""
 
     def __init__(self, kubeconfig: Path) -> None:
+        import kopf
+
         self.kubeconfig = kubeconfig
+        # Ours, so a test can reach the operator's state (memo.elector, memo.polls).
+        self.memo = kopf.Memo()
         self.liveness_port = free_port()
         self.stop_flag = threading.Event()
         self.ready = threading.Event()
@@ -209,6 +225,7 @@ class OperatorThread:
         try:
             asyncio.run(kopf.operator(
                 standalone=True, clusterwide=True, stop_flag=self.stop_flag, ready_flag=self.ready,
+                memo=self.memo,
                 liveness_endpoint=f"http://127.0.0.1:{self.liveness_port}/healthz"))
         except BaseException as exc:
             self.error = exc
@@ -223,6 +240,90 @@ class OperatorThread:
         self.thread.join(timeout)
         if self.thread.is_alive():
             raise RuntimeError(f"operator did not stop within {timeout}s")
+
+
+class BlackholeProxy:
+    """A TCP proxy on loopback in front of the API server that can stop forwarding: after
+    ``blackhole()`` it accepts connections and reads what comes, but forwards nothing either
+    way, like a half-open connection or a dead route. ``restore()`` forwards again (for new
+    connections; the stalled ones stay stalled, as after a real outage)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.blackholed = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="blackhole-proxy", daemon=True)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("proxy did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        self._started.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        for w in list(self._writers):
+            w.close()
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        self._loop.stop()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    stalled: bool) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                if stalled or self.blackholed.is_set():
+                    stalled = True  # once stalled, a connection never carries a byte again
+                    continue
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(OSError):
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if self.blackholed.is_set():
+            await self._pipe(reader, writer, stalled=True)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+        await asyncio.gather(self._pipe(reader, up_writer, False),
+                             self._pipe(up_reader, writer, False))
+
+    def blackhole(self) -> None:
+        self.blackholed.set()
+
+    def restore(self) -> None:
+        self.blackholed.clear()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        self._thread.join(10)
 
 
 def load_yaml_docs(path: Path) -> list[dict[str, Any]]:

@@ -52,7 +52,10 @@ def test_kubectl_apply_deploy_dir(fresh: EnvTest, fresh_admin: client.ApiClient)
     assert "jobqueue.skiplock.dev/demo created" in r.stdout, r.stdout
     apps = client.AppsV1Api(admin)
     dep = apps.read_namespaced_deployment("skiplock-operator", "skiplock")
-    assert dep.spec.strategy.type == "Recreate" and dep.spec.replicas == 1
+    # two replicas with leader election: a rolling update keeps one up
+    assert dep.spec.strategy.type == "RollingUpdate" and dep.spec.replicas == 2
+    env = {e.name for e in dep.spec.template.spec.containers[0].env}
+    assert {"POD_NAME", "SKIPLOCK_OPERATOR_LEASE_NAMESPACE"} <= env, env
     assert apps.read_namespaced_stateful_set("skiplock-postgres", "skiplock")
     # defaults from the schema were filled in by the API server
     jq = client.CustomObjectsApi(admin).get_namespaced_custom_object(

@@ -77,7 +77,7 @@ def test_creates_owned_deployment_with_status(cluster: Cluster, operator: Operat
     status = cluster.status("emails")
     assert status["observedGeneration"] == cluster.jobqueue("emails")["metadata"]["generation"]
     assert {c["type"] for c in status["conditions"]} == {"Ready", "DatabaseReachable", "Scaling",
-                                                         "QueuesPaused"}
+                                                         "Active", "Fallback", "Paused"}
     assert status["paused"] is False
     assert status["backlog"] == 0 and status["inFlight"] == 0 and status["desiredReplicas"] == 1
     # printer columns: what `kubectl get jq` shows
@@ -85,16 +85,18 @@ def test_creates_owned_deployment_with_status(cluster: Cluster, operator: Operat
         f"/apis/skiplock.dev/v1alpha1/namespaces/{cluster.ns}/jobqueues",
         accept="application/json;as=Table;v=v1;g=meta.k8s.io"))
     columns = [c["name"] for c in table["columnDefinitions"] if c["priority"] == 0]
-    assert columns == ["Name", "Queues", "Backlog", "In-Flight", "Replicas", "Desired", "Ready",
-                       "Paused", "Age"]
-    assert table["rows"][0]["cells"][1:8] == ["default", 0, 0, 1, 1, 0, False]
+    assert columns == ["Name", "Queues", "Backlog", "In-Flight", "Desired", "Replicas",
+                       "Available", "Ready", "Paused", "Age"]
+    # no controller-manager: the Deployment reports no pods, and status says so
+    assert table["rows"][0]["cells"][1:9] == ["default", 0, 0, 1, 0, 0, "True", "False"]
     no_secret_in(cluster, "emails")
 
     # liveness endpoint (kopf's, with our probe) and Prometheus metrics
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz",
                                 timeout=5) as resp:
         assert resp.status == 200
-        assert json.loads(resp.read())["jobqueues"] >= 1
+        answer = json.loads(resp.read())["jobqueues"]
+        assert answer["count"] >= 1 and answer["leader"] is True
     metrics = generate_latest().decode()
     assert f'skiplock_operator_desired_replicas{{jobqueue="emails",namespace="{cluster.ns}"}} 1.0' \
         in metrics
@@ -323,7 +325,7 @@ def test_queues_paused_in_the_database(cluster: Cluster, operator: OperatorThrea
                message="2 replicas for 100 jobs", interval=0.2)
 
     def condition() -> dict[str, Any]:
-        return cluster.condition("hushed", "QueuesPaused") or {}
+        return cluster.condition("hushed", "Paused") or {}
 
     with Client(database_url) as client:
         client.pause_queue("default", "one of two", by="test")
@@ -345,7 +347,7 @@ def test_queues_paused_in_the_database(cluster: Cluster, operator: OperatorThrea
             f"/apis/skiplock.dev/v1alpha1/namespaces/{cluster.ns}/jobqueues",
             accept="application/json;as=Table;v=v1;g=meta.k8s.io"))
         names = [col["name"] for col in table["columnDefinitions"]]
-        assert table["rows"][0]["cells"][names.index("Paused")] is True
+        assert table["rows"][0]["cells"][names.index("Paused")] == "True"
         assert [e.message for e in cluster.events("QueuesPaused")], "no QueuesPaused event"
 
         # 400 more wait: nothing scales up for them.
@@ -454,7 +456,7 @@ def test_rejected_pod_template_is_a_condition(cluster: Cluster, operator: Operat
                interval=0.2)
     # a bad update is refused too, but the running Deployment keeps being scaled
     cluster.patch_jobqueue("picky", {"spec": {"worker": {"podTemplate": {
-        "spec": {"containers": [{"name": "worker", "image": ""}]}}}}})
+        "spec": {"containers": [{"name": "worker", "ports": [{"containerPort": 70000}]}]}}}}})
     wait_until(rejected, 30, message="Ready=False DeploymentRejected on update", interval=0.2)
     enqueue(sql, 100)
     wait_until(lambda: cluster.replicas("picky-worker") == 4, 30,

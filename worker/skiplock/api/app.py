@@ -6,12 +6,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, TypeVar
 
-import anyio
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -19,105 +15,29 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as prometheus_text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from .. import inspect as inspection
+from .. import __version__, inspection
 from ..client import Client
 from ..db import Database, QueryScope, query_scope
 from ..errors import (
     DatabaseUnavailable,
-    EnqueueOutcomeUnknown,
     IdempotencyConflict,
     InvalidArguments,
     InvalidTransition,
     JobNotFound,
-    SchemaMissing,
     SkiplockError,
     UnknownTask,
 )
 from ..metrics import QueueStatsCollector
+from ..preparation import Catalogue
 from ..settings import Settings
-from . import access
+from . import access, dashboard, routes
 from .config import ApiSettings
+from .deps import HERE, ApiState, blocking, public_unavailable, state_of
 from .history import BacklogHistory
 from .limits import BodyLimit
 from .models import FieldProblem, IdempotencyProblem, Problem
 
 log = logging.getLogger("skiplock.api")
-HERE = Path(__file__).resolve().parent
-
-
-@dataclass
-class ApiState:
-    db: Database
-    client: Client
-    api: ApiSettings
-    history: BacklogHistory
-    registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
-
-
-T = TypeVar("T")
-
-
-async def blocking(st: ApiState, work: Callable[[], T], *, mutating: bool = False) -> T:
-    """Run database work in a thread, with a deadline.
-
-    A database that stops answering without closing the connection (a dropped route, a frozen
-    host, a proxy that swallows packets) would otherwise hold the request until TCP gives up,
-    minutes later. At the deadline the request answers 503, the thread is abandoned and the
-    queries it runs are cancelled (QueryScope), so it does not hold a connection until the
-    statement timeout. Work that is not ``mutating`` runs on the read pool, so slow reads
-    cannot take the connections enqueue needs.
-    """
-    scope = QueryScope(read_only=not mutating)
-
-    def scoped() -> T:
-        with query_scope(scope):
-            return work()
-
-    try:
-        with anyio.fail_after(st.api.request_timeout):
-            return await anyio.to_thread.run_sync(scoped, abandon_on_cancel=True)
-    except TimeoutError:
-        scope.cancel_soon(st.db.connect_timeout)
-        outcome = ("the change may or may not have been made: retry with the same "
-                   "Idempotency-Key to make the retry safe" if mutating else "nothing was changed")
-        raise ApiDeadline(
-            f"the database did not answer within {st.api.request_timeout:g}s; {outcome}"
-        ) from None
-
-
-class ApiDeadline(DatabaseUnavailable):
-    """The request deadline passed; its message is the API's own (no user, host or driver
-    text), so a caller may read it."""
-
-
-def public_unavailable(exc: DatabaseUnavailable, doing: str) -> str:
-    """What an anonymous caller may learn of a database failure: what to do, never the user,
-    host, port or database, nor the driver's text (which names them). The whole, redacted
-    message is logged for whoever runs the API."""
-    log.warning("%s: %s", doing, exc)
-    if isinstance(exc, ApiDeadline):
-        return str(exc)
-    if isinstance(exc, EnqueueOutcomeUnknown):
-        return ("database unreachable while committing: the change may or may not have been "
-                "made; retry with the same Idempotency-Key to make the retry safe")
-    if isinstance(exc, SchemaMissing):
-        return ("database unreachable: the Skiplock tables are missing (whoever runs this API "
-                "must run `skiplock migrate`); the API log has the details")
-    return "database unreachable; try again later (the API log has the details)"
-
-
-def state_of(request: Request) -> ApiState:
-    st: ApiState = request.app.state.skiplock
-    return st
-
-
-State = Annotated[ApiState, Depends(state_of)]
-# The access rules live in access.py; these names are what routes and pages depend on.
-require_token = access.require_write
-require_read = access.require_read
 
 
 def _problem(status: int, message: str, fields: Sequence[FieldProblem] = (),
@@ -202,16 +122,14 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     a = api or ApiSettings()
     # A statement never outlives the request that waits for it (the deadline also cancels it;
     # this bounds a query whose cancel request was lost).
-    s = s.model_copy(update={"statement_timeout": min(s.statement_timeout, a.request_timeout)})
-    if not s.database_url:
-        from ..errors import ConfigurationError
-
-        raise ConfigurationError(
-            "no database URL: set SKIPLOCK_DATABASE_URL or pass --database-url")
-    db = Database(s.database_url, schema=s.schema_name, connect_timeout=s.connect_timeout,
-                  statement_timeout=s.statement_timeout, max_size=a.pool_size,
-                  application_name="skiplock-api", read_pool_size=a.read_pool_size)
-    client = Client(settings=s)
+    statement_timeout = min(s.statement_timeout, a.request_timeout)
+    db = Database.from_settings(s, application_name="skiplock-api",
+                                statement_timeout=statement_timeout, max_size=a.pool_size,
+                                read_pool_size=a.read_pool_size)
+    # Pause and resume go through the Client (its name rules); its statements are bounded
+    # like the API's own. model_copy skips validation, which is safe for this one field: the
+    # smaller of two validated timeouts is within both fields' bounds.
+    client = Client(settings=s.model_copy(update={"statement_timeout": statement_timeout}))
 
     def sample() -> list[inspection.QueueStats]:
         with query_scope(QueryScope(read_only=True)):
@@ -226,8 +144,10 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     latency = Histogram("skiplock_api_request_duration_seconds", "HTTP request latency",
                         ["method", "route"], registry=registry,
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-    st = ApiState(db=db, client=client, api=a, history=history, registry=registry,
-                  requests=requests, latency=latency)
+    # The catalogue is read on the Client's connections, as the Client's own is: a burst of
+    # catalogue reads cannot take the pool that enqueue writes through.
+    st = ApiState(db=db, client=client, catalogue=Catalogue(client.db.list_tasks), api=a,
+                  history=history, registry=registry, requests=requests, latency=latency)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -272,8 +192,6 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                 "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
-
-    from . import dashboard, routes
 
     app.include_router(routes.router)
     app.include_router(dashboard.router)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# The settings the flags of `skiplock api` override, named in their errors.
+API_FLAGS = {"SKIPLOCK_API_HOST": "--host", "SKIPLOCK_API_PORT": "--port",
+             "SKIPLOCK_API_TRUSTED_HOSTS": "--trusted-host",
+             "SKIPLOCK_API_INSECURE_NO_TOKEN": "--insecure-no-token"}
+
 
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..cli import _settings
+    from ..cli_settings import settings_from_args, validated
     from .access import check_bind
     from .app import create_app
     from .config import ApiSettings
@@ -23,10 +28,11 @@ def cmd_api(args: argparse.Namespace) -> int:
         overrides["insecure_no_token"] = True
     if args.trusted_host:
         overrides["trusted_hosts"] = args.trusted_host
-    # Constructed, not model_copy'd: the flags are validated like the environment is.
-    api = ApiSettings(**overrides)
+    # Constructed, not model_copy'd: the flags are validated like the environment is, and a
+    # bad one is named with its variable and flag (never its value: tokens are secrets).
+    api = validated(ApiSettings, overrides, prefix="SKIPLOCK_API_", flags=API_FLAGS)
     check_bind(api)
-    app = create_app(_settings(args), api)
+    app = create_app(settings_from_args(args), api)
     # log_config=None keeps the logging that skiplock.cli configured (text or JSON lines).
     uvicorn.run(app, host=api.host, port=api.port, log_config=None,
                 access_log=args.access_log, proxy_headers=False, timeout_graceful_shutdown=10)

@@ -17,10 +17,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
-from .. import inspect as inspection
+from .. import inspection
 from ..errors import DatabaseUnavailable, JobNotFound
 from . import access, charts, service
-from .app import HERE, State, blocking, public_unavailable
+from .deps import HERE, State, blocking, public_unavailable
 from .models import BIGINT_MAX, INT_MAX, JobState, SessionIn, check_text
 
 router = APIRouter(include_in_schema=False)

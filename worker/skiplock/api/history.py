@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import SkiplockError
-from ..inspect import QueueStats
+from ..inspection import QueueStats
 
 log = logging.getLogger("skiplock.api.history")
 

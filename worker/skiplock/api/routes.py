@@ -19,8 +19,9 @@ from ..errors import (
     UnknownTask,
 )
 from ..names import QUEUE_PATTERN
+from ..preparation import prepare_job
 from . import service
-from .app import State, blocking, public_unavailable, require_read, require_token
+from .deps import State, blocking, public_unavailable, require_read, require_token
 from .models import (
     BIGINT_MAX,
     BatchIn,
@@ -114,10 +115,12 @@ def _prepare(st: State, job: JobIn, unique_key: str | None, where: str) -> NewJo
     """``where`` is the field prefix in a batch (``jobs[3].``), empty for a single job."""
     prefix = f"{where.rstrip('.')}: " if where else ""
     try:
-        # Client._prepare is the Python client's own validation (catalogue, arguments), so an
-        # HTTP producer is held to exactly the same rules.
-        return st.client._prepare(job.task, job.args, job.queue, job.priority, job.max_attempts,
-                                  job.run_at, job.delay, unique_key, None, job.timeout)
+        # The Python Client's own preparation (names, sizes, catalogue, arguments), so an HTTP
+        # producer is held to exactly the same rules.
+        return prepare_job(job.task, job.args, queue=job.queue, priority=job.priority,
+                           max_attempts=job.max_attempts, run_at=job.run_at, delay=job.delay,
+                           unique_key=unique_key, timeout=job.timeout,
+                           max_args_bytes=st.client.max_args_bytes, catalogue=st.catalogue)
     except UnknownTask as exc:
         raise _FieldError(f"{where}task", f"{prefix}{exc}") from None
     except InvalidArguments as exc:

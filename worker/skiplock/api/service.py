@@ -1,4 +1,4 @@
-"""What the JSON API and the dashboard both do, on top of skiplock.db and skiplock.inspect."""
+"""What the JSON API and the dashboard both do, on top of skiplock.db and skiplock.inspection."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .. import inspect as inspection
+from .. import inspection, transitions
 from ..client import Client
 from ..db import Database
-from ..errors import InvalidTransition, JobNotFound
+from ..errors import JobNotFound
 from .history import BacklogHistory
 from .models import (
     AttemptError,
@@ -117,22 +117,19 @@ def job_detail(db: Database, job_id: int) -> JobDetail:
 
 
 def retry(db: Database, job_id: int) -> JobDetail:
-    if db.retry_job(job_id) is None:
-        state = db.job_state(job_id)
-        if state is None:
-            raise JobNotFound(f"job {job_id} does not exist (it may have been pruned)")
-        raise InvalidTransition(
-            f"job {job_id} is {state}; only dead or cancelled jobs can be retried")
+    """404 (JobNotFound) or 409 (InvalidTransition) when it cannot be retried."""
+    refusal = transitions.retry(db, job_id).refusal()
+    if refusal is not None:
+        raise refusal
     return job_detail(db, job_id)
 
 
 def cancel(db: Database, job_id: int, by: str = "the HTTP API") -> JobDetail:
-    if db.cancel_job(job_id, by) is None:
-        detail = job_detail(db, job_id)  # JobNotFound when there is none
-        if detail.state == "running":
-            return detail  # asked already: the same answer again, nothing changed
-        raise InvalidTransition(
-            f"job {job_id} is {detail.state}; only queued or running jobs can be cancelled")
+    """As retry; a running job asked to stop before gets the same answer again (200, nothing
+    changed), so that a repeated cancel is safe."""
+    refusal = transitions.cancel(db, job_id, by).refusal()
+    if refusal is not None:
+        raise refusal
     return job_detail(db, job_id)
 
 

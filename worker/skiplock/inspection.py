@@ -1,0 +1,114 @@
+"""Backlog, in-flight, stuck, high-retry and dead counts: one piece of code for the CLI, the
+API, the metrics and the operator."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .db import Database
+
+# Above this many jobs a count changes no scaling decision; capping keeps it cheap at 1M rows.
+DEFAULT_COUNT_CAP = 100_000
+HIGH_RETRY_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queue: str
+    runnable: int  # queued with run_at <= now()
+    scheduled: int  # queued for later (delayed or waiting for a retry)
+    in_flight: int  # running with a live lease
+    stuck: int  # running with an expired lease: its worker is gone
+    dead: int
+    dead_last_hour: int
+    high_retry: int  # not finished, attempts >= HIGH_RETRY_ATTEMPTS
+    oldest_runnable_age: float | None  # seconds, database time
+    # queued, but no live worker can run them (unknown task, arguments no registered signature
+    # takes): they wait for one, then go dead after a grace period. Part of runnable/scheduled.
+    waiting_for_worker: int = 0
+    # skiplock queue pause: no worker claims from it (running jobs finish); who and when
+    paused: bool = False
+    paused_at: dt.datetime | None = None
+    paused_by: str | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Work no worker is doing now: runnable plus stuck (stuck jobs get re-claimed)."""
+        return self.runnable + self.stuck
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "backlog": self.backlog}
+
+
+def queue_stats(
+    db: Database,
+    queues: Sequence[str] = (),
+    *,
+    cap: int = DEFAULT_COUNT_CAP,
+    high_attempts: int = HIGH_RETRY_ATTEMPTS,
+) -> list[QueueStats]:
+    """Per-queue counts; with no queues named, every queue that has tasks or live jobs, and
+    every paused queue (a queue paused before its first job must still show, or it could not
+    be resumed from the dashboard)."""
+    rows = db.queue_stats(queues, cap=cap, high_attempts=high_attempts)
+    paused = {p["queue"]: p for p in db.paused_queues()}
+    if not queues:
+        missing = sorted(set(paused) - {r["queue"] for r in rows})
+        if missing:
+            rows = sorted([*rows, *db.queue_stats(missing, cap=cap, high_attempts=high_attempts)],
+                          key=lambda r: str(r["queue"]))
+    return [
+        QueueStats(
+            queue=r["queue"],
+            runnable=int(r["runnable"]),
+            scheduled=int(r["scheduled"]),
+            in_flight=int(r["in_flight"]),
+            stuck=int(r["stuck"]),
+            dead=int(r["dead"]),
+            dead_last_hour=int(r["dead_last_hour"]),
+            high_retry=int(r["high_retry"]),
+            oldest_runnable_age=(
+                float(r["oldest_runnable_age"]) if r["oldest_runnable_age"] is not None else None
+            ),
+            waiting_for_worker=int(r["waiting_for_worker"]),
+            paused=r["queue"] in paused,
+            paused_at=paused[r["queue"]]["paused_at"] if r["queue"] in paused else None,
+            paused_by=paused[r["queue"]]["paused_by"] if r["queue"] in paused else None,
+        )
+        for r in rows
+    ]
+
+
+def totals(stats: Sequence[QueueStats]) -> QueueStats:
+    """All queues added up (oldest age is the maximum); paused when every one of them is."""
+    ages = [s.oldest_runnable_age for s in stats if s.oldest_runnable_age is not None]
+    return QueueStats(
+        queue="*",
+        runnable=sum(s.runnable for s in stats),
+        scheduled=sum(s.scheduled for s in stats),
+        in_flight=sum(s.in_flight for s in stats),
+        stuck=sum(s.stuck for s in stats),
+        dead=sum(s.dead for s in stats),
+        dead_last_hour=sum(s.dead_last_hour for s in stats),
+        high_retry=sum(s.high_retry for s in stats),
+        oldest_runnable_age=max(ages) if ages else None,
+        waiting_for_worker=sum(s.waiting_for_worker for s in stats),
+        paused=bool(stats) and all(s.paused for s in stats),
+    )
+
+
+def pod_of(worker_id: str) -> str:
+    """The pod (or host) name part of a worker id ``name:pid:suffix``."""
+    return worker_id.rsplit(":", 2)[0]
+
+
+def busy_pods(db: Database, queues: Sequence[str]) -> dict[str, int]:
+    """Running jobs with live leases per pod name (for idle-first scale-down)."""
+    counts: dict[str, int] = {}
+    for worker_id, n in db.busy_workers(queues).items():
+        pod = pod_of(worker_id)
+        counts[pod] = counts.get(pod, 0) + n
+    return counts

@@ -1,0 +1,196 @@
+"""Job preparation: every check a job passes before it is stored, and the task catalogue it
+is checked against. One code path for the Python Client and the HTTP API, so an HTTP producer
+is held to exactly the rules a Python one is."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .catalogue import check_known, validate_args
+from .db import NewJob
+from .errors import InvalidArguments
+from .idempotency import check_key
+from .names import queue_problem, task_problem
+
+# Strict (no default=): what it cannot encode is an error for the producer, not a string.
+_to_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+# One year: a longer deadline is a typo, and the database refuses it (jobs_timeout_positive).
+MAX_TIMEOUT = 31_536_000.0
+
+
+def check_timeout(timeout: float | dt.timedelta | None) -> float | None:
+    """A job deadline in seconds, or InvalidArguments saying what is wrong with it."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, dt.timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidArguments(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidArguments(
+            f"timeout must be > 0 and at most {MAX_TIMEOUT:.0f} seconds (one year), got {timeout}"
+        )
+    return float(timeout)
+
+
+def check_args_size(task: str, args_json: str, max_bytes: int) -> None:
+    """InvalidArguments when a job's arguments (as JSON) are over ``max_bytes``: every claim
+    loads them into a worker, ``concurrency`` at a time, so one huge job is an out-of-memory."""
+    # _to_json escapes non-ASCII (ensure_ascii), so characters are bytes.
+    size = len(args_json)
+    if size > max_bytes:
+        raise InvalidArguments(
+            f"arguments for {task!r} are {_mib(size)} as JSON, over the {_mib(max_bytes)} limit "
+            "(SKIPLOCK_MAX_ARGS_BYTES): store large data elsewhere (a table, object storage) "
+            "and pass its key"
+        )
+
+
+# Nesting of job arguments: far more than real arguments need, well inside what every reader
+# copes with (pydantic, which the API answers with, gives up serialising at 255 levels; a
+# worker thread decodes with less stack than the producer had).
+MAX_ARGS_DEPTH = 128
+
+
+def _too_deep(args: Mapping[str, Any], args_json: str) -> bool:
+    """Nested deeper than MAX_ARGS_DEPTH (``args`` itself is level 1)."""
+    if args_json.count("[") + args_json.count("{") <= MAX_ARGS_DEPTH:
+        return False  # the common case: too few brackets to be that deep, no walk
+    stack: list[tuple[Any, int]] = [(args, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth > MAX_ARGS_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+# Long enough that a burst of enqueues reads the catalogue once, short enough that a task a
+# new worker registered is known within seconds (an unknown name refreshes at once anyway).
+CATALOGUE_TTL = 5.0
+
+
+class Catalogue:
+    """The tasks workers registered (``Database.list_tasks``), cached for ``ttl`` seconds.
+
+    Thread-safe: a Client or an API serves many threads, and two of them refreshing at once
+    only read the table twice."""
+
+    def __init__(self, load: Callable[[], dict[str, dict[str, Any]]],
+                 ttl: float = CATALOGUE_TTL) -> None:
+        self._load = load
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._at = float("-inf")
+
+    def tasks(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            tasks, at = self._tasks, self._at
+        if refresh or time.monotonic() - at > self._ttl:
+            tasks = self._load()
+            with self._lock:
+                self._tasks, self._at = tasks, time.monotonic()
+        return tasks
+
+    def entry(self, task: str) -> Mapping[str, Any] | None:
+        """``task``'s entry (its parameters, queue, max_attempts), re-read once when the name
+        is not in the cached copy (a worker may have just registered it); None when no worker
+        registered any task yet (nothing to check against); UnknownTask otherwise."""
+        tasks = self.tasks()
+        if tasks and task not in tasks:
+            tasks = self.tasks(refresh=True)
+        return check_known(task, tasks) if tasks else None
+
+
+def prepare_job(
+    task: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    queue: str | None = None,
+    priority: int = 0,
+    max_attempts: int | None = None,
+    run_at: dt.datetime | None = None,
+    delay: float | dt.timedelta | None = None,
+    unique_key: str | None = None,
+    timeout: float | dt.timedelta | None = None,
+    max_args_bytes: int,
+    catalogue: Catalogue | None,
+) -> NewJob:
+    """A job ready to store, or InvalidArguments / UnknownTask saying what is wrong.
+
+    ``catalogue`` None skips the task check (``validate=False``); otherwise a known task's
+    arguments are checked against its signature and its queue and max_attempts are the
+    defaults. ``max_args_bytes`` is SKIPLOCK_MAX_ARGS_BYTES."""
+    # Names are bounded (see names.py): every queue costs a stats subquery, a metrics
+    # series and a dashboard line, so free-form names are a way to run the API out of room.
+    problem = task_problem(task) or (queue_problem(queue) if queue is not None else None)
+    if problem:
+        raise InvalidArguments(problem)
+    arguments = dict(args) if args else {}
+    if arguments and not all(isinstance(k, str) for k in arguments):
+        raise InvalidArguments("argument names must be strings")
+    try:
+        args_json = _to_json(arguments) if arguments else "{}"
+    except (TypeError, ValueError) as exc:
+        raise InvalidArguments(
+            f"arguments for {task!r} must be JSON-serialisable: {exc}"
+        ) from None
+    except RecursionError:
+        args_json = ""  # deeper than Python's recursion limit (a cycle is a ValueError)
+    if not args_json or _too_deep(arguments, args_json):
+        raise InvalidArguments(
+            f"arguments for {task!r} are nested more than {MAX_ARGS_DEPTH} levels deep: "
+            "send flatter JSON"
+        )
+    check_args_size(task, args_json, max_args_bytes)
+    if run_at is not None and delay is not None:
+        raise InvalidArguments("pass run_at or delay, not both")
+    if run_at is not None and run_at.tzinfo is None:
+        raise InvalidArguments(
+            "run_at must be timezone-aware (e.g. datetime.now(timezone.utc))"
+        )
+    if isinstance(delay, dt.timedelta):
+        delay = delay.total_seconds()
+    if delay is not None and delay < 0:
+        raise InvalidArguments("delay must be >= 0 seconds")
+    if not -32768 <= priority <= 32767:
+        raise InvalidArguments(
+            "priority must fit in a smallint (-32768..32767); lower runs first"
+        )
+    if max_attempts is not None and max_attempts < 1:
+        raise InvalidArguments("max_attempts must be >= 1")
+    checked_timeout = check_timeout(timeout)
+    entry = catalogue.entry(task) if catalogue is not None else None
+    if entry is not None:
+        validate_args(task, entry["params"], arguments)
+    return NewJob(
+        task=task,
+        args=arguments,
+        args_json=args_json,
+        queue=queue if queue is not None else (entry["queue"] if entry else "default"),
+        priority=priority,
+        max_attempts=max_attempts or (int(entry["max_attempts"]) if entry else 5),
+        run_at=run_at,
+        delay=delay,
+        unique_key=None if unique_key is None else check_key(unique_key),
+        timeout=checked_timeout,
+    )

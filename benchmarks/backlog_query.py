@@ -1,8 +1,8 @@
 """How long the operator's per-poll reads take as the jobs table grows.
 
-Measures exactly what one JobQueue poll runs: ``skiplock.inspect.queue_stats`` for one queue
+Measures exactly what one JobQueue poll runs: ``skiplock.inspection.queue_stats`` for one queue
 with the operator's cap (max(1000, maxReplicas * jobsPerReplica + 1)), and
-``skiplock.inspect.busy_pods`` (run just before a scale-down).
+``skiplock.inspection.busy_pods`` (run just before a scale-down).
 
     .venv/bin/python -m benchmarks.backlog_query                       # 10k, 100k, 1M rows
     .venv/bin/python -m benchmarks.backlog_query --sizes 10000 --repeat 50
@@ -29,7 +29,7 @@ import psycopg
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent / p) for p in ("worker", ".")]
 
-from skiplock import inspect as inspection  # noqa: E402
+from skiplock import inspection  # noqa: E402
 from skiplock.db import Database  # noqa: E402
 
 # Test data only: the product's queries live in worker/skiplock/sql/queries.sql.

@@ -428,10 +428,10 @@ def time_stats(fn: Callable[[], object], runs: int = 30) -> dict[str, float]:
 
 
 def bench_backlog(b: Bench, sizes: tuple[int, ...]) -> dict[str, Any]:
-    """skiplock.inspect.queue_stats as the operator calls it (its queues named, its count cap)
+    """skiplock.inspection.queue_stats as the operator calls it (its queues named, its count cap)
     and as `skiplock stats` calls it (every queue, the default cap), per mix and table size."""
     from skiplock.db import Database
-    from skiplock.inspect import queue_stats
+    from skiplock.inspection import queue_stats
 
     out: dict[str, Any] = {}
     queues = ["q0", "q1", "q2", "q3"]
@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             batches = sorted({20, 200, int(SETTINGS["skiplock"]["batch"])})
             res["raw_sql"] = bench_raw_sql(b, batches)
         if "backlog" in only:
-            log("== backlog query (skiplock.inspect.queue_stats)")
+            log("== backlog query (skiplock.inspection.queue_stats)")
             res["backlog"] = bench_backlog(b, profile.backlog_rows)
         res["seconds"] = time.monotonic() - started
         res["machine"]["load_after"] = os.getloadavg()

@@ -65,8 +65,10 @@ def test_cli_prints_no_password(pg: PgServer, index: int) -> None:
 
 
 @pytest.mark.parametrize("index", range(len(case_ids())), ids=case_ids())
-def test_worker_logs_no_password(pg: PgServer, index: int) -> None:
-    case = table(pg)[index]
+def test_worker_logs_no_password(pg: PgServer, database_url: str, index: int) -> None:
+    # its own copy of the template: a worker that starts registers its tasks, and databases
+    # made from the template later must not inherit them
+    case = cases(pg.port, database_url.rsplit("/", 1)[1])[index]
     worker = WorkerProcess(case.url, "tests.tasks:app", "--concurrency", "1",
                            env={"SKIPLOCK_CONNECT_TIMEOUT": "1", "SKIPLOCK_LOG_LEVEL": "DEBUG"})
     try:

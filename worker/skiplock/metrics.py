@@ -15,7 +15,7 @@ from .errors import SkiplockError
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from .inspect import QueueStats
+    from .inspection import QueueStats
 
 JOBS_CLAIMED = Counter("skiplock_jobs_claimed", "Jobs claimed by this worker", ["queue", "task"])
 JOBS_SUCCEEDED = Counter("skiplock_jobs_succeeded", "Jobs that succeeded", ["queue", "task"])
@@ -108,7 +108,7 @@ _QUEUE_GAUGES = (
 
 
 class QueueStatsCollector(Collector):
-    """Queue gauges computed at scrape time from skiplock.inspect.queue_stats.
+    """Queue gauges computed at scrape time from skiplock.inspection.queue_stats.
 
     A scrape while the database is down yields ``skiplock_queue_stats_up 0`` and no queue
     series, so an alert can tell "no backlog" from "could not look".

@@ -1,5 +1,11 @@
-"""Thin kopf handlers: one daemon per JobQueue runs the controller's poll in a thread of the
+"""Thin kopf handlers: one poll loop per JobQueue runs the controller's poll in a thread of the
 operator's own poll pool.
+
+The loops are started and stopped from kopf's watch events, not kopf daemons: a daemon makes
+kopf put a finalizer on every JobQueue, which then hangs in Terminating whenever the operator
+is gone first (``kubectl delete -f deploy/`` deletes it all at once; Helm deletes the operator
+before custom resources). Nothing here needs a finalizer: the worker Deployment goes with its
+JobQueue through its owner reference.
 
 Run with ``python -m skiplock_operator`` (adds liveness and metrics) or
 ``kopf run -m skiplock_operator.handlers``.
@@ -39,6 +45,15 @@ MIN_POLL_GAP = 1.0
 
 
 @dataclass
+class Live:
+    """A JobQueue as its last watch event showed it, and whether its loop should stop."""
+
+    body: dict[str, Any]
+    stopped: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
 class PollClock:
     """When a JobQueue's poll last ran to its end, and how stale that may get."""
 
@@ -71,6 +86,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Shared by every per-resource memo (they are shallow copies of this one).
     memo.running = set()
     memo.polls = {}
+    memo.loops = {}
     # Polls block (the kubernetes client, psycopg): one thread each, in a pool of our own,
     # so a JobQueue stuck on an unreachable database never waits for another's thread and
     # kopf's own executor stays free.
@@ -90,6 +106,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    loops: dict[str, Live] = getattr(memo, "loops", {})
+    await asyncio.gather(*(_stop(live) for live in loops.values()))
+    loops.clear()
     task = getattr(memo, "elector_task", None)
     if task is not None:
         task.cancel()
@@ -131,12 +150,64 @@ def allowed_staleness(settings: OperatorSettings, interval: float) -> float:
     return max(settings.liveness_poll_factor * interval, settings.liveness_min_seconds)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped,
-                   memo: kopf.Memo, **_: Any) -> None:
+# The finalizer earlier versions (kopf daemons) put on JobQueues; removed when seen.
+OLD_FINALIZER = f"{GROUP}/operator"
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def jobqueue_event(event: kopf.RawEvent, body: kopf.Body, name: str,
+                         namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Start, update or stop the JobQueue's poll loop from each watch event (the initial
+    listing after a restart comes as events too)."""
+    assert namespace is not None  # JobQueue is a namespaced resource
+    key = f"{namespace}/{name}"
+    loops: dict[str, Live] = memo.loops
+    live = loops.get(key)
+    if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
+        if live is not None:
+            del loops[key]
+            await _stop(live)
+        if OLD_FINALIZER in (body.metadata.get("finalizers") or []):
+            await _drop_old_finalizer(memo, namespace, name, body)
+        return
+    if OLD_FINALIZER in (body.metadata.get("finalizers") or []) and memo.elector.is_leader:
+        await _drop_old_finalizer(memo, namespace, name, body)
+    if live is not None and live.task is not None and not live.task.done():
+        live.body = _plain(body)  # the loop reads the newest spec before each poll
+        return
+    live = Live(_plain(body), asyncio.Event())
+    live.task = asyncio.create_task(jobqueue(name, namespace, live, memo),
+                                    name=f"jobqueue {key}")
+    loops[key] = live
+
+
+async def _stop(live: Live) -> None:
+    live.stopped.set()
+    if live.task is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(live.task), 5.0)
+        except TimeoutError:
+            live.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await live.task
+
+
+async def _drop_old_finalizer(memo: kopf.Memo, namespace: str, name: str,
+                              body: kopf.Body) -> None:
+    finalizers = list(body.metadata.get("finalizers") or [])
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(memo.pool, memo.kube.remove_jobqueue_finalizer,
+                                   namespace, name, finalizers, OLD_FINALIZER)
+    except Exception as exc:  # the next event tries again
+        log.warning("%s/%s: could not remove the old finalizer %s: %s", namespace, name,
+                    OLD_FINALIZER, exc)
+
+
+async def jobqueue(name: str, namespace: str, live: Live, memo: kopf.Memo) -> None:
     kube: Kube = memo.kube
     settings: OperatorSettings = memo.settings
-    assert namespace is not None  # JobQueue is a namespaced resource
+    stopped = live.stopped
     ctl = QueueController(kube, settings, namespace, name)
     key = f"{namespace}/{name}"
     loop = asyncio.get_running_loop()
@@ -147,8 +218,8 @@ async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: k
     listener: asyncio.Task[None] | None = None
     listening: tuple[str, str] | None = None
     try:
-        while not stopped:
-            snapshot = _plain(body)
+        while not stopped.is_set():
+            snapshot = live.body
             wake.clear()
             leading = memo.elector.is_leader
             try:
@@ -178,7 +249,7 @@ async def jobqueue(name: str, namespace: str | None, body: kopf.Body, stopped: k
                 log.warning("%s/%s: poll failed (%s: %s); retrying in %.0fs", namespace, name,
                             type(exc).__name__, exc, interval, exc_info=log.isEnabledFor(
                                 logging.DEBUG))
-            await _sleep(interval or DEFAULT_POLL, body, snapshot, stopped, wake, memo, leading)
+            await _sleep(interval or DEFAULT_POLL, live, snapshot, wake, memo, leading)
     finally:
         if listener is not None:
             listener.cancel()
@@ -198,17 +269,16 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
             "status": dict(body.status)}
 
 
-async def _sleep(seconds: float, body: kopf.Body, seen: dict[str, Any],
-                 stopped: kopf.DaemonStopped, wake: asyncio.Event, memo: kopf.Memo,
-                 leading: bool) -> None:
+async def _sleep(seconds: float, live: Live, seen: dict[str, Any], wake: asyncio.Event,
+                 memo: kopf.Memo, leading: bool) -> None:
     """Sleep until the next poll, but wake early for a spec change (new generation), for new
     jobs in our queues (NOTIFY; at most one early poll per MIN_POLL_GAP), a change of
     leadership (a new leader acts at once) or a stop."""
     started = time.monotonic()
     deadline = started + seconds
     generation = seen["metadata"].get("generation")
-    while not stopped and time.monotonic() < deadline:
-        if body.metadata.get("generation") != generation:
+    while not live.stopped.is_set() and time.monotonic() < deadline:
+        if live.body["metadata"].get("generation") != generation:
             return
         if memo.elector.is_leader != leading:
             return

@@ -172,6 +172,18 @@ class Kube:
 
     # -- the JobQueue ---------------------------------------------------------------------
 
+    def remove_jobqueue_finalizer(self, namespace: str, name: str, finalizers: list[str],
+                                  finalizer: str) -> None:
+        """Remove one finalizer by a JSON patch that first tests it is still at its index, so
+        a finalizer another controller added meanwhile is never dropped with it (the patch
+        fails instead and the next event tries again)."""
+        i = finalizers.index(finalizer)
+        path = f"/metadata/finalizers/{i}"
+        self.call("patch", PLURAL, namespace, self.custom.patch_namespaced_custom_object,
+                  GROUP, VERSION, namespace, PLURAL, name,
+                  [{"op": "test", "path": path, "value": finalizer},
+                   {"op": "remove", "path": path}])
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.call("patch", f"{PLURAL}/status", namespace,
                   self.custom.patch_namespaced_custom_object_status,

@@ -16,6 +16,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 
+from skiplock_operator.resources import GROUP, PLURAL, VERSION
 from tests.integration.operator.conftest import Cluster
 from tests.integration.operator.envtest import EnvTest, OperatorThread
 from tests.support.pgserver import PgServer
@@ -513,3 +514,34 @@ def test_foreign_deployment_is_never_taken_over(cluster: Cluster, operator: Oper
     cluster.apps.delete_namespaced_deployment("clash-worker", cluster.ns)
     wait_until(lambda: cluster.replicas("clash-worker") == 1, 30,
                message="our own Deployment once the foreign one is gone", interval=0.2)
+
+
+def test_no_finalizer_so_a_jobqueue_never_hangs_without_the_operator(
+    cluster: Cluster, start_operator: Callable[[], OperatorThread], database_url: str
+) -> None:
+    """`kubectl delete -f deploy/` and `helm uninstall` can remove the operator before its
+    JobQueues: with a finalizer on them they would hang in Terminating for ever. The operator
+    puts none, and removes the one earlier versions put."""
+    cluster.secret("db", database_url)
+    op = start_operator()
+    cluster.create_jobqueue("nofin", **spec(minReplicas=1))
+    old = {"metadata": {"finalizers": ["skiplock.dev/operator", "example.com/someone-else"]}}
+    cluster.create_jobqueue("oldfin", **spec(minReplicas=1))
+    cluster.patch_jobqueue("oldfin", old)
+    wait_until(lambda: cluster.deployment("nofin-worker"), 30, message="nofin's Deployment")
+    wait_until(lambda: cluster.jobqueue("oldfin")["metadata"].get("finalizers")
+               == ["example.com/someone-else"], 30,
+               message="the old finalizer removed, the foreign one kept", interval=0.2)
+    assert not cluster.jobqueue("nofin")["metadata"].get("finalizers")
+    op.stop()
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, "nofin")
+    wait_until(lambda: _gone(cluster, "nofin"), 10, message="nofin deleted with no operator")
+    cluster.patch_jobqueue("oldfin", {"metadata": {"finalizers": None}})
+
+
+def _gone(cluster: Cluster, name: str) -> bool:
+    try:
+        cluster.jobqueue(name)
+    except ApiException as exc:
+        return exc.status == 404
+    return False

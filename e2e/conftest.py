@@ -24,6 +24,9 @@ WORKER_IMAGE = f"skiplock/worker:{IMAGE_TAG}"
 OPERATOR_IMAGE = f"skiplock/operator:{IMAGE_TAG}"
 POSTGRES_IMAGE = os.environ.get("SKIPLOCK_POSTGRES_IMAGE", "skiplock/postgres:15-bookworm")
 NODE_IMAGE = os.environ.get("SKIPLOCK_NODE_IMAGE", "skiplock/kind-node:v1.34.4")
+# kind-config.yaml labels its nodes with this key (dots escaped for helm --set)
+APPS_LABEL = "skiplock.dev/e2e-role"
+APPS_LABEL_KEY = APPS_LABEL.replace(".", "\\.")
 # Queue and JobQueue names get a per-run suffix, so a kept cluster's leftovers never mix in.
 RUN_ID = secrets.token_hex(2)
 
@@ -40,6 +43,12 @@ def helm_values() -> list[str]:
         "--set", "postgres.image.pullPolicy=IfNotPresent",
         "--set", f"postgres.auth.password={DB_PASSWORD}",
         "--set", "jobQueue.enabled=false",
+        # namespaced Roles (least privilege), as a platform team installs it
+        "--set", f"operator.watchNamespaces={{{NAMESPACE}}}",
+        # the operator replicas and the workers on the two "apps" nodes, Postgres on the
+        # control plane: the node-loss test stops an apps node and the database stays up
+        "--set-string", f"operator.nodeSelector.{APPS_LABEL_KEY}=apps",
+        "--set-string", f"postgres.nodeSelector.{APPS_LABEL_KEY}=infra",
     ]
 
 
@@ -63,7 +72,9 @@ class Env:
     def jobqueue(self, queue: str, *, min_replicas: int, max_replicas: int,
                  jobs_per_replica: int = 10, concurrency: int = 4, lease: float = 10,
                  grace: int = 20, stabilization: float = 15, poll: float = 2,
-                 activation: int = 0) -> str:
+                 activation: int = 0, pod_spec: dict[str, Any] | None = None) -> str:
+        """A JobQueue for ``queue``; ``pod_spec`` is merged into the worker pods' spec (its
+        podTemplate), which always pins them to the "apps" nodes."""
         name = queue
         manifest = {
             "apiVersion": "skiplock.dev/v1alpha1",
@@ -77,6 +88,8 @@ class Env:
                     "app": "skiplock.demo_tasks:app", "concurrency": concurrency,
                     "leaseSeconds": lease, "shutdownGracePeriodSeconds": grace,
                     "resources": {"requests": {"cpu": "10m", "memory": "48Mi"}},
+                    "podTemplate": {"spec": {"nodeSelector": {APPS_LABEL: "apps"},
+                                             **(pod_spec or {})}},
                 },
                 "scaling": {
                     "minReplicas": min_replicas, "maxReplicas": max_replicas,
@@ -115,15 +128,24 @@ class Env:
                 return c  # type: ignore[no-any-return]
         return None
 
-    def operator_pod(self) -> str | None:
+    def operator_pods(self) -> list[str]:
+        """The operator's pods that are not being deleted (the chart runs two)."""
         pods = self.kubectl.json("-n", self.namespace, "get", "pods", "-l",
                                  "app.kubernetes.io/component=operator")["items"]
-        live = [p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return sorted(p["metadata"]["name"] for p in pods
+                      if not p["metadata"].get("deletionTimestamp"))
+
+    def operator_pod(self) -> str | None:
+        live = self.operator_pods()
         return live[0] if live else None
+
+    def node_of(self, pod: str) -> str:
+        """The kind node (its container has the node's name) a pod runs on."""
+        return str(self.kubectl.json("-n", self.namespace, "get", "pod", pod)["spec"]["nodeName"])
 
     def sigkill_pod(self, pod: str) -> None:
         """SIGKILL a pod's main process from the node, like a crash or an OOM kill."""
-        node = f"{self.cluster.name}-control-plane"
+        node = self.node_of(pod)
         script = (
             f"cid=$(crictl ps -q --label io.kubernetes.pod.name={pod} "
             f"--label io.kubernetes.pod.namespace={self.namespace} | head -n1); "
@@ -160,11 +182,19 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[KindCluster]:
     with step(f"kind cluster {name}"):
         kc.create(config_file=ROOT / "e2e" / "toolchain" / "kind-config.yaml")
     kubectl = Kubectl(Path(kubectl_bin), kubeconfig)
-    with step("node Ready"):
+    with step("nodes Ready"):
         kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=300s", timeout=320)
-    with step("load images"):
-        for image in (WORKER_IMAGE, OPERATOR_IMAGE, POSTGRES_IMAGE):
-            kc.load_docker_image(image)
+        # the control plane runs the dev Postgres (nodeSelector in helm_values)
+        kubectl("taint", "nodes", "-l", f"{APPS_LABEL}=infra",
+                "node-role.kubernetes.io/control-plane:NoSchedule-", check=False)
+    with step("load images (each onto the nodes that run it)"):
+        def nodes(role: str) -> str:
+            return kubectl("get", "nodes", "-l", f"{APPS_LABEL}={role}",
+                           "-o", "jsonpath={.items[*].metadata.name}").strip().replace(" ", ",")
+        for image, role in ((WORKER_IMAGE, "apps"), (OPERATOR_IMAGE, "apps"),
+                            (POSTGRES_IMAGE, "infra")):
+            subprocess.run([kind_bin, "load", "docker-image", "--name", name, "--nodes",
+                            nodes(role), image], check=True, timeout=600)
     yield kc
     if not request.config.getoption("keep_cluster"):
         with step(f"delete cluster {name}"):

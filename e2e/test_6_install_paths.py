@@ -36,9 +36,12 @@ def test_helm_upgrade_uninstall_then_kubectl_apply(env: Env) -> None:
         wait_for(lambda: env.db.counts(helm_queue).get("succeeded", 0) == 50, 180, "50 succeeded")
         assert_invariants(env.db.query, queue=helm_queue, expected_jobs=50)
 
-    with step("helm uninstall"):
-        env.kubectl("-n", NAMESPACE, "delete", "jobqueues", "--all", "--wait=true", timeout=300)
+    with step("helm uninstall --wait, the chart's JobQueue still installed"):
+        # no workaround: the chart's pre-delete hook removes the JobQueues while the operator
+        # still runs to release their finalizers
         helm(env, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "5m")
+        wait_for(lambda: env.kubectl("get", "jobqueues", "-A", "-o", "name").strip() == "", 120,
+                 "no JobQueue left (none hanging in Terminating)")
         wait_for(lambda: env.kubectl("-n", NAMESPACE, "get", "deployments,statefulsets,pods",
                                      "-o", "name").strip() == "", 300, "release resources gone")
         # The dev database's volume outlives the release (StatefulSet PVCs do); remove it so
@@ -66,12 +69,16 @@ def test_helm_upgrade_uninstall_then_kubectl_apply(env: Env) -> None:
                  "100 jobs done after scale from zero")
         assert_invariants(db.query, queue="default", expected_jobs=100)
 
-    with step("kubectl delete -f deploy/"):
-        env.kubectl("delete", "-f", str(ROOT / "deploy/samples/jobqueue.yaml"), "--wait=true",
-                    timeout=300)
-        for path in sorted((ROOT / "deploy").glob("*.yaml"), reverse=True):
-            if "crd" not in path.name:
-                env.kubectl("delete", "-f", str(path), "--ignore-not-found", "--wait=false")
+    with step("kubectl delete -f deploy/ (the sample JobQueue too, in one command)"):
+        files = [str(ROOT / "deploy/samples/jobqueue.yaml"),
+                 *(str(p) for p in sorted((ROOT / "deploy").glob("*.yaml"), reverse=True)
+                   if "crd" not in p.name)]
+        env.kubectl("delete", "--ignore-not-found", "--wait=true",
+                    *(arg for f in files for arg in ("-f", f)), timeout=300)
+        wait_for(lambda: env.kubectl("get", "jobqueues", "-A", "-o", "name").strip() == "", 120,
+                 "no JobQueue left")
+        wait_for(lambda: env.kubectl("-n", NAMESPACE, "get", "deployments,pods", "-o",
+                                     "name", check=False).strip() == "", 300, "nothing left")
 
 
 def _local_images(path: Path) -> str:

@@ -15,8 +15,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,8 @@ from .status import PollResult, Stop, build_status, condition_values, differs
 
 log = logging.getLogger("skiplock.operator")
 DEFAULT_POLL = 15.0
+# How long a poll waits for a migration it started before it goes on without it.
+MIGRATION_WAIT = 20.0
 
 
 def api_message(exc: ApiException) -> str:
@@ -72,6 +76,9 @@ class _Db:
     key: str
     db: Database
     migrated: bool = False
+    # the migration running in its own thread (index builds on a big table take minutes and
+    # must not hold the poll, whose staleness the liveness probe watches)
+    migration: Future[list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,11 +168,37 @@ class QueueController:
                                          connect_timeout=timeout, statement_timeout=timeout,
                                          max_size=2, application_name="skiplock-operator"))
         if spec.database.migrate and not self._db.migrated and self.leading:
-            applied = self._db.db.migrate()
-            if applied:
-                log.info("%s/%s: applied migrations %s", self.namespace, self.name, applied)
-            self._db.migrated = True
+            self._migrate(self._db)
         return self._db.db
+
+    def _migrate(self, db: _Db) -> None:
+        """Start the migration in a thread of its own, or collect its outcome. While it runs
+        the poll goes on: the transactional parts are quick, and the concurrent index builds
+        after them block no read and no write. A failure is raised here (the poll reports it)
+        and the next poll starts it again."""
+        if db.migration is None:
+            future: Future[list[str]] = Future()
+
+            def run() -> None:
+                try:
+                    future.set_result(db.db.migrate())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+            db.migration = future
+            threading.Thread(target=run, name=f"migrate {self.namespace}/{self.name}",
+                             daemon=True).start()
+            # a small schema is done at once: wait briefly so the first poll sees it
+            wait([future], timeout=MIGRATION_WAIT)
+        if not db.migration.done():
+            log.info("%s/%s: migration still running (building indexes concurrently)",
+                     self.namespace, self.name)
+            return
+        future, db.migration = db.migration, None
+        applied = future.result()  # raises what the migration raised; retried next poll
+        if applied:
+            log.info("%s/%s: applied migrations %s", self.namespace, self.name, applied)
+        db.migrated = True
 
     def _cap(self, policy: Policy) -> int:
         return max(self.settings.count_cap_floor,

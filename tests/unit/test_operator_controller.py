@@ -269,3 +269,59 @@ def test_invalid_pod_template_stops_with_a_clear_condition() -> None:
     assert "podTemplate.spec.hostNetwork" in c["message"]
     assert "podTemplate.spec.volumes[0].hostPath" in c["message"]
     assert not kube.deployments
+
+
+class _SlowMigration:
+    """A Database whose migrate() blocks until released (an index build on a big table)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.calls = 0
+
+    def migrate(self) -> list[str]:
+        self.calls += 1
+        if not self.release.wait(10):
+            raise TimeoutError("never released")
+        return ["0007_x"]
+
+
+def test_a_long_migration_runs_beside_the_polls(monkeypatch: Any) -> None:
+    from skiplock_operator import controller as controller_module
+
+    monkeypatch.setattr(controller_module, "MIGRATION_WAIT", 0.01)
+    ctl = controller(FakeKube())
+    slow = _SlowMigration()
+    db = controller_module._Db("k", slow)  # type: ignore[arg-type]
+    ctl._migrate(db)  # started; the poll goes on
+    assert not db.migrated and db.migration is not None
+    ctl._migrate(db)  # still running: not started twice
+    assert slow.calls == 1 and not db.migrated
+    slow.release.set()
+    db.migration.result(timeout=5)
+    ctl._migrate(db)
+    assert db.migrated and db.migration is None and slow.calls == 1
+
+
+def test_a_failed_migration_is_raised_by_the_poll_and_started_again(monkeypatch: Any) -> None:
+    from skiplock.errors import MigrationBlocked
+    from skiplock_operator import controller as controller_module
+
+    class Blocked:
+        calls = 0
+
+        def migrate(self) -> list[str]:
+            Blocked.calls += 1
+            raise MigrationBlocked("migration 0004_x: could not take its lock")
+
+    ctl = controller(FakeKube())
+    db = controller_module._Db("k", Blocked())  # type: ignore[arg-type]
+    import pytest
+
+    with pytest.raises(MigrationBlocked):
+        ctl._migrate(db)
+    assert not db.migrated and db.migration is None
+    with pytest.raises(MigrationBlocked):
+        ctl._migrate(db)
+    assert Blocked.calls == 2

@@ -11,6 +11,7 @@ when it takes over) but writes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -40,6 +41,8 @@ log = logging.getLogger("skiplock.operator")
 DEFAULT_POLL = 15.0
 # How long a poll waits for a migration it started before it goes on without it.
 MIGRATION_WAIT = 20.0
+# Seconds between tries of a migration that failed.
+MIGRATION_RETRY = 300.0
 
 
 def api_message(exc: ApiException) -> str:
@@ -71,6 +74,10 @@ def load_of(per_queue: list[inspection.QueueStats]) -> Load | None:
                 sum(q.in_flight for q in per_queue))
 
 
+class NotLeading(Exception):
+    """Leadership ended while a poll that began as the leader was running."""
+
+
 @dataclass
 class _Db:
     key: str
@@ -79,6 +86,9 @@ class _Db:
     # the migration running in its own thread (index builds on a big table take minutes and
     # must not hold the poll, whose staleness the liveness probe watches)
     migration: Future[list[str]] | None = None
+    # after a failed migration (a lock it could not take: each try makes writers wait up to
+    # the lock timeout), no new try before this (monotonic)
+    retry_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,10 @@ class QueueController:
         self.history: History | None = None
         self.failures = 0  # consecutive polls without stats
         self.leading = False
+        # Asked again right before every write: a poll takes several calls of up to
+        # kube_timeout each, and leadership may be lost in the middle of one (handlers.py
+        # points it at the Lease elector; the default is for a single replica).
+        self.still_leading: Callable[[], bool] = lambda: True
         # (url, schema, queues) of the last successful read: what the NOTIFY listener follows.
         self.listen_target: tuple[str, str, tuple[str, ...]] | None = None
         # What the last poll saw, for the NOTIFY filter (handlers.notify_can_change).
@@ -140,9 +154,16 @@ class QueueController:
         self._last_warning[reason] = now
         self._event(body, "Warning", reason, message)
 
+    def _may_write(self) -> None:
+        """Raise NotLeading when this poll began as the leader but the Lease is no longer
+        ours: the rest of the poll must not scale, write status or post events."""
+        if self.leading and not self.still_leading():
+            raise NotLeading(f"{self.namespace}/{self.name}: leadership lost during the poll")
+
     def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         if not self.leading:  # only the leader speaks: two replicas must not double events
             return
+        self._may_write()
         try:
             self.kube.event(body, type_, reason, message, instance=self.settings.identity)
         except (ApiException, Forbidden) as exc:  # best effort; the status says it all too
@@ -175,8 +196,10 @@ class QueueController:
         """Start the migration in a thread of its own, or collect its outcome. While it runs
         the poll goes on: the transactional parts are quick, and the concurrent index builds
         after them block no read and no write. A failure is raised here (the poll reports it)
-        and the next poll starts it again."""
+        and it is tried again after MIGRATION_RETRY."""
         if db.migration is None:
+            if self.clock() < db.retry_at:
+                return
             future: Future[list[str]] = Future()
 
             def run() -> None:
@@ -195,7 +218,9 @@ class QueueController:
                      self.namespace, self.name)
             return
         future, db.migration = db.migration, None
-        applied = future.result()  # raises what the migration raised; retried next poll
+        if future.exception() is not None:
+            db.retry_at = self.clock() + MIGRATION_RETRY
+        applied = future.result()  # raises what the migration raised
         if applied:
             log.info("%s/%s: applied migrations %s", self.namespace, self.name, applied)
         db.migrated = True
@@ -217,13 +242,23 @@ class QueueController:
         generation = body["metadata"].get("generation")
         try:
             result, interval = self._phases(body, status)
+        except NotLeading as exc:
+            log.warning("%s; nothing more is written this poll", exc)
+            self.leading = False
+            self._written, self._written_at = None, -float("inf")
+            return DEFAULT_POLL
         except Forbidden as exc:
             self._error(exc.reason)
             log.warning("%s/%s: %s", self.namespace, self.name, exc)
             result = PollResult(generation, self.wall(), stop=Stop(
                 exc.reason, str(exc), "not scaling until the permission is granted"))
             interval = DEFAULT_POLL
-        self._finish(body, status, result)
+        try:
+            self._finish(body, status, result)
+        except NotLeading as exc:
+            log.warning("%s; status not written", exc)
+            self.leading = False
+            self._written, self._written_at = None, -float("inf")
         return interval
 
     def _phases(self, body: dict[str, Any], status: dict[str, Any]
@@ -263,8 +298,13 @@ class QueueController:
         scaled_at, scale_problem = None, None
         if decision.desired != current and self.leading:
             scaled_at, scale_problem = self._apply(body, spec, dep_name, current, decision)
-        else:
+        elif self.leading:
             self.history = decision.history
+        else:
+            # a standby keeps its recommendations warm for a takeover, but records no
+            # scale-up: it applied none, and phantom ones would eat the new leader's allowance
+            prior = self.history.scale_ups if self.history else ()
+            self.history = dataclasses.replace(decision.history, scale_ups=prior)
         ready_problem = (("DeploymentRejected", ensured.rejected) if ensured.rejected
                          else scale_problem)
         return PollResult(
@@ -315,6 +355,7 @@ class QueueController:
                 "Standby", "no worker Deployment yet", "not leading"))
         try:
             if existing is None:
+                self._may_write()
                 existing = self.kube.create_deployment(self.namespace, desired)
                 self._applied = resources.template_fingerprint(existing)
                 self._event(body, "Normal", "DeploymentCreated",
@@ -324,6 +365,7 @@ class QueueController:
                 spec_changed = ((existing["metadata"].get("annotations") or {})
                                 .get(resources.SPEC_HASH)
                                 != desired["metadata"]["annotations"][resources.SPEC_HASH])
+                self._may_write()
                 existing = self.kube.replace_deployment(
                     self.namespace, dep_name, resources.for_update(desired, existing))
                 self._applied = resources.template_fingerprint(existing)
@@ -413,8 +455,14 @@ class QueueController:
         """Scale; the history moves on only once the API server took the new count (a failed
         call must not count as a scale-up against the rate limit, nor start a window)."""
         if decision.desired < current:
-            self._mark_idle_first(body, spec)
+            try:
+                self._mark_idle_first(body, spec)
+            except (Forbidden, ApiException) as exc:
+                # best effort, like the busy-pods read: scale in anyway, without the marks
+                log.warning("%s/%s: could not mark idle pods first (%s); scaling in without "
+                            "marks", self.namespace, self.name, exc)
         try:
+            self._may_write()
             self.kube.scale_deployment(self.namespace, dep_name, decision.desired)
         except Forbidden as exc:
             self._error(exc.reason)
@@ -445,6 +493,7 @@ class QueueController:
             pod_name = pod["metadata"]["name"]
             value = str(costs[pod_name])
             if (pod["metadata"].get("annotations") or {}).get(resources.DELETION_COST) != value:
+                self._may_write()
                 self.kube.annotate_pod(self.namespace, pod_name, {resources.DELETION_COST: value})
 
     # -- phase 5: the status (status.build_status, pure) --------------------------------------
@@ -474,6 +523,7 @@ class QueueController:
                 self.settings.status_heartbeat_seconds:
             return
         try:
+            self._may_write()
             self.kube.patch_status(self.namespace, self.name, new)
         except Forbidden as exc:  # nowhere to say it but the log and the metric
             self._error(exc.reason)

@@ -209,6 +209,7 @@ async def jobqueue(name: str, namespace: str, live: Live, memo: kopf.Memo) -> No
     settings: OperatorSettings = memo.settings
     stopped = live.stopped
     ctl = QueueController(kube, settings, namespace, name)
+    ctl.still_leading = lambda: bool(memo.elector.is_leader)
     key = f"{namespace}/{name}"
     loop = asyncio.get_running_loop()
     failures = 0

@@ -104,7 +104,10 @@ class Elector:
         now = self.clock()
         try:
             lease = self.kube.get_lease(self.namespace, self.name)
-            action, self._observed = assess(lease, self.identity, self._observed, now,
+            # what we saw is stamped when the answer came (as client-go does): stamped before
+            # a slow GET, a follower would count part of the holder's lease as already gone
+            seen = self.clock()
+            action, self._observed = assess(lease, self.identity, self._observed, seen,
                                             self.lease_duration)
             if action == "follow":
                 self._renewed_at = None

@@ -22,6 +22,8 @@ CONTAINER_FIELDS = frozenset({
     "name", "resources", "env", "envFrom", "volumeMounts", "livenessProbe", "readinessProbe",
     "startupProbe", "ports", "imagePullPolicy",
 })
+# hostPort/hostIP would bind the node's own ports (Pod Security "baseline" forbids it)
+PORT_FIELDS = frozenset({"containerPort", "name", "protocol"})
 VOLUME_KINDS = frozenset({"secret", "configMap", "emptyDir", "projected"})
 # serviceAccountToken is left out: it would mint a token for the pod's service account,
 # which the operator deliberately does not mount.
@@ -57,6 +59,11 @@ def problems(template: Any) -> list[str]:
             out.append(f"{at}: only the container named {CONTAINER!r} may be set")
             continue
         out += _unknown(c, CONTAINER_FIELDS, at)
+        for j, port in enumerate(c.get("ports") or []):
+            if not isinstance(port, dict):
+                out.append(f"{at}.ports[{j}] must be an object")
+            else:
+                out += _unknown(port, PORT_FIELDS, f"{at}.ports[{j}]")
     for i, v in enumerate(spec.get("volumes") or []):
         at = f"{where}.spec.volumes[{i}]"
         if not isinstance(v, dict):

@@ -235,3 +235,15 @@ def test_a_database_migrated_before_steps_existed_records_them_without_changes(
     assert _migrate(empty_url) == []
     assert _catalogue(empty_url) == before == _catalogue(pg.url("skiplock_template"))
     assert _steps_recorded(empty_url) == ALL_STEPS
+
+
+def test_the_trigram_index_uses_pg_trgm_wherever_it_is_installed(empty_url: str) -> None:
+    """Supabase and others keep extensions in their own schema, off the search_path."""
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA extensions")
+        conn.execute("CREATE EXTENSION pg_trgm SCHEMA extensions")
+    _migrate(empty_url)
+    indexes = dict(_catalogue(empty_url)[0])
+    assert "extensions.gin_trgm_ops" in indexes["jobs_last_error_trgm_idx"]
+    assert "INVALID" not in indexes["jobs_last_error_trgm_idx"]
+    assert _steps_recorded(empty_url) == ALL_STEPS

@@ -142,3 +142,16 @@ def test_a_lock_timeout_then_success_runs_once_more() -> None:
 
     migrator._retrying("m", 3, run, sleeps.append)
     assert sleeps == [1.0]
+
+
+def test_a_step_binds_server_side_names() -> None:
+    m = migrator.parse(6, "x", "SELECT 1;\n-- step: no transaction\n"
+                       "-- with ext: SELECT nspname FROM pg_namespace LIMIT 1\n"
+                       "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON jobs USING gin "
+                       "(e {ext}.gin_trgm_ops)\n")
+    (step,) = m.steps
+    assert step.bindings == (("ext", "SELECT nspname FROM pg_namespace LIMIT 1"),)
+    assert "-- with" not in step.statement and "{ext}" in step.statement
+    with pytest.raises(ValueError, match="no `-- with` for \\['other'\\]"):
+        migrator.parse(6, "x", "SELECT 1;\n-- step: no transaction\n"
+                       "ALTER TABLE jobs VALIDATE CONSTRAINT {other}\n")

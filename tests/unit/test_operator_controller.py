@@ -322,6 +322,9 @@ def test_a_failed_migration_is_raised_by_the_poll_and_started_again(monkeypatch:
     with pytest.raises(MigrationBlocked):
         ctl._migrate(db)
     assert not db.migrated and db.migration is None
+    ctl._migrate(db)  # backing off: every try made writers wait up to the lock timeout
+    assert Blocked.calls == 1
+    db.retry_at = 0.0
     with pytest.raises(MigrationBlocked):
         ctl._migrate(db)
     assert Blocked.calls == 2

@@ -57,6 +57,11 @@ def test_the_fields_a_worker_needs_are_allowed() -> None:
     ({"spec": {"volumes": [{"name": "t", "projected": {"sources": [
         {"serviceAccountToken": {"path": "t"}}]}}]}},
      "podTemplate.spec.volumes[0].projected.sources[0].serviceAccountToken"),
+    ({"spec": {"containers": [{"name": "worker", "ports": [
+        {"containerPort": 80, "hostPort": 80, "hostIP": "0.0.0.0"}]}]}},
+     "podTemplate.spec.containers[0].ports[0].hostIP"),
+    ({"spec": {"containers": [{"name": "worker", "ports": [{"hostPort": 22}]}]}},
+     "podTemplate.spec.containers[0].ports[0].hostPort"),
     ({"metadata": {"namespace": "kube-system"}}, "podTemplate.metadata.namespace"),
     ({"kind": "Pod"}, "podTemplate.kind"),
 ])

@@ -46,6 +46,9 @@ log = logging.getLogger("skiplock.migrate")
 
 _STEP = re.compile(r"^-- step: no transaction\s*$", re.MULTILINE)
 _ONLY_IF = re.compile(r"^-- only if: (.+)$", re.MULTILINE)
+# `-- with NAME: <query>`: {NAME} in the statement becomes the query's one value, quoted as an
+# identifier (the schema an extension lives in, known only on the server)
+_WITH = re.compile(r"^-- with (\w+): (.+)$", re.MULTILINE)
 _INDEX_NAME = re.compile(
     r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE
 )
@@ -56,6 +59,7 @@ class Step:
     number: int  # 1-based within its migration
     statement: str
     only_if: str | None = None
+    bindings: tuple[tuple[str, str], ...] = ()
     # the index a CREATE INDEX CONCURRENTLY builds: dropped first when an earlier try left it
     # INVALID (IF NOT EXISTS would otherwise keep the broken index for ever)
     index: str | None = None
@@ -79,7 +83,8 @@ def parse(version: int, name: str, text: str) -> Migration:
     steps = []
     for number, part in enumerate(parts[1:], start=1):
         only_if = _ONLY_IF.search(part)
-        statement = _ONLY_IF.sub("", part)
+        bindings = tuple((m[1], m[2].strip()) for m in _WITH.finditer(part))
+        statement = _WITH.sub("", _ONLY_IF.sub("", part))
         # the statement without its comment lines: one statement, no trailing semicolon
         code = "\n".join(
             line for line in statement.splitlines() if not line.lstrip().startswith("--")
@@ -96,7 +101,11 @@ def parse(version: int, name: str, text: str) -> Migration:
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS <name> (idempotent, writers keep going)"
             )
         index = _INDEX_NAME.search(code)
-        steps.append(Step(number, code, only_if[1].strip() if only_if else None,
+        unbound = set(re.findall(r"\{(\w+)\}", code)) - {name for name, _ in bindings}
+        if unbound:
+            raise ValueError(f"migration {version:04d}_{name}, step {number}: no `-- with` "
+                             f"for {sorted(unbound)}")
+        steps.append(Step(number, code, only_if[1].strip() if only_if else None, bindings,
                           index[1] if index else None))
     return Migration(version, name, parts[0], tuple(steps))
 
@@ -171,6 +180,9 @@ def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
     conn.execute(pgsql.SQL("SET search_path TO {}, public").format(schema_id))
     # no statement timeout: the steps may scan a big table, and they block no writer
     conn.execute("SET statement_timeout = 0")
+    # but a migrator that dies (a killed pod) must not leave its backend building an index
+    # and holding the migration lock: the server checks the client is still there
+    conn.execute("SET client_connection_check_interval = '10s'")
     conn.execute(q["migrations_table"])
     conn.execute(q["migration_steps_table"])
     applied = {int(r[0]) for r in conn.execute(q["applied_migrations"])}
@@ -197,9 +209,17 @@ def _run_step(conn: psycopg.Connection[Any], m: Migration, step: Step) -> None:
     if step.only_if is not None:
         row = conn.execute(f"SELECT ({step.only_if})").fetchone()
         if not (row and row[0]):
-            log.info("migration %s step %d skipped (condition false)", m.label, step.number)
-            conn.execute(q["record_migration_step"], {"version": m.version, "step": step.number})
+            # not recorded: the next migrate looks again (pg_trgm installed later, say)
+            log.info("migration %s step %d skipped for now (condition false)", m.label,
+                     step.number)
             return
+    statement = step.statement
+    for name, query in step.bindings:
+        row = conn.execute(query).fetchone()
+        if not row or row[0] is None:
+            raise MigrationBlocked(f"migration {m.label} step {step.number}: {name} is unknown")
+        statement = statement.replace("{" + name + "}",
+                                      pgsql.Identifier(str(row[0])).as_string(conn))
     if step.index is not None:
         row = conn.execute(q["invalid_index"], {"name": step.index}).fetchone()
         if row:
@@ -208,7 +228,7 @@ def _run_step(conn: psycopg.Connection[Any], m: Migration, step: Step) -> None:
             conn.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
                 pgsql.Identifier(step.index)))
     started = time.monotonic()
-    conn.execute(step.statement)
+    conn.execute(statement)
     conn.execute(q["record_migration_step"], {"version": m.version, "step": step.number})
     log.info("migration %s step %d done in %.1fs", m.label, step.number,
              time.monotonic() - started)

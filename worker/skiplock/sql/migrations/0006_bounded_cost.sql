@@ -21,8 +21,8 @@ ALTER TABLE results ADD CONSTRAINT results_result_size
 -- may share it.
 -- Where pg_trgm is not installed (an embedded or minimal PostgreSQL without contrib) or may
 -- not be created, the index is left out with a NOTICE: the filter still works, by a scan.
--- The index itself is a step below (built concurrently, only where pg_trgm is on the
--- search_path: in public, or in the Skiplock schema).
+-- The index itself is a step below (built concurrently, with the operator class of whatever
+-- schema pg_trgm lives in, e.g. "extensions" on Supabase).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm') THEN
@@ -47,9 +47,10 @@ $$;
 CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_created_brin_idx ON jobs USING brin (created_at)
 
 -- step: no transaction
--- only if: EXISTS (SELECT FROM pg_extension AS e WHERE e.extname = 'pg_trgm' AND e.extnamespace::regnamespace::text = ANY (current_schemas(false)))
+-- only if: EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm')
+-- with trgm: SELECT n.nspname FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'
 CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_last_error_trgm_idx
-    ON jobs USING gin (last_error gin_trgm_ops) WHERE last_error IS NOT NULL
+    ON jobs USING gin (last_error {trgm}.gin_trgm_ops) WHERE last_error IS NOT NULL
 
 -- step: no transaction
 ALTER TABLE jobs VALIDATE CONSTRAINT jobs_args_size

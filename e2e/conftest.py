@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ NODE_IMAGE = os.environ.get("SKIPLOCK_NODE_IMAGE", "skiplock/kind-node:v1.34.4")
 # kind-config.yaml labels its nodes with this key (dots escaped for helm --set)
 APPS_LABEL = "skiplock.dev/e2e-role"
 APPS_LABEL_KEY = APPS_LABEL.replace(".", "\\.")
+# the node image's CNI config (e2e/toolchain/node-image.sh)
+CNI_CONF = "/etc/cni/net.d/10-skiplock.conflist"
 # Queue and JobQueue names get a per-run suffix, so a kept cluster's leftovers never mix in.
 RUN_ID = secrets.token_hex(2)
 
@@ -160,6 +163,26 @@ class Env:
                    for c in p.get("status", {}).get("conditions", []))
 
 
+def wire_pod_network(kubectl: Kubectl) -> None:
+    """What kindnet does, for the node image's static CNI config (ptp + host-local, no
+    daemon): each node allocates pod IPs from its own podCIDR, and routes every other node's
+    podCIDR to that node. Without it every node hands out the same 10.244.0.x addresses and
+    pods on a worker node cannot reach DNS or the API server's Service."""
+    nodes = [(n["metadata"]["name"], n["spec"]["podCIDR"],
+              next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP"))
+             for n in kubectl.json("get", "nodes")["items"]]
+    for name, cidr, _ in nodes:
+        conf = subprocess.run(["docker", "exec", name, "cat", CNI_CONF], check=True,
+                              capture_output=True, text=True, timeout=30).stdout
+        subprocess.run(["docker", "exec", "-i", name, "sh", "-c", f"cat > {CNI_CONF}"],
+                       input=re.sub(r'"subnet": "[0-9./]+"', f'"subnet": "{cidr}"', conf),
+                       check=True, text=True, timeout=30)
+        for other, other_cidr, other_ip in nodes:
+            if other != name:
+                subprocess.run(["docker", "exec", name, "ip", "route", "replace", other_cidr,
+                                "via", other_ip], check=True, timeout=30)
+
+
 def _binary(env: str, name: str) -> Path:
     path = Path(os.environ.get(env, CACHE / "bin" / name))
     if not path.exists():
@@ -184,6 +207,8 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[KindCluster]:
     kubectl = Kubectl(Path(kubectl_bin), kubeconfig)
     with step("nodes Ready"):
         kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=300s", timeout=320)
+    with step("pod network across nodes"):
+        wire_pod_network(kubectl)
         # the control plane runs the dev Postgres (nodeSelector in helm_values)
         kubectl("taint", "nodes", "-l", f"{APPS_LABEL}=infra",
                 "node-role.kubernetes.io/control-plane:NoSchedule-", check=False)

@@ -63,9 +63,15 @@ bench: setup ## Skiplock vs procrastinate and pgqueuer, same Postgres, same run
 bench-claim: setup ## the claim statement with and without its rollout and pause guards (pgbench)
 	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.claim_cost
 
+bench-pooler: setup ## enqueue->start latency direct, through PgBouncer with LISTEN direct, and poll-only
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.pooler_latency 80
+
+bench-replication: setup ## claim commit cost with synchronous_commit on/off, async and sync standby
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.claim_commit_replication
+
 bench-cancel: setup ## cancel latency (request -> handler sees it), with and without LISTEN
 	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.cancel_latency
 
 
 .PHONY: help setup demo lint toolchain toxiproxy test-unit test-integration test-failures \
-	test-operator test-browser images operator e2e test bench bench-claim bench-cancel
+	test-operator test-browser images operator e2e test bench bench-claim bench-pooler bench-replication bench-cancel

@@ -24,10 +24,11 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.abc import Params, QueryNoTemplate
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -68,11 +69,17 @@ def conninfo(
     application_name: str = "skiplock",
     synchronous_commit: bool = True,
     read_only: bool = False,
+    pooler: bool = False,
 ) -> str:
     """The URL plus the options every Skiplock connection needs (schema, bounded timeouts).
 
     ``read_only``: the server refuses writes on it (the API's read pool: a write that landed
     there by mistake fails loudly instead of competing with reads).
+
+    ``pooler``: the URL is a transaction pooler's (PgBouncer), which refuses startup
+    ``options`` and would not keep them for us anyway (each transaction may run on another
+    server connection): no options are sent; the caller sends transaction_settings() in every
+    transaction instead.
 
     Every connection (Database, WorkerConnection) is built here, so this is where the schema
     name is checked (it is spliced into ``options``: a space would add a server setting) and
@@ -92,7 +99,8 @@ def conninfo(
     if read_only:
         options += " -c default_transaction_read_only=on"
     try:
-        return _make_conninfo(url, connect_timeout, statement_timeout, application_name, options)
+        return _make_conninfo(url, connect_timeout, statement_timeout, application_name,
+                              None if pooler else options)
     except (psycopg.Error, ValueError, TypeError) as exc:
         raise malformed_url(exc, url) from None
 
@@ -111,9 +119,43 @@ def malformed_url(exc: BaseException, url: str) -> ConfigurationError:
     )
 
 
+def transaction_settings(
+    schema: str, statement_timeout: float, synchronous_commit: bool = True,
+    read_only: bool = False,
+) -> dict[str, Any]:
+    """The parameters of the transaction_settings query: what conninfo()'s options set for a
+    session, for one transaction (behind a transaction pooler)."""
+    return {
+        "search_path": f"{schema}, public",
+        "statement_timeout": str(int(statement_timeout * 1000)),
+        "synchronous_commit": None if synchronous_commit else "off",
+        "read_only": "on" if read_only else None,
+    }
+
+
+def refuses_startup_options(exc: BaseException) -> bool:
+    """A connection refused because it sent startup ``options``: PgBouncer answers "unsupported
+    startup parameter: options" (unless told to ignore them, which would silently drop the
+    search_path and the statement timeout)."""
+    return isinstance(exc, psycopg.OperationalError) and (
+        "unsupported startup parameter" in str(exc))
+
+
+# SQLSTATEs that say "this server cannot take this connection's work now", not "this work is
+# wrong": a read-only server (a standby, or a demoted primary, where a connection lands across
+# a failover) and the shutdowns of one (administrator, crash, still starting up).
+RECONNECT_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03"})
+
+
+def needs_reconnect(exc: BaseException) -> bool:
+    """The connection must be dropped and a new one made: another host (the new primary, which
+    a multi-host URL with target_session_attrs=read-write finds) may take the work."""
+    return isinstance(exc, psycopg.Error) and exc.sqlstate in RECONNECT_SQLSTATES
+
+
 def _make_conninfo(
     url: str, connect_timeout: float, statement_timeout: float, application_name: str,
-    options: str,
+    options: str | None,
 ) -> str:
     return psycopg.conninfo.make_conninfo(
         url,
@@ -134,12 +176,24 @@ def _make_conninfo(
 _DATA_REFUSED_CLASSES = frozenset({"22", "23", "54"})
 
 
-def wrap_error(exc: BaseException, url: str | None, doing: str) -> SkiplockError:
-    """A Skiplock error for a driver error, saying what failed and what to do, no secrets."""
+def wrap_error(exc: BaseException, url: str | None, doing: str, *,
+               read_only_session: bool = False) -> SkiplockError:
+    """A Skiplock error for a driver error, saying what failed and what to do, no secrets.
+
+    ``read_only_session``: the connection was opened read-only on purpose (the API's read
+    pool), so a refused write (25006) is a bug to report, not a server to leave."""
     where = redact_url(url)
     detail = scrub(
         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url
     )
+    if needs_reconnect(exc) and not (read_only_session and isinstance(
+            exc, psycopg.errors.ReadOnlySqlTransaction)):
+        return DatabaseUnavailable(
+            f"{doing}: the database at {where} is read-only or shutting down ({detail}): a "
+            "standby, or a primary in a failover. The connection was dropped; a new one looks "
+            "for the primary again (list every host in the URL, with "
+            "target_session_attrs=read-write)."
+        )
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
         return SchemaMissing(
             f"{doing}: the Skiplock tables are missing in the database at {where} ({detail}). "
@@ -382,6 +436,35 @@ def query_scope(scope: QueryScope) -> Iterator[QueryScope]:
         _SCOPE.reset(token)
 
 
+@contextlib.contextmanager
+def _discarded_on_failover(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Close a pooled connection whose server turned read-only or is shutting down, so that the
+    pool drops it instead of handing it out again (a new one may find the new primary)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        if needs_reconnect(exc):
+            conn.close()
+        raise
+
+
+class _PoolConnection(psycopg.Connection[Any]):
+    """A pool's connection that notices a transaction pooler: when the server refuses the
+    startup options, ``skiplock_on_refused`` (the Database's) switches to pooler mode and
+    returns the conninfo to connect with instead."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        on_refused: Callable[[], str] | None = kwargs.pop("skiplock_on_refused", None)
+        try:
+            return super().connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            if on_refused is None or not refuses_startup_options(exc):
+                raise
+            retry_with = on_refused()
+        return super().connect(retry_with, **{**kwargs, "prepare_threshold": None})
+
+
 class Database:
     """Synchronous access for producers, the CLI, the API and the operator (a small pool)."""
 
@@ -395,17 +478,25 @@ class Database:
         max_size: int = 4,
         application_name: str = "skiplock",
         read_pool_size: int | None = None,
+        pooler: bool = False,
     ) -> None:
         """``read_pool_size``: a second pool, of read-only connections, for work run under a
-        read-only QueryScope (the API's reads), so that they cannot take every connection."""
+        read-only QueryScope (the API's reads), so that they cannot take every connection.
+
+        ``pooler``: ``url`` is a transaction pooler's (PgBouncer, pool_mode=transaction): no
+        startup options and no server-side prepared statements, the settings sent in each
+        transaction instead. Found out on the first connection too (the pooler refuses the
+        options), at the cost of that one refused attempt; saying so skips it."""
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
-        self._conninfo = conninfo(url, schema, connect_timeout, statement_timeout, application_name)
-        self._pool = self._new_pool(self._conninfo, max_size)
+        self.statement_timeout = statement_timeout
+        self.application_name = application_name
+        self.pooler = pooler
+        self._conninfo = self._info(read_only=False)
+        self._pool = self._new_pool(max_size, read_only=False)
         self._read_pool = None if read_pool_size is None else self._new_pool(
-            conninfo(url, schema, connect_timeout, statement_timeout, application_name,
-                     read_only=True), read_pool_size)
+            read_pool_size, read_only=True)
 
     @classmethod
     def from_settings(
@@ -431,19 +522,57 @@ class Database:
             max_size=max_size,
             application_name=application_name,
             read_pool_size=read_pool_size,
+            pooler=settings.pooler == "transaction",
         )
 
-    def _new_pool(self, info: str, max_size: int) -> ConnectionPool:
+    def _info(self, *, read_only: bool) -> str:
+        return conninfo(self.url, self.schema, self.connect_timeout, self.statement_timeout,
+                        self.application_name, read_only=read_only, pooler=self.pooler)
+
+    def _behind_pooler(self) -> None:
+        """The pooler refused our startup options: pooler mode from now on (one log line)."""
+        if not self.pooler:
+            self.pooler = True
+            log.info("the database at %s refused startup options: a transaction pooler "
+                     "(PgBouncer). Sending session settings per transaction, without prepared "
+                     "statements (SKIPLOCK_POOLER=transaction says so up front).",
+                     redact_url(self.url))
+        self._conninfo = self._info(read_only=False)
+
+    def _new_pool(self, max_size: int, *, read_only: bool) -> ConnectionPool[_PoolConnection]:
+        def behind_pooler() -> str:
+            self._behind_pooler()
+            return self._info(read_only=read_only)
+
+        def connect_kwargs() -> dict[str, Any]:
+            kwargs: dict[str, Any] = {"autocommit": True}
+            if self.pooler:
+                # Named prepared statements live on one server connection: through a
+                # transaction pooler the next execution may run on another that lacks it.
+                kwargs["prepare_threshold"] = None
+            else:
+                kwargs["skiplock_on_refused"] = behind_pooler
+            return kwargs
+
         return ConnectionPool(
-            info,
+            lambda: self._info(read_only=read_only),
+            connection_class=_PoolConnection,
             min_size=0,
             max_size=max_size,
             open=True,
             timeout=self.connect_timeout,
             reconnect_timeout=0,
             check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True},
+            kwargs=connect_kwargs,
         )
+
+    def _settings(self, conn: psycopg.Connection[Any], *, read_only: bool = False) -> None:
+        """Behind a pooler: this transaction's settings (first statement of a transaction, or
+        in the pipeline of an autocommit statement: one implicit transaction until its Sync).
+        Nothing on a direct connection, whose options set them once."""
+        if self.pooler:
+            conn.execute(Q["transaction_settings"], transaction_settings(
+                self.schema, self.statement_timeout, read_only=read_only))
 
     def close(self) -> None:
         self._pool.close()
@@ -456,16 +585,21 @@ class Database:
         QueryScope (if any) so that its deadline can cancel what runs on it."""
         scope = _SCOPE.get()
         if scope is None:
-            with self._pool.connection() as conn:
+            with self._pool.connection() as conn, _discarded_on_failover(conn):
                 yield conn
             return
-        pool = self._read_pool if scope.read_only and self._read_pool is not None else self._pool
-        with pool.connection() as conn:
+        pool = self._pool if self._read_pool is None or not self._reading() else self._read_pool
+        with pool.connection() as conn, _discarded_on_failover(conn):
             scope._enter(conn)
             try:
                 yield conn
             finally:
                 scope._leave(conn)
+
+    def _reading(self) -> bool:
+        """This thread's work runs on the read pool's read-only connections."""
+        scope = _SCOPE.get()
+        return scope is not None and scope.read_only and self._read_pool is not None
 
     def __enter__(self) -> Database:
         return self
@@ -481,13 +615,20 @@ class Database:
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise wrap_error(exc, self.url, doing) from None
         except psycopg.Error as exc:
-            raise wrap_error(exc, self.url, doing) from None
+            raise wrap_error(exc, self.url, doing, read_only_session=self._reading()) from None
 
     def _rows(
         self, name: str, params: Mapping[str, Any] | None = None, doing: str | None = None
     ) -> list[Row]:
         with self._conn(doing or name) as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(Q[name], params or {})
+            if self.pooler:
+                # One round trip: the settings and the statement go out with one Sync, and
+                # the results are read after it (reading inside the pipeline flushes first).
+                with conn.pipeline():
+                    self._settings(conn, read_only=self._reading())
+                    cur.execute(Q[name], params or {})
+            else:
+                cur.execute(Q[name], params or {})
             return cur.fetchall() if cur.description else []
 
     # -- migrations -----------------------------------------------------------------------
@@ -500,6 +641,12 @@ class Database:
         On its own autocommit connection, not a pooled one: the index builds run outside a
         transaction and without the pool's statement timeout (see skiplock/migrator.py).
         """
+        if self.pooler:
+            raise ConfigurationError(
+                "migrate needs a direct connection to PostgreSQL, not a transaction pooler: "
+                "it holds a session lock and builds indexes outside transactions. Run "
+                "`skiplock migrate` with the server's own URL (SKIPLOCK_DATABASE_URL without "
+                "PgBouncer, and SKIPLOCK_POOLER unset)")
         lock = [f"{_MIGRATION_LOCK}:{self.schema}"]
         try:
             with psycopg.connect(self._conninfo, autocommit=True) as conn:
@@ -545,11 +692,17 @@ class Database:
                     if pipeline:
                         with conn.pipeline():
                             conn.execute("BEGIN")
+                            self._settings(conn)
                             result = run(conn)
                             committing = True
                             conn.execute("COMMIT")
                     else:
-                        conn.execute("BEGIN")
+                        if self.pooler:
+                            with conn.pipeline():  # one round trip, as BEGIN alone
+                                conn.execute("BEGIN")
+                                self._settings(conn)
+                        else:
+                            conn.execute("BEGIN")
                         result = run(conn)
                         committing = True
                         conn.execute("COMMIT")
@@ -565,6 +718,18 @@ class Database:
                     ) from exc
                 # Class 54 (a size or nesting limit) is an OperationalError no retry can cure.
                 if retry and (exc.sqlstate or "")[:2] not in _DATA_REFUSED_CLASSES:
+                    retry = False
+                    log.info(
+                        "%s: %s; nothing was stored, retrying on a fresh connection",
+                        doing,
+                        scrub((str(exc).strip() or type(exc).__name__).splitlines()[0], self.url),
+                    )
+                    continue
+                raise wrap_error(exc, self.url, doing) from None
+            except psycopg.errors.ReadOnlySqlTransaction as exc:
+                # A read-only server (a standby, a demoted primary): refused before COMMIT, so
+                # nothing was stored; the fresh connection may find the primary.
+                if retry:
                     retry = False
                     log.info(
                         "%s: %s; nothing was stored, retrying on a fresh connection",
@@ -843,6 +1008,7 @@ class Database:
         acted: list[int] = []
         with self._conn(f"{action} jobs in bulk") as conn, conn.transaction(), \
                 conn.cursor(row_factory=dict_row) as cur:
+            self._settings(conn)
             picked = cur.execute(Q["bulk_pick"], params).fetchone()
             assert picked is not None  # an aggregate always answers one row
             ids = [int(i) for i in picked["ids"]]
@@ -934,6 +1100,31 @@ def _shut_down(conn: psycopg.AsyncConnection[Any] | None) -> None:
         s.shutdown(socket.SHUT_RDWR)
 
 
+class ListenUnavailable(SkiplockError):
+    """LISTEN cannot work on this connection: it goes through a transaction pooler, which runs
+    each transaction on any server connection and delivers no notification to us."""
+
+
+class _SettingCursor(psycopg.AsyncCursor[Any]):
+    """A cursor behind a transaction pooler: each statement goes out after the transaction's
+    settings, in one pipeline, so both run in one implicit transaction (until the pipeline's
+    Sync), on one server connection, in one round trip; the caller reads the results after."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], settings: Mapping[str, Any]) -> None:
+        super().__init__(conn)
+        self._settings = settings
+
+    async def execute(  # type: ignore[override]  # the Template overload: never used here
+        self, query: QueryNoTemplate, params: Params | None = None, *,
+        prepare: bool | None = None, binary: bool | None = None,
+    ) -> Self:
+        async with self.connection.pipeline():
+            await self.connection.execute(Q["transaction_settings"], self._settings,
+                                          prepare=False)
+            await super().execute(query, params, prepare=False, binary=binary)
+        return self
+
+
 class WorkerConnection:
     """One async connection a worker service owns; reconnects lazily after any failure."""
 
@@ -946,12 +1137,17 @@ class WorkerConnection:
         statement_timeout: float,
         application_name: str,
         synchronous_commit: bool = True,
+        pooler: bool = False,
     ) -> None:
+        """``pooler``: ``url`` is a transaction pooler's (see Database); also found out when
+        the server refuses the startup options."""
         self.url = url
         self.schema = schema
-        self._conninfo = conninfo(
-            url, schema, connect_timeout, statement_timeout, application_name, synchronous_commit
-        )
+        self.pooler = pooler
+        self._connect_args = (url, schema, connect_timeout, statement_timeout, application_name,
+                              synchronous_commit)
+        self._conninfo = conninfo(*self._connect_args, pooler=pooler)
+        self._settings = transaction_settings(schema, statement_timeout, synchronous_commit)
         self._conn: psycopg.AsyncConnection[Any] | None = None
         # Services sharing this connection take turns; the wait is outside the deadline, which
         # bounds the database's answer only.
@@ -963,14 +1159,30 @@ class WorkerConnection:
     async def _get(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             try:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, prepare_threshold=0
-                )
+                self._conn = await self._connect()
             except UnicodeError as exc:
                 # psycopg resolves host names itself: one IDNA cannot encode (a piece of a
                 # malformed URL) is as unreachable as one DNS does not know.
                 raise wrap_error(OSError(str(exc)), self.url, "connect") from None
         return self._conn
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        if not self.pooler:
+            try:
+                # Every statement prepared at once: the worker runs a dozen, thousands of times.
+                return await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, prepare_threshold=0)
+            except psycopg.OperationalError as exc:
+                if not refuses_startup_options(exc):
+                    raise
+            self.pooler = True
+            self._conninfo = conninfo(*self._connect_args, pooler=True)
+            log.info("the database at %s refused startup options: a transaction pooler "
+                     "(PgBouncer). Sending session settings per transaction, without prepared "
+                     "statements (SKIPLOCK_POOLER=transaction says so up front).",
+                     redact_url(self.url))
+        return await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, prepare_threshold=None)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -1000,7 +1212,8 @@ class WorkerConnection:
         try:
             async with asyncio.timeout(self.deadline + 2):
                 conn = await self._get()
-                async with conn.cursor() as cur:
+                async with (_SettingCursor(conn, self._settings) if self.pooler
+                            else conn.cursor()) as cur:
                     yield cur
         except (TimeoutError, psycopg.OperationalError, OSError) as exc:
             if severed or isinstance(exc, TimeoutError):
@@ -1015,6 +1228,8 @@ class WorkerConnection:
                 await self.close()
             raise error from None
         except psycopg.Error as exc:
+            if needs_reconnect(exc):  # a read-only server: a new connection may find the primary
+                await self.close()
             raise wrap_error(exc, self.url, doing) from None
         finally:
             timer.cancel()
@@ -1212,9 +1427,16 @@ class WorkerConnection:
         self, *channels: str, on_listening: Callable[[], None] | None = None
     ) -> AsyncIterator[tuple[str, str]]:
         """Yield (channel, payload) per notification; raises DatabaseUnavailable when the link
-        dies. ``on_listening`` is called once every LISTEN is in place."""
+        dies. ``on_listening`` is called once every LISTEN is in place. ListenUnavailable
+        when the connection goes through a transaction pooler (known or found on connecting):
+        a LISTEN there would succeed and hear nothing."""
         try:
-            conn = await self._get()
+            conn = None if self.pooler else await self._get()
+            if conn is None or self.pooler:
+                await self.close()
+                raise ListenUnavailable(
+                    f"LISTEN is impossible through the transaction pooler at "
+                    f"{redact_url(self.url)}")
             for channel in channels:
                 await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
             if on_listening is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,6 +22,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="libpq URL or DSN; secret, never logged (see redact_url)",
         repr=False,  # a logged or printed Settings must not carry the password
+    )
+    # "transaction": database_url is a transaction pooler's (PgBouncer pool_mode=transaction):
+    # settings are sent per transaction, no prepared statements (docs/postgres.md). Found out
+    # on the first connection too, when the pooler refuses the startup options.
+    pooler: Literal["none", "transaction"] = Field(default="none")
+    listen_url: str | None = Field(
+        default=None, repr=False,
+        description="direct URL (not through a pooler) for the worker's LISTEN connection; "
+        "secret, never logged. Unset behind a pooler: the worker polls",
     )
     schema_name: str = Field(default="skiplock", validation_alias="SKIPLOCK_SCHEMA")
     connect_timeout: float = Field(default=5.0, gt=0, le=120)

@@ -567,3 +567,16 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(reasons)s::text[], %(delay
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt
 RETURNING j.id, j.state::text;
+
+-- name: transaction_settings
+-- Behind a transaction pooler (PgBouncer, pool_mode = transaction) no startup `options` reach
+-- the server, and a session SET would stay on a server connection other clients get next: the
+-- settings conninfo() sends as options are set for this transaction only, by the statement
+-- that opens it. NULL keeps the server's own value (synchronous_commit, read-only).
+SELECT set_config('search_path', %(search_path)s, true),
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('jit', 'off', true),
+       set_config('synchronous_commit',
+                  coalesce(%(synchronous_commit)s, current_setting('synchronous_commit')), true),
+       set_config('transaction_read_only',
+                  coalesce(%(read_only)s, current_setting('transaction_read_only')), true);

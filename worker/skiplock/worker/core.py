@@ -50,6 +50,14 @@ def make_worker_id(name: str | None = None) -> str:
     return f"{base}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def _pooler_settings(settings: Settings) -> dict[str, Any]:
+    """``pooler`` and the direct LISTEN URL from SKIPLOCK_POOLER and SKIPLOCK_LISTEN_URL."""
+    found: dict[str, Any] = {"pooler": settings.pooler == "transaction"}
+    if settings.listen_url:
+        found["connection_urls"] = {"listen": settings.listen_url}
+    return found
+
+
 class Worker:
     def __init__(
         self,
@@ -70,11 +78,15 @@ class Worker:
         unrunnable_grace: float = 120.0,
         connection_urls: Mapping[str, str] | None = None,
         cancel_grace: float = 10.0,
+        pooler: bool = False,
     ) -> None:
         """``unrunnable_grace``: how long a job no live worker can run (unknown task, arguments
         that fit no registered version) waits for one before it goes dead.
         ``connection_urls``: a URL per connection ("claim", "write", "listen") where one must
         differ from ``database_url`` (e.g. a direct URL for LISTEN behind a pooler).
+        ``pooler``: ``database_url`` is a transaction pooler's (PgBouncer): the claim and
+        write connections send their settings per transaction and prepare nothing (see
+        db.Database); the listen connection needs its own, direct, URL, or the worker polls.
         ``cancel_grace``: how long a handler told to stop (cancel request, deadline) has before
         its outcome is written without it (see executor.py)."""
         if not queues:
@@ -106,6 +118,9 @@ class Worker:
                 statement_timeout=statement_timeout,
                 application_name=f"skiplock-worker-{role}",
                 synchronous_commit=synchronous_commit,
+                # A URL of its own for a role is a direct one (LISTEN's behind a pooler); one
+                # that is not after all is found out on connecting.
+                pooler=pooler and role not in urls,
             )
 
         # Claims (and rescues) commit without waiting for the WAL flush: a claim lost in a
@@ -156,8 +171,7 @@ class Worker:
 
     @classmethod
     def from_settings(cls, app: App, settings: Settings, **overrides: Any) -> Worker:
-        if not settings.database_url:
-            raise SkiplockError("no database URL: set SKIPLOCK_DATABASE_URL or pass --database-url")
+        url = settings.require_url()
         params: dict[str, Any] = {
             "concurrency": settings.concurrency,
             "lease_seconds": settings.lease_seconds,
@@ -170,9 +184,10 @@ class Worker:
             "max_result_bytes": settings.max_result_bytes,
             "unrunnable_grace": settings.unrunnable_grace,
             "cancel_grace": settings.cancel_grace,
+            **_pooler_settings(settings),
         }
         params.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(app, settings.database_url, **params)
+        return cls(app, url, **params)
 
     @property
     def processed(self) -> int:

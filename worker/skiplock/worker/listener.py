@@ -1,5 +1,8 @@
 """LISTEN for new jobs on this worker's queues and for job control (cancel requests, pauses);
-polling covers whatever it misses (the claimer polls for jobs, the cancel watcher for cancels)."""
+polling covers whatever it misses (the claimer polls for jobs, the cancel watcher for cancels).
+
+Behind a transaction pooler with no direct URL for LISTEN there is nothing to listen on: the
+listener says so once and the worker polls (poll-only mode)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from .. import metrics
-from ..db import WorkerConnection
+from ..db import ListenUnavailable, WorkerConnection
 from ..errors import DatabaseUnavailable
 from ..retry import reconnect_delay
 from .state import WorkerState
@@ -45,6 +48,13 @@ class Listener:
             try:
                 await self.run_once()
                 failures = 0
+            except ListenUnavailable as exc:
+                log.warning(
+                    "%s: polling for new jobs and cancel requests every %.1fs instead. Give the "
+                    "worker a direct URL for LISTEN (SKIPLOCK_LISTEN_URL) for wake-ups at once.",
+                    exc, self.poll_interval)
+                self.state.listening = False
+                await asyncio.Event().wait()  # for the worker's life: no error loop
             except DatabaseUnavailable as exc:
                 self.state.listening = False
                 failures += 1

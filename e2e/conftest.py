@@ -181,6 +181,13 @@ def wire_pod_network(kubectl: Kubectl) -> None:
             if other != name:
                 subprocess.run(["docker", "exec", name, "ip", "route", "replace", other_cidr,
                                 "via", other_ip], check=True, timeout=30)
+                # the node image rejects pod addresses leaving via eth0 (so nothing leaks off
+                # this machine before kube-proxy is ready); another node's podCIDR, routed to
+                # that node's container, is let through ahead of that fence
+                for chain in ("FORWARD", "OUTPUT"):
+                    subprocess.run(["docker", "exec", name, "iptables", "-I", chain, "1", "-d",
+                                    other_cidr, "-o", "eth0", "-j", "ACCEPT"], check=True,
+                                   timeout=30)
 
 
 def _binary(env: str, name: str) -> Path:

@@ -15,7 +15,7 @@ from tests.support.invariants import assert_invariants
 
 from e2e.conftest import Env
 from e2e.support import enqueue, log, step, wait_for
-from e2e.test_7_operator_ha import leader
+from e2e.test_6_operator_ha import leader
 
 pytestmark = pytest.mark.timeout(900)
 LEASE = 6

@@ -219,14 +219,11 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[KindCluster]:
         # the control plane runs the dev Postgres (nodeSelector in helm_values)
         kubectl("taint", "nodes", "-l", f"{APPS_LABEL}=infra",
                 "node-role.kubernetes.io/control-plane:NoSchedule-", check=False)
-    with step("load images (each onto the nodes that run it)"):
-        def nodes(role: str) -> str:
-            return kubectl("get", "nodes", "-l", f"{APPS_LABEL}={role}",
-                           "-o", "jsonpath={.items[*].metadata.name}").strip().replace(" ", ",")
-        for image, role in ((WORKER_IMAGE, "apps"), (OPERATOR_IMAGE, "apps"),
-                            (POSTGRES_IMAGE, "infra")):
-            subprocess.run([kind_bin, "load", "docker-image", "--name", name, "--nodes",
-                            nodes(role), image], check=True, timeout=600)
+    with step("load images onto every node"):
+        # every image on every node: the install-paths test applies deploy/, whose pods have
+        # no node selector and may land anywhere
+        for image in (WORKER_IMAGE, OPERATOR_IMAGE, POSTGRES_IMAGE):
+            kc.load_docker_image(image)
     yield kc
     if not request.config.getoption("keep_cluster"):
         with step(f"delete cluster {name}"):

@@ -709,27 +709,17 @@ class Database:
                 return result
             except PoolTimeout as exc:  # an OperationalError, but the pool already waited
                 raise wrap_error(exc, self.url, doing) from None
-            except psycopg.OperationalError as exc:
-                if committing:
+            except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+                if committing and isinstance(exc, psycopg.OperationalError):
                     raise EnqueueOutcomeUnknown(
                         f"{doing}: the connection to {redact_url(self.url)} died while "
                         f"committing, so {what} may or may not exist. Retry with unique keys "
                         "(unique_key) to make the retry safe."
                     ) from exc
+                # Before COMMIT nothing was stored: a lost connection, or a read-only server
+                # (a standby, a demoted primary) whose fresh connection may find the primary.
                 # Class 54 (a size or nesting limit) is an OperationalError no retry can cure.
                 if retry and (exc.sqlstate or "")[:2] not in _DATA_REFUSED_CLASSES:
-                    retry = False
-                    log.info(
-                        "%s: %s; nothing was stored, retrying on a fresh connection",
-                        doing,
-                        scrub((str(exc).strip() or type(exc).__name__).splitlines()[0], self.url),
-                    )
-                    continue
-                raise wrap_error(exc, self.url, doing) from None
-            except psycopg.errors.ReadOnlySqlTransaction as exc:
-                # A read-only server (a standby, a demoted primary): refused before COMMIT, so
-                # nothing was stored; the fresh connection may find the primary.
-                if retry:
                     retry = False
                     log.info(
                         "%s: %s; nothing was stored, retrying on a fresh connection",

@@ -88,12 +88,13 @@ def operator_env(envtest: EnvTest, admin: client.ApiClient,
 
 
 @pytest.fixture
-def start_operator(operator_env: None, envtest: EnvTest
-                   ) -> Iterator[Callable[[], OperatorThread]]:
+def operators(operator_env: None) -> Iterator[Callable[[Path], OperatorThread]]:
+    """Start real operators with a kubeconfig each (as different users, or several at once);
+    each is stopped at the end and must not have crashed."""
     started: list[OperatorThread] = []
 
-    def start() -> OperatorThread:
-        op = OperatorThread(envtest.kubeconfig("operator"))
+    def start(kubeconfig: Path) -> OperatorThread:
+        op = OperatorThread(kubeconfig)
         op.start()
         started.append(op)
         return op
@@ -103,6 +104,13 @@ def start_operator(operator_env: None, envtest: EnvTest
         if op.thread.is_alive():
             op.stop()
         assert op.error is None, f"operator crashed: {op.error!r}"
+
+
+@pytest.fixture
+def start_operator(operators: Callable[[Path], OperatorThread], envtest: EnvTest
+                   ) -> Callable[[], OperatorThread]:
+    """Start the operator as its own ServiceAccount-like user."""
+    return lambda: operators(envtest.kubeconfig("operator"))
 
 
 @pytest.fixture

@@ -35,23 +35,6 @@ pytestmark = pytest.mark.slow
 Sql = Callable[..., list[tuple[object, ...]]]
 
 
-@pytest.fixture
-def operators(operator_env: None) -> Iterator[Callable[[Path], OperatorThread]]:
-    started: list[OperatorThread] = []
-
-    def start(kubeconfig: Path) -> OperatorThread:
-        op = OperatorThread(kubeconfig)
-        op.start()
-        started.append(op)
-        return op
-
-    yield start
-    for op in started:
-        if op.thread.is_alive():
-            op.stop()
-        assert op.error is None, f"operator crashed: {op.error!r}"
-
-
 def metric(name: str, **labels: str) -> float:
     return sum(s.value for m in REGISTRY.collect() for s in m.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))

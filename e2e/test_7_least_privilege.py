@@ -3,10 +3,11 @@ Pod Security `restricted` admitting the operator and worker pods."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from e2e.conftest import NAMESPACE, RELEASE, Env
 from e2e.support import step, wait_for
@@ -28,27 +29,34 @@ def test_rbac_denies_what_the_operator_does_not_need(env: Env) -> None:
     assert not can_i(env, "get", "secrets", "-n", "kube-system")
     assert not can_i(env, "create", "deployments", "-n", "default")
     assert not can_i(env, "patch", "pods", "-n", "kube-system")
-    assert can_i(env, "update", "leases.coordination.k8s.io", "-n", NAMESPACE)
+    # the Lease rule names the one Lease the operator holds, nothing else
+    assert can_i(env, "update", f"leases.coordination.k8s.io/{RELEASE}-operator", "-n", NAMESPACE)
+    assert not can_i(env, "update", "leases.coordination.k8s.io/someone-elses", "-n", NAMESPACE)
     assert can_i(env, "update", "jobqueues/finalizers", "-n", NAMESPACE)
 
 
 def test_a_pod_patch_as_the_operator_may_only_touch_the_deletion_cost(env: Env) -> None:
     """RBAC cannot limit a patch to one field; the chart's ValidatingAdmissionPolicy does. A
     server-side dry run goes through admission, so it proves the rule without changing pods."""
+    name = env.jobqueue(env.unique("e2e-vap"), min_replicas=1, max_replicas=1)
     pod = wait_for(lambda: next(iter(env.kubectl(
-        "-n", NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=operator",
-        "-o", "jsonpath={.items[*].metadata.name}").split()), None), 120, "an operator pod")
-    as_operator = [f"--as={OPERATOR_SA}", "--dry-run=server", "--type=merge"]
+        "-n", NAMESPACE, "get", "pods", "-l", f"app.kubernetes.io/instance={name}",
+        "-o", "jsonpath={.items[*].metadata.name}").split()), None), 120, "a worker pod")
+    # the operator's own call (a PATCH, no GET first, as kubectl would), made as its SA
+    api = config.new_client_from_config(str(env.kubectl.kubeconfig))
+    api.set_default_header("Impersonate-User", OPERATOR_SA)
+    core = client.CoreV1Api(api)
     cost = {"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "-5"}}}
-    env.kubectl("-n", NAMESPACE, "patch", "pod", pod, *as_operator, "-p", json.dumps(cost))
+    core.patch_namespaced_pod(pod, NAMESPACE, cost, dry_run="All")
     for hostile in (
-        {"metadata": {"labels": {"app.kubernetes.io/component": "not-the-operator"}}},
+        {"metadata": {"labels": {"app.kubernetes.io/component": "not-a-worker"}}},
         {"metadata": {"annotations": {"something.else/x": "1"}}},
         {"spec": {"activeDeadlineSeconds": 1}},
+        {"metadata": {"finalizers": ["example.com/stuck"]}},
     ):
-        out = env.kubectl("-n", NAMESPACE, "patch", "pod", pod, *as_operator, "-p",
-                          json.dumps(hostile), check=False)
-        assert "patched" not in out, f"the operator could patch {hostile}: {out}"
+        with pytest.raises(ApiException) as refused:
+            core.patch_namespaced_pod(pod, NAMESPACE, hostile, dry_run="All")
+        assert refused.value.status in (403, 422), (hostile, refused.value.status)
 
 
 @pytest.fixture

@@ -472,7 +472,7 @@ class QueueController:
         direction = "up" if decision.desired > current else "down"
         metrics.SCALE_EVENTS.labels(self.namespace, self.name, direction).inc()
         self._event(body, "Normal", decision.reason, decision.message)
-        log.info("%s/%s: %s", self.namespace, self.name, decision.message)
+        log.info("%s/%s: scaled %s", self.namespace, self.name, decision.message)
         return cond.timestamp(self.wall()), None
 
     def _mark_idle_first(self, body: dict[str, Any], spec: JobQueueSpec) -> None:

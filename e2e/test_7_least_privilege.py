@@ -32,7 +32,8 @@ def test_rbac_denies_what_the_operator_does_not_need(env: Env) -> None:
     # the Lease rule names the one Lease the operator holds, nothing else
     assert can_i(env, "update", f"leases.coordination.k8s.io/{RELEASE}-operator", "-n", NAMESPACE)
     assert not can_i(env, "update", "leases.coordination.k8s.io/someone-elses", "-n", NAMESPACE)
-    assert can_i(env, "update", "jobqueues/finalizers", "-n", NAMESPACE)
+    assert can_i(env, "update", "jobqueues.skiplock.dev", "--subresource=finalizers", "-n",
+                 NAMESPACE)
 
 
 def test_a_pod_patch_as_the_operator_may_only_touch_the_deletion_cost(env: Env) -> None:

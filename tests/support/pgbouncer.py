@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support.pgserver import PgServer, free_port
+from tests.support.pgserver import PgServer, free_port, terminate
 
 
 def binary() -> str:
@@ -109,13 +109,7 @@ class PgBouncer:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

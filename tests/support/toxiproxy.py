@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.support.pgserver import free_port
+from tests.support.pgserver import free_port, terminate
 
 MODULE = "github.com/Shopify/toxiproxy/v2"
 # The newest version the Go module proxy serves (`go list -m -versions <MODULE>`).
@@ -186,13 +186,7 @@ class ToxiproxyServer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """One JobQueue's reconcile loop body, in phases: ensure the worker Deployment, read the load,
 decide (scaling.decide, pure), apply, and build the status (status.build_status, pure).
-Synchronous (the kubernetes client and the Database are); the kopf daemon runs ``poll()`` in a
-thread of the operator's poll pool once per poll interval.
+Synchronous (the kubernetes client and the Database are); the JobQueue's poll loop
+(handlers.py) runs ``poll()`` in a thread of the operator's poll pool once per poll interval.
 
 Nothing here may raise out of ``poll()`` for a known problem: every failure becomes a
 condition, an event and a held replica count, and the next poll tries again. A replica that

@@ -38,7 +38,7 @@ from .settings import OperatorSettings
 log = logging.getLogger("skiplock.operator")
 # Back-off after an unexpected error (API server hiccup, write conflict), capped.
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
-# How often a sleeping daemon checks for a spec change, new jobs or a stop request.
+# How often a sleeping poll loop checks for a spec change, new jobs or a stop request.
 TICK = 0.25
 # NOTIFY-driven polls come at most this often, however fast jobs are inserted.
 MIN_POLL_GAP = 1.0

@@ -34,7 +34,7 @@ toxiproxy: setup ## build (or find) the Toxiproxy server the failure-mode suite 
 	$(BIN)/python -m tests.support.toxiproxy
 
 test-integration: setup toolchain toxiproxy ## real Postgres, real kube-apiserver + etcd, helm chart
-	$(PYTEST) tests/integration tests/chart -q
+	$(PYTEST) tests/integration tests/chart -q --durations=30
 
 test-failures: setup toxiproxy ## only the failure-mode suite: real faults (docs/failure-modes.md)
 	$(PYTEST) tests/integration/failures -q

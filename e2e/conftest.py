@@ -138,6 +138,28 @@ class Env:
         return sorted(p["metadata"]["name"] for p in pods
                       if not p["metadata"].get("deletionTimestamp"))
 
+    def diagnostics(self) -> str:
+        """What a failed test leaves for the reader: every operator pod's recent log (a
+        terminating one too, while it lasts), the Leases, the JobQueues' status, the worker
+        Deployments and the namespace's recent events. No Secret is read."""
+        parts: list[str] = []
+        pods = self.kubectl.json("-n", self.namespace, "get", "pods", "-l",
+                                 "app.kubernetes.io/component=operator")["items"]
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            gone = " (terminating)" if pod["metadata"].get("deletionTimestamp") else ""
+            parts.append(f"--- operator pod {name} on {pod['spec'].get('nodeName')}{gone}")
+            parts.append(self.kubectl("-n", self.namespace, "logs", name, "--tail=200",
+                                      "--timestamps", check=False))
+        for what in ("leases", "jobqueues", "deployments"):
+            parts.append(f"--- {what}")
+            parts.append(self.kubectl("-n", self.namespace, "get", what, "-o", "yaml",
+                                      check=False))
+        parts.append("--- events")
+        parts.append(self.kubectl("-n", self.namespace, "get", "events",
+                                  "--sort-by=.lastTimestamp", check=False))
+        return "\n".join(parts)
+
     def operator_pod(self) -> str | None:
         live = self.operator_pods()
         return live[0] if live else None
@@ -257,6 +279,22 @@ def _migrate(url: str) -> bool:
     with SkiplockDatabase(url, connect_timeout=5) as db:
         db.migrate()
     return True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On a failed test, print the cluster's side of the story before the cleanup deletes
+    it (CI keeps only this output)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    env = getattr(item, "funcargs", {}).get("env")
+    if report.when == "call" and report.failed and isinstance(env, Env):
+        try:
+            text = env.diagnostics()
+        except Exception as exc:  # the cluster itself may be what broke
+            text = f"(could not collect diagnostics: {type(exc).__name__}: {exc})"
+        print(f"\n===== diagnostics for {item.nodeid} =====\n{text}\n===== end =====",
+              flush=True)
 
 
 @pytest.fixture(autouse=True)

@@ -35,10 +35,17 @@ def test_operator_restart_does_not_flap(env: Env) -> None:
     sampler = threading.Thread(target=watch, daemon=True)
     sampler.start()
     with step("delete the operator pod and wait for its replacement"):
+        before = set(env.operator_pods())
         old = env.operator_pod()
         env.kubectl("-n", env.namespace, "delete", "pod", old)
-        wait_for(lambda: (p := env.operator_pod()) and p != old and env.pod_ready(p), 240,
-                 "a new ready operator pod")
+        new = wait_for(lambda: next((p for p in env.operator_pods()
+                                     if p not in before and env.pod_ready(p)), None), 240,
+                       "a new ready operator pod")
+        # the replacement watches at once, leader or not: it must be ready to take over (with
+        # namespaced Roles kopf once spent ~55 s retrying a forbidden namespace list first)
+        started = f"{env.namespace}/{name}: poll loop started"
+        wait_for(lambda: started in env.kubectl("-n", env.namespace, "logs", new, check=False),
+                 30, f"{new} polling {name}")
         # it has resumed: the status is refreshed after the restart
         first = env.jobqueue_status(name).get("lastPollTime")
         wait_for(lambda: env.jobqueue_status(name).get("lastPollTime") != first, 60,

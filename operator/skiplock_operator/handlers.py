@@ -73,6 +73,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.connect_timeout = ours.kube_timeout
     # Our own Lease decides who acts (leader.py); kopf's peering objects are not needed.
     settings.peering.standalone = True
+    if ours.namespaces:
+        # Named namespaces need no discovery, and with namespaced Roles kopf's namespace
+        # listing is forbidden: it retried it 9 times (about 55 s) before watching a single
+        # JobQueue, so a restarted replica, or a standby that took the Lease meanwhile, was
+        # blind for a minute. Without scanning kopf watches exactly these namespaces at once
+        # (a CRD installed after the operator started then needs a restart to be seen).
+        settings.scanning.disabled = True
     # Keep kopf's bookkeeping in our own annotations and finalizer, not in status (the
     # status schema is ours and the API server would drop unknown fields).
     settings.persistence.finalizer = f"{GROUP}/operator"
@@ -215,6 +222,8 @@ async def jobqueue(name: str, namespace: str, live: Live, memo: kopf.Memo) -> No
     failures = 0
     memo.running.add(key)
     memo.polls[key] = PollClock(time.monotonic(), allowed_staleness(settings, DEFAULT_POLL))
+    log.info("%s: poll loop started (%s)", key,
+             "leader" if memo.elector.is_leader else "standing by")
     wake = asyncio.Event()
     listener: asyncio.Task[None] | None = None
     listening: tuple[str, str] | None = None

@@ -38,6 +38,34 @@ def wait_until(
     pytest.fail(f"timed out after {timeout:g}s waiting for {message}; last seen: {last!r}")
 
 
+def first_times(checks: dict[str, Callable[[], Any]], timeout: float, since: float, *,
+                interval: float = 0.5) -> dict[str, float]:
+    """Poll every check in one loop until each has held once; the seconds after ``since``
+    (a time.monotonic() value) at which each first held. Waiting for them one after another
+    would time the later ones no earlier than the earlier ones. An exception is "not yet"
+    (a cluster healing)."""
+    seen: dict[str, float] = {}
+    last: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(checks) and time.monotonic() < deadline:
+        for name, check in checks.items():
+            if name in seen:
+                continue
+            try:
+                last[name] = check()
+            except Exception as exc:
+                last[name] = f"{type(exc).__name__}: {exc}"
+            else:
+                if last[name]:
+                    seen[name] = time.monotonic() - since
+        time.sleep(interval)
+    missing = {name: last.get(name) for name in checks if name not in seen}
+    if missing:
+        pytest.fail(f"timed out after {timeout:g}s waiting for {sorted(missing)}; last seen: "
+                    f"{missing!r}; held after: {seen!r}")
+    return seen
+
+
 def holds(predicate: Callable[[], Any], seconds: float, message: str, *,
           interval: float = 0.2) -> None:
     """Assert ``predicate()`` stays truthy for ``seconds`` (checked every ``interval``): that

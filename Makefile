@@ -75,3 +75,9 @@ bench-cancel: setup ## cancel latency (request -> handler sees it), with and wit
 
 .PHONY: help setup demo lint toolchain toxiproxy test-unit test-integration test-failures \
 	test-operator test-browser images operator e2e test bench bench-claim bench-pooler bench-replication bench-cancel
+
+bench-client: setup ## enqueue latency AsyncClient vs Client; wait() completion->waiter p50/p99
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.client_latency
+
+bench-claim-limits: setup ## the claim with concurrency limits: no limit, global limit (unlocked, locked), 1,000 keys (pgbench)
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.claim_cost --limits

@@ -75,9 +75,11 @@ class Env:
     def jobqueue(self, queue: str, *, min_replicas: int, max_replicas: int,
                  jobs_per_replica: int = 10, concurrency: int = 4, lease: float = 10,
                  grace: int = 20, stabilization: float = 15, poll: float = 2,
-                 activation: int = 0, pod_spec: dict[str, Any] | None = None) -> str:
+                 activation: int = 0, pod_spec: dict[str, Any] | None = None,
+                 scaling: dict[str, Any] | None = None) -> str:
         """A JobQueue for ``queue``; ``pod_spec`` is merged into the worker pods' spec (its
-        podTemplate), which always pins them to the "apps" nodes."""
+        podTemplate), which always pins them to the "apps" nodes; ``scaling`` adds to (or
+        overrides) spec.scaling."""
         name = queue
         manifest = {
             "apiVersion": "skiplock.dev/v1alpha1",
@@ -99,6 +101,7 @@ class Env:
                     "jobsPerReplica": jobs_per_replica, "activationThreshold": activation,
                     "pollIntervalSeconds": poll, "scaleDownStabilizationSeconds": stabilization,
                     "scaleUp": {"pods": 4, "percent": 100, "periodSeconds": 5},
+                    **(scaling or {}),
                 },
             },
         }

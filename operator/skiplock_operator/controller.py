@@ -62,16 +62,27 @@ def policy_of(spec: JobQueueSpec) -> Policy:
                   scale_up_period=s.scale_up.period_seconds,
                   scale_down_window=s.scale_down_stabilization_seconds, paused=s.paused,
                   fallback_failures=s.fallback.failure_threshold if s.fallback else 0,
-                  fallback_replicas=s.fallback.replicas if s.fallback else 0)
+                  fallback_replicas=s.fallback.replicas if s.fallback else 0,
+                  # models.py (schedules) adds the field; 60 s until it does
+                  schedule_lead_seconds=float(getattr(s, "schedule_lead_seconds", 60.0)))
 
 
-def load_of(per_queue: list[inspection.QueueStats]) -> Load | None:
+def load_of(per_queue: list[inspection.QueueStats],
+            next_fire_in: float | None = None) -> Load | None:
     """A queue paused in the database (skiplock queue pause) is claimed by no worker, so its
-    waiting jobs ask for no replicas (its running ones still count)."""
+    waiting jobs ask for no replicas (its running ones still count). Jobs a limit holds back
+    are not in the backlog (QueueStats.backlog); when every queue with work is bounded by
+    its limits, the sum of those bounds caps the replicas (scaling rule 8)."""
     if not per_queue:
         return None
+    busy = [q for q in per_queue if q.backlog or q.in_flight or q.waiting_on_limit]
+    capacities = [q.limit_capacity for q in busy]
+    capacity = (None if not capacities or any(c is None for c in capacities)
+                else sum(c or 0 for c in capacities))
     return Load(sum(q.backlog for q in per_queue if not q.paused),
-                sum(q.in_flight for q in per_queue))
+                sum(q.in_flight for q in per_queue), capacity=capacity,
+                waiting_on_limit=sum(q.waiting_on_limit for q in per_queue),
+                next_fire_in=next_fire_in)
 
 
 class NotLeading(Exception):
@@ -82,6 +93,9 @@ class NotLeading(Exception):
 class _Db:
     key: str
     db: Database
+    # spec.database.directUrlSecretRef's URL: migrations run over it (a transaction pooler
+    # cannot carry them); None: over the main one
+    direct_url: str | None = None
     migrated: bool = False
     # the migration running in its own thread (index builds on a big table take minutes and
     # must not hold the poll, whose staleness the liveness probe watches)
@@ -111,6 +125,10 @@ class QueueController:
         self.clock = clock
         self.wall = wall
         self.history: History | None = None
+        # the last decision's reason (a Limited event is posted when it starts), and the
+        # seconds to the next schedule firing on our queues (scaling rule 9)
+        self.last_reason = ""
+        self.next_fire_in: float | None = None
         self.failures = 0  # consecutive polls without stats
         self.leading = False
         # Asked again right before every write: a poll takes several calls of up to
@@ -177,17 +195,21 @@ class QueueController:
     def _error(self, reason: str) -> None:
         metrics.RECONCILE_ERRORS.labels(self.namespace, self.name, reason).inc()
 
-    def _database(self, url: str, spec: JobQueueSpec) -> Database:
+    def _database(self, url: str, spec: JobQueueSpec, direct_url: str | None = None
+                  ) -> Database:
+        d = spec.database
         key = hashlib.sha256(
-            f"{url}\0{spec.database.schema_name}\0{spec.database.connect_timeout_seconds}"
+            f"{url}\0{direct_url}\0{d.pooler}\0{d.schema_name}\0{d.connect_timeout_seconds}"
             .encode()).hexdigest()
         if self._db is None or self._db.key != key:
             self.close()
-            timeout = spec.database.connect_timeout_seconds
+            timeout = d.connect_timeout_seconds
             # connect_timeout and statement_timeout: no database call waits unbounded.
-            self._db = _Db(key, Database(url, schema=spec.database.schema_name,
-                                         connect_timeout=timeout, statement_timeout=timeout,
-                                         max_size=2, application_name="skiplock-operator"))
+            self._db = _Db(key, Database(url, schema=d.schema_name, connect_timeout=timeout,
+                                         statement_timeout=timeout, max_size=2,
+                                         application_name="skiplock-operator",
+                                         pooler=d.pooler == "transaction"),
+                           direct_url=direct_url)
         if spec.database.migrate and not self._db.migrated and self.leading:
             self._migrate(self._db)
         return self._db.db
@@ -204,7 +226,15 @@ class QueueController:
 
             def run() -> None:
                 try:
-                    future.set_result(db.db.migrate())
+                    if db.direct_url is None:
+                        future.set_result(db.db.migrate())
+                        return
+                    # its own Database for the one migration (migrate opens its own session
+                    # connection anyway): the pooled one cannot carry it
+                    with Database(db.direct_url, schema=db.db.schema,
+                                  connect_timeout=db.db.connect_timeout,
+                                  application_name="skiplock-operator-migrate") as direct:
+                        future.set_result(direct.migrate())
                 except BaseException as exc:
                     future.set_exception(exc)
 
@@ -220,7 +250,14 @@ class QueueController:
         future, db.migration = db.migration, None
         if future.exception() is not None:
             db.retry_at = self.clock() + MIGRATION_RETRY
-        applied = future.result()  # raises what the migration raised
+        try:
+            applied = future.result()  # raises what the migration raised
+        except ConfigurationError as exc:
+            if db.db.pooler and db.direct_url is None:  # a pooler found out on connecting
+                raise ConfigurationError(
+                    f"{exc} For a JobQueue: set spec.database.directUrlSecretRef to a Secret "
+                    "with a direct URL, or spec.database.migrate: false") from None
+            raise
         if applied:
             log.info("%s/%s: applied migrations %s", self.namespace, self.name, applied)
         db.migrated = True
@@ -278,6 +315,15 @@ class QueueController:
         self.last_policy = policy
 
         secret = self._read_secret(body, spec)
+        direct = self._read_direct(body, spec)
+        if isinstance(direct, SecretProblem):
+            secret = direct  # no stats, no migration: reported as the main Secret's would be
+        elif direct is not None and isinstance(secret, SecretValue):
+            # the workers read both (the direct one is their SKIPLOCK_LISTEN_URL): a change of
+            # either rolls them
+            secret = dataclasses.replace(secret, checksum=hashlib.sha256(
+                f"{secret.checksum}\0{direct.checksum}".encode()).hexdigest()[:len(
+                    secret.checksum)])
         dep_name = resources.deployment_name(self.name)
         ensured = self._ensure(body, spec, status, policy,
                                secret if isinstance(secret, SecretValue) else None)
@@ -289,8 +335,9 @@ class QueueController:
         current = int((existing.get("spec") or {}).get("replicas") or 0)
         self.last_replicas = current
 
-        per_queue, source_problem = self._read_load(body, secret, spec, policy)
-        load = load_of(per_queue)
+        per_queue, source_problem = self._read_load(
+            body, secret, spec, policy, direct if isinstance(direct, SecretValue) else None)
+        load = load_of(per_queue, self.next_fire_in if per_queue else None)
         if per_queue:
             self.paused_queues = frozenset(q.queue for q in per_queue if q.paused)
         decision = self._decide(policy, load, current, bool(per_queue) and all(
@@ -305,6 +352,10 @@ class QueueController:
             # scale-up: it applied none, and phantom ones would eat the new leader's allowance
             prior = self.history.scale_ups if self.history else ()
             self.history = dataclasses.replace(decision.history, scale_ups=prior)
+        if self.leading and decision.reason == "Limited" and self.last_reason != "Limited":
+            # holding at the limits' cap: said once, with the numbers (scaling rule 8)
+            self._event(body, "Normal", "Limited", decision.message)
+        self.last_reason = decision.reason
         ready_problem = (("DeploymentRejected", ensured.rejected) if ensured.rejected
                          else scale_problem)
         return PollResult(
@@ -326,6 +377,18 @@ class QueueController:
             return exc
         self._clear_warning("SecretProblem")
         return value
+
+    def _read_direct(self, body: dict[str, Any], spec: JobQueueSpec
+                     ) -> SecretValue | SecretProblem | None:
+        """spec.database.directUrlSecretRef's URL (None: not set)."""
+        ref = spec.database.direct_url_secret_ref
+        if ref is None:
+            return None
+        try:
+            return self.kube.secret_value(self.namespace, ref.name, ref.key,
+                                          salt=str(body["metadata"].get("uid", "")))
+        except SecretProblem as exc:
+            return exc
 
     def _ensure(self, body: dict[str, Any], spec: JobQueueSpec, status: dict[str, Any],
                 policy: Policy, secret: SecretValue | None) -> Ensured:
@@ -401,7 +464,7 @@ class QueueController:
     # -- phase 2: the load ----------------------------------------------------------------------
 
     def _read_load(self, body: dict[str, Any], secret: SecretValue | SecretProblem,
-                   spec: JobQueueSpec, policy: Policy
+                   spec: JobQueueSpec, policy: Policy, direct: SecretValue | None = None
                    ) -> tuple[list[inspection.QueueStats], tuple[str, str] | None]:
         labels = (self.namespace, self.name)
         if isinstance(secret, SecretProblem):
@@ -411,8 +474,9 @@ class QueueController:
             return [], (secret.reason, str(secret))
         started = time.perf_counter()
         try:
-            db = self._database(secret.value, spec)
+            db = self._database(secret.value, spec, direct.value if direct else None)
             per_queue = inspection.queue_stats(db, spec.queues, cap=self._cap(policy))
+            self.next_fire_in = inspection.next_firing(db, spec.queues)
         except SkiplockError as exc:
             # Scrubbed of the password at the database boundary, however the URL looks (a URL
             # libpq cannot parse is a ConfigurationError there, not a driver traceback here).
@@ -425,7 +489,11 @@ class QueueController:
             return [], (reason, str(exc))
         metrics.STATS_SECONDS.labels(*labels).observe(time.perf_counter() - started)
         metrics.DATABASE_UP.labels(*labels).set(1)
-        self.listen_target = (secret.value, spec.database.schema_name, tuple(spec.queues))
+        # LISTEN needs a session: over the direct URL when there is one; through a
+        # transaction pooler without one, none (the polls alone then)
+        listen_url = direct.value if direct else None if db.pooler else secret.value
+        self.listen_target = (None if listen_url is None else
+                              (listen_url, spec.database.schema_name, tuple(spec.queues)))
         self._clear_warning("DatabaseUnavailable", "DatabaseUrlInvalid", "QueryFailed")
         if not per_queue:
             return [], ("QueryFailed", "the stats query returned no queue")

@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from skiplock.db import WorkerConnection
 from skiplock.errors import SkiplockError
 
-from . import metrics
+from . import metrics, schedule_handlers  # noqa: F401 (JobSchedules: kopf handlers)
 from .controller import DEFAULT_POLL, QueueController
 from .kube import Kube, api_client
 from .leader import AlwaysLeader, Elector

@@ -34,6 +34,13 @@ class SecretKeyRef(_Model):
 
 class DatabaseSpec(_Model):
     url_secret_ref: SecretKeyRef
+    # Behind a transaction pooler (PgBouncer): a direct URL for what a pooler cannot carry,
+    # the workers' LISTEN (SKIPLOCK_LISTEN_URL), the operator's migrations and its NOTIFY
+    # listener. Without it, pooled workers poll and spec.database.migrate must be false.
+    direct_url_secret_ref: SecretKeyRef | None = None
+    # "transaction": url_secret_ref is a transaction pooler's (SKIPLOCK_POOLER); unset, the
+    # clients find it out when the pooler refuses their startup options.
+    pooler: Literal["transaction"] | None = None
     schema_name: str = Field(default="skiplock", alias="schema")
     # The operator applies pending migrations (advisory-locked, idempotent) before it reads
     # stats: with minReplicas 0 no worker may ever start, so workers cannot be the ones to do it.
@@ -48,6 +55,14 @@ class DatabaseSpec(_Model):
         if problem:
             raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _migrate_needs_a_session(self) -> DatabaseSpec:
+        if self.pooler is not None and self.migrate and self.direct_url_secret_ref is None:
+            raise ValueError("migrations need a direct connection, not a transaction pooler: "
+                             "set database.directUrlSecretRef to a direct URL's Secret, or "
+                             "database.migrate: false and run `skiplock migrate` yourself")
+        return self
 
 
 class WorkerSpec(_Model):
@@ -126,6 +141,9 @@ class ScalingSpec(_Model):
     scale_down_stabilization_seconds: float = Field(default=300, ge=0, le=86400)
     paused: bool = False
     fallback: FallbackSpec | None = None
+    # Scale from zero ahead of a schedule (docs/schedules.md): a JobQueue at 0 replicas whose
+    # queues have a firing due within this many seconds gets a worker before the firing.
+    schedule_lead_seconds: float = Field(default=60, ge=0, le=86400)
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:
@@ -170,4 +188,47 @@ def parse_spec(raw: Any) -> JobQueueSpec:
         for err in exc.errors():
             path = ".".join(str(p) for p in err["loc"]) or "spec"
             problems.append(f"spec.{path}: {err['msg']}")
+        raise InvalidSpec("; ".join(problems)) from None
+
+
+# -- JobSchedule (docs/schedules.md) -----------------------------------------------------------
+
+
+class JobScheduleSpec(_Model):
+    """A periodic job next to its JobQueue: the operator writes it into the JobQueue's
+    database (skiplock_operator/schedules.py), where every worker's scheduler fires it."""
+
+    job_queue_ref: str = Field(min_length=1, max_length=253)
+    task: str = Field(min_length=1, max_length=256)
+    # default: the JobQueue's first queue
+    queue: str | None = Field(default=None, min_length=1, max_length=128)
+    cron: str | None = Field(default=None, min_length=1, max_length=256)
+    every_seconds: int | None = Field(default=None, ge=1, le=31_536_000)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+    args: dict[str, Any] = Field(default_factory=dict)
+    missed: Literal["skip", "once", "backfill"] = "once"
+    backfill: int = Field(default=0, ge=0, le=1000)
+    grace_seconds: float = Field(default=60, ge=0, le=31_536_000)
+    jitter_seconds: float = Field(default=0, ge=0, le=86400)
+    priority: int = Field(default=0, ge=-32768, le=32767)
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _one_cadence(self) -> JobScheduleSpec:
+        if (self.cron is None) == (self.every_seconds is None):
+            raise ValueError("give exactly one of cron and everySeconds")
+        if self.missed == "backfill" and self.backfill < 1:
+            raise ValueError("missed: backfill needs backfill >= 1 (how many missed firings "
+                             "to run)")
+        return self
+
+
+def parse_schedule_spec(raw: Any) -> JobScheduleSpec:
+    try:
+        return JobScheduleSpec.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path = "".join(f".{p}" for p in err["loc"])
+            problems.append(f"spec{path}: {err['msg']}")
         raise InvalidSpec("; ".join(problems)) from None

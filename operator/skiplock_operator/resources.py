@@ -106,6 +106,13 @@ def worker_env(spec: JobQueueSpec) -> list[dict[str, Any]]:
         {"name": "SKIPLOCK_SHUTDOWN_GRACE", "value": str(w.shutdown_grace_period_seconds)},
         {"name": "SKIPLOCK_LOG_JSON", "value": "true"},
     ]
+    if db.direct_url_secret_ref is not None:
+        # LISTEN needs a session: through a transaction pooler it would be lost at the end
+        # of each transaction, so wake-ups come over the direct URL
+        env.append({"name": "SKIPLOCK_LISTEN_URL", "valueFrom": {"secretKeyRef": {
+            "name": db.direct_url_secret_ref.name, "key": db.direct_url_secret_ref.key}}})
+    if db.pooler is not None:
+        env.append({"name": "SKIPLOCK_POOLER", "value": db.pooler})
     env.append({"name": "SKIPLOCK_METRICS_PORT", "value": str(w.metrics_port)})
     names = {e["name"] for e in w.env}
     return [e for e in env if e["name"] not in names] + [dict(e) for e in w.env]

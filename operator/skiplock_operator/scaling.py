@@ -18,6 +18,14 @@ The rules, in order:
    start) is seeded with the current replicas, so a restart never scales down at once.
 7. every queue paused (``skiplock queue pause``): the same rules on ``paused_load``, which
    never asks for more replicas than run now; see there.
+8. limits (docs/limits.md): jobs a concurrency or rate limit holds back are not in the
+   backlog, and when all of the work is under task-wide concurrency limits the raw
+   recommendation is capped at ceil(capacity / jobsPerReplica) (``limit_cap``): more pods
+   would sit idle. Holding fewer replicas than the held-back jobs would ask for is reported
+   as ``Limited``.
+9. a schedule due (``next_fire_in`` within ``schedule_lead_seconds``, or overdue): at least
+   one replica, so a worker is up before the firing (workers fire the schedules, so at zero
+   replicas nobody would).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class Policy:
     paused: bool = False
     fallback_failures: int = 0    # 0: no fallback, only hold
     fallback_replicas: int = 0
+    # a replica this long before a schedule of the JobQueue's queues fires (rule 9)
+    schedule_lead_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -51,6 +61,12 @@ class Policy:
 class Load:
     backlog: int    # runnable + stuck (expired lease): work no live worker is doing
     in_flight: int  # running with a live lease
+    # jobs at most running at once under the limits when all the work is limited (None: no
+    # bound), and runnable jobs a limit holds back now (already left out of the backlog)
+    capacity: int | None = None
+    waiting_on_limit: int = 0
+    # seconds until the next firing of a schedule on these queues (negative: overdue)
+    next_fire_in: float | None = None
 
     @property
     def total(self) -> int:
@@ -98,6 +114,20 @@ def recommend(policy: Policy, load: Load, current: int) -> int:
     return clamp(wanted, policy.min_replicas, policy.max_replicas)
 
 
+def limit_cap(policy: Policy, load: Load) -> int | None:
+    """Rule 8: the most replicas the limits can keep busy (None: no cap), never below
+    minReplicas nor above maxReplicas."""
+    if load.capacity is None:
+        return None
+    wanted = math.ceil(max(0, load.capacity) / policy.jobs_per_replica)
+    return clamp(wanted, policy.min_replicas, policy.max_replicas)
+
+
+def schedule_due(policy: Policy, load: Load) -> bool:
+    """Rule 9: a firing within the lead time (or overdue)."""
+    return load.next_fire_in is not None and load.next_fire_in <= policy.schedule_lead_seconds
+
+
 def paused_load(policy: Policy, load: Load, current: int) -> Load:
     """The load to size the replicas for while every queue is paused.
 
@@ -142,6 +172,16 @@ def decide(policy: Policy, load: Load | None, current: int, history: History,
                         f"stats unavailable; holding {held} replica(s)", history)
 
     raw = recommend(policy, load, current)
+    cap = limit_cap(policy, load)
+    if cap is not None:
+        raw = min(raw, cap)
+    # held back by the limits: counting the jobs they hold back (as a count-based autoscaler
+    # would) asks for more than this
+    limited = load.waiting_on_limit > 0 and recommend(
+        policy, replace(load, backlog=load.backlog + load.waiting_on_limit), current) > raw
+    due = raw == 0 and schedule_due(policy, load) and policy.max_replicas > 0
+    if due:
+        raw = 1
     window_start = now - policy.scale_down_window
     recs = (*(r for r in history.recommendations if r[0] > window_start), (now, raw))
     period_start = now - policy.scale_up_period
@@ -149,6 +189,13 @@ def decide(policy: Policy, load: Load | None, current: int, history: History,
     numbers = (f"backlog={load.backlog} inFlight={load.in_flight} "
                f"jobsPerReplica={policy.jobs_per_replica} current={current} "
                f"recommended={raw}")
+    if cap is not None:
+        numbers += (f" waitingOnLimit={load.waiting_on_limit} limitCapacity={load.capacity}"
+                    f" limitCap={cap}")
+    elif load.waiting_on_limit:
+        numbers += f" waitingOnLimit={load.waiting_on_limit}"
+    if due:
+        numbers += f" scheduleDueIn={load.next_fire_in:.0f}s"
 
     if raw > current:
         base = max(0, current - sum(n for _, n in ups))
@@ -158,6 +205,8 @@ def decide(policy: Policy, load: Load | None, current: int, history: History,
         if current < policy.min_replicas:
             desired = max(desired, policy.min_replicas)  # the spec's floor is not rate limited
         reason = "ScaledUp" if desired > current else "RateLimited"
+        if limited:
+            numbers += " (capped by the limits)"
         if desired < raw:
             numbers += f" rateLimit={limit}"
         if desired > current:
@@ -171,10 +220,18 @@ def decide(policy: Policy, load: Load | None, current: int, history: History,
         new = History(recs, ups)
         if desired < current:
             return Decision(desired, raw, "ScaledDown", f"{current} -> {desired}: {numbers}", new)
+        if limited:
+            return Decision(current, raw, "Limited",
+                            f"holding {current}: the limits allow no more work at once "
+                            f"(stabilizing down to {raw}); {numbers}", new)
         return Decision(current, raw, "Stabilizing",
                         f"holding {current}: a recommendation of {highest} was seen within the "
                         f"{policy.scale_down_window:g}s window; {numbers}", new)
 
+    if limited:
+        return Decision(current, raw, "Limited",
+                        f"holding {current}: the limits allow no more work at once; {numbers}",
+                        History(recs, ups))
     return Decision(current, raw, "Steady", f"holding {current}: {numbers}", History(recs, ups))
 
 

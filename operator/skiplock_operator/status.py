@@ -170,6 +170,8 @@ def build_status(old: dict[str, Any], r: PollResult) -> dict[str, Any]:
             # unknown while stats are not read, so then the last value stays
             "paused": stats.paused,
             "pausedQueues": ",".join(q.queue for q in r.per_queue if q.paused),
+            # runnable jobs a concurrency or rate limit holds back (not in backlog)
+            "waitingOnLimit": stats.waiting_on_limit,
         })
     return out
 

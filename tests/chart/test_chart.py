@@ -133,6 +133,7 @@ def test_default_render_is_operator_only() -> None:
         "ClusterRole/skiplock-jobqueue-edit", "ClusterRole/skiplock-jobqueue-view",
         "ClusterRole/skiplock-operator", "ClusterRoleBinding/skiplock-operator",
         "ConfigMap/skiplock-test", "CustomResourceDefinition/jobqueues.skiplock.dev",
+        "CustomResourceDefinition/jobschedules.skiplock.dev",
         "Deployment/skiplock-operator", "Pod/skiplock-test",
         "PodDisruptionBudget/skiplock-operator", "Role/skiplock-operator-leader-election",
         "RoleBinding/skiplock-operator-leader-election", "Service/skiplock-operator",
@@ -218,6 +219,7 @@ def test_cluster_wide_rbac_has_exactly_the_operators_verbs() -> None:
         "customresourcedefinitions": {"list", "watch"},
         "jobqueues": {"list", "watch", "patch"}, "jobqueues/status": {"patch"},
         "jobqueues/finalizers": {"update"},  # blockOwnerDeletion under OwnerReferencesPermission
+        "jobschedules": {"list", "watch"}, "jobschedules/status": {"patch"},
         "deployments": {"get", "create", "update"}, "deployments/scale": {"patch"},
         "pods": {"list", "patch"}, "secrets": {"get"}, "events": {"create"}}
     assert not by_kind(docs, "Role") or all(
@@ -255,8 +257,9 @@ def test_aggregated_user_roles() -> None:
     assert "create" in rules_by_resource(edit["rules"])["jobqueues"]
     view = one(docs, "ClusterRole", "skiplock-jobqueue-view")
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
-    assert rules_by_resource(view["rules"]) == {"jobqueues": {"get", "list", "watch"},
-                                                "jobqueues/status": {"get", "list", "watch"}}
+    assert rules_by_resource(view["rules"]) == {
+        "jobqueues": {"get", "list", "watch"}, "jobqueues/status": {"get", "list", "watch"},
+        "jobschedules": {"get", "list", "watch"}, "jobschedules/status": {"get", "list", "watch"}}
     off = render("--set", "rbac.aggregateToUserRoles=false")
     assert [r["metadata"]["name"] for r in by_kind(off, "ClusterRole")] == ["skiplock-operator"]
 
@@ -552,6 +555,22 @@ def test_prune_database_and_image_choices() -> None:
     assert "prune.enabled needs a database" in fails("--set", "prune.enabled=true")
 
 
+def test_the_chart_jobqueue_behind_a_pooler_gets_a_direct_url() -> None:
+    docs = render("--set", "jobQueue.enabled=true", "--set", "jobQueue.database.secretName=pgb",
+                  "--set", "jobQueue.database.pooler=transaction",
+                  "--set", "jobQueue.database.directSecretName=direct",
+                  "--set", "jobQueue.database.directSecretKey=dsn")
+    db = one(docs, "JobQueue")["spec"]["database"]
+    assert db == {"urlSecretRef": {"name": "pgb", "key": "url"}, "pooler": "transaction",
+                  "directUrlSecretRef": {"name": "direct", "key": "dsn"}}
+    plain = one(render("--set", "jobQueue.enabled=true", "--set",
+                       "jobQueue.database.secretName=pg"), "JobQueue")["spec"]["database"]
+    assert plain == {"urlSecretRef": {"name": "pg", "key": "url"}}
+    assert "needs jobQueue.database.directSecretName" in fails(
+        "--set", "jobQueue.enabled=true", "--set", "jobQueue.database.secretName=pgb",
+        "--set", "jobQueue.database.pooler=transaction")
+
+
 # --- dev Postgres URL -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("password", ["p@ss:w/rd", "with space", "a b@c/d%e+f:g?h#i&j=k é~",
@@ -614,6 +633,7 @@ def test_postgres_without_password_fails_clearly() -> None:
     (["--set", "operator.leaderElection.leaseName=Not_A_Name"], "leaseName"),
     (["--set", "grafanaDashboard.labels.grafana_dashboard=1"], "grafana_dashboard"),
     (["--set", "rbac.podPatchPolicy.enabled=maybe"], "enabled"),
+    (["--set", "jobQueue.database.pooler=session"], "pooler"),
 ])
 def test_schema_rejects_bad_values(values: list[str], needle: str) -> None:
     err = fails(*values)

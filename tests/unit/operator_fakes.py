@@ -111,7 +111,7 @@ class CannedController(QueueController):
     canned: list[inspection.QueueStats] | None = None
 
     def _read_load(self, body: dict[str, Any], secret: SecretValue | SecretProblem,
-                   spec: JobQueueSpec, policy: Policy
+                   spec: JobQueueSpec, policy: Policy, direct: SecretValue | None = None
                    ) -> tuple[list[inspection.QueueStats], tuple[str, str] | None]:
         if isinstance(secret, SecretProblem):
             return [], (secret.reason, str(secret))

@@ -63,6 +63,17 @@ def test_worker_command_env_and_grace() -> None:
     assert "readinessProbe" not in c
 
 
+def test_behind_a_pooler_the_workers_listen_on_the_direct_url() -> None:
+    env = env_of(build(database={"urlSecretRef": {"name": "pgb"}, "pooler": "transaction",
+                                 "directUrlSecretRef": {"name": "direct", "key": "dsn"}}))
+    assert env["SKIPLOCK_DATABASE_URL"] == {"secretKeyRef": {"name": "pgb", "key": "url"}}
+    assert env["SKIPLOCK_LISTEN_URL"] == {"secretKeyRef": {"name": "direct", "key": "dsn"}}
+    assert env["SKIPLOCK_POOLER"] == "transaction"
+    # a pooler the operator is not told about: no direct URL, the workers find out and poll
+    plain = env_of(build(database={"urlSecretRef": {"name": "pgb"}, "migrate": False}))
+    assert "SKIPLOCK_LISTEN_URL" not in plain and "SKIPLOCK_POOLER" not in plain
+
+
 def test_metrics_port_and_liveness_probe_by_default() -> None:
     c = container(build())
     assert c["ports"] == [{"name": "metrics", "containerPort": 9100}]
@@ -183,6 +194,10 @@ def test_deletion_costs_idle_first() -> None:
          "never from args"),
         ({"worker": {"image": "w", "env": [{"name": "SKIPLOCK_DATABASE_URL", "value": "x"}]}},
          "must not be a literal value"),
+        ({"database": {"urlSecretRef": {"name": "pgb"}, "pooler": "transaction"}},
+         "set database.directUrlSecretRef"),
+        ({"database": {"urlSecretRef": {"name": "pgb"}, "pooler": "session"}},
+         "spec.database.pooler"),
     ],
 )
 def test_invalid_specs_say_what_is_wrong(over: dict[str, Any], needle: str) -> None:

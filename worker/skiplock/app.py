@@ -8,14 +8,20 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .catalogue import describe_params
 from .errors import JobCancelled
+from .handles import TaskHandle
+from .limits import KEY_FUNCTIONS, Limits, Rate, declare
 from .names import queue_problem, task_problem
 from .retry import Backoff
+from .schedules import Schedule, make_schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
+# a handler's own parameters (after the JobContext) and result, for its typed TaskHandle
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 _EVENT_LOCK = threading.Lock()
@@ -105,6 +111,8 @@ class Task:
     timeout: float | None = None
     # how many times a job may Snooze before it is dead (a snooze loop must end)
     max_snoozes: int = 100
+    # concurrency and rate limits (limits.py), enforced by the claim
+    limits: Limits = field(default_factory=Limits)
 
 
 class App:
@@ -114,9 +122,11 @@ class App:
         self.default_queue = default_queue
         self.default_max_attempts = default_max_attempts
         self.tasks: dict[str, Task] = {}
+        # periodic jobs (``periodic``), registered in the schedules table by each worker
+        self.schedules: dict[str, Schedule] = {}
 
     @overload
-    def task(self, func: F, /) -> F: ...
+    def task(self, func: Callable[Concatenate[JobContext, P], R], /) -> TaskHandle[P, R]: ...
 
     @overload
     def task(
@@ -130,7 +140,11 @@ class App:
         backoff: Backoff | None = None,
         timeout: float | None = None,
         max_snoozes: int = 100,
-    ) -> Callable[[F], F]: ...
+        concurrency_limit: int | None = None,
+        concurrency_key: str | Callable[..., Any] | None = None,
+        key_limit: int | None = None,
+        rate_limit: Rate | tuple[int, float] | None = None,
+    ) -> Callable[[Callable[Concatenate[JobContext, P], R]], TaskHandle[P, R]]: ...
 
     def task(
         self,
@@ -143,15 +157,25 @@ class App:
         backoff: Backoff | None = None,
         timeout: float | None = None,
         max_snoozes: int = 100,
-    ) -> F | Callable[[F], F]:
+        concurrency_limit: int | None = None,
+        concurrency_key: str | Callable[..., Any] | None = None,
+        key_limit: int | None = None,
+        rate_limit: Rate | tuple[int, float] | None = None,
+    ) -> TaskHandle[Any, Any] | Callable[[F], TaskHandle[Any, Any]]:
         """Register a handler ``f(ctx, **args)``; usable bare or with options.
 
         ``timeout``: each attempt's deadline in seconds. Past it the handler is told to stop
         (``ctx.cancelled``; async handlers are cancelled) and the attempt fails as "timed out
         after N s", retried per the task's policy. ``max_snoozes``: how many times a job may
-        ``raise Snooze(...)`` before it is dead."""
+        ``raise Snooze(...)`` before it is dead.
 
-        def register(f: F) -> F:
+        Limits (docs/limits.md), enforced by the claim across all workers:
+        ``concurrency_limit``: attempts running at once; ``concurrency_key`` (an argument's
+        name, or a function of the arguments) with ``key_limit``: attempts running at once
+        per key; ``rate_limit=Rate(n, per=seconds, per_key=False)`` or ``(n, seconds)``: at
+        most n starts per period."""
+
+        def register(f: F) -> TaskHandle[Any, Any]:
             task_name = name or f.__name__
             if task_name in self.tasks:
                 raise ValueError(f"task {task_name!r} is registered twice")
@@ -172,6 +196,9 @@ class App:
                                  f"year), got {timeout!r}")
             if isinstance(max_snoozes, bool) or not isinstance(max_snoozes, int) or max_snoozes < 0:
                 raise ValueError(f"task {task_name!r}: max_snoozes must be an int >= 0")
+            limits = declare(task_name, f, concurrency_limit=concurrency_limit,
+                             concurrency_key=concurrency_key, key_limit=key_limit,
+                             rate_limit=rate_limit)
             self.tasks[task_name] = Task(
                 name=task_name,
                 func=f,
@@ -182,12 +209,70 @@ class App:
                 params=describe_params(f),
                 timeout=float(timeout) if timeout is not None else None,
                 max_snoozes=max_snoozes,
+                limits=limits,
             )
-            return f
+            if limits.key_func is not None:  # producers importing this module compute keys
+                KEY_FUNCTIONS[task_name] = limits.key_func
+            # a typed handle (skiplock/handles.py), callable exactly like ``f``
+            return TaskHandle(task_name, f, func=f, queue=queue or self.default_queue)
 
         if func is not None:
             return register(func)
         return register
+
+    # -- issue 14: periodic jobs (docs/schedules.md) --
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: int | None = None,
+        timezone: str = "UTC",
+        args: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        missed: str = "once",
+        backfill: int | None = None,
+        grace: float = 60.0,
+        jitter: float = 0.0,
+        priority: int = 0,
+        queue: str | None = None,
+    ) -> Callable[[F], F]:
+        """Run a task on a schedule: ``cron`` (5 fields, evaluated in ``timezone``, DST
+        included) or ``every`` N seconds. Stack it on ``@app.task`` (above it), or put it on a
+        plain handler, which is then registered as a task with the defaults. A task may have
+        several schedules (give each its own ``name``; the default is the task's name).
+
+        ``args``: the job's arguments. ``missed``: what firings found more than ``grace``
+        seconds late get: "skip", "once" (one job for all of them) or "backfill" with
+        ``backfill=N`` (the latest N, one job each). ``jitter``: each job's run_at is its fire
+        time plus up to this many seconds. ``queue``: default the task's."""
+
+        def attach(target: F) -> F:
+            registered = self._registered_name(target)
+            result: Any = target
+            if registered is None:
+                result = self.task(target)
+                registered = str(result.name)
+            task = self.tasks[registered]
+            schedule = make_schedule(
+                name=name or registered, task=registered, queue=queue or task.queue,
+                cron=cron, every=every, timezone=timezone, args=args, missed=missed,
+                backfill=backfill, grace=grace, jitter=jitter, priority=priority)
+            if schedule.name in self.schedules:
+                raise ValueError(f"schedule {schedule.name!r} is declared twice (give each "
+                                 "schedule of a task its own name=)")
+            self.schedules[schedule.name] = schedule
+            return result  # type: ignore[no-any-return]
+
+        return attach
+
+    def _registered_name(self, target: Any) -> str | None:
+        """The task a handle or handler is registered as here, if it is."""
+        if isinstance(target, TaskHandle) and target.name in self.tasks:
+            return str(target.name)
+        for task in self.tasks.values():
+            if task.func is target:
+                return task.name
+        return None
 
 
 def load_app(spec: str) -> App:

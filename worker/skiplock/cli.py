@@ -216,6 +216,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "dead_last_hour",
         "high_retry",
         "waiting_for_worker",
+        "waiting_on_limit",
         "oldest_runnable_age",
         "paused",
     )
@@ -316,6 +317,43 @@ def cmd_prune(args: argparse.Namespace) -> int:
         k = db.prune_idempotency_keys(keys_retention)
     print(f"pruned {n} finished job(s) older than {retention:.0f}s")
     print(f"pruned {k} idempotency key(s) older than {keys_retention:.0f}s whose jobs are gone")
+    return 0
+
+
+def _cadence(row: dict[str, Any]) -> str:
+    if row["every_seconds"] is not None:
+        return f"every {row['every_seconds']}s"
+    return f"{row['cron']} {row['timezone']}"
+
+
+def _policy(row: dict[str, Any]) -> str:
+    missed = str(row["missed"])
+    return f"backfill:{row['backfill_limit']}" if missed == "backfill" else missed
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    """Periodic jobs (docs/schedules.md): each schedule with its last and next firing."""
+    with cli_database(settings_from_args(args)) as db:
+        rows = db.list_schedules()
+    if args.json:
+        print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no schedules (declare them with @app.periodic or a JobSchedule resource)")
+        return 0
+    table = [("name", "task", "queue", "cadence", "missed", "next (UTC)", "last (UTC)",
+              "last job", "source")]
+    for r in rows:
+        nxt = "paused" if r["paused"] else (_utc(r["next_fire_at"])[:-4]
+                                             if r["next_fire_at"] else "-")
+        if not r["paused"] and r["late_seconds"] > 0:
+            nxt += f" (late {r['late_seconds']:.0f}s)"
+        table.append((_shown(r["name"]), _shown(r["task"]), _shown(r["queue"]), _cadence(r),
+                      _policy(r), nxt, _utc(r["last_fire_at"])[:-4] if r["last_fire_at"]
+                      else "-", str(r["last_job_id"] or "-"), str(r["source"])))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -429,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keys-older-than", type=float,
                     help="idempotency keys: seconds (default SKIPLOCK_IDEMPOTENCY_RETENTION)")
     pr.set_defaults(func=cmd_prune)
+
+    sc = sub.add_parser("schedules", help="periodic jobs: each schedule's cadence, last and "
+                        "next firing (late ones say by how much)")
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(func=cmd_schedules)
 
     d = sub.add_parser("demo", help="run a self-contained demo (embedded Postgres if no URL)")
     d.add_argument("--workers", type=int, default=2)

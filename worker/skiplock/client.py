@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import socket
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,11 +14,13 @@ import psycopg
 
 from . import transitions
 from .db import Database
-from .errors import InvalidArguments, UnknownTask
+from .errors import InvalidArguments
+from .handles import TaskHandle, task_name
 from .names import MAX_QUEUE_NAME, queue_problem
 from .outcomes import storable_text
-from .preparation import Catalogue, prepare_job
+from .preparation import Catalogue, copyable, prepare_job, prepare_many
 from .settings import Settings
+from .waiting import WaitHub, check_wait_timeout
 
 
 class Client:
@@ -39,8 +42,15 @@ class Client:
             connect_timeout=connect_timeout)
         self._catalogue = Catalogue(self.db.list_tasks)
         self.max_args_bytes = s.max_args_bytes
+        self._settings = s
+        self._hub: WaitHub | None = None
+        self._hub_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._hub_lock:
+            hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.close()
         self.db.close()
 
     def __enter__(self) -> Client:
@@ -62,7 +72,7 @@ class Client:
 
     def enqueue(
         self,
-        task: str,
+        task: str | TaskHandle[Any, Any],
         args: Mapping[str, Any] | None = None,
         *,
         queue: str | None = None,
@@ -85,7 +95,7 @@ class Client:
 
         ``timeout``: this job's deadline per attempt, overriding the task's own."""
         job = prepare_job(
-            task, args, queue=queue, priority=priority, max_attempts=max_attempts,
+            task_name(task), args, queue=queue, priority=priority, max_attempts=max_attempts,
             run_at=run_at, delay=delay, unique_key=unique_key, timeout=timeout,
             max_args_bytes=self.max_args_bytes, catalogue=self._checked_against(validate),
         )
@@ -102,32 +112,11 @@ class Client:
         the same job is skipped (not counted); for a different job, IdempotencyConflict and
         nothing is stored. Keyed jobs take the unnest path; COPY stays keyless.
         """
-        prepared = []
-        catalogue = self._checked_against(validate)
-        for i, spec in enumerate(jobs):
-            try:
-                prepared.append(
-                    prepare_job(
-                        spec["task"],
-                        spec.get("args"),
-                        queue=spec.get("queue"),
-                        priority=spec.get("priority", 0),
-                        max_attempts=spec.get("max_attempts"),
-                        run_at=spec.get("run_at"),
-                        unique_key=spec.get("unique_key"),
-                        timeout=spec.get("timeout"),
-                        max_args_bytes=self.max_args_bytes,
-                        catalogue=catalogue,
-                    )
-                )
-            except KeyError:
-                raise InvalidArguments(f"job #{i} has no 'task'") from None
-            except (InvalidArguments, UnknownTask) as exc:
-                raise type(exc)(f"job #{i}: {exc}") from None
+        prepared = prepare_many(jobs, max_args_bytes=self.max_args_bytes,
+                                catalogue=self._checked_against(validate))
         if not prepared:
             return 0
-        if all(j.run_at is None and j.unique_key is None and j.timeout is None
-               for j in prepared):
+        if copyable(prepared):
             return self.db.enqueue_copy(prepared)
         return len(self.db.enqueue_unnest(prepared))
 
@@ -150,6 +139,19 @@ class Client:
         answer = transitions.cancel(self.db, job_id, who)
         return {transitions.Outcome.DONE: "cancelled",
                 transitions.Outcome.REQUESTED: "requested"}.get(answer.outcome)
+
+    def wait(self, job_id: int, timeout: float = 60.0) -> Any:
+        """Block until job ``job_id`` finished: its result when it succeeded; JobDead,
+        JobWasCancelled, JobNotFound, or WaitTimeout after ``timeout`` seconds (at most a
+        day). Woken by the completion NOTIFY, polling as the fallback; every waiter of this
+        client shares one connection (skiplock/waiting.py). Thread-safe."""
+        seconds = check_wait_timeout(timeout)
+        with self._hub_lock:
+            if self._hub is None:
+                self._hub = WaitHub.for_url(self.db.url, self.db.schema, self._settings,
+                                            connect_timeout=self.db.connect_timeout)
+            hub = self._hub
+        return hub.wait(job_id, seconds)
 
     def pause_queue(
         self, queue: str, reason: str | None = None, *, by: str | None = None

@@ -58,7 +58,6 @@ for _name in ("psycopg", "psycopg.pool"):
 Row = dict[str, Any]
 Q = sql.queries()
 _MIGRATION_LOCK = "skiplock-migrate"
-_COPY_JOBS = "COPY jobs (queue, task, args, priority, max_attempts) FROM STDIN"
 
 
 def conninfo(
@@ -227,6 +226,20 @@ class NewJob(NamedTuple):
     unique_key: str | None = None
     # the deadline of each attempt, overriding the task's (seconds)
     timeout: float | None = None
+    # a limited task's key (limits.key_for): '' for the task as a whole; None: no limits
+    concurrency_key: str | None = None
+    # the producer's trace context as JSON text (skiplock/tracing.py); None: none (no otel)
+    trace_context: str | None = None
+
+
+def copy_plan(jobs: Sequence[NewJob]) -> tuple[str, list[tuple[Any, ...]]]:
+    """The COPY statement for ``jobs`` and its rows (both clients' bulk path): with the
+    concurrency_key column when a limited task's job is among them (the rest send none)."""
+    if any(j.concurrency_key is not None for j in jobs):
+        return Q["copy_keyed_jobs"], [(j.queue, j.task, j.args_json, j.priority,
+                                       j.max_attempts, j.concurrency_key) for j in jobs]
+    return Q["copy_jobs"], [(j.queue, j.task, j.args_json, j.priority, j.max_attempts)
+                            for j in jobs]
 
 
 @dataclass(eq=False, slots=True)
@@ -246,6 +259,8 @@ class ClaimedJob:
     # this job's own deadline per attempt (enqueue's timeout=); None: the task's, if any
     timeout: float | None = None
     snoozes: int = 0
+    # the producer's trace context (skiplock/tracing.py), when the claim returns it
+    trace_context: Any = None
 
 
 @dataclass(frozen=True)
@@ -255,6 +270,13 @@ class Failure:
     error: str
     delay: float
     permanent: bool
+
+
+class LimitedClaim(NamedTuple):
+    """What claim_limited claimed, and whether a locked pass may claim more (limits.sql)."""
+
+    jobs: list[ClaimedJob]
+    need_lock: bool
 
 
 class Peer(NamedTuple):
@@ -286,10 +308,58 @@ def _job_params(job: NewJob) -> dict[str, Any]:
         "delay": job.delay,
         "unique_key": job.unique_key,
         "timeout": job.timeout,
+        "concurrency_key": job.concurrency_key,
+        "trace_context": job.trace_context,
         "request_hash": request_hash(request) if request is not None else None,
         "request": Jsonb(request) if request is not None else None,
         "_request": request,
     }
+
+
+def unnest_params(jobs: Sequence[NewJob]) -> tuple[
+        dict[str, Any], list[dict[str, Any] | None], list[str | None],
+        dict[str, tuple[dict[str, Any], str]]]:
+    """The parameters of enqueue_many_unnest (Database's and AsyncDatabase's), each job's
+    idempotency request and its hash (None: no key), and each key's first request and hash
+    (a key's first job in the call is the one that claims it)."""
+    if any(j.delay for j in jobs):
+        raise ValueError("enqueue_many takes run_at, not delay, per job")
+    params: dict[str, Any] = {
+        "queues": [j.queue for j in jobs],
+        "tasks": [j.task for j in jobs],
+        "args": [j.args_json for j in jobs],
+        "priorities": [j.priority for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "run_ats": [j.run_at for j in jobs],
+        "unique_keys": [j.unique_key for j in jobs],
+        "timeouts": [j.timeout for j in jobs],
+        "concurrency_keys": [j.concurrency_key for j in jobs],
+        "trace_contexts": [j.trace_context for j in jobs],
+    }
+    requests = [job_request(j) if j.unique_key is not None else None for j in jobs]
+    hashes = [request_hash(r) if r is not None else None for r in requests]
+    params["request_hashes"] = hashes
+    params["requests"] = [Jsonb(r) if r is not None else None for r in requests]
+    keyed: dict[str, tuple[dict[str, Any], str]] = {}
+    for j, r, h in zip(jobs, requests, hashes, strict=True):
+        if j.unique_key is not None and r is not None and h is not None:
+            keyed.setdefault(j.unique_key, (r, h))
+    return params, requests, hashes, keyed
+
+
+def check_unnest_keys(
+    rows: Iterable[Sequence[Any]], jobs: Sequence[NewJob], hashes: Sequence[str | None],
+    requests: Sequence[dict[str, Any] | None], keyed: Mapping[str, tuple[dict[str, Any], str]],
+) -> None:
+    """After enqueue_many_unnest, in its transaction: a key stored before (or twice in the
+    call) skipped its job, so it must have been the same request; IdempotencyConflict (which
+    rolls the whole call back) otherwise. ``rows``: idempotency_keys of the call's keys."""
+    for key, job_ids, stored_hash, stored in rows:
+        _check_replay(key, job_ids, stored_hash, stored, *keyed[key])
+    for j, r, h in zip(jobs, requests, hashes, strict=True):
+        if j.unique_key is not None and r is not None and h != keyed[j.unique_key][1]:
+            raise IdempotencyConflict(j.unique_key, [], differences(
+                keyed[j.unique_key][0], r) + " (the key is repeated in this call)")
 
 
 def _check_replay(key: str, job_ids: Sequence[int], stored_hash: str | None,
@@ -784,11 +854,13 @@ class Database:
     def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
         """Bulk insert with COPY (no unique keys, no schedule): the fastest path."""
 
+        statement, rows = copy_plan(jobs)
+
         def copy_rows(conn: psycopg.Connection[Any]) -> int:
             # COPY ends with the server's count: an error in the data surfaces before COMMIT.
-            with conn.cursor() as cur, cur.copy(_COPY_JOBS) as copy:
-                for j in jobs:
-                    copy.write_row((j.queue, j.task, j.args_json, j.priority, j.max_attempts))
+            with conn.cursor() as cur, cur.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
             return len(jobs)
 
         count: int = self._insert_transaction(
@@ -798,28 +870,7 @@ class Database:
 
     def enqueue_unnest(self, jobs: Sequence[NewJob]) -> list[int]:
         """Bulk insert that honours run_at and unique keys; returns the ids created."""
-        now_based = [j.run_at for j in jobs]
-        params = {
-            "queues": [j.queue for j in jobs],
-            "tasks": [j.task for j in jobs],
-            "args": [j.args_json for j in jobs],
-            "priorities": [j.priority for j in jobs],
-            "max_attempts": [j.max_attempts for j in jobs],
-            "run_ats": now_based,
-            "unique_keys": [j.unique_key for j in jobs],
-            "timeouts": [j.timeout for j in jobs],
-        }
-        if any(j.delay for j in jobs):
-            raise ValueError("enqueue_many takes run_at, not delay, per job")
-        requests = [job_request(j) if j.unique_key is not None else None for j in jobs]
-        hashes = [request_hash(r) if r is not None else None for r in requests]
-        params["request_hashes"] = hashes
-        params["requests"] = [Jsonb(r) if r is not None else None for r in requests]
-        # A key's first job in the call is the one that claims it.
-        keyed: dict[str, tuple[dict[str, Any], str]] = {}
-        for j, r, h in zip(jobs, requests, hashes, strict=True):
-            if j.unique_key is not None and r is not None and h is not None:
-                keyed.setdefault(j.unique_key, (r, h))
+        params, requests, hashes, keyed = unnest_params(jobs)
 
         def insert(conn: psycopg.Connection[Any]) -> list[int]:
             ids = [int(r[0]) for r in conn.execute(Q["enqueue_many_unnest"], params).fetchall()]
@@ -828,12 +879,7 @@ class Database:
                 # been the same request. Checked in the transaction, so a conflict stores
                 # nothing at all.
                 rows = conn.execute(Q["idempotency_keys"], {"keys": list(keyed)}).fetchall()
-                for key, job_ids, stored_hash, stored in rows:
-                    _check_replay(key, job_ids, stored_hash, stored, *keyed[key])
-                for j, r, h in zip(jobs, requests, hashes, strict=True):
-                    if j.unique_key is not None and r is not None and h != keyed[j.unique_key][1]:
-                        raise IdempotencyConflict(j.unique_key, [], differences(
-                            keyed[j.unique_key][0], r) + " (the key is repeated in this call)")
+                check_unnest_keys(rows, jobs, hashes, requests, keyed)
             return ids
 
         ids: list[int] = self._insert_transaction(
@@ -1080,6 +1126,43 @@ class Database:
     def now(self) -> dt.datetime:
         return self._rows("database_now")[0]["now"]  # type: ignore[no-any-return]
 
+    # -- issue 14: periodic jobs (skiplock/schedules.py) --
+    def list_schedules(self, limit: int = 1000) -> list[Row]:
+        """Every schedule with its last firing, its next one and how late that is."""
+        return self._rows("list_schedules", {"limit": limit}, "list schedules")
+
+    def upsert_crd_schedule(self, params: Mapping[str, Any]) -> Row | None:
+        """Write a JobSchedule resource's schedule (``schedules.schedule_params`` plus
+        ``source`` and ``next_fire_at``): its row (name, next_fire_at, last_fire_at), or None
+        when the name belongs to another source (left alone)."""
+        rows = self._rows("upsert_crd_schedule", {**params, "args": Jsonb(dict(params["args"]))},
+                          f"write schedule {str(params['name'])[:80]!r}")
+        return rows[0] if rows else None
+
+    def schedule_owner(self, name: str) -> str | None:
+        rows = self._rows("schedule_owner", {"name": name}, "read a schedule's owner")
+        return str(rows[0]["source"]) if rows else None
+
+    def remove_crd_schedules(self, prefix: str, keep: Sequence[str]) -> list[str]:
+        """Delete rows whose source starts with ``prefix`` and is not in ``keep``."""
+        rows = self._rows("remove_crd_schedules", {"prefix": prefix, "keep": list(keep)},
+                          "remove schedules of deleted JobSchedules")
+        return [str(r["name"]) for r in rows]
+
+
+    # -- issue 14: concurrency and rate limits (sql/limits.sql) --
+    def limit_stats(self, queues: Sequence[str] = (), cap: int = 1_000_000) -> list[Row]:
+        """Per queue and limited task: runnable, startable (within the limits now), running
+        and capacity (concurrency_limit; None: unbounded)."""
+        return self._rows("limit_stats", {"queues": list(queues), "cap": cap}, "limit stats")
+
+    def limited_tasks(self) -> dict[str, dict[str, Any]]:
+        return {str(r["name"]): dict(r["limits"]) for r in self._rows("limited_tasks")}
+
+    def next_firing(self, queues: Sequence[str]) -> float | None:
+        """Seconds until the next firing of a schedule on ``queues`` (negative: overdue)."""
+        rows = self._rows("next_firing", {"queues": list(queues)}, "next schedule firing")
+        return None if not rows or rows[0]["seconds"] is None else float(rows[0]["seconds"])
 
 def _shut_down(conn: psycopg.AsyncConnection[Any] | None) -> None:
     """Shut the connection's socket down (both ways) without closing its descriptor, which the
@@ -1246,7 +1329,7 @@ class WorkerConnection:
                 },
             )
             return [
-                ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+                ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
                 for r in await cur.fetchall()
             ]
 
@@ -1436,3 +1519,128 @@ class WorkerConnection:
         except (psycopg.OperationalError, OSError) as exc:
             await self.close()
             raise wrap_error(exc, self.url, "listen for new jobs") from None
+
+    # -- issue 14: periodic jobs (worker/scheduler.py) --
+    async def schedule_now(self) -> dt.datetime:
+        """The database's now(): the only clock schedules are computed with."""
+        async with self.cursor("read the database time") as cur:
+            await cur.execute(Q["schedule_now"])
+            row = await cur.fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+
+    async def register_app_schedules(self, schedules: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Declare this worker's app schedules; returns the names taken by another source."""
+        taken = []
+        async with self.cursor("register schedules") as cur:
+            for params in schedules:
+                await cur.execute(Q["register_app_schedule"],
+                                  {**params, "args": Jsonb(dict(params["args"]))})
+                if not await cur.fetchall():
+                    taken.append(str(params["name"]))
+        return taken
+
+    async def touch_app_schedules(self, names: Sequence[str]) -> None:
+        async with self.cursor("refresh schedules") as cur:
+            await cur.execute(Q["touch_app_schedules"], {"names": list(names)})
+
+    async def retire_app_schedules(self, keep_seconds: float) -> list[str]:
+        async with self.cursor("retire schedules") as cur:
+            await cur.execute(Q["retire_app_schedules"], {"keep_seconds": keep_seconds})
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    async def due_schedules(self, stale_seconds: float, limit: int = 100) -> list[Row]:
+        async with self.cursor("read due schedules") as cur:
+            await cur.execute(Q["due_schedules"],
+                              {"stale_seconds": stale_seconds, "limit": limit})
+            names = [c.name for c in cur.description or ()]
+            return [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+
+    async def start_schedule(self, name: str, next_fire_at: dt.datetime) -> None:
+        async with self.cursor("start a schedule") as cur:
+            await cur.execute(Q["start_schedule"], {"name": name, "next_fire_at": next_fire_at})
+
+    async def fire_schedule(self, name: str, expected: dt.datetime, next_fire_at: dt.datetime,
+                            firings: Sequence[tuple[dt.datetime, dt.datetime, bool]],
+                            missed: int, concurrency_key: str | None = None
+                            ) -> tuple[bool, list[int]]:
+        """Take a plan for one schedule: (whether this caller won the race, the jobs it
+        enqueued). ``firings``: (fire time, run_at, late) each."""
+        async with self.cursor("fire a schedule") as cur:
+            await cur.execute(Q["fire_schedule"], {
+                "name": name, "expected": expected, "next_fire_at": next_fire_at,
+                "concurrency_key": concurrency_key,
+                "last_fire_at": max((f[0] for f in firings), default=None),
+                "missed": missed,
+                "fire_ats": [f[0] for f in firings], "run_ats": [f[1] for f in firings],
+                "lates": [f[2] for f in firings],
+            })
+            row = await cur.fetchone()
+        assert row is not None
+        return bool(row[0]), [int(i) for i in row[1]]
+
+    async def prune_schedule_firings(self, keep_seconds: float) -> None:
+        async with self.cursor("prune schedule firings") as cur:
+            await cur.execute(Q["prune_schedule_firings"], {"keep_seconds": keep_seconds})
+
+    # -- issue 14: concurrency and rate limits (sql/limits.sql) --
+    async def claim_limited(
+        self,
+        tasks: Sequence[str],
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str,
+        lease_seconds: float,
+        skip_ids: Collection[int] = (),
+        *,
+        locked: bool,
+    ) -> LimitedClaim:
+        """Claim jobs of limited tasks within their free slots (sql/limits.sql). Unlocked:
+        one statement, claiming only where the room is far above what any concurrent claim
+        could take. Locked: one short transaction, the tasks' advisory locks first, then the
+        claim in a statement of its own (a snapshot taken after the locks, which sees every
+        claim committed before them)."""
+        params = {
+            "tasks": list(tasks),
+            "queues": list(queues),
+            "limit": limit,
+            "worker_id": worker_id,
+            "lease_seconds": lease_seconds,
+            "skip_ids": _int_array(skip_ids),
+            "locked": locked,
+        }
+        async with self.cursor("claim limited jobs") as cur:
+            if not locked:
+                await cur.execute(Q["claim_limited"], params)
+                rows = await cur.fetchall()
+            else:
+                async with cur.connection.transaction():
+                    await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
+                    await cur.execute(Q["claim_limited"], params)
+                    rows = await cur.fetchall()
+        # the last row is no job: whether the locked pass may find more (claim_limited)
+        jobs = [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+                for r in rows if r[10] is None]
+        return LimitedClaim(jobs, need_lock=any(r[10] for r in rows if r[10] is not None))
+
+    async def register_limits(self, limits: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+        """Store this worker's {task: limits or None} (tasks already registered); returns the
+        tasks whose stored limits changed."""
+        async with self.cursor("register task limits") as cur:
+            await cur.execute(Q["register_limits"], {
+                "names": list(limits),
+                "limits": [Jsonb(dict(v)) if v is not None else None for v in limits.values()],
+            })
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    async def limited_tasks(self) -> dict[str, dict[str, Any]]:
+        async with self.cursor("read task limits") as cur:
+            await cur.execute(Q["limited_tasks"])
+            return {str(r[0]): dict(r[1]) for r in await cur.fetchall()}
+
+    async def adopt_unkeyed(self, tasks: Sequence[str], queues: Sequence[str],
+                            limit: int = 1000) -> int:
+        async with self.cursor("key limited jobs") as cur:
+            await cur.execute(Q["adopt_unkeyed"],
+                              {"tasks": list(tasks), "queues": list(queues), "limit": limit})
+            return len(await cur.fetchall())

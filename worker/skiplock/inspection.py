@@ -33,11 +33,18 @@ class QueueStats:
     paused: bool = False
     paused_at: dt.datetime | None = None
     paused_by: str | None = None
+    # runnable, but held back by a concurrency or rate limit (docs/limits.md): no worker may
+    # start them now. Part of runnable; not part of the backlog.
+    waiting_on_limit: int = 0
+    # the most jobs that may run at once when all of the queue's work is under limits with a
+    # task-wide concurrency_limit (plus the unlimited jobs running now); None: no such bound
+    limit_capacity: int | None = None
 
     @property
     def backlog(self) -> int:
-        """Work no worker is doing now: runnable plus stuck (stuck jobs get re-claimed)."""
-        return self.runnable + self.stuck
+        """Work no worker is doing now and one could start: runnable (less what a limit holds
+        back) plus stuck (stuck jobs get re-claimed)."""
+        return self.runnable - self.waiting_on_limit + self.stuck
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "backlog": self.backlog}
@@ -60,6 +67,7 @@ def queue_stats(
         if missing:
             rows = sorted([*rows, *db.queue_stats(missing, cap=cap, high_attempts=high_attempts)],
                           key=lambda r: str(r["queue"]))
+    held = limit_counts(db.limit_stats(queues, cap=cap))
     return [
         QueueStats(
             queue=r["queue"],
@@ -77,9 +85,56 @@ def queue_stats(
             paused=r["queue"] in paused,
             paused_at=paused[r["queue"]]["paused_at"] if r["queue"] in paused else None,
             paused_by=paused[r["queue"]]["paused_by"] if r["queue"] in paused else None,
+            waiting_on_limit=held.get(r["queue"], _NO_LIMITS).waiting,
+            limit_capacity=held.get(r["queue"], _NO_LIMITS).capacity_for(
+                int(r["runnable"]), int(r["in_flight"])),
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """What the limited tasks of one queue add up to (from Database.limit_stats rows)."""
+
+    runnable: int = 0      # runnable jobs of limited tasks
+    waiting: int = 0       # of those, held back by a limit now
+    running: int = 0       # running jobs of limited tasks in this queue
+    # sum of the tasks' concurrency_limit; None when one has none (per-key or rate only)
+    capacity: int | None = 0
+
+    def capacity_for(self, runnable: int, in_flight: int) -> int | None:
+        """The queue's bound on jobs running at once, or None when some of its runnable work
+        is unlimited (or no limit bounds concurrency): then only the backlog counts."""
+        if self.capacity is None or (self.runnable == 0 and self.running == 0):
+            return None
+        if runnable > self.runnable:
+            return None  # unlimited jobs wait too: no bound from the limits
+        # unlimited jobs already running keep their workers
+        return self.capacity + max(0, in_flight - self.running)
+
+
+_NO_LIMITS = QueueLimits(capacity=None)
+
+
+def limit_counts(rows: Sequence[dict[str, Any]]) -> dict[str, QueueLimits]:
+    """Per queue: limit_stats rows (one per queue and limited task) added up. A task-wide
+    capacity counts once per queue it has work in (a task serving two queues is bounded by
+    the same number in both, which overstates the sum: a bound, never an undercount)."""
+    out: dict[str, QueueLimits] = {}
+    for r in rows:
+        if not int(r["runnable"]) and not int(r["running_here"]):
+            continue  # the task has no work in this queue: it bounds nothing here
+        q = out.get(r["queue"], QueueLimits())
+        capacity = r["capacity"]
+        out[r["queue"]] = QueueLimits(
+            runnable=q.runnable + int(r["runnable"]),
+            waiting=q.waiting + max(0, int(r["runnable"]) - int(r["startable"])),
+            running=q.running + int(r["running_here"]),
+            capacity=(None if q.capacity is None or capacity is None
+                      else q.capacity + int(capacity)),
+        )
+    return out
 
 
 def totals(stats: Sequence[QueueStats]) -> QueueStats:
@@ -97,7 +152,16 @@ def totals(stats: Sequence[QueueStats]) -> QueueStats:
         oldest_runnable_age=max(ages) if ages else None,
         waiting_for_worker=sum(s.waiting_for_worker for s in stats),
         paused=bool(stats) and all(s.paused for s in stats),
+        waiting_on_limit=sum(s.waiting_on_limit for s in stats),
+        limit_capacity=(None if not stats or any(s.limit_capacity is None for s in stats)
+                        else sum(s.limit_capacity or 0 for s in stats)),
     )
+
+
+def next_firing(db: Database, queues: Sequence[str]) -> float | None:
+    """Seconds until the next firing of a schedule (not paused) on ``queues``; negative when
+    overdue, None when none is scheduled."""
+    return db.next_firing(queues)
 
 
 def pod_of(worker_id: str) -> str:

@@ -102,6 +102,8 @@ _QUEUE_GAUGES = (
     ("dead_last_hour", "dead_last_hour", "Jobs that went dead in the last hour"),
     ("waiting_for_worker", "waiting_for_worker",
      "Queued jobs no live worker can run (unknown task or arguments): they wait, then go dead"),
+    ("waiting_on_limit", "waiting_on_limit",
+     "Runnable jobs a concurrency or rate limit holds back now (not part of the backlog)"),
     ("paused", "paused",
      "1 while the queue is paused (skiplock queue pause): no worker claims from it"),
 )
@@ -142,3 +144,50 @@ class QueueStatsCollector(Collector):
         for s in stats:
             age.add_metric([s.queue], s.oldest_runnable_age or 0.0)
         yield age
+
+
+# -- issue 14: periodic jobs (docs/schedules.md) --
+SCHEDULE_FIRINGS = Counter(
+    "skiplock_schedule_firings", "Jobs this worker enqueued for a schedule's firings",
+    ["schedule"])
+SCHEDULE_MISSED = Counter(
+    "skiplock_schedule_missed",
+    "Firings found later than their grace that the missed policy dropped", ["schedule"])
+
+
+class ScheduleCollector(Collector):
+    """``skiplock_schedule_late_seconds``: how far past its next fire time each schedule is
+    (0 when on time or paused), computed at scrape time from the schedules table, like the
+    queue gauges. Every worker fires due schedules within about a second, so a value past a
+    few seconds means no worker is firing it (all down, none can reach the database, or
+    the app schedule is declared by no live worker): the stuck-style alert is
+    ``skiplock_schedule_late_seconds > 60`` for a minute or two.
+    ``skiplock_schedule_stats_up`` is 0 when the table could not be read."""
+
+    def __init__(self, schedules: Callable[[], Sequence[dict[str, Any]]]) -> None:
+        self._schedules = schedules
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "skiplock_schedule_stats_up", "1 when the last schedules query succeeded")
+        try:
+            rows = self._schedules()
+        except SkiplockError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        late = GaugeMetricFamily(
+            "skiplock_schedule_late_seconds",
+            "Seconds since a schedule's next firing was due and not yet enqueued (0: on time)",
+            labels=["schedule", "queue"])
+        nxt = GaugeMetricFamily(
+            "skiplock_schedule_next_fire_timestamp_seconds",
+            "When a schedule fires next (Unix time)", labels=["schedule", "queue"])
+        for r in rows:
+            late.add_metric([r["name"], r["queue"]], float(r["late_seconds"] or 0.0))
+            if r["next_fire_at"] is not None:
+                nxt.add_metric([r["name"], r["queue"]], r["next_fire_at"].timestamp())
+        yield late
+        yield nxt

@@ -9,14 +9,16 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from .catalogue import check_known, validate_args
 from .db import NewJob
-from .errors import InvalidArguments
+from .errors import InvalidArguments, UnknownTask
 from .idempotency import check_key
+from .limits import KeyProblem, key_for
 from .names import queue_problem, task_problem
+from .tracing import current_context as current_trace_context
 
 # Strict (no default=): what it cannot encode is an error for the producer, not a string.
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
@@ -118,7 +120,51 @@ class Catalogue:
         tasks = self.tasks()
         if tasks and task not in tasks:
             tasks = self.tasks(refresh=True)
-        return check_known(task, tasks) if tasks else None
+        return CatalogueSnapshot(tasks).entry(task)
+
+
+class EntrySource(Protocol):
+    """What prepare_job checks a task against: a Catalogue, or a CatalogueSnapshot."""
+
+    def entry(self, task: str) -> Mapping[str, Any] | None: ...
+
+
+class CatalogueSnapshot:
+    """The catalogue as read once: entry() without any database read. The AsyncClient reads
+    the catalogue with await (AsyncCatalogue.snapshot) and then prepares jobs exactly as the
+    Client does, through the same prepare_job."""
+
+    def __init__(self, tasks: Mapping[str, Mapping[str, Any]]) -> None:
+        self._tasks = tasks
+
+    def entry(self, task: str) -> Mapping[str, Any] | None:
+        return check_known(task, self._tasks) if self._tasks else None
+
+
+class AsyncCatalogue:
+    """Catalogue's cache for an async loader (one event loop: no lock needed)."""
+
+    def __init__(self, load: Callable[[], Awaitable[dict[str, dict[str, Any]]]],
+                 ttl: float = CATALOGUE_TTL) -> None:
+        self._load = load
+        self._ttl = ttl
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._at = float("-inf")
+
+    async def tasks(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        if refresh or time.monotonic() - self._at > self._ttl:
+            self._tasks, self._at = await self._load(), time.monotonic()
+        return self._tasks
+
+    async def snapshot(self, names: Iterable[Any]) -> CatalogueSnapshot:
+        """The catalogue for preparing jobs of tasks ``names``: re-read once when one of them
+        is not in the cached copy, as Catalogue.entry does. Names that are not valid task
+        names (or not text) are not looked up: prepare_job refuses them first."""
+        tasks = await self.tasks()
+        wanted = {n for n in names if isinstance(n, str) and not task_problem(n)}
+        if tasks and not wanted <= tasks.keys():
+            tasks = await self.tasks(refresh=True)
+        return CatalogueSnapshot(tasks)
 
 
 def prepare_job(
@@ -133,7 +179,7 @@ def prepare_job(
     unique_key: str | None = None,
     timeout: float | dt.timedelta | None = None,
     max_args_bytes: int,
-    catalogue: Catalogue | None,
+    catalogue: EntrySource | None,
 ) -> NewJob:
     """A job ready to store, or InvalidArguments / UnknownTask saying what is wrong.
 
@@ -182,6 +228,11 @@ def prepare_job(
     entry = catalogue.entry(task) if catalogue is not None else None
     if entry is not None:
         validate_args(task, entry["params"], arguments)
+    # a limited task's key (limits.py): the claim counts its slots per key
+    try:
+        concurrency_key = key_for(task, entry.get("limits") if entry else None, arguments)
+    except KeyProblem as exc:
+        raise InvalidArguments(str(exc)) from None
     return NewJob(
         task=task,
         args=arguments,
@@ -193,4 +244,44 @@ def prepare_job(
         delay=delay,
         unique_key=None if unique_key is None else check_key(unique_key),
         timeout=checked_timeout,
+        concurrency_key=concurrency_key,
+        trace_context=current_trace_context(),
     )
+
+
+def prepare_many(
+    jobs: Iterable[Mapping[str, Any]], *, max_args_bytes: int, catalogue: EntrySource | None
+) -> list[NewJob]:
+    """Every job of an enqueue_many, prepared by prepare_job; an error names the job's index.
+
+    Each item: ``{"task": ..., "args": {...}, "queue"?, "priority"?, "max_attempts"?,
+    "run_at"?, "unique_key"?, "timeout"?}``."""
+    prepared = []
+    for i, spec in enumerate(jobs):
+        try:
+            prepared.append(
+                prepare_job(
+                    spec["task"],
+                    spec.get("args"),
+                    queue=spec.get("queue"),
+                    priority=spec.get("priority", 0),
+                    max_attempts=spec.get("max_attempts"),
+                    run_at=spec.get("run_at"),
+                    unique_key=spec.get("unique_key"),
+                    timeout=spec.get("timeout"),
+                    max_args_bytes=max_args_bytes,
+                    catalogue=catalogue,
+                )
+            )
+        except KeyError:
+            raise InvalidArguments(f"job #{i} has no 'task'") from None
+        except (InvalidArguments, UnknownTask) as exc:
+            raise type(exc)(f"job #{i}: {exc}") from None
+    return prepared
+
+
+def copyable(jobs: Sequence[NewJob]) -> bool:
+    """The jobs can go in by COPY (no schedule, key, deadline or trace context: COPY's columns
+    are the plain ones); otherwise the unnest insert, which honours them."""
+    return all(j.run_at is None and j.unique_key is None and j.timeout is None
+               and j.trace_context is None for j in jobs)

@@ -168,7 +168,7 @@ def test_any_non_json_content_type_is_refused_for_a_change(cookie_api: httpx.Cli
 
 
 READS = ["/v1/jobs", "/v1/jobs/count", "/v1/jobs/{id}", "/v1/queues", "/v1/workers",
-         "/ui/", "/ui/jobs", "/ui/jobs/{id}"]
+         "/v1/schedules", "/ui/", "/ui/jobs", "/ui/jobs/{id}", "/ui/schedules"]
 
 
 def test_read_token_reads_and_cannot_write_write_token_does_both(api: httpx.Client,

@@ -26,7 +26,7 @@ from tests.support.invariants import assert_invariants
 Sql = Callable[..., list[tuple[Any, ...]]]
 ROOT = Path(__file__).resolve().parents[3]
 SERVICES = ["claimer", "completer", "lease_renewer", "listener", "rescuer", "registry",
-            "monitor", "executor"]
+            "scheduler", "monitor", "executor"]
 
 
 def _inject(worker: Worker, name: str, fail: Callable[[int], bool]) -> dict[str, int]:

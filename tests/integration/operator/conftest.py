@@ -41,9 +41,11 @@ def admin(envtest: EnvTest) -> Iterator[client.ApiClient]:
 
 
 def _install(api: client.ApiClient, deploy: Path) -> None:
-    """The CRD, namespace and RBAC exactly as shipped in deploy/."""
+    """The CRDs, namespace and RBAC exactly as shipped in deploy/."""
     ext = client.ApiextensionsV1Api(api)
-    ext.create_custom_resource_definition(load_yaml_docs(deploy / "00-crd.yaml")[0])
+    crds = load_yaml_docs(deploy / "00-crd.yaml")
+    for crd in crds:
+        ext.create_custom_resource_definition(crd)
     core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
     core.create_namespace(load_yaml_docs(deploy / "10-namespace.yaml")[0])
     for doc in load_yaml_docs(deploy / "20-rbac.yaml"):
@@ -58,14 +60,16 @@ def _install(api: client.ApiClient, deploy: Path) -> None:
             rbac.create_namespaced_role(doc["metadata"]["namespace"], doc)
         elif kind == "RoleBinding":
             rbac.create_namespaced_role_binding(doc["metadata"]["namespace"], doc)
+    names = [crd["metadata"]["name"] for crd in crds]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        crd = ext.read_custom_resource_definition("jobqueues.skiplock.dev")
-        if any(c.type == "Established" and c.status == "True"
-               for c in (crd.status.conditions or [])):
+        pending = [n for n in names if not any(
+            c.type == "Established" and c.status == "True"
+            for c in (ext.read_custom_resource_definition(n).status.conditions or []))]
+        if not pending:
             return
         time.sleep(0.1)
-    pytest.fail("CRD jobqueues.skiplock.dev not Established after 30s")
+    pytest.fail(f"CRDs {pending} not Established after 30s")
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from ..errors import (
     SkiplockError,
     UnknownTask,
 )
-from ..metrics import QueueStatsCollector
+from ..metrics import QueueStatsCollector, ScheduleCollector
 from ..preparation import Catalogue
 from ..settings import Settings
 from . import access, dashboard, routes
@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     # A registry of its own: the API's /metrics must not depend on what else was imported.
     registry = CollectorRegistry()
     registry.register(QueueStatsCollector(lambda: inspection.queue_stats(db)))
+    registry.register(ScheduleCollector(db.list_schedules))
     requests = Counter("skiplock_api_requests", "HTTP requests served",
                        ["method", "route", "status"], registry=registry)
     latency = Histogram("skiplock_api_request_duration_seconds", "HTTP request latency",

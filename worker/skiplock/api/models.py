@@ -227,7 +227,7 @@ class BacklogPoint(BaseModel):
 
 class QueueOut(BaseModel):
     queue: str
-    backlog: int = Field(description="runnable + stuck")
+    backlog: int = Field(description="runnable + stuck, less waiting_on_limit")
     runnable: int
     scheduled: int
     in_flight: int
@@ -238,6 +238,12 @@ class QueueOut(BaseModel):
     waiting_for_worker: int = Field(
         description="queued jobs no live worker can run (unknown task, or arguments no "
                     "registered signature takes): they wait for one, then go dead")
+    waiting_on_limit: int = Field(
+        default=0, description="runnable jobs a concurrency or rate limit holds back now "
+                               "(part of runnable, not of backlog)")
+    limit_capacity: int | None = Field(
+        default=None, description="the most jobs that may run at once when all of the queue's "
+                                  "work is under concurrency limits; null: no such bound")
     oldest_runnable_age_seconds: float | None
     succeeded_in_window: int
     dead_in_window: int

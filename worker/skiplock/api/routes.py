@@ -336,3 +336,9 @@ async def readyz(st: State) -> Any:
         return JSONResponse(Health(status="error", detail="database error; the API log has "
                                    "the details").model_dump(), status_code=503)
     return Health(status="ok")
+
+
+# -- issue 14: periodic jobs (GET /v1/schedules and the /ui/schedules page: api/schedules.py) --
+from . import schedules as _schedules  # noqa: E402  (its own block at the end of a shared file)
+
+router.include_router(_schedules.router)

@@ -17,7 +17,8 @@ def _read(name: str) -> str:
 
 
 # The .sql files that hold named queries, one per area (schema.sql and migrations hold none).
-QUERY_FILES = ("queries.sql", "control.sql", "bulk.sql", "migrate.sql")
+QUERY_FILES = ("queries.sql", "control.sql", "bulk.sql", "migrate.sql", "waits.sql",
+               "schedules.sql", "limits.sql")
 
 
 @cache

@@ -52,3 +52,11 @@ RETURNING id, queue;
 DELETE FROM jobs
 WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'running'
 RETURNING id;
+
+-- name: copy_jobs
+-- enqueue_many's fast path (both clients): no unique keys, no run_at, no trace context.
+COPY jobs (queue, task, args, priority, max_attempts) FROM STDIN;
+
+-- name: copy_keyed_jobs
+-- The same when a job of a limited task is among them: it carries its concurrency key.
+COPY jobs (queue, task, args, priority, max_attempts, concurrency_key) FROM STDIN;

@@ -8,11 +8,11 @@
 -- name: enqueue
 WITH inserted AS (
     INSERT INTO jobs (queue, task, args, priority, max_attempts, run_at, unique_key,
-                      timeout_seconds)
+                      timeout_seconds, concurrency_key, trace_context)
     VALUES (
         %(queue)s, %(task)s, %(args)s, %(priority)s, %(max_attempts)s,
         coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s, 0))),
-        %(unique_key)s, %(timeout)s
+        %(unique_key)s, %(timeout)s, %(concurrency_key)s, %(trace_context)s::jsonb
     )
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
@@ -42,13 +42,14 @@ WITH new AS (
     RETURNING key
 ), inserted AS (
     INSERT INTO jobs (id, queue, task, args, priority, max_attempts, run_at, unique_key,
-                      timeout_seconds)
+                      timeout_seconds, concurrency_key, trace_context)
     OVERRIDING SYSTEM VALUE
     SELECT new.id, %(queue)s::text, %(task)s::text, %(args)s::jsonb, %(priority)s::smallint,
            %(max_attempts)s::int,
            coalesce(%(run_at)s::timestamptz,
                     now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
-           %(unique_key)s::text, %(timeout)s::float8
+           %(unique_key)s::text, %(timeout)s::float8, %(concurrency_key)s::text,
+           %(trace_context)s::jsonb
     FROM new
     WHERE %(unique_key)s::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
     RETURNING id
@@ -65,12 +66,13 @@ WHERE k.key = %(unique_key)s::text AND NOT EXISTS (SELECT 1 FROM claimed);
 -- a job is inserted when it has no key or its claim succeeded: a key already stored, or
 -- repeated within the call, skips its job. The caller then compares the request hashes.
 WITH x AS (
-    SELECT nextval('jobs_id_seq') AS id, q, t, a, p, m, r, u, d, h, req
+    SELECT nextval('jobs_id_seq') AS id, q, t, a, p, m, r, u, d, h, req, ck, tc
     FROM unnest(
         %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
         %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[],
-        %(timeouts)s::float8[], %(request_hashes)s::text[], %(requests)s::jsonb[]
-    ) AS x(q, t, a, p, m, r, u, d, h, req)
+        %(timeouts)s::float8[], %(request_hashes)s::text[], %(requests)s::jsonb[],
+        %(concurrency_keys)s::text[], %(trace_contexts)s::jsonb[]
+    ) AS x(q, t, a, p, m, r, u, d, h, req, ck, tc)
 ), claimed AS (
     INSERT INTO idempotency_keys (key, request_hash, request, job_ids)
     SELECT u, h, req, ARRAY[id] FROM x WHERE u IS NOT NULL
@@ -78,9 +80,9 @@ WITH x AS (
     RETURNING job_ids[1] AS id
 )
 INSERT INTO jobs (id, queue, task, args, priority, max_attempts, run_at, unique_key,
-                  timeout_seconds)
+                  timeout_seconds, concurrency_key, trace_context)
 OVERRIDING SYSTEM VALUE
-SELECT id, q, t, a, p, m, coalesce(r, now()), u, d FROM x
+SELECT id, q, t, a, p, m, coalesce(r, now()), u, d, ck, tc FROM x
 WHERE u IS NULL OR id IN (SELECT id FROM claimed)
 RETURNING id;
 
@@ -134,7 +136,7 @@ FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
           extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
-          j.timeout_seconds, j.snoozes;
+          j.timeout_seconds, j.snoozes, j.trace_context;
 
 -- name: rescue_expired
 -- Jobs whose worker stopped renewing: back to queued, or dead once out of attempts.
@@ -263,7 +265,8 @@ SET params = excluded.params, max_attempts = excluded.max_attempts, queue = excl
     updated_at = now();
 
 -- name: list_tasks
-SELECT name, params, max_attempts, queue FROM tasks ORDER BY name;
+-- limits: the producers compute a limited job's concurrency_key from them (limits.key_for)
+SELECT name, params, max_attempts, queue, limits FROM tasks ORDER BY name;
 
 -- name: get_job
 SELECT j.id, j.queue, j.task, j.args, j.state::text AS state, j.priority, j.attempts,

@@ -13,7 +13,7 @@ import logging
 import time
 
 from .. import metrics
-from ..db import WorkerConnection
+from ..db import ClaimedJob, WorkerConnection
 from ..errors import DatabaseUnavailable
 from ..retry import reconnect_delay
 from .executor import Executor
@@ -71,17 +71,35 @@ class Claimer:
         if limit <= 0 or self.state.stopping.is_set():
             return 0
         started = time.perf_counter()
-        jobs = await self.db.claim(
-            self.queues,
-            limit,
-            self.state.worker_id,
-            self.state.lease_seconds,
-            self.state.skip_tasks,
-            self.state.skip_ids.ids(),
-        )
+        state = self.state
+        jobs: list[ClaimedJob] = []
+        # Limited tasks first, by their own claim (sql/limits.sql): they can take no more than
+        # their free slots, so going first never crowds out the rest.
+        if state.limited_here:
+            # far from the caps no lock is needed; near them (or per key) the locked pass
+            for locked in (False, True):
+                got = await self.db.claim_limited(
+                    state.limited_here, self.queues, limit - len(jobs), state.worker_id,
+                    state.lease_seconds, state.skip_ids.ids(), locked=locked)
+                for job in got.jobs:
+                    self.executor.start(job)
+                jobs += got.jobs
+                if len(jobs) >= limit or not got.need_lock:
+                    break
+        if len(jobs) < limit:
+            # the plain claim never touches limited tasks: they are in its skip list
+            plain = await self.db.claim(
+                self.queues,
+                limit - len(jobs),
+                state.worker_id,
+                state.lease_seconds,
+                state.skip_tasks | state.limited_everywhere,
+                state.skip_ids.ids(),
+            )
+            for job in plain:
+                self.executor.start(job)
+            jobs += plain
         metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
-        for job in jobs:
-            self.executor.start(job)
         return len(jobs)
 
     def _note_backpressure(self) -> None:

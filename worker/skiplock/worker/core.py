@@ -36,6 +36,7 @@ from .monitor import INTERVAL as MONITOR_INTERVAL
 from .monitor import Monitor
 from .registry import Registry
 from .rescuer import Rescuer
+from .scheduler import Scheduler
 from .state import WorkerState
 from .supervisor import Supervisor
 
@@ -165,6 +166,8 @@ class Worker:
                 Rescuer(self._claim_db, self.queues, lease_seconds),
                 self.registry,
                 self.monitor,
+                # periodic jobs: every worker fires due schedules, no leader (scheduler.py)
+                Scheduler(self._write_db, app, poll_interval),
             )
         }
         self.ready = asyncio.Event()

@@ -13,6 +13,7 @@ and the pod is restarted, which is the only way to get those threads back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .. import logs, metrics
+from .. import logs, metrics, tracing
 from ..app import App, JobContext, StopSignal, Task
 from ..catalogue import validate_args
 from ..db import ClaimedJob, Failure
@@ -126,18 +127,24 @@ class Executor:
         if run.stop is not None:  # cancelled while its arguments were checked
             self.finish(run, self._stop_outcome(run, "before the handler started"))
             return
+        # The attempt's span (the otel extra, with an SDK configured; skiplock/tracing.py):
+        # around the handler only, so its own spans are children (the contextvars copied for
+        # a sync handler's thread carry it) and its exception is recorded on the span.
+        span = (tracing.attempt_span(job.task, job.queue, job.id, job.attempt, job.trace_context)
+                if tracing.active() else contextlib.nullcontext())
         try:
-            if task.is_async:
-                result_json = _as_json(await task.func(ctx, **job.args), limit)
-            else:
-                # The result is checked in the handler's thread: a multi-megabyte result is
-                # serialised there, not on the event loop every service shares.
-                # run_in_executor does not carry contextvars: copy them so the handler's own
-                # log lines get the job's fields.
-                call = functools.partial(_call_sync, task.func, ctx, job.args, limit)
-                result_json = await asyncio.get_running_loop().run_in_executor(
-                    self.threads, contextvars.copy_context().run, call
-                )
+            with span:
+                if task.is_async:
+                    result_json = _as_json(await task.func(ctx, **job.args), limit)
+                else:
+                    # The result is checked in the handler's thread: a multi-megabyte result
+                    # is serialised there, not on the event loop every service shares.
+                    # run_in_executor does not carry contextvars: copy them so the handler's
+                    # own log lines get the job's fields.
+                    call = functools.partial(_call_sync, task.func, ctx, job.args, limit)
+                    result_json = await asyncio.get_running_loop().run_in_executor(
+                        self.threads, contextvars.copy_context().run, call
+                    )
         except asyncio.CancelledError:
             if not run.task_cancelled:
                 raise  # the worker is shutting down (the run was released first)

@@ -24,6 +24,9 @@ log = logging.getLogger("skiplock.worker")
 # Rows of workers gone silent are kept this long for /v1/workers, then pruned.
 KEEP_GONE_SECONDS = 3600.0
 PRUNE_EVERY_SECONDS = 60.0
+# Queued jobs of limited tasks that have no key yet (enqueued before the limit existed, or
+# past the catalogue) are keyed this often: it scans the runnable index, so not per beat.
+ADOPT_EVERY_SECONDS = 60.0
 
 
 class Registry:
@@ -45,6 +48,7 @@ class Registry:
         self.interval = interval
         self.health = health
         self._last_prune = float("-inf")
+        self._last_adopt = float("-inf")
 
     async def register(self) -> None:
         await self.db.register_worker(
@@ -54,6 +58,12 @@ class Registry:
             self.state.concurrency,
             self.state.lease_seconds,
         )
+        # Our limits into the catalogue: the last worker to register wins, for all workers
+        # at once (docs/limits.md, "rolling deploys").
+        changed = await self.db.register_limits(
+            {t.name: t.limits.as_json() for t in self.app.tasks.values()})
+        if changed:
+            log.info("task limits registered for %s", ", ".join(sorted(changed)))
 
     async def run(self) -> None:
         await every(self.interval, self.run_once, "registry", "registry heartbeat will be retried")
@@ -83,7 +93,21 @@ class Registry:
         self.state.skip_ids.keep(
             lambda job: bool(capable_peers(job[0], job[2], job[1], peers, job[3]))
         )
+        await self._refresh_limits()
         if time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
             self._last_prune = time.monotonic()
             await self.db.prune_workers(KEEP_GONE_SECONDS)
         return len(beat.peers)
+
+    async def _refresh_limits(self) -> None:
+        """Which tasks are limited, as stored (another worker's version may have declared a
+        limit ours does not know): all of them leave the plain claim."""
+        limited = await self.db.limited_tasks()
+        self.state.limited_everywhere = frozenset(limited)
+        self.state.limited_here = tuple(sorted(t for t in limited if t in self.app.tasks))
+        if self.state.limited_here and time.monotonic() - self._last_adopt > ADOPT_EVERY_SECONDS:
+            self._last_adopt = time.monotonic()
+            adopted = await self.db.adopt_unkeyed(self.state.limited_here, self.queues)
+            if adopted:
+                log.info("%d queued job(s) of limited tasks given their concurrency key",
+                         adopted)

@@ -161,6 +161,10 @@ class WorkerState:
     # tasks this worker does not know and a live peer does: left to that peer by the claim
     skip_tasks: frozenset[str] = frozenset()
     skip_ids: SkipList = field(default_factory=SkipList)
+    # limited tasks (tasks.limits, read by the registry heartbeat): every one is left out of
+    # the plain claim; those this worker runs are claimed by claim_limited (sql/limits.sql)
+    limited_everywhere: frozenset[str] = frozenset()
+    limited_here: tuple[str, ...] = ()
     more_waiting: bool = False
     processed: int = 0
     # LISTEN is in place: cancel requests arrive by NOTIFY (else they are polled for)

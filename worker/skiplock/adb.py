@@ -1,0 +1,301 @@
+"""The async database boundary of the AsyncClient: Database's producer and job methods on
+psycopg's AsyncConnectionPool.
+
+The statements, their parameters and the decisions about their results are Database's own
+(db.py: the named queries, _job_params, unnest_params, _keyed_outcome, check_unnest_keys,
+wrap_error): only the awaiting differs, so both clients store exactly the same rows and raise
+exactly the same errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Self
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .db import (
+    _DATA_REFUSED_CLASSES,
+    NewJob,
+    Q,
+    Row,
+    _job_params,
+    _keyed_outcome,
+    check_unnest_keys,
+    conninfo,
+    copy_plan,
+    needs_reconnect,
+    refuses_startup_options,
+    transaction_settings,
+    unnest_params,
+    wrap_error,
+)
+from .errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SkiplockError
+from .redact import redact_url, scrub
+
+log = logging.getLogger("skiplock.db")
+
+
+class _AsyncPoolConnection(psycopg.AsyncConnection[Any]):
+    """_PoolConnection's async twin: a refused startup ``options`` means a transaction pooler
+    (``skiplock_on_refused`` switches the AsyncDatabase to pooler mode)."""
+
+    @classmethod
+    async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        on_refused: Callable[[], str] | None = kwargs.pop("skiplock_on_refused", None)
+        try:
+            return await super().connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            if on_refused is None or not refuses_startup_options(exc):
+                raise
+            retry_with = on_refused()
+        return await super().connect(retry_with, **{**kwargs, "prepare_threshold": None})
+
+
+class AsyncDatabase:
+    """Async access for producers (AsyncClient); settings as Database's."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "skiplock",
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+        max_size: int = 4,
+        application_name: str = "skiplock",
+        pooler: bool = False,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        self.application_name = application_name
+        self.pooler = pooler
+        self.conninfo = self._info()  # checks the URL and schema now, as Database does
+        self._pool = AsyncConnectionPool(
+            lambda: self._info(), connection_class=_AsyncPoolConnection, min_size=0,
+            max_size=max_size, open=False, timeout=connect_timeout, reconnect_timeout=0,
+            check=AsyncConnectionPool.check_connection, kwargs=self._connect_kwargs)
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+
+    def _info(self) -> str:
+        return conninfo(self.url, self.schema, self.connect_timeout, self.statement_timeout,
+                        self.application_name, pooler=self.pooler)
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if self.pooler:
+            kwargs["prepare_threshold"] = None  # see Database._new_pool
+        else:
+            kwargs["skiplock_on_refused"] = self._behind_pooler
+        return kwargs
+
+    def _behind_pooler(self) -> str:
+        if not self.pooler:
+            self.pooler = True
+            log.info("the database at %s refused startup options: a transaction pooler "
+                     "(PgBouncer). Sending session settings per transaction, without prepared "
+                     "statements (SKIPLOCK_POOLER=transaction says so up front).",
+                     redact_url(self.url))
+        return self._info()
+
+    async def close(self) -> None:
+        if self._opened:
+            await self._pool.close()
+            self._opened = False
+
+    async def _open(self) -> None:
+        # Opened on first use, inside the caller's event loop (the pool binds to it).
+        if self._opened:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if not self._opened:
+                await self._pool.open()
+                self._opened = True
+
+    @contextlib.asynccontextmanager
+    async def _checkout(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        await self._open()
+        async with self._pool.connection() as conn:
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                if needs_reconnect(exc):  # see db._discarded_on_failover
+                    await conn.close()
+                raise
+
+    async def _settings(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self.pooler:
+            await conn.execute(Q["transaction_settings"], transaction_settings(
+                self.schema, self.statement_timeout))
+
+    async def _rows(self, name: str, params: Mapping[str, Any] | None = None,
+                    doing: str | None = None) -> list[Row]:
+        try:
+            async with self._checkout() as conn, conn.cursor(row_factory=dict_row) as cur:
+                if self.pooler:
+                    async with conn.pipeline():
+                        await self._settings(conn)
+                        await cur.execute(Q[name], params or {})
+                else:
+                    await cur.execute(Q[name], params or {})
+                return await cur.fetchall() if cur.description else []
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise wrap_error(exc, self.url, doing or name) from None
+
+    async def _insert_transaction(
+        self, doing: str, what: str,
+        run: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]], *, pipeline: bool = True,
+    ) -> Any:
+        """Database._insert_transaction awaited: one retry on a fresh connection for a failure
+        before COMMIT was sent, EnqueueOutcomeUnknown for one while committing."""
+        retry = True
+        while True:
+            committing = False
+            try:
+                async with self._checkout() as conn:
+                    if pipeline:
+                        async with conn.pipeline():
+                            await conn.execute("BEGIN")
+                            await self._settings(conn)
+                            result = await run(conn)
+                            committing = True
+                            await conn.execute("COMMIT")
+                    else:
+                        if self.pooler:
+                            async with conn.pipeline():
+                                await conn.execute("BEGIN")
+                                await self._settings(conn)
+                        else:
+                            await conn.execute("BEGIN")
+                        result = await run(conn)
+                        committing = True
+                        await conn.execute("COMMIT")
+                return result
+            except PoolTimeout as exc:
+                raise wrap_error(exc, self.url, doing) from None
+            except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+                if committing and isinstance(exc, psycopg.OperationalError):
+                    raise EnqueueOutcomeUnknown(
+                        f"{doing}: the connection to {redact_url(self.url)} died while "
+                        f"committing, so {what} may or may not exist. Retry with unique keys "
+                        "(unique_key) to make the retry safe."
+                    ) from exc
+                if retry and (exc.sqlstate or "")[:2] not in _DATA_REFUSED_CLASSES:
+                    retry = False
+                    log.info(
+                        "%s: %s; nothing was stored, retrying on a fresh connection", doing,
+                        scrub((str(exc).strip() or type(exc).__name__).splitlines()[0], self.url))
+                    continue
+                raise wrap_error(exc, self.url, doing) from None
+            except psycopg.Error as exc:
+                raise wrap_error(exc, self.url, doing) from None
+
+    # -- producers --------------------------------------------------------------------------
+
+    async def enqueue(
+        self, job: NewJob, connection: psycopg.AsyncConnection[Any] | None = None
+    ) -> tuple[int, bool]:
+        """Database.enqueue: (id, created)."""
+        params = _job_params(job)
+        query = Q["enqueue"] if job.unique_key is None else Q["enqueue_keyed"]
+        if connection is not None:
+            return await self._enqueue_in(connection, query, params)
+        doing = f"enqueue {job.task!r}"
+
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
+            cur = await conn.execute(query, params)
+            row: tuple[Any, ...] | None = await cur.fetchone()
+            return row
+
+        for _ in (1, 2):
+            found = await self._insert_transaction(doing, "the job", insert)
+            if found is not None:
+                return _keyed_outcome(found, params)
+        raise DatabaseUnavailable(
+            f"{doing}: a request with the same unique_key was being stored at the same time "
+            "and could not be read back; nothing was stored by this call, retry it")
+
+    async def _enqueue_in(
+        self, conn: psycopg.AsyncConnection[Any], query: str, params: Mapping[str, Any]
+    ) -> tuple[int, bool]:
+        """In the caller's transaction, with our schema only for this statement."""
+        try:
+            previous = await (await conn.execute(
+                "SELECT current_setting('search_path')")).fetchone()
+            await conn.execute("SELECT set_config('search_path', %s, true)",
+                               [f"{self.schema}, public"])
+            try:
+                row = await (await conn.execute(query, params)).fetchone()
+            finally:
+                await conn.execute("SELECT set_config('search_path', %s, true)",
+                                   [previous[0] if previous else "public"])
+        except psycopg.Error as exc:
+            raise wrap_error(exc, self.url, "enqueue in caller's transaction") from None
+        if row is None:
+            raise SkiplockError(
+                "enqueue: a job with this unique_key is being inserted concurrently")
+        return _keyed_outcome(row, params)
+
+    async def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
+        statement, rows = copy_plan(jobs)  # Database.enqueue_copy's, row for row
+
+        async def copy_rows(conn: psycopg.AsyncConnection[Any]) -> int:
+            async with conn.cursor() as cur, cur.copy(statement) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+            return len(jobs)
+
+        count: int = await self._insert_transaction(
+            f"enqueue_many ({len(jobs)} jobs)", "the jobs", copy_rows, pipeline=False)
+        return count
+
+    async def enqueue_unnest(self, jobs: Sequence[NewJob]) -> list[int]:
+        params, requests, hashes, keyed = unnest_params(jobs)
+
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+            cur = await conn.execute(Q["enqueue_many_unnest"], params)
+            ids = [int(r[0]) for r in await cur.fetchall()]
+            if keyed:
+                cur = await conn.execute(Q["idempotency_keys"], {"keys": list(keyed)})
+                check_unnest_keys(await cur.fetchall(), jobs, hashes, requests, keyed)
+            return ids
+
+        ids: list[int] = await self._insert_transaction(
+            f"enqueue_many ({len(jobs)} jobs)", "the jobs", insert)
+        return ids
+
+    async def list_tasks(self) -> dict[str, Row]:
+        return {r["name"]: r for r in await self._rows("list_tasks")}
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> Row | None:
+        rows = await self._rows("get_job", {"id": job_id}, f"get job {job_id}")
+        return rows[0] if rows else None
+
+    async def job_state(self, job_id: int) -> str | None:
+        rows = await self._rows("job_state", {"id": job_id})
+        return str(rows[0]["state"]) if rows else None
+
+    async def retry_job(self, job_id: int) -> Row | None:
+        rows = await self._rows("retry_job", {"id": job_id}, f"retry job {job_id}")
+        if rows:
+            await self._rows(
+                "notify_queue", {"channel": f"{self.schema}_jobs", "queue": rows[0]["queue"]})
+        return rows[0] if rows else None
+
+    async def cancel_job(self, job_id: int, reason: str) -> str | None:
+        rows = await self._rows("cancel_jobs", {
+            "ids": [job_id], "reason": reason[:1000], "channel": f"{self.schema}_control",
+        }, f"cancel job {job_id}")
+        return str(rows[0]["state"]) if rows else None

@@ -1,0 +1,145 @@
+"""The asyncio producer: Client's methods, awaited, on psycopg's async pool.
+
+Jobs are prepared by the same code as Client's (preparation.prepare_job / prepare_many, the
+catalogue read with await first), stored by the same statements (adb.AsyncDatabase), and
+retry/cancel answer through the same transitions decisions: only the I/O differs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import psycopg
+
+from . import transitions
+from .adb import AsyncDatabase
+from .client import user_at_host
+from .handles import TaskHandle, task_name
+from .preparation import AsyncCatalogue, copyable, prepare_job, prepare_many
+from .settings import Settings
+from .waiting import WaitHub, check_wait_timeout
+
+
+class AsyncClient:
+    """Enqueue jobs and manage them from asyncio code; keep one per process (and event loop).
+
+    ``async with AsyncClient(url) as client: await client.enqueue(...)``."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        schema: str | None = None,
+        connect_timeout: float | None = None,
+        validate: bool = True,
+        settings: Settings | None = None,
+        max_size: int = 4,
+    ) -> None:
+        s = settings or Settings()
+        self.validate = validate
+        self.db = AsyncDatabase(
+            database_url or s.require_url(), schema=schema or s.schema_name,
+            connect_timeout=connect_timeout or s.connect_timeout,
+            statement_timeout=s.statement_timeout, max_size=max_size,
+            application_name="skiplock-client", pooler=s.pooler == "transaction")
+        self._catalogue = AsyncCatalogue(self.db.list_tasks)
+        self.max_args_bytes = s.max_args_bytes
+        self._hub: WaitHub | None = None
+        self._settings = s
+
+    async def close(self) -> None:
+        if self._hub is not None:
+            self._hub.close()
+            self._hub = None
+        await self.db.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def catalogue(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        return await self._catalogue.tasks(refresh)
+
+    def _validating(self, validate: bool | None) -> bool:
+        return validate if validate is not None else self.validate
+
+    async def enqueue(
+        self,
+        task: str | TaskHandle[Any, Any],
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        run_at: dt.datetime | None = None,
+        delay: float | dt.timedelta | None = None,
+        max_attempts: int | None = None,
+        unique_key: str | None = None,
+        validate: bool | None = None,
+        connection: psycopg.AsyncConnection[Any] | None = None,
+        # the job's deadline per attempt (as Client's), not this call's
+        timeout: float | dt.timedelta | None = None,  # noqa: ASYNC109
+    ) -> int:
+        """Client.enqueue, awaited; ``connection``: the caller's AsyncConnection (the job
+        is part of its open transaction)."""
+        name = task_name(task)
+        catalogue = (await self._catalogue.snapshot([name])
+                     if self._validating(validate) else None)
+        job = prepare_job(
+            name, args, queue=queue, priority=priority, max_attempts=max_attempts,
+            run_at=run_at, delay=delay, unique_key=unique_key, timeout=timeout,
+            max_args_bytes=self.max_args_bytes, catalogue=catalogue,
+        )
+        job_id, _created = await self.db.enqueue(job, connection=connection)
+        return job_id
+
+    async def enqueue_many(
+        self, jobs: Iterable[Mapping[str, Any]], *, validate: bool | None = None
+    ) -> int:
+        """Client.enqueue_many, awaited (COPY when it can)."""
+        specs = list(jobs)
+        catalogue = (await self._catalogue.snapshot(s.get("task") for s in specs)
+                     if self._validating(validate) else None)
+        prepared = prepare_many(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
+        if not prepared:
+            return 0
+        if copyable(prepared):
+            return await self.db.enqueue_copy(prepared)
+        return len(await self.db.enqueue_unnest(prepared))
+
+    async def get_job(self, job_id: int) -> dict[str, Any] | None:
+        return await self.db.get_job(job_id)
+
+    async def retry(self, job_id: int) -> bool:
+        """Client.retry: queue a dead or cancelled job again."""
+        if await self.db.retry_job(job_id) is not None:
+            return True
+        answer = transitions.retry_answer(job_id, False, await self.db.job_state(job_id))
+        return answer.outcome is transitions.Outcome.DONE
+
+    async def cancel(
+        self, job_id: int, reason: str | None = None, *, by: str | None = None
+    ) -> str | None:
+        """Client.cancel: "cancelled", "requested" or None."""
+        who = transitions.requester(by or f"client {user_at_host()}", reason)
+        done = await self.db.cancel_job(job_id, who)
+        answer = transitions.cancel_answer(
+            job_id, done, None if done else await self.db.get_job(job_id))
+        return {transitions.Outcome.DONE: "cancelled",
+                transitions.Outcome.REQUESTED: "requested"}.get(answer.outcome)
+
+    # timeout= as Client.wait's: the same call, awaited (the issue's API)
+    async def wait(self, job_id: int, timeout: float = 60.0) -> Any:  # noqa: ASYNC109
+        """The result of job ``job_id`` once it succeeded; JobDead, JobWasCancelled, or
+        WaitTimeout after ``timeout`` seconds (see skiplock/waiting.py)."""
+        seconds = check_wait_timeout(timeout)
+        return await self._wait_hub().wait_async(job_id, seconds)
+
+    def _wait_hub(self) -> WaitHub:
+        if self._hub is None:
+            self._hub = WaitHub.for_url(self.db.url, self.db.schema, self._settings,
+                                        connect_timeout=self.db.connect_timeout)
+        return self._hub

@@ -1,0 +1,318 @@
+"""Waiting for a job's outcome: ``client.wait(job_id)`` and ``await aclient.wait(job_id)``.
+
+One WaitHub per client serves every waiter of that client, on ONE connection of its own,
+from one thread: it LISTENs on ``<schema>_done`` (each statement that finishes jobs sends
+their ids, see migrations/0007_wait_notify.sql) and reads the outcomes of the jobs named there
+that someone waits for, in one query per wake-up. New waiters' jobs are read the same way at
+once (they may have finished already), and every waited job every ``poll_interval`` seconds:
+the fallback when a notification was missed (the hub's connection was down, the database
+restarted, a transaction pooler delivers none). A thousand waiters cost one connection and
+one query per wake-up, not a thousand of either.
+
+A waiter is bounded by its timeout (at most MAX_WAIT_TIMEOUT) and the hub by MAX_WAITERS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql as pgsql
+
+from .db import Q, conninfo, transaction_settings, wrap_error
+from .errors import InvalidArguments, JobNotFound, SkiplockError
+from .redact import redact_url
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+log = logging.getLogger("skiplock.wait")
+
+# A day: a producer that waits longer is better served by reading the job later.
+MAX_WAIT_TIMEOUT = 86_400.0
+# Waiters one client may have at once (each is a few hundred bytes in the hub).
+MAX_WAITERS = 100_000
+# Seconds between reads of every waited job (the fallback for a missed notification).
+POLL_INTERVAL = 2.0
+# One outcomes query reads at most this many ids.
+_BATCH = 1000
+# Longest pause between attempts to reconnect (a restarted database is found within it).
+_MAX_BACKOFF = 2.0
+
+Row = Mapping[str, Any]
+Deliver = Callable[[Row], None]
+
+
+class JobDead(SkiplockError):
+    """The job waited for is dead: it failed on its last attempt (or permanently)."""
+
+    def __init__(self, job_id: int, error: str | None) -> None:
+        super().__init__(f"job {job_id} is dead: {error or 'no error recorded'}")
+        self.job_id = job_id
+        self.error = error
+
+
+class JobWasCancelled(SkiplockError):
+    """The job waited for was cancelled."""
+
+    def __init__(self, job_id: int, reason: str | None) -> None:
+        super().__init__(f"job {job_id} was cancelled" + (f" ({reason})" if reason else ""))
+        self.job_id = job_id
+        self.reason = reason
+
+
+class WaitTimeout(SkiplockError, TimeoutError):
+    """The job did not finish within the wait's timeout (it may still finish later)."""
+
+    def __init__(self, job_id: int, timeout: float) -> None:
+        super().__init__(f"job {job_id} did not finish within {timeout:g} s; it may still "
+                         "finish: wait again, or read it with get_job")
+        self.job_id = job_id
+        self.timeout = timeout
+
+
+def check_wait_timeout(timeout: float) -> float:
+    """A wait's timeout in seconds, or InvalidArguments (a wait is always bounded)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidArguments(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_WAIT_TIMEOUT:
+        raise InvalidArguments(
+            f"timeout must be > 0 and at most {MAX_WAIT_TIMEOUT:.0f} seconds, got {timeout}")
+    return float(timeout)
+
+
+def outcome(job_id: int, row: Row) -> Any:
+    """What a wait returns for a finished job's row (the result), or the error it raises."""
+    state = row["state"]
+    if state == "succeeded":
+        return row["result"]
+    if state == "dead":
+        raise JobDead(job_id, row["last_error"])
+    if state == "cancelled":
+        raise JobWasCancelled(job_id, row["cancel_reason"])
+    if state is None:
+        raise JobNotFound(f"job {job_id} does not exist (it may have been pruned)")
+    raise AssertionError(f"job {job_id}: not finished ({state})")
+
+
+def parse_ids(payload: str) -> list[int]:
+    """The job ids of a completion notification ("12,13,14"); junk is ignored."""
+    return [int(p) for p in payload.split(",") if p.isdigit()]
+
+
+class WaitHub:
+    """The waiters of one client and the thread and connection that wake them."""
+
+    def __init__(self, info: str, channel: str | None, *, url: str,
+                 settings: Mapping[str, Any] | None = None,
+                 poll_interval: float = POLL_INTERVAL, connect_timeout: float = 5.0) -> None:
+        """``info``: conninfo of the hub's connection; ``channel``: the completion channel
+        (None: no LISTEN, poll only); ``settings``: transaction_settings to send with each
+        read (behind a transaction pooler)."""
+        self._info = info
+        self._channel = channel
+        self._url = url
+        self._tx_settings = settings
+        self.poll_interval = poll_interval
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._watchers: dict[int, list[Deliver]] = {}
+        self._fresh: set[int] = set()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.connected = threading.Event()  # tests and the benchmark look at it
+        self.reads = 0  # outcome queries run (a test's proof of batching)
+
+    @classmethod
+    def for_url(cls, url: str, schema: str, settings: Settings, *,
+                connect_timeout: float) -> WaitHub:
+        """A hub for a client of ``url``: LISTEN on SKIPLOCK_LISTEN_URL when set (direct,
+        past a pooler), else on ``url``; behind a pooler without one, poll only."""
+        direct = settings.listen_url
+        behind_pooler = settings.pooler == "transaction" and not direct
+        info = conninfo(direct or url, schema, connect_timeout, settings.statement_timeout,
+                        "skiplock-wait", pooler=behind_pooler)
+        tx = transaction_settings(schema, settings.statement_timeout) if behind_pooler else None
+        return cls(info, None if behind_pooler else f"{schema}_done", url=direct or url,
+                   settings=tx, poll_interval=min(POLL_INTERVAL, settings.poll_interval * 2),
+                   connect_timeout=connect_timeout)
+
+    # -- waiters ----------------------------------------------------------------------------
+
+    def watch(self, job_id: int, deliver: Deliver) -> None:
+        """Call ``deliver(row)`` (from the hub's thread) once job ``job_id`` is finished."""
+        with self._lock:
+            if self._stopping:
+                raise SkiplockError("the client was closed")
+            if len(self._watchers) >= MAX_WAITERS and job_id not in self._watchers:
+                raise SkiplockError(f"more than {MAX_WAITERS} jobs waited for at once")
+            self._watchers.setdefault(job_id, []).append(deliver)
+            self._fresh.add(job_id)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="skiplock-wait",
+                                                daemon=True)
+                self._thread.start()
+        self._wake()
+
+    def unwatch(self, job_id: int, deliver: Deliver) -> None:
+        with self._lock:
+            found = self._watchers.get(job_id)
+            if found is not None:
+                with contextlib.suppress(ValueError):
+                    found.remove(deliver)
+                if not found:
+                    del self._watchers[job_id]
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._watchers.values())
+
+    def wait(self, job_id: int, timeout: float) -> Any:
+        """Block this thread until the job finished: its result, or the error outcome()
+        raises; WaitTimeout after ``timeout`` seconds."""
+        done = threading.Event()
+        box: list[Row] = []
+
+        def deliver(row: Row) -> None:
+            box.append(row)
+            done.set()
+
+        self.watch(job_id, deliver)
+        try:
+            if not done.wait(timeout):
+                raise WaitTimeout(job_id, timeout)
+        finally:
+            self.unwatch(job_id, deliver)
+        return outcome(job_id, box[0])
+
+    async def wait_async(self, job_id: int, timeout: float) -> Any:  # noqa: ASYNC109 (AsyncClient.wait's)
+        """``wait`` for asyncio: the event loop is never blocked."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Row] = loop.create_future()
+
+        def settle(row: Row) -> None:
+            if not future.done():
+                future.set_result(row)
+
+        def deliver(row: Row) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, row)
+
+        self.watch(job_id, deliver)
+        try:
+            async with asyncio.timeout(timeout):
+                row = await future
+        except TimeoutError:
+            raise WaitTimeout(job_id, timeout) from None
+        finally:
+            self.unwatch(job_id, deliver)
+        return outcome(job_id, row)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake()
+        if thread is not None:
+            thread.join(self.connect_timeout + 5)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    # -- the hub's thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                with psycopg.connect(self._info, autocommit=True,
+                                     prepare_threshold=None) as conn:
+                    self._serve(conn)
+                    return
+            except psycopg.Error as exc:
+                self.connected.clear()
+                if self._stopping:
+                    return
+                log.info("waiting for jobs: %s; reconnecting in %.1f s",
+                         wrap_error(exc, self._url, "wait for jobs"), backoff)
+            except Exception:  # a bug here must not leave waiters hanging silently
+                self.connected.clear()
+                log.exception("waiting for jobs: unexpected error; reconnecting")
+            self._sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _serve(self, conn: psycopg.Connection[Any]) -> None:
+        notified: set[int] = set()
+        if self._channel is not None:
+            conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._channel)))
+        self.connected.set()
+        log.debug("waiting for jobs on %s", redact_url(self._url))
+        # Listening now: whatever finished before (or while the link was down) is read here.
+        with self._lock:
+            self._fresh.update(self._watchers)
+        last_poll = time.monotonic()
+        with selectors.DefaultSelector() as sel:
+            if self._channel is not None:  # poll only: nothing to hear on the socket
+                sel.register(conn.fileno(), selectors.EVENT_READ, "db")
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            while not self._stopping:
+                with self._lock:
+                    ids = set(self._fresh) | (notified & self._watchers.keys())
+                    self._fresh.clear()
+                    if time.monotonic() >= last_poll + self.poll_interval:
+                        ids |= self._watchers.keys()
+                        last_poll = time.monotonic()
+                notified.clear()
+                if ids:
+                    self._read(conn, sorted(ids))
+                    continue  # deliveries may have taken a while: look again at once
+                timeout = max(0.0, last_poll + self.poll_interval - time.monotonic())
+                for key, _ in sel.select(timeout):
+                    if key.data == "wake":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                if self._channel is not None:
+                    # What arrived, and what came during the last read (psycopg keeps those
+                    # for notifies()); raises when the connection died.
+                    for note in conn.notifies(timeout=0):
+                        notified.update(parse_ids(note.payload))
+                elif conn.closed or conn.broken:
+                    raise psycopg.OperationalError("the connection was lost")
+
+    def _read(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start:start + _BATCH]
+            with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                if self._tx_settings is not None:
+                    with conn.pipeline():  # one implicit transaction, one round trip
+                        conn.execute(Q["transaction_settings"], self._tx_settings)
+                        cur.execute(Q["wait_outcomes"], {"ids": chunk})
+                else:
+                    cur.execute(Q["wait_outcomes"], {"ids": chunk})
+                rows = cur.fetchall()
+            self.reads += 1
+            for row in rows:
+                with self._lock:
+                    delivers = list(self._watchers.get(int(row["id"]), ()))
+                for deliver in delivers:
+                    deliver(row)
+
+    def _sleep(self, seconds: float) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            sel.select(seconds)

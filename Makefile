@@ -81,3 +81,6 @@ bench-client: setup ## enqueue latency AsyncClient vs Client; wait() completion-
 
 bench-claim-limits: setup ## the claim with concurrency limits: no limit, global limit (unlocked, locked), 1,000 keys (pgbench)
 	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.claim_cost --limits
+
+bench-wait-trigger: setup ## the completion-notify trigger's cost: claim+complete, lease renewal, single-row claim (pgbench)
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.wait_trigger_cost

@@ -9,7 +9,10 @@ With ``--limits``: the claim with concurrency limits (sql/limits.sql), each pgbe
 transaction claiming a batch and then finishing it (so the running count stays what a real
 limit keeps it at): "no limit" (the plain claim), "global limit" (one task under a
 concurrency_limit that the load never reaches: the cost of checking it) and "1,000 keys"
-(a per-key limit over 1,000 keys, each claim water-filling across them).
+(a per-key limit over 1,000 keys, each claim water-filling across them), and "limited
+backlog ahead" (the plain claim of unlimited work queued behind 100,000 jobs of a limited
+task in the same queue: what the plain claim pays for a limited backlog it never claims).
+``make bench-claim-limits`` runs these.
 
 Each variant claims the same backlog with pgbench (2 clients, prepared statements, the claim
 committing without waiting for the WAL flush as the worker's claim connection does); variants
@@ -83,6 +86,10 @@ def limit_variants() -> dict[str, tuple[str, dict[str, str], str]]:
     """name -> (pgbench script, variables, how to load the backlog)."""
     q = queries()
     plain = pgbench_script(q["claim"]) + _FINISH
+    unkeyed = "          AND concurrency_key IS NULL\n"
+    if unkeyed not in q["claim"]:
+        raise SystemExit("claim_cost: the claim statement changed; update the variants")
+    old_plain = pgbench_script(q["claim"].replace(unkeyed, "")) + _FINISH
     locked = (pgbench_script(q["lock_limited"] + ";\n" + q["claim_limited"]) + _FINISH)
     unlocked = pgbench_script(q["claim_limited"]) + _FINISH
     empty = {"skip_tasks": "{}", "skip_ids": "{}"}
@@ -94,22 +101,43 @@ def limit_variants() -> dict[str, tuple[str, dict[str, str], str]]:
         # near the cap: every claim takes the task's lock (claims of the task serialise)
         "global limit, locked": (locked, {**limited, "locked": "true"}, "global"),
         "1,000 keys": (locked, {**limited, "locked": "true"}, "keys"),
+        # unlimited jobs behind a limited task's backlog in the same queue, claimed by the
+        # plain claim (the worker passes the limited task in skip_tasks)
+        "limited backlog ahead": (plain, {"skip_tasks": "{noop}", "skip_ids": "{}"},
+                                  "backlog"),
+        # the same with the claim of the previous version (its skip list a filter only)
+        "limited backlog ahead, old claim": (old_plain, {"skip_tasks": "{noop}",
+                                                         "skip_ids": "{}"}, "backlog"),
     }
 
 
+# the limited jobs queued ahead of the unlimited work in "limited backlog ahead"
+LIMITED_AHEAD = 100_000
+
+
 def load_limited(url: str, jobs: int, kind: str) -> None:
-    limits = {"plain": None,
+    limits = {"plain": None, "backlog": {"concurrency_limit": 1_000_000},
               "global": {"concurrency_limit": 1_000_000},
               "keys": {"key": "arg:k", "key_limit": 1_000_000}}[kind]
-    key = {"plain": "NULL", "global": "''", "keys": "(g %% 1000)::text"}[kind]
+    key = {"plain": "NULL", "global": "''", "keys": "(g %% 1000)::text"}.get(kind, "NULL")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE skiplock.results, skiplock.jobs")
         conn.execute("INSERT INTO skiplock.tasks (name, params, max_attempts, queue, limits) "
                      "VALUES ('noop', '{}', 5, 'default', %s::jsonb) ON CONFLICT (name) DO UPDATE "
                      "SET limits = excluded.limits",
                      (json.dumps(limits) if limits else None,))
-        conn.execute(f"INSERT INTO skiplock.jobs (task, concurrency_key) "
-                     f"SELECT 'noop', {key} FROM generate_series(1, %s) AS g", (jobs,))
+        if kind == "backlog":
+            # the limited task's jobs first (older), the unlimited ones behind them
+            conn.execute("INSERT INTO skiplock.tasks (name, params, max_attempts, queue) "
+                         "VALUES ('free', '{}', 5, 'default') ON CONFLICT (name) DO NOTHING")
+            conn.execute("INSERT INTO skiplock.jobs (task, concurrency_key, run_at) "
+                         "SELECT 'noop', '', now() - interval '1 hour' "
+                         "FROM generate_series(1, %s)", (LIMITED_AHEAD,))
+            conn.execute("INSERT INTO skiplock.jobs (task) SELECT 'free' "
+                         "FROM generate_series(1, %s)", (jobs,))
+        else:
+            conn.execute(f"INSERT INTO skiplock.jobs (task, concurrency_key) "
+                         f"SELECT 'noop', {key} FROM generate_series(1, %s) AS g", (jobs,))
         conn.execute("VACUUM ANALYZE skiplock.jobs")
 
 
@@ -127,7 +155,7 @@ def limits_main(url: str, pgbench: Path, a: argparse.Namespace) -> int:
             rate = claim_rate(pgbench, url, scripts[name], vars_, a.jobs, a.batch,
                               state="succeeded")
             rates[name].append(rate)
-            print(f"round {r + 1}/{a.rounds}  {name:<15} {rate:>9,.0f} claims/s", flush=True)
+            print(f"round {r + 1}/{a.rounds}  {name:<32} {rate:>9,.0f} claims/s", flush=True)
     base = rates["no limit"]
     print(f"\nclaim + finish, batch {a.batch}, 2 clients, {a.jobs:,} jobs, "
           f"median of {a.rounds} rounds")
@@ -136,7 +164,7 @@ def limits_main(url: str, pgbench: Path, a: argparse.Namespace) -> int:
         paired = statistics.median(x / b for x, b in zip(runs, base, strict=True))
         summary[name] = {"claims_per_s": statistics.median(runs), "runs": runs,
                          "vs_no_limit_paired": paired}
-        print(f"  {name:<15} {statistics.median(runs):>9,.0f} claims/s   "
+        print(f"  {name:<32} {statistics.median(runs):>9,.0f} claims/s   "
               f"{paired:5.3f}x no limit (paired)")
     out = OUT.with_name("claim_cost_limits.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@
 
 ``POST /welcome`` enqueues a welcome mail and answers at once with the job id (202);
 ``POST /reports/{id}?wait=5`` enqueues a report and waits up to 5 s for its result (200 with
-the result, 202 with the job id when it is not done yet, 422 when the job died).
+the result, 202 with the job id when it is not done yet, 422 when the job died, 409 when it
+was cancelled). ``wait`` is bounded (0 < wait <= 30): a request must not hold a connection
+slot for a day.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from examples.tasks_api import render_report, send_welcome
-from skiplock import AsyncClient, JobDead, WaitTimeout
+from skiplock import AsyncClient, JobDead, JobWasCancelled, WaitTimeout
+
+# Longest a request waits for its report (seconds); past it the caller polls /jobs/{id}.
+MAX_WAIT = 30.0
 
 
 @asynccontextmanager
@@ -51,7 +56,8 @@ async def welcome(body: Welcome, request: Request) -> dict[str, Any]:
 
 
 @app.post("/reports/{report_id}")
-async def report(report_id: int, request: Request, wait: float = 5.0,
+async def report(report_id: int, request: Request,
+                 wait: float = Query(5.0, gt=0, le=MAX_WAIT),
                  fail: bool = False) -> JSONResponse:
     client = _client(request)
     job_id = await render_report.enqueue_async(client, report_id, fail=fail)
@@ -61,6 +67,9 @@ async def report(report_id: int, request: Request, wait: float = 5.0,
         return JSONResponse({"job_id": job_id, "state": "pending"}, status_code=202)
     except JobDead as exc:
         raise HTTPException(422, f"report {report_id} failed: {exc.error}") from None
+    except JobWasCancelled as exc:
+        raise HTTPException(409, f"report {report_id} was cancelled"
+                            + (f" ({exc.reason})" if exc.reason else "")) from None
     return JSONResponse({"job_id": job_id, "result": result})
 
 

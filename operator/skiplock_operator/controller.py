@@ -64,7 +64,8 @@ def policy_of(spec: JobQueueSpec) -> Policy:
                   fallback_failures=s.fallback.failure_threshold if s.fallback else 0,
                   fallback_replicas=s.fallback.replicas if s.fallback else 0,
                   # models.py (schedules) adds the field; 60 s until it does
-                  schedule_lead_seconds=float(getattr(s, "schedule_lead_seconds", 60.0)))
+                  schedule_lead_seconds=float(getattr(s, "schedule_lead_seconds", 60.0)),
+                  worker_concurrency=spec.worker.concurrency)
 
 
 def load_of(per_queue: list[inspection.QueueStats],

@@ -20,9 +20,9 @@ The rules, in order:
    never asks for more replicas than run now; see there.
 8. limits (docs/limits.md): jobs a concurrency or rate limit holds back are not in the
    backlog, and when all of the work is under task-wide concurrency limits the raw
-   recommendation is capped at ceil(capacity / jobsPerReplica) (``limit_cap``): more pods
-   would sit idle. Holding fewer replicas than the held-back jobs would ask for is reported
-   as ``Limited``.
+   recommendation is capped at ceil(capacity / worker concurrency) (``limit_cap``): a
+   replica runs up to its worker's concurrency, so more pods would sit idle. Holding fewer
+   replicas than the held-back jobs would ask for is reported as ``Limited``.
 9. a schedule due (``next_fire_in`` within ``schedule_lead_seconds``, or overdue): at least
    one replica, so a worker is up before the firing (workers fire the schedules, so at zero
    replicas nobody would).
@@ -49,12 +49,16 @@ class Policy:
     fallback_replicas: int = 0
     # a replica this long before a schedule of the JobQueue's queues fires (rule 9)
     schedule_lead_seconds: float = 60.0
+    # the jobs one replica runs at once (spec.worker.concurrency): what rule 8 divides by
+    worker_concurrency: int = 10
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ValueError("need 0 <= min_replicas <= max_replicas")
         if self.jobs_per_replica < 1 or self.scale_up_pods < 1:
             raise ValueError("jobs_per_replica and scale_up_pods must be >= 1")
+        if self.worker_concurrency < 1:
+            raise ValueError("worker_concurrency must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,8 @@ def limit_cap(policy: Policy, load: Load) -> int | None:
     minReplicas nor above maxReplicas."""
     if load.capacity is None:
         return None
-    wanted = math.ceil(max(0, load.capacity) / policy.jobs_per_replica)
+    # what the replicas can run, not jobsPerReplica (a target load, often below it)
+    wanted = math.ceil(max(0, load.capacity) / policy.worker_concurrency)
     return clamp(wanted, policy.min_replicas, policy.max_replicas)
 
 
@@ -191,7 +196,7 @@ def decide(policy: Policy, load: Load | None, current: int, history: History,
                f"recommended={raw}")
     if cap is not None:
         numbers += (f" waitingOnLimit={load.waiting_on_limit} limitCapacity={load.capacity}"
-                    f" limitCap={cap}")
+                    f" workerConcurrency={policy.worker_concurrency} limitCap={cap}")
     elif load.waiting_on_limit:
         numbers += f" waitingOnLimit={load.waiting_on_limit}"
     if due:

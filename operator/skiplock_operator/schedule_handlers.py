@@ -1,5 +1,7 @@
 """kopf handlers for JobSchedules (imported by handlers.py): one loop reconciles them all
-(schedules.py) every PASS_SECONDS, at once after a JobSchedule or JobQueue changes.
+(schedules.py) every PASS_SECONDS, and at once after a JobSchedule changes (a JobQueue's
+change, a new database URL say, is seen on the next timed pass: only JobSchedule events wake
+the loop).
 
 A pass lists the resources itself instead of trusting the watch events it has seen: a delete
 the operator missed (it was down, the watch lagged) still removes the row on the next pass,

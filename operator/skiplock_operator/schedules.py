@@ -32,8 +32,9 @@ from typing import Any, cast
 
 from kubernetes.client.exceptions import ApiException
 
+from skiplock.catalogue import validate_args
 from skiplock.db import Database
-from skiplock.errors import SkiplockError
+from skiplock.errors import DataRefused, InvalidArguments, SkiplockError
 from skiplock.schedules import Schedule, ScheduleError, make_schedule, schedule_params
 
 from . import conditions as cond
@@ -45,6 +46,8 @@ from .resources import PLURAL as JOBQUEUES
 log = logging.getLogger("skiplock.operator")
 PLURAL = "jobschedules"
 KIND = "JobSchedule"
+# schedules.name holds 256 characters; a namespace (63) and a name (253) can make more
+MAX_ROW_NAME = 256
 
 
 def row_name(namespace: str, name: str) -> str:
@@ -106,8 +109,10 @@ def differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def _key(url: str, spec: JobQueueSpec) -> str:
-    return hashlib.sha256(f"{url}\0{spec.database.schema_name}\0"
-                          f"{spec.database.connect_timeout_seconds}".encode()).hexdigest()
+    """The database a JobQueue reaches: its URL and schema, nothing else. Two JobQueues on
+    one database with other connection settings (a timeout) are one target: as two, the one
+    with no JobSchedules would sweep the other's rows away."""
+    return hashlib.sha256(f"{url}\0{spec.database.schema_name}".encode()).hexdigest()
 
 
 class ScheduleReconciler:
@@ -230,6 +235,9 @@ class ScheduleReconciler:
                 else:
                     self._written.discard(key)
                     self._dbs.pop(key).close()
+        # connections to databases no JobQueue reaches any more (its URL changed, it went)
+        for key in [k for k in self._dbs if k not in targets]:
+            self._dbs.pop(key).close()
         for body in schedules:
             where = row_name(body["metadata"]["namespace"], body["metadata"]["name"])
             if where in outcomes:
@@ -262,6 +270,11 @@ class ScheduleReconciler:
                            f"spec.queue {queue!r} is not one of JobQueue "
                            f"{spec.job_queue_ref}'s queues {queue_spec.queues}: no worker of "
                            "it would run the jobs")
+        if len(row_name(ns, name)) > MAX_ROW_NAME:
+            return Outcome(False, "InvalidSpec",
+                           f"the schedule's name in the database, <namespace>/<name>, would be "
+                           f"{len(row_name(ns, name))} characters long; at most {MAX_ROW_NAME}: "
+                           "give the JobSchedule a shorter name")
         try:
             schedule = make_schedule(
                 name=row_name(ns, name), task=spec.task, queue=queue, cron=spec.cron,
@@ -281,17 +294,27 @@ class ScheduleReconciler:
         """This database's rows: the wanted ones written, the deleted ones removed; and
         whether all of it was done."""
         out: dict[str, Outcome] = {}
-        db = self._database(target.url, target.spec)
         try:
+            # inside: a malformed URL is this database's problem, not the pass's
+            db = self._database(target.url, target.spec)
             now = db.now()
+            tasks = db.list_tasks() if target.wanted else {}
             for body, schedule in target.wanted:
                 if not self.still_leading():
                     return {}, False
                 meta = body["metadata"]
                 source = source_of(meta["namespace"], meta["name"])
-                row = db.upsert_crd_schedule({
-                    **schedule_params(schedule), "source": source,
-                    "next_fire_at": schedule.cadence.next_after(now)})
+                bad = _args_problem(schedule, tasks)
+                if bad:
+                    out[schedule.name] = Outcome(False, "InvalidSpec", bad)
+                    continue
+                try:
+                    row = db.upsert_crd_schedule({
+                        **schedule_params(schedule), "source": source,
+                        "next_fire_at": schedule.cadence.next_after(now)})
+                except DataRefused as exc:  # this row's problem: the others are written
+                    out[schedule.name] = Outcome(False, "InvalidSpec", str(exc))
+                    continue
                 if row is None:
                     owner = db.schedule_owner(schedule.name) or "?"
                     out[schedule.name] = Outcome(
@@ -327,3 +350,17 @@ class ScheduleReconciler:
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to say
                 raise
+
+
+def _args_problem(schedule: Schedule, tasks: dict[str, Any]) -> str | None:
+    """Why the schedule's args do not fit its task's parameters, as a worker registered them
+    (the check a Client's enqueue makes); None when they fit or no worker registered the task
+    yet (it is checked again on a later pass)."""
+    entry = tasks.get(schedule.task)
+    if entry is None:
+        return None
+    try:
+        validate_args(schedule.task, entry["params"] or {}, schedule.args)
+    except InvalidArguments as exc:
+        return f"spec.args: {exc}"
+    return None

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import uvicorn
 
+from skiplock import Client
 from tests.support.pgserver import free_port
 from tests.support.waits import wait_until
 
@@ -47,6 +48,26 @@ def test_the_example_service_and_worker(database_url: str, spawn_worker: Callabl
 
         bad = http.post("/welcome", json={"name": "no email"})  # the service's own validation
         assert bad.status_code == 422
+        for wait in (0, -1, 31, 1e6):  # a request's wait is bounded, refused clearly
+            assert http.post("/reports/1", params={"wait": wait}).status_code == 422, wait
+
+        # a report cancelled while its request waits: 409, not a server error
+        with Client(database_url) as admin:
+            admin.pause_queue("default", "hold the report")
+            answer_box: list[httpx.Response] = []
+            waiting = threading.Thread(target=lambda: answer_box.append(
+                http.post("/reports/7", params={"wait": 30})))
+            waiting.start()
+            wait_until(lambda: sql("SELECT count(*) FROM jobs WHERE task = %s "
+                                   "AND state = 'queued'", "render_report") == [(1,)], 20,
+                       "the report job to be enqueued")
+            (report_job,), = sql("SELECT id FROM jobs WHERE task = %s AND state = 'queued'",
+                                 "render_report")
+            assert admin.cancel(report_job, "not needed") == "cancelled"
+            waiting.join(30)
+            admin.resume_queue("default")
+        assert answer_box[0].status_code == 409, answer_box[0].text
+        assert "cancelled (" in answer_box[0].json()["detail"]
     assert worker.terminate() == 0
 
 

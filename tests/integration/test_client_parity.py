@@ -123,6 +123,13 @@ def test_enqueue_many_names_the_bad_job_and_stores_none(producer: Producer, sql:
                               + [{"task": "add", "args": {"a": 1}, "priority": 99999}])
     with pytest.raises(InvalidArguments, match="job #0 has no 'task'"):
         producer.enqueue_many([{"args": {}}])
+    # not a mapping: the same clear error from both (the AsyncClient reads task names first)
+    for junk in ("add", ["task", "add"], 7, None):
+        with pytest.raises(InvalidArguments, match="job #1 must be a mapping"):
+            producer.enqueue_many([{"task": "add", "args": {"a": 1, "b": 1}}, junk])
+    for not_jobs in (None, "add", {"task": "add"}, 3):
+        with pytest.raises(InvalidArguments, match="jobs must be an iterable of mappings"):
+            producer.enqueue_many(not_jobs)
     with pytest.raises(IdempotencyConflict):
         producer.enqueue_many([{"task": "add", "args": {"a": 1, "b": 1}, "unique_key": "k"},
                                {"task": "add", "args": {"a": 2, "b": 1}, "unique_key": "k"}])

@@ -37,7 +37,20 @@ trace.set_tracer_provider(provider)
 tracer = trace.get_tracer("test")
 out = {}
 
+paths = []
+
+
+def spy(db):
+    """Which insert path enqueue_many took (the real one runs)."""
+    for name in ("enqueue_copy", "enqueue_unnest"):
+        def call(jobs, _real=getattr(db, name), _name=name):
+            paths.append(_name)
+            return _real(jobs)
+        setattr(db, name, call)
+
+
 with Client(url) as client:
+    spy(client.db)
     with tracer.start_as_current_span("request") as request:
         out["request"] = [format(request.get_span_context().trace_id, "032x"),
                           format(request.get_span_context().span_id, "016x")]
@@ -47,9 +60,12 @@ with Client(url) as client:
 
         async def produce():
             async with AsyncClient(url) as ac:
-                return await ac.enqueue("add", {"a": 3, "b": 3})
+                spy(ac.db)
+                return (await ac.enqueue("add", {"a": 3, "b": 3}),
+                        await ac.enqueue_many([{"task": "add", "args": {"a": 5, "b": 5}}]))
 
-        out["async"] = asyncio.run(produce())
+        out["async"], out["async_many"] = asyncio.run(produce())
+        out["paths"] = paths
     out["untraced"] = client.enqueue("add", {"a": 4, "b": 4})
     with psycopg.connect(url, options="-c search_path=skiplock") as conn:
         out["stored"] = {str(i): tc for i, tc in conn.execute(
@@ -70,6 +86,16 @@ with Client(url) as client:
     with tracing.attempt_span("add", "default", 1, 1, "not json"):
         pass
     linked_spans = exporter.get_finished_spans()
+    # a snooze and a cancel leave the span as they do the job: not failed
+    exporter.clear()
+    from skiplock.errors import JobCancelled, Snooze
+    for exc in (Snooze(60), JobCancelled("stop")):
+        try:
+            with tracing.attempt_span("add", "default", 1, 1):
+                raise exc
+        except type(exc):
+            pass
+    request_spans = exporter.get_finished_spans()
 
 
 def describe(span):
@@ -87,6 +113,7 @@ def describe(span):
 
 out["worker_spans"] = [describe(s) for s in worker_spans]
 out["linked_spans"] = [describe(s) for s in linked_spans]
+out["request_spans"] = [describe(s) for s in request_spans]
 print(json.dumps(out))
 '''
 
@@ -107,8 +134,10 @@ def test_the_trace_goes_from_producer_to_each_attempt(database_url: str) -> None
     # the producer's context, stored with every job enqueued in its span (either client)
     for name in ("add", "flaky", "async"):
         assert stored[str(out[name])]["traceparent"].startswith(f"00-{trace_id}-{span_id}-"), name
-    assert out["many"] == 1
-    assert len([tc for tc in stored.values() if tc is not None]) == 4  # enqueue_many's too
+    assert out["many"] == out["async_many"] == 1
+    assert len([tc for tc in stored.values() if tc is not None]) == 5  # enqueue_many's too
+    # ...and inside a span enqueue_many still takes COPY (the context is one of its columns)
+    assert out["paths"] == ["enqueue_copy", "enqueue_copy"]
     assert stored[str(out["untraced"])] is None  # no current span, nothing stored
 
     # a span per attempt: add once, flaky twice (its first attempt failed)
@@ -136,6 +165,10 @@ def test_the_trace_goes_from_producer_to_each_attempt(database_url: str) -> None
 
     # the executor's span from the stored context: attempt 1 a child of the producer's span,
     # a retry a root of its own linked to it; a context that is not one is ignored
+    snoozed, cancelled = out["request_spans"]
+    assert [snoozed["status"], cancelled["status"]] == ["UNSET", "UNSET"]
+    assert snoozed["attributes"]["skiplock.outcome"] == "snoozed"
+    assert cancelled["attributes"]["skiplock.outcome"] == "cancelled"
     first, retry, junk = out["linked_spans"]
     assert (first["trace_id"], first["parent"], first["links"]) == (trace_id, span_id, [])
     assert retry["parent"] is None and retry["trace_id"] != trace_id

@@ -5,6 +5,7 @@ on one connection."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from skiplock import (
     JobDead,
     JobNotFound,
     JobWasCancelled,
+    SkiplockError,
     WaitTimeout,
 )
 from tests.integration.test_client_support import Producer, running_worker
@@ -39,7 +41,8 @@ def producer(request: pytest.FixtureRequest, database_url: str) -> Iterator[Prod
 
 
 def _hub(producer: Producer) -> Any:
-    return producer.client._wait_hub() if producer.kind == "async" else producer.client._hub
+    # read only: the wait makes the hub on its own thread (the AsyncClient's on its loop)
+    return producer.client._hub
 
 
 def _started_waiting(producer: Producer, n: int = 1) -> None:
@@ -66,13 +69,19 @@ def test_a_cancelled_job_raises_and_the_notify_wakes_the_waiter(producer: Produc
     job_id = producer.enqueue("add", {"a": 1, "b": 1}, delay=3600)
     future = producer.wait_in_background(job_id, 60)
     _started_waiting(producer)
+    hub = _hub(producer)
     # No poll within the test's bounds: only the completion notification can wake it.
-    _hub(producer).poll_interval = 3600
-    reads = _hub(producer).reads
+    hub.poll_interval = 3600
+    # The new waiter's first read is done and no other is coming: the cancel below cannot be
+    # picked up by that fresh read instead of the notification.
+    wait_until(lambda: hub.reads >= 1, 20, "the waiter's first read")
+    reads = hub.reads
+    time.sleep(0.3)
+    assert hub.reads == reads, "the hub keeps reading without a notification"
     assert producer.cancel(job_id, "changed my mind") == "cancelled"
     with pytest.raises(JobWasCancelled, match="changed my mind"):
         future.result(30)
-    assert _hub(producer).reads - reads <= 2
+    assert 1 <= hub.reads - reads <= 2
 
 
 def test_timeout_raises_wait_timeout_and_leaves_the_job(producer: Producer, sql: Sql) -> None:
@@ -190,3 +199,115 @@ def test_a_thousand_async_waiters_share_one_connection(database_url: str) -> Non
 
     results = asyncio.run(go())
     assert results == [{"sum": i} for i in range(n)]
+
+
+_NOWHERE = "postgresql://nobody@127.0.0.1:1/none"  # refused at once: an outage
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_hub_backs_off_while_the_database_is_unreachable(kind: str) -> None:
+    """The reconnect backoff (0.1 s doubling to 2 s) holds: a waiter's wake-up left in the
+    pipe once made the hub retry in a tight loop (~900 connects in 8 s)."""
+    p = Producer(kind, _NOWHERE)
+    try:
+        with pytest.raises(WaitTimeout):
+            p.wait(1, timeout=2.5)
+        # 0.1 + 0.2 + 0.4 + 0.8 + 1.6: about 5 attempts in 2.5 s
+        assert 2 <= _hub(p).attempts <= 8, _hub(p).attempts
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_job_ids_are_checked_before_any_io(kind: str) -> None:
+    p = Producer(kind, _NOWHERE)
+    try:
+        bad: tuple[Any, ...] = (0, -1, 2**63, 1.0, True, "1", None)
+        for job_id in bad:
+            for call in (lambda: p.wait(job_id, timeout=5), lambda: p.get_job(job_id),
+                         lambda: p.retry(job_id), lambda: p.cancel(job_id)):
+                with pytest.raises(InvalidArguments, match="job id"):
+                    call()
+        assert p.kind == "async" or p.client._hub is None  # no hub made for a bad id
+    finally:
+        p.close()
+
+
+def test_an_unreadable_id_fails_its_own_waiter_only(producer: Producer) -> None:
+    """An id the query cannot take (past the check, straight into the hub) is that waiter's
+    error; the hub does not take it for a lost connection and serves the others."""
+    job_id = producer.enqueue("add", {"a": 1, "b": 1}, delay=3600)
+    future = producer.wait_in_background(job_id, 30)
+    _started_waiting(producer)
+    hub = _hub(producer)
+    got: list[Any] = []
+    hub.watch(2**63, got.append)
+    wait_until(lambda: bool(got), 20, "the unreadable id's waiter to get its error")
+    assert isinstance(got[0], InvalidArguments), got
+    assert producer.cancel(job_id) == "cancelled"
+    with pytest.raises(JobWasCancelled):
+        future.result(20)
+    assert hub.connected.is_set()
+
+
+def test_close_ends_every_pending_wait_at_once(producer: Producer) -> None:
+    job_id = producer.enqueue("add", {"a": 1, "b": 1}, delay=3600)
+    future = producer.wait_in_background(job_id, 600)
+    _started_waiting(producer)
+    producer.run(producer.client.close())
+    with pytest.raises(SkiplockError, match="client closed"):
+        future.result(10)  # not the wait's own 600 s
+    with pytest.raises(SkiplockError, match="client closed"):  # and no new hub
+        producer.wait(job_id, timeout=5)
+
+
+def test_only_a_finishing_transition_notifies(database_url: str, sql: Sql) -> None:
+    """The trigger (0007) fires for a job becoming succeeded, dead or cancelled, once per job;
+    never for a claim, a lease renewal, or an update of an already finished job."""
+    with Client(database_url) as c:
+        a, b, d = (c.enqueue("add", {"a": i, "b": 1}) for i in range(3))
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN skiplock_done")
+        lease = "locked_by = 'w', locked_until = now() + interval '30 s', started_at = now()"
+        sql(f"UPDATE jobs SET state = 'running', attempts = 1, {lease} WHERE id IN (%s, %s)",
+            a, b)  # a claim
+        sql("UPDATE jobs SET locked_until = now() + interval '60 s' WHERE id = %s", a)
+        sql("UPDATE jobs SET state = 'succeeded', finished_at = now(), locked_by = NULL, "
+            "locked_until = NULL WHERE id IN (%s, %s)", a, b)
+        sql("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id = %s", d)
+        sql("UPDATE jobs SET finished_at = now() WHERE id IN (%s, %s, %s)", a, b, d)
+        sql("UPDATE jobs SET state = 'succeeded' WHERE id = %s", a)  # same state again
+        heard = [n.payload for n in listener.notifies(timeout=1.0)]
+    assert sorted(heard) == sorted([str(a), str(b), str(d)]), heard
+
+
+def test_async_close_does_not_block_the_event_loop() -> None:
+    """The hub's thread may be stuck connecting (here: a server that accepts and never
+    answers) for up to connect_timeout; AsyncClient.close() joins it off the loop."""
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        port = mute.getsockname()[1]
+
+        async def go() -> tuple[int, BaseException | None]:
+            client = AsyncClient(f"postgresql://nobody@127.0.0.1:{port}/none",
+                                 connect_timeout=2)
+            waiting = asyncio.create_task(client.wait(1, timeout=30))
+            while client._hub is None or client._hub.attempts < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # inside the connect attempt that hangs
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.05)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            await client.close()
+            ticker.cancel()
+            outcome = (await asyncio.gather(waiting, return_exceptions=True))[0]
+            return ticks, outcome if isinstance(outcome, BaseException) else None
+
+        ticks, outcome = asyncio.run(go())
+    assert ticks >= 5, ticks  # the loop ran while the hub's thread was being joined
+    assert isinstance(outcome, SkiplockError) and "client closed" in str(outcome)

@@ -134,7 +134,10 @@ def test_missed_policy_applied_exactly_when_every_worker_was_down(sql: SQL,
         decided = sorted(gap + late)
         assert decided, name
         assert decided == [decided[0] + i * SECOND for i in range(len(decided))], name
-        assert down_at - 2 * SECOND <= decided[0] and decided[-1] <= up_at + SECOND, name
+        # the outage lasts until the restarted workers' first pass (a worker's start takes
+        # seconds on a loaded machine): every decided firing is before it
+        back_at = min(r[1] for r in rows if r[1] >= up_at)
+        assert down_at - 2 * SECOND <= decided[0] and decided[-1] <= back_at, name
         # the outage was DOWN seconds; at most GRACE of them (and a second of slack) could
         # still be found on time after the restart
         assert len(decided) >= DOWN - GRACE - 2, (name, decided)

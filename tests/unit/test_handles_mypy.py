@@ -79,9 +79,13 @@ def test_mypy_accepts_the_right_calls_and_rejects_the_wrong_ones(tmp_path: Path)
     (tmp_path / "good.py").write_text(textwrap.dedent(GOOD))
     (tmp_path / "bad.py").write_text(textwrap.dedent(BAD))
     env = {**os.environ, "MYPYPATH": f"{ROOT / 'worker'}:{tmp_path}"}
+    # A cache of its own (other options than `make lint`'s: sharing one made each overwrite
+    # the other's entries, and a concurrent lint could read a half-written one), kept under
+    # the ignored .mypy_cache so that reruns stay warm.
+    cache = ROOT / ".mypy_cache" / "test_handles_mypy"
     out = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--show-error-codes",
-         "--cache-dir", str(ROOT / ".mypy_cache"), "--config-file", os.devnull,
+         "--cache-dir", str(cache), "--config-file", os.devnull,
          "good.py", "bad.py", "tasks.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )

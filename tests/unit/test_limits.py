@@ -60,9 +60,11 @@ def test_keys() -> None:
     assert key_for("t", {"key": None}, {"tenant": "a"}) == ""  # limited as a whole
     arg = {"key": "arg:tenant"}
     assert key_for("t", arg, {"tenant": "acme"}) == "acme"
-    # what args->>'tenant' gives in SQL for the same values (adopt_unkeyed)
+    # canonical JSON, numbers as jsonb keeps them (the workers' adoption reads them back)
     assert key_for("t", arg, {"tenant": 7}) == "7"
     assert key_for("t", arg, {"tenant": True}) == "true"
+    assert key_for("t", arg, {"tenant": 1e20}) == "100000000000000000000"
+    assert key_for("t", arg, {"tenant": {"b": 1, "a": "é"}}) == '{"a":"é","b":1}'
     assert key_for("t", arg, {}) == ""
     with pytest.raises(KeyProblem, match="over 200"):
         key_for("t", arg, {"tenant": "x" * 201})
@@ -119,7 +121,9 @@ def test_load_sums_capacity_over_busy_queues_only() -> None:
 
 
 def test_a_limited_queue_with_a_big_backlog_is_capped_and_says_so() -> None:
-    policy = Policy(max_replicas=50, jobs_per_replica=2)
+    # jobsPerReplica 1 would ask for 5 replicas; workers of concurrency 2 run the limit of 5
+    # on 3 (the cap divides by what a replica runs, not by the target load)
+    policy = Policy(max_replicas=50, jobs_per_replica=1, worker_concurrency=2)
     # 10,000 waiting under a limit of 5: backlog is what can start (5 - running)
     load = Load(backlog=3, in_flight=2, capacity=5, waiting_on_limit=9_995)
     d = decide(policy, load, 3, History.seeded(0, 3), now=1)
@@ -133,7 +137,8 @@ def test_a_limited_queue_with_a_big_backlog_is_capped_and_says_so() -> None:
 
 policies = st.builds(
     Policy, min_replicas=st.integers(0, 3), max_replicas=st.integers(3, 40),
-    jobs_per_replica=st.integers(1, 20), scale_up_pods=st.integers(1, 10),
+    jobs_per_replica=st.integers(1, 20), worker_concurrency=st.integers(1, 50),
+    scale_up_pods=st.integers(1, 10),
     scale_up_percent=st.integers(0, 300), scale_down_window=st.floats(0, 600))
 loads = st.builds(Load, backlog=st.integers(0, 100_000), in_flight=st.integers(0, 1000),
                   capacity=st.one_of(st.none(), st.integers(1, 500)),
@@ -184,3 +189,9 @@ def test_scale_from_zero_ahead_of_a_schedule(lead: float, next_in: float,
     else:
         assert d.desired == p.min_replicas
     assert decide(p, Load(0, 0), 0, History.seeded(0, 0), now=1).desired == p.min_replicas
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "lone \ud800 surrogate", "\udfff"])
+def test_a_key_postgres_cannot_store_is_refused_at_enqueue(value: str) -> None:
+    with pytest.raises(KeyProblem, match="NUL character or a lone surrogate"):
+        key_for("t", {"key": "arg:tenant"}, {"tenant": value})

@@ -9,12 +9,13 @@ import random
 from zoneinfo import ZoneInfo
 
 import pytest
+from cronsim import CronSim
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skiplock import App
+from skiplock import App, JobContext
 from skiplock.cron import Cadence, CadenceError
-from skiplock.schedules import MAX_PER_PASS, ScheduleError, make_schedule, plan
+from skiplock.schedules import COUNT_CAP, MAX_PER_PASS, ScheduleError, make_schedule, plan
 
 UTC = dt.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -246,3 +247,89 @@ def test_one_pass_enqueues_at_most_max_per_pass_on_time_firings() -> None:
              backfill=0, grace=86400, jitter=0, paused=False)
     assert p is not None and len(p.firings) == MAX_PER_PASS
     assert p.firings[-1].fire_at == T0 and p.missed == 5001 - MAX_PER_PASS
+
+
+# -- review: what the database refuses, the cost of a pass, arguments that do not fit --------
+
+
+@pytest.mark.parametrize(("args", "where"), [
+    ({"x": "a\x00b"}, "NUL character at $.x"),
+    ({"x": ["ok", "\ud800"]}, "lone surrogate U+D800 at $.x[1]"),
+    ({"a\x00": 1}, "NUL character in key"),
+    ({"x": {"y": "\udfff"}}, "at $.x.y"),
+])
+def test_args_jsonb_refuses_are_refused_at_declaration(args: dict[str, object],
+                                                        where: str) -> None:
+    """json.dumps takes these, jsonb does not: refused here, not by every worker's
+    registration (which would restart its scheduler until the worker gave up)."""
+    with pytest.raises(ScheduleError, match="PostgreSQL can store") as info:
+        make_schedule(name="n", task="t", queue="default", every=5, args=args)
+    assert where in str(info.value)
+    app = App()
+
+    @app.task
+    def t(ctx: JobContext, **kw: object) -> None:
+        return None
+
+    with pytest.raises(ScheduleError, match="PostgreSQL can store"):
+        app.periodic(every=5, args=args)(t)
+    assert not app.schedules
+
+
+def test_a_pass_after_a_long_outage_takes_a_bounded_number_of_cron_steps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-minute cron 100 days late: the pass walks about COUNT_CAP cronsim steps (it runs
+    on every worker at once), not one per missed minute (144,000)."""
+    import skiplock.cron as cron_module
+
+    steps = 0
+    real = CronSim
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __next__(self) -> dt.datetime:
+            nonlocal steps
+            steps += 1
+            return super().__next__()  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(cron_module, "CronSim", Counting)
+    c = Cadence(cron="* * * * *")
+    p = plan(c, next_fire_at=T0 - dt.timedelta(days=100), now=T0, missed="once",
+             backfill=0, grace=60, jitter=0, paused=False)
+    # the latest missed one (11:58), the on-time ones (11:59, 12:00: a grace of 60 s)
+    assert p is not None and len(p.firings) == 3
+    assert p.missed >= COUNT_CAP - 1  # "at least": counted up to the cap
+    assert COUNT_CAP <= 1000 and steps <= 5000
+
+
+def test_periodic_args_must_fit_the_tasks_parameters() -> None:
+    app = App()
+
+    @app.task
+    def report(ctx: object, day: str, pages: int = 1) -> None:
+        return None
+
+    for args, words in (({}, "missing required 'day'"), ({"day": "x", "typo": 1}, "'typo'"),
+                        ({"day": 3}, "'day' must be string")):
+        with pytest.raises(ScheduleError, match="do not fit") as info:
+            app.periodic(every=60, args=args, name=f"r{len(app.schedules)}")(report)
+        assert words in str(info.value)
+    assert not app.schedules
+    handle = app.periodic(every=60, args={"day": "mon"})(report)
+    assert handle is report and app.schedules["report"].args == {"day": "mon"}
+
+
+def test_periodic_gives_back_a_handle_for_a_plain_function_too() -> None:
+    app = App()
+
+    @app.periodic(every=60)
+    def plain(ctx: object) -> int:
+        return 7
+
+    def registered(ctx: object) -> int:
+        return 8
+
+    app.task(registered)
+    handle = app.periodic(every=60, name="again")(registered)
+    assert type(plain).__name__ == "TaskHandle" and plain.name == "plain"
+    assert type(handle).__name__ == "TaskHandle" and handle.name == "registered"
+    assert plain(None) == 7 and handle(None) == 8

@@ -3,8 +3,8 @@ psycopg's AsyncConnectionPool.
 
 The statements, their parameters and the decisions about their results are Database's own
 (db.py: the named queries, _job_params, unnest_params, _keyed_outcome, check_unnest_keys,
-wrap_error): only the awaiting differs, so both clients store exactly the same rows and raise
-exactly the same errors.
+insert_failure and outcome_unknown, wrap_error): only the awaiting differs, so both clients
+store exactly the same rows and raise exactly the same errors.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .db import (
-    _DATA_REFUSED_CLASSES,
     NewJob,
     Q,
     Row,
@@ -29,13 +28,15 @@ from .db import (
     check_unnest_keys,
     conninfo,
     copy_plan,
+    insert_failure,
     needs_reconnect,
+    outcome_unknown,
     refuses_startup_options,
     transaction_settings,
     unnest_params,
     wrap_error,
 )
-from .errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SkiplockError
+from .errors import DatabaseUnavailable, SkiplockError
 from .redact import redact_url, scrub
 
 log = logging.getLogger("skiplock.db")
@@ -183,21 +184,16 @@ class AsyncDatabase:
                 return result
             except PoolTimeout as exc:
                 raise wrap_error(exc, self.url, doing) from None
-            except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
-                if committing and isinstance(exc, psycopg.OperationalError):
-                    raise EnqueueOutcomeUnknown(
-                        f"{doing}: the connection to {redact_url(self.url)} died while "
-                        f"committing, so {what} may or may not exist. Retry with unique keys "
-                        "(unique_key) to make the retry safe."
-                    ) from exc
-                if retry and (exc.sqlstate or "")[:2] not in _DATA_REFUSED_CLASSES:
+            except psycopg.Error as exc:
+                decision = insert_failure(exc, committing, retried=not retry)  # Database's
+                if decision == "unknown":
+                    raise outcome_unknown(doing, what, self.url) from exc
+                if decision == "retry":
                     retry = False
                     log.info(
                         "%s: %s; nothing was stored, retrying on a fresh connection", doing,
                         scrub((str(exc).strip() or type(exc).__name__).splitlines()[0], self.url))
                     continue
-                raise wrap_error(exc, self.url, doing) from None
-            except psycopg.Error as exc:
                 raise wrap_error(exc, self.url, doing) from None
 
     # -- producers --------------------------------------------------------------------------

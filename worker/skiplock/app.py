@@ -8,15 +8,15 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
-from .catalogue import describe_params
-from .errors import JobCancelled
+from .catalogue import describe_params, validate_args
+from .errors import InvalidArguments, JobCancelled
 from .handles import TaskHandle
 from .limits import KEY_FUNCTIONS, Limits, Rate, declare
 from .names import queue_problem, task_problem
 from .retry import Backoff
-from .schedules import Schedule, make_schedule
+from .schedules import Schedule, ScheduleError, make_schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
 # a handler's own parameters (after the JobContext) and result, for its typed TaskHandle
@@ -235,7 +235,7 @@ class App:
         jitter: float = 0.0,
         priority: int = 0,
         queue: str | None = None,
-    ) -> Callable[[F], F]:
+    ) -> _Periodic:
         """Run a task on a schedule: ``cron`` (5 fields, evaluated in ``timezone``, DST
         included) or ``every`` N seconds. Stack it on ``@app.task`` (above it), or put it on a
         plain handler, which is then registered as a task with the defaults. A task may have
@@ -244,26 +244,36 @@ class App:
         ``args``: the job's arguments. ``missed``: what firings found more than ``grace``
         seconds late get: "skip", "once" (one job for all of them) or "backfill" with
         ``backfill=N`` (the latest N, one job each). ``jitter``: each job's run_at is its fire
-        time plus up to this many seconds. ``queue``: default the task's."""
+        time plus up to this many seconds. ``queue``: default the task's.
 
-        def attach(target: F) -> F:
+        Returns the task's TaskHandle (a plain handler is registered, and a handler registered
+        already gets a handle too). ``args`` must fit the task's parameters, as an enqueue's
+        would: a mistake is a ScheduleError at import, not a failed job at every firing."""
+
+        def attach(target: Any) -> TaskHandle[Any, Any]:
             registered = self._registered_name(target)
-            result: Any = target
             if registered is None:
-                result = self.task(target)
-                registered = str(result.name)
+                self.task(target)
+                registered = self._registered_name(target)
+                assert registered is not None
             task = self.tasks[registered]
             schedule = make_schedule(
                 name=name or registered, task=registered, queue=queue or task.queue,
                 cron=cron, every=every, timezone=timezone, args=args, missed=missed,
                 backfill=backfill, grace=grace, jitter=jitter, priority=priority)
+            try:
+                validate_args(registered, task.params, schedule.args)
+            except InvalidArguments as exc:
+                raise ScheduleError(f"schedule {schedule.name[:80]!r}: {exc}") from None
             if schedule.name in self.schedules:
                 raise ValueError(f"schedule {schedule.name!r} is declared twice (give each "
                                  "schedule of a task its own name=)")
             self.schedules[schedule.name] = schedule
-            return result  # type: ignore[no-any-return]
+            if isinstance(target, TaskHandle):
+                return target
+            return TaskHandle(task.name, task.func, func=task.func, queue=task.queue)
 
-        return attach
+        return cast(_Periodic, attach)
 
     def _registered_name(self, target: Any) -> str | None:
         """The task a handle or handler is registered as here, if it is."""
@@ -273,6 +283,19 @@ class App:
             if task.func is target:
                 return task.name
         return None
+
+
+class _Periodic(Protocol):
+    """What ``App.periodic(...)`` returns: a decorator giving back the task's typed handle."""
+
+    @overload
+    def __call__(self, target: TaskHandle[P, R], /) -> TaskHandle[P, R]: ...
+
+    @overload
+    def __call__(self, target: Callable[Concatenate[JobContext, P], R], /
+                 ) -> TaskHandle[P, R]: ...
+
+    def __call__(self, target: Any, /) -> Any: ...
 
 
 def load_app(spec: str) -> App:

@@ -7,6 +7,7 @@ retry/cancel answer through the same transitions decisions: only the I/O differs
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,8 +17,9 @@ import psycopg
 from . import transitions
 from .adb import AsyncDatabase
 from .client import user_at_host
+from .errors import SkiplockError
 from .handles import TaskHandle, task_name
-from .preparation import AsyncCatalogue, copyable, prepare_job, prepare_many
+from .preparation import AsyncCatalogue, copyable, job_specs, prepare_job, prepare_many
 from .settings import Settings
 from .waiting import WaitHub, check_wait_timeout
 
@@ -47,12 +49,15 @@ class AsyncClient:
         self._catalogue = AsyncCatalogue(self.db.list_tasks)
         self.max_args_bytes = s.max_args_bytes
         self._hub: WaitHub | None = None
+        self._closed = False
         self._settings = s
 
     async def close(self) -> None:
-        if self._hub is not None:
-            self._hub.close()
-            self._hub = None
+        self._closed = True
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            # Joining the hub's thread may take up to its connect timeout: not on the loop.
+            await asyncio.to_thread(hub.close)
         await self.db.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -100,7 +105,7 @@ class AsyncClient:
         self, jobs: Iterable[Mapping[str, Any]], *, validate: bool | None = None
     ) -> int:
         """Client.enqueue_many, awaited (COPY when it can)."""
-        specs = list(jobs)
+        specs = job_specs(jobs)
         catalogue = (await self._catalogue.snapshot(s.get("task") for s in specs)
                      if self._validating(validate) else None)
         prepared = prepare_many(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
@@ -111,10 +116,11 @@ class AsyncClient:
         return len(await self.db.enqueue_unnest(prepared))
 
     async def get_job(self, job_id: int) -> dict[str, Any] | None:
-        return await self.db.get_job(job_id)
+        return await self.db.get_job(transitions.check_job_id(job_id))
 
     async def retry(self, job_id: int) -> bool:
         """Client.retry: queue a dead or cancelled job again."""
+        job_id = transitions.check_job_id(job_id)
         if await self.db.retry_job(job_id) is not None:
             return True
         answer = transitions.retry_answer(job_id, False, await self.db.job_state(job_id))
@@ -124,6 +130,7 @@ class AsyncClient:
         self, job_id: int, reason: str | None = None, *, by: str | None = None
     ) -> str | None:
         """Client.cancel: "cancelled", "requested" or None."""
+        job_id = transitions.check_job_id(job_id)
         who = transitions.requester(by or f"client {user_at_host()}", reason)
         done = await self.db.cancel_job(job_id, who)
         answer = transitions.cancel_answer(
@@ -135,11 +142,15 @@ class AsyncClient:
     async def wait(self, job_id: int, timeout: float = 60.0) -> Any:  # noqa: ASYNC109
         """The result of job ``job_id`` once it succeeded; JobDead, JobWasCancelled, or
         WaitTimeout after ``timeout`` seconds (see skiplock/waiting.py)."""
+        job_id = transitions.check_job_id(job_id)
         seconds = check_wait_timeout(timeout)
         return await self._wait_hub().wait_async(job_id, seconds)
 
     def _wait_hub(self) -> WaitHub:
+        if self._closed:
+            raise SkiplockError("client closed: it cannot wait for jobs any more")
         if self._hub is None:
             self._hub = WaitHub.for_url(self.db.url, self.db.schema, self._settings,
-                                        connect_timeout=self.db.connect_timeout)
+                                        connect_timeout=self.db.connect_timeout,
+                                        pooler=self.db.pooler)
         return self._hub

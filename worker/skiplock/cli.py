@@ -348,9 +348,12 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                                              if r["next_fire_at"] else "-")
         if not r["paused"] and r["late_seconds"] > 0:
             nxt += f" (late {r['late_seconds']:.0f}s)"
-        table.append((_shown(r["name"]), _shown(r["task"]), _shown(r["queue"]), _cadence(r),
-                      _policy(r), nxt, _utc(r["last_fire_at"])[:-4] if r["last_fire_at"]
-                      else "-", str(r["last_job_id"] or "-"), str(r["source"])))
+        # every text column through _shown: a row written by hand in SQL may hold terminal
+        # escapes in any of them (the cron, the time zone, the source)
+        table.append((_shown(r["name"]), _shown(r["task"]), _shown(r["queue"]),
+                      _shown(_cadence(r)), _policy(r), nxt,
+                      _utc(r["last_fire_at"])[:-4] if r["last_fire_at"] else "-",
+                      str(r["last_job_id"] or "-"), _shown(str(r["source"]))))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

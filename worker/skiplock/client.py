@@ -14,7 +14,7 @@ import psycopg
 
 from . import transitions
 from .db import Database
-from .errors import InvalidArguments
+from .errors import InvalidArguments, SkiplockError
 from .handles import TaskHandle, task_name
 from .names import MAX_QUEUE_NAME, queue_problem
 from .outcomes import storable_text
@@ -45,10 +45,12 @@ class Client:
         self._settings = s
         self._hub: WaitHub | None = None
         self._hub_lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
         with self._hub_lock:
             hub, self._hub = self._hub, None
+            self._closed = True
         if hub is not None:
             hub.close()
         self.db.close()
@@ -121,11 +123,12 @@ class Client:
         return len(self.db.enqueue_unnest(prepared))
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:
-        return self.db.get_job(job_id)
+        return self.db.get_job(transitions.check_job_id(job_id))
 
     def retry(self, job_id: int) -> bool:
         """Queue a dead or cancelled job again; False when there is none, or it is neither."""
-        return transitions.retry(self.db, job_id).outcome is transitions.Outcome.DONE
+        answer = transitions.retry(self.db, transitions.check_job_id(job_id))
+        return answer.outcome is transitions.Outcome.DONE
 
     def cancel(
         self, job_id: int, reason: str | None = None, *, by: str | None = None
@@ -136,7 +139,7 @@ class Client:
         ``by`` (default: this client's user@host) and ``reason`` go into the job's error
         history."""
         who = transitions.requester(by or f"client {user_at_host()}", reason)
-        answer = transitions.cancel(self.db, job_id, who)
+        answer = transitions.cancel(self.db, transitions.check_job_id(job_id), who)
         return {transitions.Outcome.DONE: "cancelled",
                 transitions.Outcome.REQUESTED: "requested"}.get(answer.outcome)
 
@@ -145,11 +148,15 @@ class Client:
         JobWasCancelled, JobNotFound, or WaitTimeout after ``timeout`` seconds (at most a
         day). Woken by the completion NOTIFY, polling as the fallback; every waiter of this
         client shares one connection (skiplock/waiting.py). Thread-safe."""
+        job_id = transitions.check_job_id(job_id)
         seconds = check_wait_timeout(timeout)
         with self._hub_lock:
+            if self._closed:
+                raise SkiplockError("client closed: it cannot wait for jobs any more")
             if self._hub is None:
                 self._hub = WaitHub.for_url(self.db.url, self.db.schema, self._settings,
-                                            connect_timeout=self.db.connect_timeout)
+                                            connect_timeout=self.db.connect_timeout,
+                                            pooler=self.db.pooler)
             hub = self._hub
         return hub.wait(job_id, seconds)
 

@@ -97,13 +97,14 @@ class Cadence:
         return found
 
     def count(self, since: dt.datetime, until: dt.datetime, cap: int) -> int:
-        """How many fire times lie in [since, until], counting at most ``cap``."""
+        """How many fire times lie in [since, until]: exactly for an interval (arithmetic,
+        no steps), at most ``cap`` for a cron expression (cap steps of cronsim)."""
         if until < since:
             return 0
         if self.every is not None:
             period = dt.timedelta(seconds=self.every)
             first = self.next_after(since - _TICK)
-            return 0 if first > until else min(cap, (until - first) // period + 1)
+            return 0 if first > until else (until - first) // period + 1
         return len(self.latest(since, until, cap))
 
 

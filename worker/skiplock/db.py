@@ -44,6 +44,7 @@ from .errors import (
     SkiplockError,
 )
 from .idempotency import batch_request, differences, job_request, request_hash
+from .limits import adoption_keys
 from .names import schema_problem
 from .redact import SecretFilter, parse_problem, redact_url, remember, scrub
 
@@ -234,12 +235,14 @@ class NewJob(NamedTuple):
 
 def copy_plan(jobs: Sequence[NewJob]) -> tuple[str, list[tuple[Any, ...]]]:
     """The COPY statement for ``jobs`` and its rows (both clients' bulk path): with the
-    concurrency_key column when a limited task's job is among them (the rest send none)."""
+    concurrency_key column when a limited task's job is among them (the rest send none), and
+    each job's trace context (NULL without one)."""
     if any(j.concurrency_key is not None for j in jobs):
         return Q["copy_keyed_jobs"], [(j.queue, j.task, j.args_json, j.priority,
-                                       j.max_attempts, j.concurrency_key) for j in jobs]
-    return Q["copy_jobs"], [(j.queue, j.task, j.args_json, j.priority, j.max_attempts)
-                            for j in jobs]
+                                       j.max_attempts, j.trace_context, j.concurrency_key)
+                                      for j in jobs]
+    return Q["copy_jobs"], [(j.queue, j.task, j.args_json, j.priority, j.max_attempts,
+                             j.trace_context) for j in jobs]
 
 
 @dataclass(eq=False, slots=True)
@@ -273,10 +276,12 @@ class Failure:
 
 
 class LimitedClaim(NamedTuple):
-    """What claim_limited claimed, and whether a locked pass may claim more (limits.sql)."""
+    """What claim_limited claimed, and whether a locked pass may claim more (limits.sql):
+    for which tasks (``lock_tasks``, the only ones that pass locks)."""
 
     jobs: list[ClaimedJob]
     need_lock: bool
+    lock_tasks: tuple[str, ...] = ()
 
 
 class Peer(NamedTuple):
@@ -779,17 +784,11 @@ class Database:
                 return result
             except PoolTimeout as exc:  # an OperationalError, but the pool already waited
                 raise wrap_error(exc, self.url, doing) from None
-            except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
-                if committing and isinstance(exc, psycopg.OperationalError):
-                    raise EnqueueOutcomeUnknown(
-                        f"{doing}: the connection to {redact_url(self.url)} died while "
-                        f"committing, so {what} may or may not exist. Retry with unique keys "
-                        "(unique_key) to make the retry safe."
-                    ) from exc
-                # Before COMMIT nothing was stored: a lost connection, or a read-only server
-                # (a standby, a demoted primary) whose fresh connection may find the primary.
-                # Class 54 (a size or nesting limit) is an OperationalError no retry can cure.
-                if retry and (exc.sqlstate or "")[:2] not in _DATA_REFUSED_CLASSES:
+            except psycopg.Error as exc:
+                decision = insert_failure(exc, committing, retried=not retry)
+                if decision == "unknown":
+                    raise outcome_unknown(doing, what, self.url) from exc
+                if decision == "retry":
                     retry = False
                     log.info(
                         "%s: %s; nothing was stored, retrying on a fresh connection",
@@ -797,8 +796,6 @@ class Database:
                         scrub((str(exc).strip() or type(exc).__name__).splitlines()[0], self.url),
                     )
                     continue
-                raise wrap_error(exc, self.url, doing) from None
-            except psycopg.Error as exc:
                 raise wrap_error(exc, self.url, doing) from None
 
     def enqueue(
@@ -1599,7 +1596,8 @@ class WorkerConnection:
         one statement, claiming only where the room is far above what any concurrent claim
         could take. Locked: one short transaction, the tasks' advisory locks first, then the
         claim in a statement of its own (a snapshot taken after the locks, which sees every
-        claim committed before them)."""
+        claim committed before them). A lock is only tried: the tasks whose lock another
+        claim holds are left to it this time (never a wait behind a stalled holder)."""
         params = {
             "tasks": list(tasks),
             "queues": list(queues),
@@ -1616,12 +1614,17 @@ class WorkerConnection:
             else:
                 async with cur.connection.transaction():
                     await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
-                    await cur.execute(Q["claim_limited"], params)
+                    row = await cur.fetchone()
+                    locked_tasks = list(row[0]) if row is not None else []
+                    if not locked_tasks:
+                        return LimitedClaim([], need_lock=False)
+                    await cur.execute(Q["claim_limited"], {**params, "tasks": locked_tasks})
                     rows = await cur.fetchall()
-        # the last row is no job: whether the locked pass may find more (claim_limited)
+        # the last row is no job: the tasks the locked pass may find more of (claim_limited)
         jobs = [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
                 for r in rows if r[10] is None]
-        return LimitedClaim(jobs, need_lock=any(r[10] for r in rows if r[10] is not None))
+        lock_tasks = tuple(t for r in rows if r[10] is not None for t in r[10])
+        return LimitedClaim(jobs, need_lock=bool(lock_tasks), lock_tasks=lock_tasks)
 
     async def register_limits(self, limits: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
         """Store this worker's {task: limits or None} (tasks already registered); returns the
@@ -1638,9 +1641,56 @@ class WorkerConnection:
             await cur.execute(Q["limited_tasks"])
             return {str(r[0]): dict(r[1]) for r in await cur.fetchall()}
 
-    async def adopt_unkeyed(self, tasks: Sequence[str], queues: Sequence[str],
-                            limit: int = 1000) -> int:
-        async with self.cursor("key limited jobs") as cur:
-            await cur.execute(Q["adopt_unkeyed"],
-                              {"tasks": list(tasks), "queues": list(queues), "limit": limit})
+    async def adopt_unkeyed(self, limits: Mapping[str, Mapping[str, Any]],
+                            queues: Sequence[str], limit: int = 1000) -> tuple[int, int]:
+        """Give the queued jobs of the limited tasks ``limits`` that have no key the key
+        their producer would have computed (limits.adoption_keys); those with none possible
+        end dead. Returns (keyed, failed)."""
+        async with self.cursor("key limited jobs") as cur, cur.connection.transaction():
+            await cur.execute(Q["unkeyed_jobs"], {"tasks": list(limits), "queues": list(queues),
+                                                  "limit": limit})
+            rows = [(int(r[0]), str(r[1]), dict(r[2] or {})) for r in await cur.fetchall()]
+            if not rows:
+                return 0, 0
+            keyed, refused = adoption_keys(limits, rows)
+            await cur.execute(Q["set_keys"], {"ids": [i for i, _ in keyed],
+                                              "keys": [k for _, k in keyed]})
+            n_keyed = len(await cur.fetchall())
+            await cur.execute(Q["fail_unkeyed"], {"ids": [i for i, _ in refused],
+                                                  "errors": [e for _, e in refused]})
+            return n_keyed, len(await cur.fetchall())
+
+    async def unkey_unlimited(self, tasks: Sequence[str], limit: int = 1000) -> int:
+        """Drop the keys of queued jobs of ``tasks`` that have no limits (any more), so the
+        plain claim takes them; returns how many."""
+        async with self.cursor("unkey unlimited jobs") as cur:
+            await cur.execute(Q["unkey_unlimited"], {"tasks": list(tasks), "limit": limit})
             return len(await cur.fetchall())
+
+
+# -- the insert paths' failure policy (Database and AsyncDatabase._insert_transaction) -------
+
+
+def insert_failure(exc: BaseException, committing: bool, retried: bool) -> str:
+    """What an insert transaction does about ``exc``: "retry" (once, on a fresh connection),
+    "unknown" (EnqueueOutcomeUnknown) or "wrap" (wrap_error). ``committing``: COMMIT was
+    sent; ``retried``: this is the retry already.
+
+    A connection lost while committing may have committed: never a retry (it could insert the
+    rows twice) nor "nothing was changed" (maybe false). Before COMMIT nothing was stored: a
+    lost connection, or a read-only server (a standby, a demoted primary) whose fresh
+    connection may find the primary, is retried once. Class 54 (a size or nesting limit) is an
+    OperationalError no retry can cure; any other error is wrapped."""
+    if not isinstance(exc, psycopg.OperationalError | psycopg.errors.ReadOnlySqlTransaction):
+        return "wrap"
+    if committing and isinstance(exc, psycopg.OperationalError):
+        return "unknown"
+    if not retried and (exc.sqlstate or "")[:2] not in _DATA_REFUSED_CLASSES:
+        return "retry"
+    return "wrap"
+
+
+def outcome_unknown(doing: str, what: str, url: str) -> EnqueueOutcomeUnknown:
+    return EnqueueOutcomeUnknown(
+        f"{doing}: the connection to {redact_url(url)} died while committing, so {what} may "
+        "or may not exist. Retry with unique keys (unique_key) to make the retry safe.")

@@ -91,9 +91,7 @@ class TaskHandle(Generic[P, R_co]):
         self.params = describe_params(signature_of)
         functools.update_wrapper(self, signature_of)
         if asyncio.iscoroutinefunction(signature_of):
-            # asyncio.iscoroutinefunction(handle) stays true for an async handler (3.11 has no
-            # inspect.markcoroutinefunction).
-            self._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+            _mark_coroutine_function(self)
 
     def __repr__(self) -> str:
         kind = "task" if self._func is not None else "declared task"
@@ -231,3 +229,15 @@ def task_name(task: str | TaskHandle[Any, Any]) -> str:
     """The name to enqueue: a handle's, or the string itself."""
     return task.name if isinstance(task, TaskHandle) else task
 
+
+def _mark_coroutine_function(obj: object) -> None:
+    """Make (asyncio.|inspect.)iscoroutinefunction(obj) true for a handle of an async handler:
+    the public inspect.markcoroutinefunction where there is one (3.12+); on 3.11 asyncio's own
+    marker, which asyncio.iscoroutinefunction reads (looked up, so its removal is no crash)."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(obj)
+        return
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    if marker is not None:
+        obj._is_coroutine = marker  # type: ignore[attr-defined]

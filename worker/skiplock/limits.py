@@ -10,9 +10,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from .outcomes import storable_text
 
 # A key is an index entry and a lock name: long ones are a mistake (hash them yourself).
 MAX_KEY_LENGTH = 200
@@ -132,9 +135,34 @@ def declare(task: str, func: Callable[..., Any], *, concurrency_limit: object = 
 
 
 def key_text(value: object) -> str:
-    """An argument as a key: a string as it is, anything else as compact JSON (what
-    ``args->>'name'`` gives in SQL for numbers and booleans)."""
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    """An argument as a key: a string as it is, anything else as canonical JSON (compact,
+    sorted keys, non-ASCII as it is). The one definition: the producers key new jobs with
+    it and the workers key the jobs enqueued without one with it too (``adoption_keys``;
+    SQL's ``args->>`` would spell 1e20, an object's key order and non-ASCII otherwise)."""
+    if isinstance(value, str):
+        return value
+    return _canonical(value)
+
+
+def _canonical(value: object) -> str:
+    """Compact JSON with sorted keys, non-ASCII as it is, and numbers as PostgreSQL's jsonb
+    stores them (numeric: 1e20 is 100000000000000000000): the arguments a worker reads back
+    went through jsonb, so the producer's spelling of a number must not change the key."""
+    if value is None or isinstance(value, bool | str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return json.dumps(value)  # not JSON: the enqueue refuses the arguments anyway
+        return format(Decimal(repr(value)), "f")
+    if isinstance(value, Mapping):
+        return "{" + ",".join(json.dumps(str(k), ensure_ascii=False) + ":" + _canonical(v)
+                              for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))\
+            + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)  # TypeError: not JSON, as for the args
 
 
 class KeyProblem(ValueError):
@@ -171,14 +199,26 @@ def key_for(task: str, limits: Mapping[str, Any] | None, args: Mapping[str, Any]
     if len(key) > MAX_KEY_LENGTH:
         raise KeyProblem(f"task {task!r}: concurrency key is {len(key)} characters, over "
                          f"{MAX_KEY_LENGTH} (hash it)")
+    if storable_text(key, MAX_KEY_LENGTH) != key:  # NUL or a lone surrogate: text refuses it
+        raise KeyProblem(f"task {task!r}: the concurrency key holds a NUL character or a lone "
+                         "surrogate, which PostgreSQL cannot store; key by another value")
     return key
 
 
-def replica_cap(capacity: int | None, per_replica: int) -> int | None:
-    """Replicas that can have work at once when at most ``capacity`` jobs may run (None: no
-    cap): ceil(capacity / jobs per replica), and never 0 for capacity > 0."""
-    if capacity is None:
-        return None
-    if capacity <= 0:
-        return 0
-    return math.ceil(capacity / max(1, per_replica))
+def adoption_keys(limits: Mapping[str, Mapping[str, Any]],
+                  jobs: Sequence[tuple[int, str, Mapping[str, Any]]]
+                  ) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """Keys for queued jobs of limited tasks enqueued without one: ([(id, key)], [(id, why
+    no key can be computed)]), by key_for, so a job gets the key its producer would have
+    given it. A job with no key possible (too long, a key function this process lacks or
+    that fails) is not left queued for ever: the caller fails it with the reason."""
+    keyed: list[tuple[int, str]] = []
+    refused: list[tuple[int, str]] = []
+    for job_id, task, args in jobs:
+        try:
+            key = key_for(task, limits.get(task), args)
+        except KeyProblem as exc:
+            refused.append((job_id, str(exc)))
+            continue
+        keyed.append((job_id, "" if key is None else key))
+    return keyed, refused

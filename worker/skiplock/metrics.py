@@ -66,7 +66,8 @@ JOBS_SNOOZED = Counter(
 )
 RUNS_STOPPED = Counter(
     "skiplock_runs_stopped",
-    "Runs told to stop, by why: cancel (a cancel request) or timeout (the task's deadline)",
+    "Runs told to stop, by why: cancel (a cancel request), timeout (the task's deadline) or "
+    "lease (the run's lease was lost: another worker may have the job)",
     ["reason"],
 )
 ABANDONED = Gauge(

@@ -257,7 +257,7 @@ def prepare_many(
     Each item: ``{"task": ..., "args": {...}, "queue"?, "priority"?, "max_attempts"?,
     "run_at"?, "unique_key"?, "timeout"?}``."""
     prepared = []
-    for i, spec in enumerate(jobs):
+    for i, spec in enumerate(job_specs(jobs)):
         try:
             prepared.append(
                 prepare_job(
@@ -280,8 +280,22 @@ def prepare_many(
     return prepared
 
 
+def job_specs(jobs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """enqueue_many's items as a list, each a mapping, or InvalidArguments naming the first
+    that is not (both clients: the AsyncClient reads the task names before preparing)."""
+    if isinstance(jobs, str | bytes | Mapping) or not isinstance(jobs, Iterable):
+        raise InvalidArguments(
+            f"jobs must be an iterable of mappings, got {type(jobs).__name__}")
+    specs = list(jobs)
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Mapping):
+            raise InvalidArguments(
+                f"job #{i} must be a mapping ({{'task': ..., 'args': {{...}}}}), "
+                f"got {type(spec).__name__}")
+    return specs
+
+
 def copyable(jobs: Sequence[NewJob]) -> bool:
-    """The jobs can go in by COPY (no schedule, key, deadline or trace context: COPY's columns
-    are the plain ones); otherwise the unnest insert, which honours them."""
-    return all(j.run_at is None and j.unique_key is None and j.timeout is None
-               and j.trace_context is None for j in jobs)
+    """The jobs can go in by COPY (no schedule, key or deadline: COPY's columns are the plain
+    ones and the trace context); otherwise the unnest insert, which honours them."""
+    return all(j.run_at is None and j.unique_key is None and j.timeout is None for j in jobs)

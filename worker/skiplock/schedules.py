@@ -20,7 +20,6 @@ On-time firings always run. Jitter: each job's run_at is its fire time plus a ra
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import random
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from typing import Any, Literal
 
 from .cron import Cadence, CadenceError
 from .names import queue_problem, task_problem
+from .outcomes import NotStorable, storable_result
 
 Missed = Literal["skip", "once", "backfill"]
 MISSED_POLICIES: tuple[Missed, ...] = ("skip", "once", "backfill")
@@ -36,8 +36,10 @@ MAX_BACKFILL = 1000
 # the most on-time firings one pass enqueues for a schedule
 MAX_PER_PASS = 1000
 MAX_ARGS_BYTES = 16384
-# how many missed firings a pass counts before it says "at least"
-COUNT_CAP = 100_000
+# How many missed firings a pass counts (cron steps, each a few microseconds) before it says
+# "at least": a pass runs on the worker's event loop, every worker at once, so a per-minute
+# cron after a long outage must not walk 100,000 steps. (every= is counted arithmetically.)
+COUNT_CAP = 1000
 
 
 class ScheduleError(ValueError):
@@ -110,11 +112,20 @@ def make_schedule(
         raise ScheduleError(f"{where}: priority must be a smallint, got {priority!r}")
     if not isinstance(paused, bool):
         raise ScheduleError(f"{where}: paused must be true or false, got {paused!r}")
+    if args is not None and not isinstance(args, Mapping):
+        raise ScheduleError(f"{where}: args must be a JSON object, got {type(args).__name__}")
     args = dict(args or {})
+    if not all(isinstance(k, str) for k in args):
+        raise ScheduleError(f"{where}: args must be a JSON object: argument names are text")
     try:
-        encoded = json.dumps(args, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ScheduleError(f"{where}: args must be a JSON object: {exc}") from None
+        # the check a job's result passes before it is stored (outcomes.py): jsonb refuses
+        # what json.dumps accepts (NUL, lone surrogates, deep nesting), and a refused row
+        # would fail every worker's registration, or the operator's write, over and over
+        encoded = storable_result(args, max_bytes=2**62)  # the size is checked below
+    except NotStorable as exc:
+        problem = str(exc).removeprefix("result is not storable: ")
+        raise ScheduleError(f"{where}: args must be a JSON object PostgreSQL can store: "
+                            f"{problem}") from None
     if len(encoded.encode()) > MAX_ARGS_BYTES:
         raise ScheduleError(f"{where}: args are larger than {MAX_ARGS_BYTES} bytes as JSON")
     try:

@@ -22,6 +22,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from .errors import JobCancelled, Snooze
+
 try:
     from opentelemetry import propagate, trace
     from opentelemetry.context import Context
@@ -78,7 +80,8 @@ def attempt_span(task: str, queue: str, job_id: int, attempt: int,
                  stored_context: Any = None) -> Iterator[None]:
     """The span one attempt of a job runs in (the current span inside, so the handler's own
     spans are its children; a sync handler's thread gets it with the copied contextvars). An
-    exception leaving it is recorded on the span, which is marked as an error."""
+    exception leaving it is recorded on the span, which is marked as an error; a Snooze or a
+    JobCancelled (a request and a cancel, not failures) only says so in ``skiplock.outcome``."""
     if trace is None or propagate is None:
         yield
         return
@@ -108,5 +111,16 @@ def attempt_span(task: str, queue: str, job_id: int, attempt: int,
             "messaging.destination.name": queue,
             "messaging.message.id": str(job_id),
         },
-    ):
-        yield
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield
+        except (Snooze, JobCancelled) as exc:
+            span.set_attribute("skiplock.outcome",
+                               "snoozed" if isinstance(exc, Snooze) else "cancelled")
+            raise
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}"))
+            raise

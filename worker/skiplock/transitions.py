@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Database
-from .errors import InvalidTransition, JobNotFound, SkiplockError
+from .errors import InvalidArguments, InvalidTransition, JobNotFound, SkiplockError
+
+# jobs.id is a bigint identity: 1 .. 2**63-1.
+MAX_JOB_ID = 2**63 - 1
 
 
 class Outcome(enum.Enum):
@@ -101,3 +104,13 @@ def cancel(db: Database, job_id: int, by: str) -> Answer:
 def requester(by: str, reason: str | None) -> str:
     """Who cancelled, as the error history records it: ``by``, then ``(reason)``."""
     return by + (f" ({reason})" if reason else "")
+
+
+def check_job_id(job_id: object) -> int:
+    """A job id as the clients take it (an int, not a bool, 1..2**63-1), or InvalidArguments:
+    a float or a bigint-overflowing id would otherwise fail deep in a query (or never match)."""
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise InvalidArguments(f"job id must be an integer, got {type(job_id).__name__}")
+    if not 1 <= job_id <= MAX_JOB_ID:
+        raise InvalidArguments(f"job id must be between 1 and {MAX_JOB_ID}, got {job_id}")
+    return job_id

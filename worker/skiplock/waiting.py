@@ -1,15 +1,21 @@
 """Waiting for a job's outcome: ``client.wait(job_id)`` and ``await aclient.wait(job_id)``.
 
 One WaitHub per client serves every waiter of that client, on ONE connection of its own,
-from one thread: it LISTENs on ``<schema>_done`` (each statement that finishes jobs sends
-their ids, see migrations/0007_wait_notify.sql) and reads the outcomes of the jobs named there
-that someone waits for, in one query per wake-up. New waiters' jobs are read the same way at
-once (they may have finished already), and every waited job every ``poll_interval`` seconds:
-the fallback when a notification was missed (the hub's connection was down, the database
-restarted, a transaction pooler delivers none). A thousand waiters cost one connection and
-one query per wake-up, not a thousand of either.
+from one thread: it LISTENs on ``<schema>_done`` (each job that becomes finished sends its
+id, see migrations/0007_wait_notify.sql) and reads the outcomes of the jobs named there that
+someone waits for, in one query per wake-up (every notification that arrived by then). New
+waiters' jobs are read the same way at once (they may have finished already), and every
+waited job every ``poll_interval`` seconds: the fallback when a notification was missed (the
+hub's connection was down, the database restarted, a transaction pooler delivers none). A
+thousand waiters cost one connection and one query per wake-up, not a thousand of either.
 
-A waiter is bounded by its timeout (at most MAX_WAIT_TIMEOUT) and the hub by MAX_WAITERS.
+A waiter is bounded by its timeout (at most MAX_WAIT_TIMEOUT); the hub by MAX_WAITERS
+distinct jobs waited for (many waiters of one job share its entry and its read).
+
+Behind a transaction pooler (SKIPLOCK_POOLER=transaction, or found out by the client's
+database or by the hub's own first connection being refused its startup options) the hub
+sends no startup options and LISTENs on nothing: it polls only, unless SKIPLOCK_LISTEN_URL
+gives it a direct connection.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql as pgsql
 
-from .db import Q, conninfo, transaction_settings, wrap_error
+from .db import Q, conninfo, refuses_startup_options, transaction_settings, wrap_error
 from .errors import InvalidArguments, JobNotFound, SkiplockError
 from .redact import redact_url
 
@@ -39,7 +45,8 @@ log = logging.getLogger("skiplock.wait")
 
 # A day: a producer that waits longer is better served by reading the job later.
 MAX_WAIT_TIMEOUT = 86_400.0
-# Waiters one client may have at once (each is a few hundred bytes in the hub).
+# Distinct jobs one client may wait for at once (each is a few hundred bytes in the hub;
+# waiters of the same job share its entry, and each is bounded by its timeout).
 MAX_WAITERS = 100_000
 # Seconds between reads of every waited job (the fallback for a missed notification).
 POLL_INTERVAL = 2.0
@@ -49,7 +56,9 @@ _BATCH = 1000
 _MAX_BACKOFF = 2.0
 
 Row = Mapping[str, Any]
-Deliver = Callable[[Row], None]
+# A finished job's row, or the error its waiters raise (the client closed, an unreadable id).
+Delivery = Row | BaseException
+Deliver = Callable[[Delivery], None]
 
 
 class JobDead(SkiplockError):
@@ -90,8 +99,10 @@ def check_wait_timeout(timeout: float) -> float:
     return float(timeout)
 
 
-def outcome(job_id: int, row: Row) -> Any:
+def outcome(job_id: int, row: Delivery) -> Any:
     """What a wait returns for a finished job's row (the result), or the error it raises."""
+    if isinstance(row, BaseException):
+        raise row
     state = row["state"]
     if state == "succeeded":
         return row["result"]
@@ -114,11 +125,14 @@ class WaitHub:
 
     def __init__(self, info: str, channel: str | None, *, url: str,
                  settings: Mapping[str, Any] | None = None,
-                 poll_interval: float = POLL_INTERVAL, connect_timeout: float = 5.0) -> None:
+                 poll_interval: float = POLL_INTERVAL, connect_timeout: float = 5.0,
+                 on_refused: Callable[[], tuple[str, Mapping[str, Any]]] | None = None) -> None:
         """``info``: conninfo of the hub's connection; ``channel``: the completion channel
         (None: no LISTEN, poll only); ``settings``: transaction_settings to send with each
-        read (behind a transaction pooler)."""
+        read (behind a transaction pooler); ``on_refused``: the pooler-mode conninfo and
+        transaction settings, used when the server refuses ``info``'s startup options."""
         self._info = info
+        self._on_refused = on_refused
         self._channel = channel
         self._url = url
         self._tx_settings = settings
@@ -128,33 +142,49 @@ class WaitHub:
         self._watchers: dict[int, list[Deliver]] = {}
         self._fresh: set[int] = set()
         self._stopping = False
+        self._stopped = threading.Event()  # the reconnect backoff sleeps on it
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.connected = threading.Event()  # tests and the benchmark look at it
         self.reads = 0  # outcome queries run (a test's proof of batching)
+        self.attempts = 0  # connections tried (a test's proof of the reconnect backoff)
 
     @classmethod
     def for_url(cls, url: str, schema: str, settings: Settings, *,
-                connect_timeout: float) -> WaitHub:
+                connect_timeout: float, pooler: bool = False) -> WaitHub:
         """A hub for a client of ``url``: LISTEN on SKIPLOCK_LISTEN_URL when set (direct,
-        past a pooler), else on ``url``; behind a pooler without one, poll only."""
+        past a pooler), else on ``url``; behind a pooler without one, poll only.
+        ``pooler``: the client's database found out it is behind one (SKIPLOCK_POOLER
+        unset); a pooler that refuses the hub's own first connection switches it too."""
         direct = settings.listen_url
-        behind_pooler = settings.pooler == "transaction" and not direct
-        info = conninfo(direct or url, schema, connect_timeout, settings.statement_timeout,
-                        "skiplock-wait", pooler=behind_pooler)
-        tx = transaction_settings(schema, settings.statement_timeout) if behind_pooler else None
-        return cls(info, None if behind_pooler else f"{schema}_done", url=direct or url,
-                   settings=tx, poll_interval=min(POLL_INTERVAL, settings.poll_interval * 2),
-                   connect_timeout=connect_timeout)
+        behind_pooler = (settings.pooler == "transaction" or pooler) and not direct
+        target = direct or url
+
+        def pooled() -> tuple[str, Mapping[str, Any]]:
+            return (conninfo(target, schema, connect_timeout, settings.statement_timeout,
+                             "skiplock-wait", pooler=True),
+                    transaction_settings(schema, settings.statement_timeout))
+
+        if behind_pooler:
+            info, tx = pooled()
+            return cls(info, None, url=target, settings=tx,
+                       poll_interval=min(POLL_INTERVAL, settings.poll_interval * 2),
+                       connect_timeout=connect_timeout)
+        info = conninfo(target, schema, connect_timeout, settings.statement_timeout,
+                        "skiplock-wait")
+        return cls(info, f"{schema}_done", url=target,
+                   poll_interval=min(POLL_INTERVAL, settings.poll_interval * 2),
+                   connect_timeout=connect_timeout, on_refused=pooled)
 
     # -- waiters ----------------------------------------------------------------------------
 
     def watch(self, job_id: int, deliver: Deliver) -> None:
-        """Call ``deliver(row)`` (from the hub's thread) once job ``job_id`` is finished."""
+        """Call ``deliver(row)`` (from the hub's thread) once job ``job_id`` is finished;
+        ``deliver(error)`` when the client closes first, or the id cannot be read."""
         with self._lock:
             if self._stopping:
-                raise SkiplockError("the client was closed")
+                raise SkiplockError("client closed: it cannot wait for jobs any more")
             if len(self._watchers) >= MAX_WAITERS and job_id not in self._watchers:
                 raise SkiplockError(f"more than {MAX_WAITERS} jobs waited for at once")
             self._watchers.setdefault(job_id, []).append(deliver)
@@ -182,9 +212,9 @@ class WaitHub:
         """Block this thread until the job finished: its result, or the error outcome()
         raises; WaitTimeout after ``timeout`` seconds."""
         done = threading.Event()
-        box: list[Row] = []
+        box: list[Delivery] = []
 
-        def deliver(row: Row) -> None:
+        def deliver(row: Delivery) -> None:
             box.append(row)
             done.set()
 
@@ -199,13 +229,13 @@ class WaitHub:
     async def wait_async(self, job_id: int, timeout: float) -> Any:  # noqa: ASYNC109 (AsyncClient.wait's)
         """``wait`` for asyncio: the event loop is never blocked."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Row] = loop.create_future()
+        future: asyncio.Future[Delivery] = loop.create_future()
 
-        def settle(row: Row) -> None:
+        def settle(row: Delivery) -> None:
             if not future.done():
                 future.set_result(row)
 
-        def deliver(row: Row) -> None:
+        def deliver(row: Delivery) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(settle, row)
 
@@ -220,10 +250,17 @@ class WaitHub:
         return outcome(job_id, row)
 
     def close(self) -> None:
+        """Stop the hub: every pending waiter raises SkiplockError("client closed ...") at
+        once (not after its own timeout), and no new one is taken."""
         with self._lock:
             self._stopping = True
             thread = self._thread
+            pending = [d for ds in self._watchers.values() for d in ds]
+            self._watchers.clear()
+        self._stopped.set()
         self._wake()
+        for deliver in pending:
+            deliver(SkiplockError("client closed while waiting for the job"))
         if thread is not None:
             thread.join(self.connect_timeout + 5)
         for fd in (self._wake_r, self._wake_w):
@@ -240,6 +277,7 @@ class WaitHub:
         backoff = 0.1
         while not self._stopping:
             try:
+                self.attempts += 1
                 with psycopg.connect(self._info, autocommit=True,
                                      prepare_threshold=None) as conn:
                     self._serve(conn)
@@ -248,6 +286,9 @@ class WaitHub:
                 self.connected.clear()
                 if self._stopping:
                     return
+                if self._on_refused is not None and refuses_startup_options(exc):
+                    self._pooler_mode(self._on_refused)
+                    continue
                 log.info("waiting for jobs: %s; reconnecting in %.1f s",
                          wrap_error(exc, self._url, "wait for jobs"), backoff)
             except Exception:  # a bug here must not leave waiters hanging silently
@@ -294,17 +335,24 @@ class WaitHub:
                 elif conn.closed or conn.broken:
                     raise psycopg.OperationalError("the connection was lost")
 
+    def _pooler_mode(self, pooled: Callable[[], tuple[str, Mapping[str, Any]]]) -> None:
+        """The server refused the startup options: a transaction pooler. No options, the
+        settings in each read, no LISTEN (a pooler delivers no notifications): poll only."""
+        self._info, self._tx_settings = pooled()
+        self._channel = None
+        self._on_refused = None
+        log.info("waiting for jobs: %s refused startup options (a transaction pooler); "
+                 "polling every %.1f s", redact_url(self._url), self.poll_interval)
+
     def _read(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
         for start in range(0, len(ids), _BATCH):
             chunk = ids[start:start + _BATCH]
-            with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-                if self._tx_settings is not None:
-                    with conn.pipeline():  # one implicit transaction, one round trip
-                        conn.execute(Q["transaction_settings"], self._tx_settings)
-                        cur.execute(Q["wait_outcomes"], {"ids": chunk})
-                else:
-                    cur.execute(Q["wait_outcomes"], {"ids": chunk})
-                rows = cur.fetchall()
+            try:
+                rows = self._outcomes(conn, chunk)
+            except psycopg.DataError:
+                # A value the query cannot take: this read's waiters' error, not a lost
+                # connection (reconnecting would loop on it, starving every other waiter).
+                rows = self._one_by_one(conn, chunk)
             self.reads += 1
             for row in rows:
                 with self._lock:
@@ -312,7 +360,32 @@ class WaitHub:
                 for deliver in delivers:
                     deliver(row)
 
+    def _outcomes(self, conn: psycopg.Connection[Any], ids: list[int]) -> list[dict[str, Any]]:
+        with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            if self._tx_settings is not None:
+                with conn.pipeline():  # one implicit transaction, one round trip
+                    conn.execute(Q["transaction_settings"], self._tx_settings)
+                    cur.execute(Q["wait_outcomes"], {"ids": ids})
+            else:
+                cur.execute(Q["wait_outcomes"], {"ids": ids})
+            return cur.fetchall()
+
+    def _one_by_one(self, conn: psycopg.Connection[Any], ids: list[int]) -> list[dict[str, Any]]:
+        """The rows of a chunk that failed as a whole; an id that fails alone gets its
+        error delivered and is dropped."""
+        rows: list[dict[str, Any]] = []
+        for job_id in ids:
+            try:
+                rows.extend(self._outcomes(conn, [job_id]))
+            except psycopg.DataError as exc:
+                with self._lock:
+                    delivers = self._watchers.pop(job_id, [])
+                for deliver in delivers:
+                    deliver(InvalidArguments(f"job id {job_id!r} cannot be read: "
+                                             f"{str(exc).strip().splitlines()[0]}"))
+        return rows
+
     def _sleep(self, seconds: float) -> None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            sel.select(seconds)
+        # An Event, not the wake pipe: a new waiter's wake-up (left unread while the link is
+        # down) must not cut every backoff short (it made a connect loop during an outage).
+        self._stopped.wait(seconds)

@@ -108,13 +108,15 @@ def test_detection_reports_exactly_the_stuck_jobs(database_url, audited, spawn_w
         assert stats["default"] == {
             "queue": "default", "runnable": 0, "scheduled": 1, "in_flight": 1, "stuck": 0,
             "dead": 1, "dead_last_hour": 1, "high_retry": 1, "backlog": 0,
-            "oldest_runnable_age": None, "waiting_for_worker": 0,
-            "paused": False, "paused_at": None, "paused_by": None}, stats["default"]
+            "oldest_runnable_age": None, "waiting_for_worker": 0, "waiting_on_limit": 0,
+            "limit_capacity": None, "paused": False, "paused_at": None, "paused_by": None,
+        }, stats["default"]
         assert stats["side"] == {
             "queue": "side", "runnable": 0, "scheduled": 0, "in_flight": 0, "stuck": 1,
             "dead": 0, "dead_last_hour": 0, "high_retry": 0, "backlog": 1,
-            "oldest_runnable_age": None, "waiting_for_worker": 0,
-            "paused": False, "paused_at": None, "paused_by": None}, stats["side"]
+            "oldest_runnable_age": None, "waiting_for_worker": 0, "waiting_on_limit": 0,
+            "limit_capacity": None, "paused": False, "paused_at": None, "paused_by": None,
+        }, stats["side"]
         assert [r["id"] for r in db.list_jobs(stuck=True)] == [stuck]
         assert [r["id"] for r in db.list_jobs(state="queued", min_attempts=3)] == [struggling]
         assert [r["id"] for r in db.list_jobs(state="dead")] == [dead]

@@ -89,7 +89,10 @@ def test_creates_owned_deployment_with_status(cluster: Cluster, operator: Operat
     assert columns == ["Name", "Queues", "Backlog", "In-Flight", "Desired", "Replicas",
                        "Available", "Ready", "Paused", "Age"]
     # no controller-manager: the Deployment reports no pods, and status says so
-    assert table["rows"][0]["cells"][1:9] == ["default", 0, 0, 1, 0, 0, "True", "False"]
+    cells = dict(zip([c["name"] for c in table["columnDefinitions"]], table["rows"][0]["cells"],
+                     strict=True))
+    assert [cells[c] for c in columns[1:-1]] == ["default", 0, 0, 1, 0, 0, "True", "False"]
+    assert cells["On-Limit"] == 0  # a wide column (-o wide): jobs a limit holds back
     no_secret_in(cluster, "emails")
 
     # liveness endpoint (kopf's, with our probe) and Prometheus metrics

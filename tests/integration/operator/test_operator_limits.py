@@ -31,9 +31,11 @@ def test_a_limited_queue_with_a_big_backlog_is_not_scaled_past_the_cap(
                           locked_until = now() + interval '1 hour', started_at = now()
            WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 2)""")
     cluster.secret("db", database_url)
-    # 2 jobs per replica: ceil(5 / 2) = 3 replicas; counting the backlog (as KEDA would) asks
-    # for maxReplicas (20)
-    cluster.create_jobqueue("capped", **spec(jobsPerReplica=2))
+    # workers of concurrency 2: ceil(5 / 2) = 3 replicas (jobsPerReplica 1 would ask for 5);
+    # counting the backlog (as KEDA would) asks for maxReplicas (20)
+    capped = spec(jobsPerReplica=1)
+    capped["worker"]["concurrency"] = 2
+    cluster.create_jobqueue("capped", **capped)
     wait_until(lambda: cluster.replicas("capped-worker") == 3, 30,
                message="3 replicas: what a limit of 5 keeps busy", interval=0.2)
     holds(lambda: cluster.replicas("capped-worker") == 3, 3, "never past the cap")

@@ -174,3 +174,76 @@ def test_the_crd_rejects_bad_specs(cluster: Cluster, jobschedule_crd: None,
     with pytest.raises(ApiException) as info:
         create(cluster, "bad", jobQueueRef="q", task="t", **spec)
     assert info.value.status == 422 and words in str(info.value.body), info.value.body
+
+
+def test_one_bad_database_or_row_is_that_jobschedules_problem_only(
+        cluster: Cluster, jobschedule_crd: None, start_operator: Callable[[], OperatorThread],
+        database_url: str, sql: Sql) -> None:
+    """A review's findings, against the real thing: a JobQueue whose URL is malformed, a row
+    the database refuses, args that do not fit the registered task and an over-long name each
+    fail their own JobSchedule only; a second JobQueue on the same database with another
+    connect timeout is the same database (it must not sweep the first one's rows)."""
+    cluster.secret("db", database_url.replace("postgres@", f"postgres:{PASSWORD}@"))
+    cluster.secret("broken", "postgresql://%zz@nowhere/x")
+    for name, timeout, secret in (("first", 5, "db"), ("second", 7, "db"),
+                                  ("garbled", 5, "broken")):
+        spec = jobqueue_spec()
+        spec["database"] = {"urlSecretRef": {"name": secret}, "connectTimeoutSeconds": timeout}
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.ns, "jobqueues", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "JobQueue",
+            "metadata": {"name": name, "namespace": cluster.ns}, "spec": spec})
+    # the database refuses this one row (a constraint added here, standing in for whatever a
+    # check in Python misses); a task a worker registered, with its parameters
+    sql("ALTER TABLE schedules ADD CONSTRAINT test_refuses CHECK (task <> 'refused')")
+    sql("INSERT INTO tasks (name, params, max_attempts, queue) VALUES ('report', "
+        "'{\"params\": [{\"name\": \"day\", \"required\": true, \"types\": [\"string\"]}], "
+        "\"var_keyword\": false}', 5, 'reports')")
+    start_operator()
+    create(cluster, "garbled-one", jobQueueRef="garbled", task="t", everySeconds=60)
+    create(cluster, "refused", jobQueueRef="first", task="refused", everySeconds=60)
+    create(cluster, "misfit", jobQueueRef="first", task="report", everySeconds=60,
+           args={"day": 3})
+    create(cluster, "x" * (257 - len(cluster.ns)), jobQueueRef="first", task="t",
+           everySeconds=60)
+    create(cluster, "kept", jobQueueRef="first", task="report", everySeconds=60,
+           args={"day": "mon"})
+    kept = f"{cluster.ns}/kept"
+    wait_until(lambda: (ready(cluster, "kept") or {}).get("status") == "True", 30,
+               "kept Ready", interval=0.2)
+    for cr, reason, words in (("garbled-one", "ConfigurationError", "malformed"),
+                              ("refused", "InvalidSpec", "refused"),
+                              ("misfit", "InvalidSpec", "'day' must be string"),
+                              ("x" * (257 - len(cluster.ns)), "InvalidSpec", "shorter name")):
+        c = wait_until(lambda cr=cr: (ready(cluster, cr) or {}).get("reason") and ready(
+            cluster, cr), 30, f"{cr} status")
+        assert c["status"] == "False" and words in c["message"], (cr, c)
+        if reason != "ConfigurationError":
+            assert c["reason"] == reason, (cr, c)
+    assert row(sql, f"{cluster.ns}/refused") is None and row(sql, f"{cluster.ns}/misfit") is None
+    # a due firing held by the row: a sweep by `second` would delete it and the rewrite
+    # would compute a new one
+    marker = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+    sql("UPDATE schedules SET next_fire_at = %s WHERE name = %s", marker, kept)
+    create(cluster, "probe", jobQueueRef="second", task="t", everySeconds=60)
+    wait_until(lambda: (ready(cluster, "probe") or {}).get("status") == "True", 30,
+               "probe Ready (a pass wrote `second`'s database)", interval=0.2)
+    # and one more full pass after it
+    generation = sql("SELECT max(updated_at) FROM schedules")[0][0]
+    cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, "probe",
+                                                  {"spec": {"args": {"n": 1}}})
+    wait_until(lambda: sql("SELECT max(updated_at) FROM schedules")[0][0] != generation, 30,
+               "another pass")
+    assert (row(sql, kept) or ())[7] == marker
+    everything = json.dumps(cluster.custom.list_namespaced_custom_object(
+        GROUP, VERSION, cluster.ns, PLURAL))
+    assert PASSWORD not in everything
+    # the JobQueues go: the operator's connection to their database is closed, not cached
+    def connections() -> int:
+        return int(sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                       " AND application_name = 'skiplock-operator-schedules'")[0][0])
+
+    assert connections() >= 1
+    for name in ("first", "second"):
+        cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, "jobqueues",
+                                                       name)
+    wait_until(lambda: connections() == 0, 30, "the operator's connection closed")

@@ -471,6 +471,21 @@ class Problem(BaseModel):
     fields: list[FieldProblem] = Field(default_factory=list)
 
 
+# The error answers routes document (OpenAPI), shared by every router of the API.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "the body is not JSON"},
+    401: {"model": Problem, "description": "token missing or wrong"},
+    403: {"model": Problem, "description": "the read token cannot change anything, or the "
+                                           "request came from another site's page"},
+    415: {"model": Problem, "description": "not JSON: send Content-Type: application/json "
+                                           "(without a body: X-Skiplock-Request: 1)"},
+    422: {"model": Problem, "description": "invalid request; `fields` names each bad field"},
+}
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: AUTH_ERRORS[401], 422: AUTH_ERRORS[422]}
+
+
+
 class IdempotencyProblem(Problem):
     """409: the Idempotency-Key (or unique_key) was first used for a different request.
     410: a replay of the key's first request, whose job has since been pruned."""

@@ -22,6 +22,7 @@ from ..names import QUEUE_PATTERN
 from ..preparation import prepare_job
 from . import service
 from .deps import State, blocking, public_unavailable, require_read, require_token
+from .models import AUTH_ERRORS as _AUTH_ERRORS
 from .models import (
     BIGINT_MAX,
     BatchIn,
@@ -47,6 +48,7 @@ from .models import (
     SafeText,
     WorkersOut,
 )
+from .models import READ_ERRORS as _READ_ERRORS
 
 log = logging.getLogger("skiplock.api")
 
@@ -79,17 +81,6 @@ class _AnyText(Convertor[str]):
 
 register_url_convertor("anytext", _AnyText())
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "the body is not JSON"},
-    401: {"model": Problem, "description": "token missing or wrong"},
-    403: {"model": Problem, "description": "the read token cannot change anything, or the "
-                                           "request came from another site's page"},
-    415: {"model": Problem, "description": "not JSON: send Content-Type: application/json "
-                                           "(without a body: X-Skiplock-Request: 1)"},
-    422: {"model": Problem, "description": "invalid request; `fields` names each bad field"},
-}
-_READ_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _AUTH_ERRORS[401], 422: _AUTH_ERRORS[422]}
 _IDEMPOTENCY = Header(
     alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
     description="makes a retried request safe (Stripe's rule): the same key with the same "

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from ..errors import DatabaseUnavailable
 from .dashboard import _ctx, _signin_needed, _unavailable, templates
 from .deps import ApiState, State, blocking, require_read
+from .models import READ_ERRORS
 
 router = APIRouter()
 
@@ -50,7 +51,7 @@ def _schedules(st: ApiState) -> SchedulesOut:
 
 
 @router.get("/v1/schedules", dependencies=[Depends(require_read)], tags=["schedules"],
-            response_model=SchedulesOut)
+            response_model=SchedulesOut, responses=READ_ERRORS)
 async def list_schedules(st: State) -> SchedulesOut:
     """Every schedule: its cadence, missed policy, last firing (and its job) and next firing;
     ``late_seconds`` > a few seconds means no worker is firing it."""

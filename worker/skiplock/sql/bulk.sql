@@ -54,9 +54,12 @@ WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'running'
 RETURNING id;
 
 -- name: copy_jobs
--- enqueue_many's fast path (both clients): no unique keys, no run_at, no trace context.
-COPY jobs (queue, task, args, priority, max_attempts) FROM STDIN;
+-- enqueue_many's fast path (both clients): no unique keys, no run_at, no deadline. The
+-- producer's trace context rides along (NULL outside a span): enqueue_many inside a span
+-- must not lose COPY for it.
+COPY jobs (queue, task, args, priority, max_attempts, trace_context) FROM STDIN;
 
 -- name: copy_keyed_jobs
 -- The same when a job of a limited task is among them: it carries its concurrency key.
-COPY jobs (queue, task, args, priority, max_attempts, concurrency_key) FROM STDIN;
+COPY jobs (queue, task, args, priority, max_attempts, trace_context, concurrency_key)
+FROM STDIN;

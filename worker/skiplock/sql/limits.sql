@@ -10,17 +10,21 @@
 --   room we count on, and far from the cap the claims of a limited task run side by side.
 -- * locked, in a short transaction of its own, when the unlocked pass claimed less than the
 --   batch (near the cap, per-key limits, per-key rates):
---     lock_limited  (one advisory lock per limited task, in name order: no deadlock)
+--     lock_limited  (one advisory lock per task that needs it, tried, never waited for)
 --     claim_limited (a new statement, so a new snapshot that sees every claim committed by
 --                    whoever held the lock before us)
 -- A slot is a running job with a live lease: a crashed worker's slots free themselves when
 -- its leases expire, with nothing to release and nothing to leak.
 
 -- name: lock_limited
--- Serialises the limited claims of a task (not the plain claim, not other tasks). Locks are
--- taken in name order, so two workers with overlapping task lists cannot deadlock.
-SELECT count(pg_advisory_xact_lock(hashtextextended(current_schema() || '/limit/' || t, 0)))
-FROM (SELECT DISTINCT t FROM unnest(%(tasks)s::text[]) AS x(t) ORDER BY t) AS s;
+-- Serialises the limited claims of a task (not the plain claim, not other tasks). Never waits:
+-- a task whose lock another claim holds is left out (returned are the tasks locked), so a
+-- holder that stalls (a slow link, a paused VM) costs the others that task's claims for the
+-- moment, not every claim of every worker (the plain claim runs after this one). The holder
+-- is claiming that task's free slots anyway; the rest wait for the next claim.
+SELECT coalesce(array_agg(t ORDER BY t), '{}')
+FROM (SELECT DISTINCT t FROM unnest(%(tasks)s::text[]) AS x(t)) AS s
+WHERE pg_try_advisory_xact_lock(hashtextextended(current_schema() || '/limit/' || t, 0));
 
 -- name: claim_limited
 -- Up to %(limit)s queued jobs of the limited %(tasks)s within their free slots.
@@ -66,20 +70,30 @@ WITH RECURSIVE lim AS MATERIALIZED (
 ), room AS MATERIALIZED (
     SELECT f.task, f.task_cap, f.key_cap, f.rate_n, f.rate_period, f.rate_per_key,
            CASE WHEN %(locked)s::bool THEN least(%(limit)s::int, f.left_)
-                WHEN f.key_cap IS NULL AND NOT f.rate_per_key
+                -- a pure concurrency_limit only: the margin bounds the rows others hold
+                -- running, not how many they start in a rate window (one that finished
+                -- within our claim still counts as a start)
+                WHEN f.key_cap IS NULL AND f.rate_n IS NULL
                      AND f.left_ >= %(limit)s::int + (SELECT n FROM margin) THEN %(limit)s::int
                 ELSE 0 END AS free
     FROM free AS f
 ), keys AS (
+    -- only keys with a job we could claim now (runnable, in an open queue of ours, not
+    -- skipped): a key whose jobs are all delayed or elsewhere would take a place in `chosen`
+    -- and a share of the batch (n_keys) and starve the keys that can run
     SELECT r.task, (SELECT j.concurrency_key FROM jobs AS j
                     WHERE j.state = 'queued' AND j.task = r.task
                       AND j.concurrency_key IS NOT NULL
+                      AND j.run_at <= now() AND j.queue = ANY((SELECT queues FROM open)::text[])
+                      AND j.id <> ALL(%(skip_ids)s::bigint[])
                     ORDER BY j.concurrency_key LIMIT 1) AS k
     FROM room AS r WHERE r.free > 0
     UNION ALL
     SELECT s.task, (SELECT j.concurrency_key FROM jobs AS j
                     WHERE j.state = 'queued' AND j.task = s.task
                       AND j.concurrency_key > s.k
+                      AND j.run_at <= now() AND j.queue = ANY((SELECT queues FROM open)::text[])
+                      AND j.id <> ALL(%(skip_ids)s::bigint[])
                     ORDER BY j.concurrency_key LIMIT 1)
     FROM keys AS s WHERE s.k IS NOT NULL
 ), key_room AS MATERIALIZED (
@@ -136,21 +150,22 @@ WITH RECURSIVE lim AS MATERIALIZED (
               extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
               j.timeout_seconds, j.snoozes, j.trace_context
 )
-SELECT c.*, NULL::bool AS need_lock FROM claimed AS c
+SELECT c.*, NULL::text[] AS need_lock FROM claimed AS c
 UNION ALL
 -- One last row, no job: whether the locked pass could claim anything this one left. Only for
 -- a task the unlocked pass did not serve that has room (or per-key room to look for) and a
 -- runnable job: so an idle limited task, or one at its cap, costs the worker one statement
--- per claim and never a lock.
+-- per claim and never a lock. The tasks, so the locked pass locks those only.
 SELECT NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
        NULL::float8, NULL::float8, NULL::int, NULL::jsonb,
-       NOT %(locked)s::bool AND EXISTS (
-           SELECT 1 FROM free AS f JOIN room AS r ON r.task = f.task
+       CASE WHEN %(locked)s::bool THEN '{}'::text[] ELSE ARRAY(
+           SELECT f.task FROM free AS f JOIN room AS r ON r.task = f.task
            WHERE r.free = 0 AND (f.left_ IS NULL OR f.left_ > 0)
              AND EXISTS (SELECT 1 FROM jobs AS j
                          WHERE j.state = 'queued' AND j.task = f.task
                            AND j.concurrency_key IS NOT NULL AND j.run_at <= now()
-                           AND j.queue = ANY((SELECT queues FROM open)::text[])))
+                           AND j.queue = ANY((SELECT queues FROM open)::text[]))
+           ORDER BY f.task) END
 
 -- name: register_limits
 -- A worker's declared limits into the catalogue (NULL: the task has none). The last worker to
@@ -165,30 +180,51 @@ RETURNING t.name;
 -- and the producers' keys. Few rows (the catalogue).
 SELECT name, limits FROM tasks WHERE limits IS NOT NULL ORDER BY name;
 
--- name: adopt_unkeyed
+-- name: unkeyed_jobs
 -- Queued jobs of a limited task without a key (enqueued before the task had limits, or by a
--- producer that skipped the catalogue) get one, so claim_limited finds them: the argument the
--- key names, else '' (the task as a whole). Bounded; a scan of the queues' runnable index, so
--- the worker runs it at start and then once a minute, not per claim.
-WITH lim AS (
-    SELECT name, limits ->> 'key' AS key FROM tasks
-    WHERE name = ANY(%(tasks)s::text[]) AND limits IS NOT NULL
-), found AS (
-    SELECT f.id FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT id FROM jobs
-        WHERE state = 'queued' AND queue = q.name AND task = ANY(%(tasks)s::text[])
-          AND concurrency_key IS NULL
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS f
-)
+-- producer that skipped the catalogue): the worker computes their keys with the producers'
+-- own code (limits.adoption_keys) and stores them with set_keys, in this transaction.
+-- Bounded; a scan of the queues' runnable index, so the worker runs it at start and then once
+-- a minute, not per claim.
+SELECT f.id, f.task, f.args FROM unnest(%(queues)s::text[]) AS q(name)
+CROSS JOIN LATERAL (
+    SELECT id, task, args FROM jobs
+    WHERE state = 'queued' AND queue = q.name AND task = ANY(%(tasks)s::text[])
+      AND concurrency_key IS NULL
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS f;
+
+-- name: set_keys
+UPDATE jobs AS j SET concurrency_key = f.key
+FROM unnest(%(ids)s::bigint[], %(keys)s::text[]) AS f(id, key)
+WHERE j.id = f.id AND j.state = 'queued' AND j.concurrency_key IS NULL
+RETURNING j.id;
+
+-- name: fail_unkeyed
+-- A job whose key cannot be computed (the producer would have refused it): dead with why,
+-- not queued for ever where no claim takes it.
 UPDATE jobs AS j
-SET concurrency_key = CASE WHEN l.key LIKE 'arg:%%'
-                           THEN left(coalesce(j.args ->> substr(l.key, 5), ''), 200)
-                           ELSE '' END
-FROM found, lim AS l
-WHERE j.id = found.id AND l.name = j.task
+SET state = 'dead', finished_at = now(), last_error = f.error,
+    errors = j.errors || jsonb_build_object('attempt', j.attempts, 'at', now(),
+                                            'error', f.error)
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
+WHERE j.id = f.id AND j.state = 'queued' AND j.concurrency_key IS NULL
+RETURNING j.id;
+
+-- name: unkey_unlimited
+-- Queued jobs that carry a key although their task has no limits (any more: a limit removed,
+-- or a job of a then-limited task retried after it was): the key dropped, so the plain claim,
+-- which takes only jobs without one, claims them. Bounded, by jobs_limited_queued_idx; run
+-- with adoption, once a minute.
+UPDATE jobs AS j SET concurrency_key = NULL
+FROM (SELECT id FROM jobs
+      WHERE state = 'queued' AND task = ANY(%(tasks)s::text[]) AND concurrency_key IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.name = jobs.task
+                                                   AND t.limits IS NOT NULL)
+      LIMIT %(limit)s
+      FOR UPDATE SKIP LOCKED) AS f
+WHERE j.id = f.id
 RETURNING j.id;
 
 -- name: limit_stats
@@ -200,7 +236,10 @@ RETURNING j.id;
 SELECT q.queue, l.name AS task,
        rn.runnable,
        least(rn.runnable,
-             coalesce((l.limits ->> 'concurrency_limit')::int - run.n, rn.runnable),
+             -- a limit lowered below what runs: nothing may start (never a negative count);
+             -- no concurrency_limit: no bound from it (greatest() would skip the NULL)
+             greatest(0, coalesce((l.limits ->> 'concurrency_limit')::int - run.n,
+                                  rn.runnable)),
              coalesce(per_key.startable, rn.runnable),
              CASE WHEN (l.limits ->> 'rate_limit') IS NOT NULL
                        AND NOT coalesce((l.limits ->> 'rate_per_key')::bool, false) THEN
@@ -231,8 +270,14 @@ CROSS JOIN LATERAL (
       AND j.locked_until >= now()
 ) AS run
 LEFT JOIN LATERAL (
-    -- per key: its runnable jobs, less what its key_limit holds back
-    SELECT sum(least(k.runnable, greatest(0, (l.limits ->> 'key_limit')::int - k.running)))
+    -- per key: its runnable jobs, less what its key_limit and its per-key rate hold back
+    -- (each CASE NULL when that limit is not declared: least() skips it)
+    SELECT sum(least(
+               k.runnable,
+               CASE WHEN (l.limits ->> 'key_limit') IS NOT NULL THEN
+                   greatest(0, (l.limits ->> 'key_limit')::int - k.running) END,
+               CASE WHEN k.rated THEN
+                   greatest(0, (l.limits ->> 'rate_limit')::int - k.started) END))
                AS startable
     FROM (
         SELECT j.concurrency_key,
@@ -240,14 +285,25 @@ LEFT JOIN LATERAL (
                (SELECT count(*) FROM jobs AS r
                 WHERE r.state = 'running' AND r.task = l.name
                   AND r.concurrency_key = j.concurrency_key AND r.locked_until >= now())
-                   AS running
+                   AS running,
+               bool_and(x.rated) AS rated,
+               (SELECT count(*) FROM jobs AS r
+                WHERE bool_and(x.rated) AND r.task = l.name
+                  AND r.concurrency_key = j.concurrency_key
+                  AND r.started_at > now() - make_interval(
+                      secs => (l.limits ->> 'rate_period')::float8)) AS started
         FROM (SELECT concurrency_key FROM jobs
               WHERE state = 'queued' AND task = l.name AND concurrency_key IS NOT NULL
                 AND queue = q.queue AND run_at <= now()
               LIMIT %(cap)s) AS j
+        CROSS JOIN LATERAL (SELECT (l.limits ->> 'rate_limit') IS NOT NULL
+                                   AND coalesce((l.limits ->> 'rate_per_key')::bool, false)
+                                   AS rated) AS x
         GROUP BY j.concurrency_key
     ) AS k
     WHERE (l.limits ->> 'key_limit') IS NOT NULL
+       OR ((l.limits ->> 'rate_limit') IS NOT NULL
+           AND coalesce((l.limits ->> 'rate_per_key')::bool, false))
 ) AS per_key ON true
 WHERE l.limits IS NOT NULL
   AND (%(queues)s::text[] = '{}' OR q.queue = ANY(%(queues)s::text[]))
@@ -256,6 +312,12 @@ WHERE l.limits IS NOT NULL
 -- name: next_firing
 -- Seconds until the next firing of a schedule (not paused) on %(queues)s, negative when
 -- overdue; NULL when none. The operator starts a worker ahead of it (scale from zero).
+-- An app schedule no live worker has declared for two minutes (the scheduler's
+-- STALE_SECONDS, as in due_schedules) counts only while its fire time is ahead or just
+-- past: at zero replicas that is how its worker is woken, but one overdue for longer was
+-- dropped from the code (no worker fires it) and would keep a pod up until it is retired.
 SELECT extract(epoch FROM min(next_fire_at) - now())::float8 AS seconds
 FROM schedules
-WHERE queue = ANY(%(queues)s::text[]) AND NOT paused AND next_fire_at IS NOT NULL;
+WHERE queue = ANY(%(queues)s::text[]) AND NOT paused AND next_fire_at IS NOT NULL
+  AND (source <> 'app' OR seen_at > now() - interval '120 seconds'
+       OR next_fire_at > now() - interval '120 seconds');

@@ -105,8 +105,11 @@ WHERE key = ANY(%(keys)s::text[]);
 
 -- name: claim
 -- One short transaction: lock up to %(limit)s runnable jobs, skipping rows other workers hold.
--- Per queue, an ordered scan of jobs_runnable_idx that stops after %(limit)s rows: with
--- `queue = ANY(...)` instead, the index order is lost and every claim sorted the whole backlog.
+-- Per queue, an ordered scan of jobs_runnable_unlimited_idx that stops after %(limit)s rows:
+-- with `queue = ANY(...)` instead, the index order is lost and every claim sorted the whole
+-- backlog. Jobs with a concurrency_key are limited ones (sql/limits.sql claims them): left
+-- out by the index itself, so a backlog of them queued ahead costs this scan nothing (as a
+-- filter on task, each claim walked all of them first).
 WITH picked AS (
     SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
     -- the claim itself checks for paused queues: a worker that missed the NOTIFY never claims
@@ -115,8 +118,10 @@ WITH picked AS (
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM jobs
         WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+          AND concurrency_key IS NULL
           -- jobs this worker's version cannot run while a live peer can (a rolling deploy):
-          -- left to that peer; both arrays are empty outside a rollout
+          -- left to that peer; both arrays are empty outside a rollout. The limited tasks are
+          -- in it too, for their jobs not yet given a key (adopt_unkeyed, sql/limits.sql)
           AND task <> ALL(%(skip_tasks)s::text[]) AND id <> ALL(%(skip_ids)s::bigint[])
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
@@ -175,11 +180,14 @@ RETURNING j.id, j.state, j.attempts;
 -- name: renew_leases
 -- Fenced: only rows this worker still owns at this attempt are extended. The answer carries
 -- each cancel request, so a worker learns of it without LISTEN (behind a pooler, a cut link).
+-- A lease that already expired is not revived, even before the rescuer re-queues the job:
+-- its slot counted as free from that moment (sql/limits.sql), so another worker may have
+-- taken it; the run is lost and its handler told to stop (lease_renewer.py).
 UPDATE jobs AS j
 SET locked_until = now() + make_interval(secs => %(lease_seconds)s)
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS f(id, attempt)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
-  AND j.attempts = f.attempt
+  AND j.attempts = f.attempt AND j.locked_until >= now()
 RETURNING j.id, j.cancel_reason, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: complete_succeeded

@@ -47,11 +47,19 @@ WHERE source = 'app' AND name = ANY(%(names)s::text[]);
 
 -- name: retire_app_schedules
 -- App schedules no worker has declared for `keep_seconds`: the code that had them is gone
--- from every live worker (a finished rollout). Their firings go with them.
+-- from every live worker (a finished rollout). Their firings go with them. Only where that is
+-- evidence: a worker serving the schedule's queue has been live for two minutes (the
+-- scheduler's STALE_SECONDS, so it has declared its own by now) and did not declare it. A
+-- JobQueue scaled to zero, or one of another JobQueue's workers on the same database, says
+-- nothing about that code: its schedules stay (the operator wakes it for them).
 WITH gone AS (
-    DELETE FROM schedules
-    WHERE source = 'app' AND seen_at < now() - make_interval(secs => %(keep_seconds)s)
-    RETURNING name
+    DELETE FROM schedules AS s
+    WHERE s.source = 'app' AND s.seen_at < now() - make_interval(secs => %(keep_seconds)s)
+      AND EXISTS (SELECT 1 FROM workers AS w
+                  WHERE s.queue = ANY(w.queues)
+                    AND w.last_seen > now() - make_interval(secs => w.lease_seconds)
+                    AND w.started_at < now() - interval '120 seconds')
+    RETURNING s.name
 ), firings AS (
     DELETE FROM schedule_firings AS f USING gone WHERE f.schedule = gone.name
 )
@@ -89,14 +97,24 @@ RETURNING name;
 -- and enqueues a job per firing recorded. A job's id is taken from the sequence ahead, so
 -- the firing row names it. max_attempts: the task's, from the catalogue, else 5; the
 -- concurrency key: computed by the caller from the task's limits and the schedule's args.
-WITH advanced AS (
-    UPDATE schedules
-    SET next_fire_at = %(next_fire_at)s,
-        last_fire_at = coalesce(%(last_fire_at)s::timestamptz, last_fire_at),
-        missed_total = missed_total + %(missed)s,
-        updated_at = now()
+-- Every worker plans every due schedule; `taken` locks the row SKIP LOCKED, so a loser finds
+-- the winner's lock and gives up at once instead of waiting on it to then change nothing (N
+-- workers would be N statements in a row per firing). Exactly once still rests on the
+-- `next_fire_at = expected` test: a row the winner has committed meanwhile is re-read under
+-- the lock (READ COMMITTED) and no longer matches.
+WITH taken AS (
+    SELECT name FROM schedules
     WHERE name = %(name)s AND next_fire_at = %(expected)s
-    RETURNING name, task, queue, args, priority
+    FOR UPDATE SKIP LOCKED
+), advanced AS (
+    UPDATE schedules AS s
+    SET next_fire_at = %(next_fire_at)s,
+        last_fire_at = coalesce(%(last_fire_at)s::timestamptz, s.last_fire_at),
+        missed_total = s.missed_total + %(missed)s,
+        updated_at = now()
+    FROM taken
+    WHERE s.name = taken.name
+    RETURNING s.name, s.task, s.queue, s.args, s.priority
 ), planned AS (
     SELECT a.name, a.task, a.queue, a.args, a.priority, f.fire_at, f.run_at, f.late,
            nextval('jobs_id_seq') AS job_id

@@ -181,28 +181,20 @@ CREATE TRIGGER jobs_notify_inserted
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION notify_jobs_inserted();
 
--- Wake waiting producers (Client.wait) once per statement that finished jobs, with their ids
--- (see 0007_wait_notify.sql).
+-- Wake waiting producers (Client.wait): one notification per job that became finished, its
+-- id the payload (see 0007_wait_notify.sql).
 CREATE FUNCTION notify_jobs_finished() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    ids text;
 BEGIN
-    FOR ids IN
-        SELECT string_agg(f.id::text, ',')
-        FROM (SELECT id, (row_number() OVER ()) / 300 AS chunk FROM finished
-              WHERE state IN ('succeeded', 'dead', 'cancelled')) AS f
-        GROUP BY f.chunk
-    LOOP
-        PERFORM pg_notify(TG_TABLE_SCHEMA || '_done', ids);
-    END LOOP;
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '_done', NEW.id::text);
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER jobs_notify_finished
-    AFTER UPDATE ON jobs
-    REFERENCING NEW TABLE AS finished
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_jobs_finished();
+    AFTER UPDATE OF state ON jobs
+    FOR EACH ROW
+    WHEN (NEW.state IN ('succeeded', 'dead', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION notify_jobs_finished();
 
 -- Concurrency and rate limits (see 0008_limits.sql): columns added after the tables' own, as
 -- the migration adds them.
@@ -214,6 +206,8 @@ CREATE INDEX jobs_limited_running_idx ON jobs (task, concurrency_key, locked_unt
     WHERE state = 'running' AND concurrency_key IS NOT NULL;
 CREATE INDEX jobs_limited_started_idx ON jobs (task, started_at)
     WHERE concurrency_key IS NOT NULL AND started_at IS NOT NULL;
+CREATE INDEX jobs_runnable_unlimited_idx ON jobs (queue, priority, run_at, id)
+    WHERE state = 'queued' AND concurrency_key IS NULL;
 
 -- Periodic jobs (see 0009_schedules.sql).
 CREATE TABLE schedules (

@@ -39,6 +39,9 @@ class Claimer:
         self.queues = queues
         self.poll_interval = poll_interval
         self.paused_for_outcomes = False
+        # the runs it starts are stopped through the same executor when their lease is lost
+        state.stop_lost = lambda run: executor.stop_run(
+            run, "lease", "lease lost (expired; its slot may be another worker's now)")
 
     async def run(self) -> None:
         state = self.state
@@ -76,16 +79,21 @@ class Claimer:
         # Limited tasks first, by their own claim (sql/limits.sql): they can take no more than
         # their free slots, so going first never crowds out the rest.
         if state.limited_here:
-            # far from the caps no lock is needed; near them (or per key) the locked pass
-            for locked in (False, True):
-                got = await self.db.claim_limited(
-                    state.limited_here, self.queues, limit - len(jobs), state.worker_id,
-                    state.lease_seconds, state.skip_ids.ids(), locked=locked)
-                for job in got.jobs:
+            # far from the caps no lock is needed; near them (or per key) the locked pass,
+            # for the tasks the first pass names only
+            got = await self.db.claim_limited(
+                state.limited_here, self.queues, limit, state.worker_id,
+                state.lease_seconds, state.skip_ids.ids(), locked=False)
+            for job in got.jobs:
+                self.executor.start(job)
+            jobs += got.jobs
+            if len(jobs) < limit and got.lock_tasks:
+                more = await self.db.claim_limited(
+                    got.lock_tasks, self.queues, limit - len(jobs), state.worker_id,
+                    state.lease_seconds, state.skip_ids.ids(), locked=True)
+                for job in more.jobs:
                     self.executor.start(job)
-                jobs += got.jobs
-                if len(jobs) >= limit or not got.need_lock:
-                    break
+                jobs += more.jobs
         if len(jobs) < limit:
             # the plain claim never touches limited tasks: they are in its skip list
             plain = await self.db.claim(

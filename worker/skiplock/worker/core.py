@@ -166,8 +166,10 @@ class Worker:
                 Rescuer(self._claim_db, self.queues, lease_seconds),
                 self.registry,
                 self.monitor,
-                # periodic jobs: every worker fires due schedules, no leader (scheduler.py)
-                Scheduler(self._write_db, app, poll_interval),
+                # periodic jobs: every worker fires due schedules, no leader (scheduler.py).
+                # On the claim connection, not the write one: there its statements would queue
+                # behind and ahead of lease renewals (docs/schedules.md says why this one)
+                Scheduler(self._claim_db, app, poll_interval),
             )
         }
         self.ready = asyncio.Event()

@@ -52,10 +52,12 @@ class LeaseRenewer:
             run.lost = True
             metrics.LEASES_LOST.inc()
             log.warning(
-                "job %d attempt %d: lease lost (expired and taken over); "
-                "its outcome will be discarded",
+                "job %d attempt %d: lease lost (expired, perhaps taken over); "
+                "telling its handler to stop",
                 run.job.id,
                 run.job.attempt,
                 extra={"job_id": run.job.id, "attempt": run.job.attempt},
             )
+            # its slot counts as free since the lease expired: the handler must stop
+            self.state.stop_lost(run)
         return len(renewed)

@@ -105,9 +105,21 @@ class Registry:
         limited = await self.db.limited_tasks()
         self.state.limited_everywhere = frozenset(limited)
         self.state.limited_here = tuple(sorted(t for t in limited if t in self.app.tasks))
-        if self.state.limited_here and time.monotonic() - self._last_adopt > ADOPT_EVERY_SECONDS:
-            self._last_adopt = time.monotonic()
-            adopted = await self.db.adopt_unkeyed(self.state.limited_here, self.queues)
+        if time.monotonic() - self._last_adopt <= ADOPT_EVERY_SECONDS:
+            return
+        self._last_adopt = time.monotonic()
+        # a task no longer limited: its queued jobs lose their keys (the plain claim takes
+        # only jobs without one, sql/queries.sql `claim`)
+        unlimited = sorted(set(self.app.tasks) - set(limited))
+        if unlimited and (freed := await self.db.unkey_unlimited(unlimited)):
+            log.info("%d queued job(s) of tasks no longer limited lost their concurrency key",
+                     freed)
+        if self.state.limited_here:
+            adopted, failed = await self.db.adopt_unkeyed(
+                {t: limited[t] for t in self.state.limited_here}, self.queues)
             if adopted:
                 log.info("%d queued job(s) of limited tasks given their concurrency key",
                          adopted)
+            if failed:
+                log.warning("%d queued job(s) of limited tasks failed: no concurrency key "
+                            "can be computed for them (see their last_error)", failed)

@@ -14,6 +14,7 @@ for STALE_SECONDS it stops firing, and after RETIRE_SECONDS it is deleted.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -23,7 +24,9 @@ from .. import metrics
 from ..app import App
 from ..cron import CadenceError
 from ..db import WorkerConnection
+from ..errors import DatabaseUnavailable, SkiplockError
 from ..limits import KeyProblem, key_for
+from ..outcomes import storable_text
 from ..schedules import cadence_of, first_fire_at, plan, schedule_params
 from .loops import every
 
@@ -38,6 +41,10 @@ RETIRE_SECONDS = 3600.0
 # Firing records are kept this long (only the newest per schedule is ever read).
 KEEP_FIRINGS_SECONDS = 7 * 86400.0
 HOUSEKEEPING_SECONDS = 60.0
+# A schedule that cannot fire (a cron or time zone this worker cannot read, a concurrency key
+# function no live worker has) is put off this long, so that it leaves the due list: the list
+# is read oldest first, a hundred at a time, and rows that never move would hold it for ever.
+BROKEN_RETRY_SECONDS = 60.0
 
 
 class Scheduler:
@@ -86,26 +93,42 @@ class Scheduler:
             await self.db.prune_schedule_firings(KEEP_FIRINGS_SECONDS)
         enqueued = 0
         for row in await self.db.due_schedules(STALE_SECONDS):
-            enqueued += await self._fire(row)
+            try:
+                enqueued += await self._fire(row)
+            except DatabaseUnavailable:
+                raise  # every schedule's problem: the loop backs off and retries
+            except SkiplockError as exc:
+                # the database refused this schedule's statement: its problem, not every
+                # other schedule's, nor the worker's (the supervisor would stop it)
+                name = str(row["name"])
+                if name not in self._broken:
+                    self._broken.add(name)
+                    log.error("schedule %r cannot fire: %s (retried every %.0fs)", name, exc,
+                              BROKEN_RETRY_SECONDS)
+                await self._put_off(name, row["next_fire_at"], row["now"])
         return enqueued
 
     async def _fire(self, row: dict[str, Any]) -> int:
         name = str(row["name"])
-        try:
-            cadence = cadence_of(row)
-        except CadenceError as exc:  # written by hand in SQL: say so once, leave it be
-            if name not in self._broken:
-                self._broken.add(name)
-                log.error("schedule %r cannot fire: %s", name, exc)
-            return 0
         now: dt.datetime = row["now"]
         expected: dt.datetime | None = row["next_fire_at"]
+        try:
+            cadence = cadence_of(row)
+        except CadenceError as exc:  # written by hand in SQL, or a zone this tzdata lacks
+            if name not in self._broken:
+                self._broken.add(name)
+                log.error("schedule %r cannot fire: %s (retried every %.0fs)", name, exc,
+                          BROKEN_RETRY_SECONDS)
+            await self._put_off(name, expected, now)
+            return 0
         if expected is None:
             await self.db.start_schedule(name, first_fire_at(cadence, now))
             return 0
-        decided = plan(cadence, next_fire_at=expected, now=now, missed=row["missed"],
-                       backfill=int(row["backfill_limit"]), grace=float(row["grace_seconds"]),
-                       jitter=float(row["jitter_seconds"]), paused=bool(row["paused"]))
+        # cron steps are CPU work: off the event loop, which renews this worker's leases
+        decided = await asyncio.to_thread(
+            plan, cadence, next_fire_at=expected, now=now, missed=row["missed"],
+            backfill=int(row["backfill_limit"]), grace=float(row["grace_seconds"]),
+            jitter=float(row["jitter_seconds"]), paused=bool(row["paused"]))
         if decided is None:
             return 0
         firings = [(f.fire_at, f.run_at, f.late) for f in decided.firings]
@@ -113,10 +136,16 @@ class Scheduler:
         try:
             # as for any enqueue: the task's limits hold for scheduled jobs too
             key = key_for(str(row["task"]), row["task_limits"], row["args"] or {})
+            if key is not None and storable_text(key, len(key)) != key:
+                raise KeyProblem(f"task {row['task']!r}: the concurrency key holds a NUL or a "
+                                 "lone surrogate, which PostgreSQL cannot store")
         except KeyProblem as exc:
             if str(row["task"]) not in self.app.tasks:
-                # keyed by a function this worker's code lacks: left to a worker that has it
-                # (if none does, the schedule goes late, and the late metric says so)
+                # keyed by a function this worker's code lacks: left to a worker that has it,
+                # which fires it within a pass; still due a while later, no live worker has
+                # it: put off (the late metric says so), not left to block the due list
+                if (now - expected).total_seconds() > STALE_SECONDS:
+                    await self._put_off(name, expected, now)
                 return 0
             # no job that could slip past a limit: the firings are dropped, loudly
             if name not in self._broken:
@@ -139,3 +168,12 @@ class Scheduler:
             log.warning("schedule %r: %d late firing(s) enqueued by the missed policy", name,
                         len(late))
         return len(jobs)
+
+    async def _put_off(self, name: str, expected: dt.datetime | None, now: dt.datetime) -> None:
+        """Move a schedule that cannot fire out of the due list for BROKEN_RETRY_SECONDS,
+        firing nothing (under the same race rule as a plan: only from the value read)."""
+        later = now + dt.timedelta(seconds=BROKEN_RETRY_SECONDS)
+        if expected is None:
+            await self.db.start_schedule(name, later)
+        else:
+            await self.db.fire_schedule(name, expected, later, [], 0, None)

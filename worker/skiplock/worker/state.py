@@ -171,6 +171,11 @@ class WorkerState:
     listening: bool = False
     # runs given up on whose handler still runs (their slots stay taken until it returns)
     abandoned: set[Run] = field(default_factory=set)
+    # how a run whose lease was lost is stopped: set by the Claimer to the executor's
+    # stop_run (the claimer starts the runs), called by the LeaseRenewer. Its slot is free in
+    # the database from the moment the lease expired, so the handler must not keep running
+    # beside the worker that took the slot (docs/limits.md).
+    stop_lost: Callable[[Run], object] = field(default=lambda run: None)
 
     @property
     def outcome_limit(self) -> int:

@@ -27,3 +27,13 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_limited_running_idx
 CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_limited_started_idx
     ON jobs (task, started_at)
     WHERE concurrency_key IS NOT NULL AND started_at IS NOT NULL
+
+-- The plain claim's scan (queries.sql `claim`): runnable jobs without a key, so a backlog of
+-- limited jobs queued ahead of unlimited work is not walked row by row at every claim (the
+-- skip list is a filter, not an index condition). jobs_runnable_idx stays: workers of the
+-- previous version still claim with the old predicate during a rolling deploy. A later
+-- migration drops it, once no worker of a version before this one can be running.
+-- step: no transaction
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_runnable_unlimited_idx
+    ON jobs (queue, priority, run_at, id)
+    WHERE state = 'queued' AND concurrency_key IS NULL

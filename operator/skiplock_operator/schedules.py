@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -115,6 +116,13 @@ def _key(url: str, spec: JobQueueSpec) -> str:
     return hashlib.sha256(f"{url}\0{spec.database.schema_name}".encode()).hexdigest()
 
 
+# A sweep-only database (no JobSchedule wants it) that could not be swept is tried again
+# after this long.
+SWEEP_RETRY = dt.timedelta(minutes=5)
+# Seconds of sweeping (databases no JobSchedule wants) per pass at most.
+SWEEP_BUDGET = 5.0
+
+
 class ScheduleReconciler:
     def __init__(self, kube: Kube, namespaces: Iterable[str] = (),
                  wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
@@ -125,6 +133,9 @@ class ScheduleReconciler:
         self._dbs: dict[str, Database] = {}
         self._swept: set[str] = set()  # databases swept since the start
         self._written: set[str] = set()  # databases holding rows this operator wrote
+        # sweep-only databases whose last sweep failed, and when (an unreachable one is
+        # tried again after SWEEP_RETRY, not on every pass: each try may wait out a timeout)
+        self._sweep_failed: dict[str, dt.datetime] = {}
         self.still_leading: Callable[[], bool] = lambda: True
 
     def close(self) -> None:
@@ -218,17 +229,42 @@ class ScheduleReconciler:
 
         everyone = {source_of(b["metadata"]["namespace"], b["metadata"]["name"])
                     for b in schedules}
-        for key, target in targets.items():
+        reported = False
+        sweep_until: float | None = None
+        # the databases JobSchedules want first, and their statuses written, before the
+        # sweep-only ones: one unreachable JobQueue database (a connect timeout each) must not
+        # hold every JobSchedule's row and status back; and the sweeps of one pass stop after
+        # SWEEP_BUDGET (the rest are swept on the next passes), so a pass stays short however
+        # many JobQueue databases there are
+        for key, target in sorted(targets.items(), key=lambda kv: not kv[1].wanted):
+            if not target.wanted:
+                if not reported:
+                    self._report(schedules, outcomes)
+                    reported = True
+                if sweep_until is None:
+                    sweep_until = time.monotonic() + SWEEP_BUDGET
+                elif time.monotonic() > sweep_until:
+                    break
             # A database no JobSchedule wants is swept once after a start (deletes missed
             # while the operator was down) and once after its last row's JobSchedule went;
             # not on every pass, which would hold a connection to every JobQueue's database.
             if not target.wanted and key in self._swept and key not in self._written:
                 continue
+            failed_at = self._sweep_failed.get(key)
+            if not target.wanted and failed_at is not None and \
+                    self.wall() - failed_at < SWEEP_RETRY:
+                continue
             keep = sorted(s for s in everyone if placed.get(s, key) == key)
             prefixes = [f"crd:{ns}/" for ns, keys in reach.items() if key in keys]
             written, ok = self._write(target, keep, prefixes)
             outcomes.update(written)
+            if not ok and not target.wanted:
+                self._sweep_failed[key] = self.wall()
+                failed = self._dbs.pop(key, None)
+                if failed is not None:  # its pool would keep reconnecting in the background
+                    failed.close()
             if ok:
+                self._sweep_failed.pop(key, None)
                 self._swept.add(key)
                 if target.wanted:
                     self._written.add(key)
@@ -238,11 +274,15 @@ class ScheduleReconciler:
         # connections to databases no JobQueue reaches any more (its URL changed, it went)
         for key in [k for k in self._dbs if k not in targets]:
             self._dbs.pop(key).close()
+        if not reported:
+            self._report(schedules, outcomes)
+        return outcomes
+
+    def _report(self, schedules: list[dict[str, Any]], outcomes: dict[str, Outcome]) -> None:
         for body in schedules:
             where = row_name(body["metadata"]["namespace"], body["metadata"]["name"])
             if where in outcomes:
                 self._status(body, outcomes[where])
-        return outcomes
 
     def _resolve(self, body: dict[str, Any],
                  queues: dict[tuple[str, str], dict[str, Any]],

@@ -199,8 +199,9 @@ def test_a_migration_behind_a_long_transaction_gives_up_without_queueing_writes(
             " AND table_name = 'jobs' AND column_name = 'cancel_requested_at'").fetchone()
         assert cols == (0,)  # nothing of 0004 was applied
         report.rollback()  # the report ends
-    assert _migrate(empty_url) == ["0004_job_control", "0005_idempotency_keys",
-                                   "0006_bounded_cost"]
+    # the rest, from the one that gave up on, applies once the report is gone
+    later = [m.label for m in migrator.migrations() if m.version >= 4]
+    assert later[0] == "0004_job_control" and _migrate(empty_url) == later
 
 
 def test_an_index_left_invalid_by_an_interrupted_build_is_built_again(

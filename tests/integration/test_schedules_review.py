@@ -14,31 +14,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from skiplock import App
-from skiplock.db import Database, WorkerConnection
+from skiplock.db import Database
 from skiplock.schedules import plan
 from skiplock.worker import scheduler as scheduler_module
 from skiplock.worker.core import Worker
 from skiplock.worker.scheduler import Scheduler
+from tests.integration.test_schedules_lifecycle import app_with, conn
 
 SQL = Callable[..., list[tuple[Any, ...]]]
-
-
-def conn(url: str) -> WorkerConnection:
-    return WorkerConnection(url, schema="skiplock", connect_timeout=5, statement_timeout=20,
-                            application_name="skiplock-test-scheduler")
-
-
-def app_with(**periodic: Any) -> App:
-    app = App()
-
-    @app.task
-    def tick(ctx: Any, label: str = "") -> None:
-        return None
-
-    for name, spec in periodic.items():
-        app.periodic(name=name, **spec)(tick)
-    return app
 
 
 def fired(sql: SQL, name: str) -> int:

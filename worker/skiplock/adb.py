@@ -2,7 +2,8 @@
 psycopg's AsyncConnectionPool.
 
 The statements, their parameters and the decisions about their results are Database's own
-(db.py: the named queries, _job_params, unnest_params, _keyed_outcome, check_unnest_keys,
+(db.py: the named queries, enqueue_plan, ENQUEUE_TRIES and unread_key, caller_enqueue_outcome,
+the search_path_swap parameters, unnest_params, _keyed_outcome, check_unnest_keys,
 insert_failure and outcome_unknown, wrap_error): only the awaiting differs, so both clients
 store exactly the same rows and raise exactly the same errors.
 """
@@ -20,23 +21,27 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .db import (
+    ENQUEUE_TRIES,
     NewJob,
     Q,
     Row,
-    _job_params,
     _keyed_outcome,
+    caller_enqueue_outcome,
     check_unnest_keys,
     conninfo,
     copy_plan,
+    enqueue_plan,
     insert_failure,
     needs_reconnect,
     outcome_unknown,
     refuses_startup_options,
+    restored_search_path,
+    schema_search_path,
     transaction_settings,
     unnest_params,
+    unread_key,
     wrap_error,
 )
-from .errors import DatabaseUnavailable, SkiplockError
 from .redact import redact_url, scrub
 
 log = logging.getLogger("skiplock.db")
@@ -202,8 +207,7 @@ class AsyncDatabase:
         self, job: NewJob, connection: psycopg.AsyncConnection[Any] | None = None
     ) -> tuple[int, bool]:
         """Database.enqueue: (id, created)."""
-        params = _job_params(job)
-        query = Q["enqueue"] if job.unique_key is None else Q["enqueue_keyed"]
+        query, params = enqueue_plan(job)  # Database.enqueue's decisions, awaited
         if connection is not None:
             return await self._enqueue_in(connection, query, params)
         doing = f"enqueue {job.task!r}"
@@ -213,34 +217,26 @@ class AsyncDatabase:
             row: tuple[Any, ...] | None = await cur.fetchone()
             return row
 
-        for _ in (1, 2):
+        for _ in range(ENQUEUE_TRIES):
             found = await self._insert_transaction(doing, "the job", insert)
             if found is not None:
                 return _keyed_outcome(found, params)
-        raise DatabaseUnavailable(
-            f"{doing}: a request with the same unique_key was being stored at the same time "
-            "and could not be read back; nothing was stored by this call, retry it")
+        raise unread_key(doing)
 
     async def _enqueue_in(
         self, conn: psycopg.AsyncConnection[Any], query: str, params: Mapping[str, Any]
     ) -> tuple[int, bool]:
         """In the caller's transaction, with our schema only for this statement."""
         try:
-            previous = await (await conn.execute(
-                "SELECT current_setting('search_path')")).fetchone()
-            await conn.execute("SELECT set_config('search_path', %s, true)",
-                               [f"{self.schema}, public"])
+            swapped = await conn.execute(Q["search_path_swap"], schema_search_path(self.schema))
+            previous = await swapped.fetchone()
             try:
                 row = await (await conn.execute(query, params)).fetchone()
             finally:
-                await conn.execute("SELECT set_config('search_path', %s, true)",
-                                   [previous[0] if previous else "public"])
+                await conn.execute(Q["search_path_swap"], restored_search_path(previous))
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, "enqueue in caller's transaction") from None
-        if row is None:
-            raise SkiplockError(
-                "enqueue: a job with this unique_key is being inserted concurrently")
-        return _keyed_outcome(row, params)
+        return caller_enqueue_outcome(row, params)
 
     async def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
         statement, rows = copy_plan(jobs)  # Database.enqueue_copy's, row for row

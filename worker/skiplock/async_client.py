@@ -2,7 +2,8 @@
 
 Jobs are prepared by the same code as Client's (preparation.prepare_job / prepare_many, the
 catalogue read with await first), stored by the same statements (adb.AsyncDatabase), and
-retry/cancel answer through the same transitions decisions: only the I/O differs.
+retry/cancel answer through the same transitions decisions (transitions.retry_async /
+cancel_async, retried, cancel_result): only the I/O differs.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import psycopg
 
 from . import transitions
 from .adb import AsyncDatabase
-from .client import user_at_host
-from .errors import SkiplockError
+from .client import user_at_host, wait_hub
 from .handles import TaskHandle, task_name
 from .preparation import AsyncCatalogue, copyable, job_specs, prepare_job, prepare_many
 from .settings import Settings
@@ -120,23 +120,16 @@ class AsyncClient:
 
     async def retry(self, job_id: int) -> bool:
         """Client.retry: queue a dead or cancelled job again."""
-        job_id = transitions.check_job_id(job_id)
-        if await self.db.retry_job(job_id) is not None:
-            return True
-        answer = transitions.retry_answer(job_id, False, await self.db.job_state(job_id))
-        return answer.outcome is transitions.Outcome.DONE
+        answer = await transitions.retry_async(self.db, transitions.check_job_id(job_id))
+        return transitions.retried(answer)
 
     async def cancel(
         self, job_id: int, reason: str | None = None, *, by: str | None = None
     ) -> str | None:
         """Client.cancel: "cancelled", "requested" or None."""
-        job_id = transitions.check_job_id(job_id)
         who = transitions.requester(by or f"client {user_at_host()}", reason)
-        done = await self.db.cancel_job(job_id, who)
-        answer = transitions.cancel_answer(
-            job_id, done, None if done else await self.db.get_job(job_id))
-        return {transitions.Outcome.DONE: "cancelled",
-                transitions.Outcome.REQUESTED: "requested"}.get(answer.outcome)
+        answer = await transitions.cancel_async(self.db, transitions.check_job_id(job_id), who)
+        return transitions.cancel_result(answer)
 
     # timeout= as Client.wait's: the same call, awaited (the issue's API)
     async def wait(self, job_id: int, timeout: float = 60.0) -> Any:  # noqa: ASYNC109
@@ -147,10 +140,5 @@ class AsyncClient:
         return await self._wait_hub().wait_async(job_id, seconds)
 
     def _wait_hub(self) -> WaitHub:
-        if self._closed:
-            raise SkiplockError("client closed: it cannot wait for jobs any more")
-        if self._hub is None:
-            self._hub = WaitHub.for_url(self.db.url, self.db.schema, self._settings,
-                                        connect_timeout=self.db.connect_timeout,
-                                        pooler=self.db.pooler)
-        return self._hub
+        self._hub = hub = wait_hub(self._hub, self._closed, self.db, self._settings)
+        return hub

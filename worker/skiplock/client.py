@@ -8,7 +8,7 @@ import socket
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -21,6 +21,9 @@ from .outcomes import storable_text
 from .preparation import Catalogue, copyable, prepare_job, prepare_many
 from .settings import Settings
 from .waiting import WaitHub, check_wait_timeout
+
+if TYPE_CHECKING:  # annotations only: a sync producer never loads the async pool
+    from .adb import AsyncDatabase
 
 
 class Client:
@@ -127,8 +130,7 @@ class Client:
 
     def retry(self, job_id: int) -> bool:
         """Queue a dead or cancelled job again; False when there is none, or it is neither."""
-        answer = transitions.retry(self.db, transitions.check_job_id(job_id))
-        return answer.outcome is transitions.Outcome.DONE
+        return transitions.retried(transitions.retry(self.db, transitions.check_job_id(job_id)))
 
     def cancel(
         self, job_id: int, reason: str | None = None, *, by: str | None = None
@@ -140,8 +142,7 @@ class Client:
         history."""
         who = transitions.requester(by or f"client {user_at_host()}", reason)
         answer = transitions.cancel(self.db, transitions.check_job_id(job_id), who)
-        return {transitions.Outcome.DONE: "cancelled",
-                transitions.Outcome.REQUESTED: "requested"}.get(answer.outcome)
+        return transitions.cancel_result(answer)
 
     def wait(self, job_id: int, timeout: float = 60.0) -> Any:
         """Block until job ``job_id`` finished: its result when it succeeded; JobDead,
@@ -151,13 +152,7 @@ class Client:
         job_id = transitions.check_job_id(job_id)
         seconds = check_wait_timeout(timeout)
         with self._hub_lock:
-            if self._closed:
-                raise SkiplockError("client closed: it cannot wait for jobs any more")
-            if self._hub is None:
-                self._hub = WaitHub.for_url(self.db.url, self.db.schema, self._settings,
-                                            connect_timeout=self.db.connect_timeout,
-                                            pooler=self.db.pooler)
-            hub = self._hub
+            self._hub = hub = wait_hub(self._hub, self._closed, self.db, self._settings)
         return hub.wait(job_id, seconds)
 
     def pause_queue(
@@ -230,6 +225,18 @@ def stored_queue_name(queue: str) -> str:
     if storable_text(queue) != queue:
         raise InvalidArguments("queue name must not contain NUL characters or lone surrogates")
     return queue
+
+
+def wait_hub(hub: WaitHub | None, closed: bool, db: Database | AsyncDatabase,
+             settings: Settings) -> WaitHub:
+    """A client's WaitHub (Client's and AsyncClient's): ``hub``, or one made on the first
+    wait, on the client's own database settings; SkiplockError once the client is closed."""
+    if closed:
+        raise SkiplockError("client closed: it cannot wait for jobs any more")
+    if hub is not None:
+        return hub
+    return WaitHub.for_url(db.url, db.schema, settings, connect_timeout=db.connect_timeout,
+                           pooler=db.pooler)
 
 
 def user_at_host() -> str:

@@ -391,6 +391,46 @@ def _keyed_outcome(row: Sequence[Any], params: Mapping[str, Any]) -> tuple[int, 
     return ids[0], False
 
 
+# -- one enqueue's decisions, shared by Database and adb.AsyncDatabase (only their I/O differs) --
+
+# A keyed insert returns no row when a concurrent insert with the same key committed after the
+# statement's snapshot was taken: a second statement sees it, so one job is tried twice.
+ENQUEUE_TRIES = 2
+
+
+def enqueue_plan(job: NewJob) -> tuple[str, dict[str, Any]]:
+    """The statement and parameters that store ``job``. Only a keyed job pays for the key
+    (hashing, the key row): the unkeyed statement is the plain insert."""
+    return (Q["enqueue"] if job.unique_key is None else Q["enqueue_keyed"]), _job_params(job)
+
+
+def unread_key(doing: str) -> DatabaseUnavailable:
+    """The error when ENQUEUE_TRIES statements could not read back a concurrent key's job."""
+    return DatabaseUnavailable(
+        f"{doing}: a request with the same unique_key was being stored at the same time "
+        "and could not be read back; nothing was stored by this call, retry it")
+
+
+def schema_search_path(schema: str) -> dict[str, str]:
+    """search_path_swap's parameters for the enqueue in a caller's transaction."""
+    return {"search_path": f"{schema}, public"}
+
+
+def restored_search_path(swapped: Sequence[Any] | None) -> dict[str, str]:
+    """search_path_swap's parameters that put back the caller's search_path, from the row
+    of the swap that replaced it."""
+    return {"search_path": str(swapped[0]) if swapped else "public"}
+
+
+def caller_enqueue_outcome(row: Sequence[Any] | None,
+                           params: Mapping[str, Any]) -> tuple[int, bool]:
+    """(id, created) of an enqueue in the caller's transaction: there it cannot be retried
+    (the caller's snapshot stays), so a concurrent key is an error of its own."""
+    if row is None:
+        raise SkiplockError("enqueue: a job with this unique_key is being inserted concurrently")
+    return _keyed_outcome(row, params)
+
+
 def _int_array(values: Iterable[int]) -> str:
     """An integer array literal: psycopg's list dumper costs ~1 us per element, this ~0.1."""
     return "{" + ",".join(map(str, values)) + "}"
@@ -804,10 +844,7 @@ class Database:
         """Insert one job: (id, created). With a unique_key (an idempotency key), a repeat of
         the same request returns the key's job (created False, even when that job has since
         been pruned) and a different request raises IdempotencyConflict."""
-        params = _job_params(job)
-        # Only a keyed job pays for the key (hashing, the key row): the unkeyed statement is
-        # the plain insert.
-        query = Q["enqueue"] if job.unique_key is None else Q["enqueue_keyed"]
+        query, params = enqueue_plan(job)
         if connection is not None:
             return self._enqueue_in(connection, query, params)
         doing = f"enqueue {job.task!r}"
@@ -816,37 +853,26 @@ class Database:
             row: tuple[Any, ...] | None = conn.execute(query, params).fetchone()
             return row
 
-        for _ in (1, 2):
+        for _ in range(ENQUEUE_TRIES):
             found: tuple[Any, ...] | None = self._insert_transaction(doing, "the job", insert)
             if found is not None:
                 return _keyed_outcome(found, params)
-            # A concurrent insert with the same key, committed after this statement's snapshot
-            # was taken: the next statement sees it.
-        raise DatabaseUnavailable(
-            f"{doing}: a request with the same unique_key was being stored at the same time "
-            "and could not be read back; nothing was stored by this call, retry it")
+        raise unread_key(doing)
 
     def _enqueue_in(
         self, conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any]
     ) -> tuple[int, bool]:
         """Run inside the caller's transaction, with our schema only for this statement."""
         try:
-            previous = conn.execute("SELECT current_setting('search_path')").fetchone()
-            conn.execute("SELECT set_config('search_path', %s, true)", [f"{self.schema}, public"])
+            swapped = conn.execute(Q["search_path_swap"], schema_search_path(self.schema))
+            previous = swapped.fetchone()
             try:
                 row = conn.execute(query, params).fetchone()
             finally:
-                conn.execute(
-                    "SELECT set_config('search_path', %s, true)",
-                    [previous[0] if previous else "public"],
-                )
+                conn.execute(Q["search_path_swap"], restored_search_path(previous))
         except psycopg.Error as exc:
             raise wrap_error(exc, self.url, "enqueue in caller's transaction") from None
-        if row is None:
-            raise SkiplockError(
-                "enqueue: a job with this unique_key is being inserted concurrently"
-            )
-        return _keyed_outcome(row, params)
+        return caller_enqueue_outcome(row, params)
 
     def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
         """Bulk insert with COPY (no unique keys, no schedule): the fastest path."""

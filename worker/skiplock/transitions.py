@@ -9,9 +9,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .db import Database
+
+if TYPE_CHECKING:  # only for annotations: the CLI and HTTP API never load the async pool
+    from .adb import AsyncDatabase
 from .errors import InvalidArguments, InvalidTransition, JobNotFound, SkiplockError
 
 # jobs.id is a bigint identity: 1 .. 2**63-1.
@@ -99,6 +102,30 @@ def cancel(db: Database, job_id: int, by: str) -> Answer:
     goes into the job's error history."""
     done = db.cancel_job(job_id, by)
     return cancel_answer(job_id, done, None if done else db.get_job(job_id))
+
+
+async def retry_async(db: AsyncDatabase, job_id: int) -> Answer:
+    """retry, awaited (AsyncClient): the same statements and the same answer."""
+    if await db.retry_job(job_id) is not None:
+        return retry_answer(job_id, True, None)
+    return retry_answer(job_id, False, await db.job_state(job_id))
+
+
+async def cancel_async(db: AsyncDatabase, job_id: int, by: str) -> Answer:
+    """cancel, awaited (AsyncClient): the same statements and the same answer."""
+    done = await db.cancel_job(job_id, by)
+    return cancel_answer(job_id, done, None if done else await db.get_job(job_id))
+
+
+def retried(answer: Answer) -> bool:
+    """Client.retry's and AsyncClient.retry's return value: the job was queued again."""
+    return answer.outcome is Outcome.DONE
+
+
+def cancel_result(answer: Answer) -> str | None:
+    """Client.cancel's and AsyncClient.cancel's return value: "cancelled" (it was queued),
+    "requested" (it is running: its worker stops it), None (nothing changed)."""
+    return {Outcome.DONE: "cancelled", Outcome.REQUESTED: "requested"}.get(answer.outcome)
 
 
 def requester(by: str, reason: str | None) -> str:

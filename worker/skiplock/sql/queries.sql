@@ -591,3 +591,11 @@ SELECT set_config('search_path', %(search_path)s, true),
                   coalesce(%(synchronous_commit)s, current_setting('synchronous_commit')), true),
        set_config('transaction_read_only',
                   coalesce(%(read_only)s, current_setting('transaction_read_only')), true);
+
+-- name: search_path_swap
+-- An enqueue on the caller's connection, inside their transaction: our schema for our statement
+-- only, then theirs again (the same query, given the value it returned). is_local: a rollback
+-- puts theirs back too. OFFSET 0 keeps the subquery from being flattened, so the previous value
+-- is read before set_config changes it.
+SELECT previous, set_config('search_path', %(search_path)s, true)
+  FROM (SELECT current_setting('search_path') AS previous OFFSET 0) AS caller;

@@ -84,3 +84,9 @@ bench-claim-limits: setup ## the claim with concurrency limits: no limit, global
 
 bench-wait-trigger: setup ## the completion-notify trigger's cost: claim+complete, lease renewal, single-row claim (pgbench)
 	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.wait_trigger_cost
+
+dashboard-snapshot: setup ## the Grafana dashboard evaluated by Prometheus from a real kind run, drawn to docs/img/dashboard.png
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.dashboard_snapshot
+
+bench-e2e: setup ## end-to-end both ways (harness steady state; from spawning CLI-started workers) vs pgqueuer, CPU per job, and the raw SQL references
+	$(BIN)/python -m benchmarks --systems skiplock,pgqueuer --only e2e,e2e-cli,raw

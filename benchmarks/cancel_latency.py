@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import statistics
 import sys
 import time
-from pathlib import Path
 
-from tests.support.pgserver import PgServer, free_port
+from tests.support.pgserver import free_port
 from tests.support.waits import until as _until
 
 import skiplock
+from benchmarks.common import latency_summary, report_latencies
+from benchmarks.local_support import migrated_server
 from skiplock import Client, JobContext, Worker
-from skiplock.db import Database
 
 app = skiplock.App()
 SEEN: dict[int, float] = {}
@@ -38,11 +36,6 @@ async def hold(ctx: JobContext) -> None:
     except asyncio.CancelledError:
         SEEN[ctx.job_id] = time.perf_counter()
         raise
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _measure(url: str, cancels: int, poll: float, listen: bool) -> list[float]:
@@ -83,30 +76,16 @@ def main() -> int:
     parser.add_argument("--cancels", type=int, default=200)
     parser.add_argument("--out", default="artifacts/bench/cancel_latency.json")
     args = parser.parse_args()
-    server = PgServer(durable=True)
-    server.init()
-    server.start()
     results = {}
-    try:
+    with migrated_server() as server:
         url = server.url()
-        with Database(url) as db:
-            db.migrate()
         for name, poll, listen in (("NOTIFY (LISTEN up)", 1.0, True),
                                    ("no LISTEN, poll 1.0 s (default)", 1.0, False),
                                    ("no LISTEN, poll 0.2 s", 0.2, False)):
             print(f"== {name}: {args.cancels} cancels", file=sys.stderr, flush=True)
             got = asyncio.run(_measure(url, args.cancels, poll, listen))
-            results[name] = {"n": len(got), "p50_ms": statistics.median(got) * 1000,
-                             "p99_ms": _pct(got, 0.99) * 1000, "max_ms": max(got) * 1000}
-    finally:
-        server.stop()
-        server.destroy()
-    print(f"{'mode':34} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for name, r in results.items():
-        print(f"{name:34} {r['n']:5d} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+            results[name] = latency_summary(got)
+    report_latencies(results, args.out, label="mode", width=34, decimals=1)
     return 0
 
 

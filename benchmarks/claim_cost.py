@@ -5,13 +5,14 @@ left to a peer and 1,000 job ids skipped).
 
     .venv/bin/python -m benchmarks.claim_cost [--jobs 100000] [--rounds 5] [--batch 200]
 
-With ``--limits``: the claim with concurrency limits (sql/limits.sql), each pgbench
-transaction claiming a batch and then finishing it (so the running count stays what a real
-limit keeps it at): "no limit" (the plain claim), "global limit" (one task under a
-concurrency_limit that the load never reaches: the cost of checking it) and "1,000 keys"
-(a per-key limit over 1,000 keys, each claim water-filling across them), and "limited
-backlog ahead" (the plain claim of unlimited work queued behind 100,000 jobs of a limited
-task in the same queue: what the plain claim pays for a limited backlog it never claims).
+With ``--limits``: the claim with concurrency limits (sql/limits.sql) as the worker runs it,
+each pgbench transaction claiming a batch and then finishing it (so the running count stays
+what a real limit keeps it at), each client a worker with its own ``workers`` row: "no limit"
+(the plain claim), "global limit" (a concurrency_limit far from its cap: the unlocked pass),
+"global limit, near the cap" (the unlocked pass claiming nothing, then the locked pass: lock
+and claim in one pipeline), "1,000 keys" (a per-key limit over 1,000 keys: the same two
+passes, the key walk bounded by the batch), and "limited backlog ahead" (the plain claim of
+unlimited work queued behind 100,000 jobs of a limited task in the same queue).
 ``make bench-claim-limits`` runs these.
 
 Each variant claims the same backlog with pgbench (2 clients, prepared statements, the claim
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -37,8 +39,8 @@ from pathlib import Path
 import psycopg
 from tests.support.pgserver import PgServer
 
+from benchmarks.local_support import load_noop_jobs
 from benchmarks.run import pgbench_path
-from skiplock import Client
 from skiplock.db import Database
 from skiplock.sql import queries
 
@@ -75,39 +77,51 @@ def pgbench_script(sql: str) -> str:
 
 # -- limits (--limits) ------------------------------------------------------------------------
 
+# Each pgbench client is a worker of its own (bench-0, bench-1), with a `workers` row of
+# concurrency = batch: the unlocked pass's margin (twice the other workers' concurrency) is
+# what it is in production, not 0. Statements run in autocommit, as the worker's claim
+# connection runs them (synchronous_commit off via PGOPTIONS), so a variant's round trips are
+# the worker's.
+_WORKER = "('bench-'::text || :client_id)"
 # The batch each client claimed is finished at once, the same way in every limits variant, so
 # a limit's running count stays bounded as a real one is (claimed-and-kept rows would make
 # every later count scan all of them).
 _FINISH = ("UPDATE jobs SET state = 'succeeded', finished_at = now(), locked_by = NULL, "
-           "locked_until = NULL WHERE state = 'running' AND locked_by = :worker_id;\n")
+           f"locked_until = NULL WHERE state = 'running' AND locked_by = {_WORKER};\n")
 
 
-def limit_variants() -> dict[str, tuple[str, dict[str, str], str]]:
-    """name -> (pgbench script, variables, how to load the backlog)."""
+def _statement(sql: str) -> str:
+    return re.sub(r"%\((\w+)\)s", r":\1", sql.replace("%(worker_id)s", _WORKER)) + ";\n"
+
+
+def limit_variants(batch: int) -> dict[str, tuple[str, dict[str, str], str]]:
+    """name -> (pgbench script, variables, how to load the backlog). The limited variants
+    run what the worker runs: the unlocked pass, then (near the cap, per key) the locked
+    pass, its lock and claim in one pipeline (one round trip, as db.py sends them)."""
     q = queries()
-    plain = pgbench_script(q["claim"]) + _FINISH
+    plain = _statement(q["claim"]) + _FINISH
     unkeyed = "          AND concurrency_key IS NULL\n"
     if unkeyed not in q["claim"]:
         raise SystemExit("claim_cost: the claim statement changed; update the variants")
-    old_plain = pgbench_script(q["claim"].replace(unkeyed, "")) + _FINISH
-    locked = (pgbench_script(q["lock_limited"] + ";\n" + q["claim_limited"]) + _FINISH)
-    unlocked = pgbench_script(q["claim_limited"]) + _FINISH
-    empty = {"skip_tasks": "{}", "skip_ids": "{}"}
-    limited = {"tasks": "{noop}", "skip_ids": "{}"}
+    old_plain = _statement(q["claim"].replace(unkeyed, "")) + _FINISH
+    unlocked = _statement(q["claim_limited"].replace("%(locked)s", "false"))
+    locked = ("\\startpipeline\n" + _statement(q["lock_limited"])
+              + _statement(q["claim_limited"].replace("%(locked)s", "true")) + "\\endpipeline\n")
+    limited = {"tasks": "{noop}", "skip_ids": "{}", "key_cursor": "{}"}
+    backlog = {"skip_tasks": "{noop}", "skip_ids": "{}"}
     return {
-        "no limit": (plain, empty, "plain"),
-        # far from the cap: the worker's first, unlocked pass claims the whole batch
-        "global limit": (unlocked, {**limited, "locked": "false"}, "global"),
-        # near the cap: every claim takes the task's lock (claims of the task serialise)
-        "global limit, locked": (locked, {**limited, "locked": "true"}, "global"),
-        "1,000 keys": (locked, {**limited, "locked": "true"}, "keys"),
+        "no limit": (plain, {"skip_tasks": "{}", "skip_ids": "{}"}, "plain"),
+        # far from the cap: the unlocked pass claims the whole batch
+        "global limit": (unlocked + _FINISH, limited, "global"),
+        # near the cap (3 x batch - 1: the unlocked pass never has batch + margin free), so
+        # every claim is the unlocked pass claiming nothing, then the locked pass
+        "global limit, near the cap": (unlocked + locked + _FINISH, limited, "near"),
+        "1,000 keys": (unlocked + locked + _FINISH, limited, "keys"),
         # unlimited jobs behind a limited task's backlog in the same queue, claimed by the
         # plain claim (the worker passes the limited task in skip_tasks)
-        "limited backlog ahead": (plain, {"skip_tasks": "{noop}", "skip_ids": "{}"},
-                                  "backlog"),
+        "limited backlog ahead": (plain, backlog, "backlog"),
         # the same with the claim of the previous version (its skip list a filter only)
-        "limited backlog ahead, old claim": (old_plain, {"skip_tasks": "{noop}",
-                                                         "skip_ids": "{}"}, "backlog"),
+        "limited backlog ahead, old claim": (old_plain, backlog, "backlog"),
     }
 
 
@@ -115,13 +129,18 @@ def limit_variants() -> dict[str, tuple[str, dict[str, str], str]]:
 LIMITED_AHEAD = 100_000
 
 
-def load_limited(url: str, jobs: int, kind: str) -> None:
+def load_limited(url: str, jobs: int, kind: str, batch: int) -> None:
     limits = {"plain": None, "backlog": {"concurrency_limit": 1_000_000},
               "global": {"concurrency_limit": 1_000_000},
+              "near": {"concurrency_limit": 3 * batch - 1},
               "keys": {"key": "arg:k", "key_limit": 1_000_000}}[kind]
-    key = {"plain": "NULL", "global": "''", "keys": "(g %% 1000)::text"}.get(kind, "NULL")
+    key = {"plain": "NULL", "global": "''", "near": "''",
+           "keys": "(g %% 1000)::text"}.get(kind, "NULL")
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE skiplock.results, skiplock.jobs")
+        conn.execute("TRUNCATE skiplock.results, skiplock.jobs, skiplock.workers")
+        conn.execute("INSERT INTO skiplock.workers (id, queues, tasks, concurrency, "
+                     "lease_seconds) SELECT 'bench-' || c, '{default}', '{\"noop\": {}}', %s, "
+                     "30 FROM generate_series(0, 1) AS c", (batch,))
         conn.execute("INSERT INTO skiplock.tasks (name, params, max_attempts, queue, limits) "
                      "VALUES ('noop', '{}', 5, 'default', %s::jsonb) ON CONFLICT (name) DO UPDATE "
                      "SET limits = excluded.limits",
@@ -141,9 +160,39 @@ def load_limited(url: str, jobs: int, kind: str) -> None:
         conn.execute("VACUUM ANALYZE skiplock.jobs")
 
 
+def limit_claim_rate(pgbench: Path, url: str, script: Path, vars_: dict[str, str], jobs: int,
+                     batch: int) -> float:
+    """Claims/s of 2 clients running ``script`` for jobs / batch transactions in all. A
+    locked pass that finds the task's lock taken claims nothing that time (as a worker's
+    would): the rate is what was claimed over the time taken."""
+    per_client = jobs // (2 * batch)
+    defines = [arg for k, v in {**vars_, "limit": str(batch), "lease_seconds": "30",
+                                "queues": "{default}"}.items()
+               for arg in ("-D", f"{k}={v}")]
+    env = {**os.environ, "PGOPTIONS": "-c synchronous_commit=off"}
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [str(pgbench), "-n", "-M", "prepared", "-c", "2", "-j", "2", "-t", str(per_client),
+         *defines, "-f", str(script), url],
+        capture_output=True, text=True, timeout=300, env=env)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench failed:\n{proc.stdout}\n{proc.stderr}")
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM skiplock.jobs WHERE state = 'succeeded'"
+                           ).fetchone()
+    claimed = int(row[0]) if row else 0
+    # the locked pass claims nothing when the other client holds the task's lock (then it
+    # finishes at once and tries again, as a worker's next claim would), so fewer than
+    # jobs are claimed; a run that claims not even one batch measures nothing
+    if claimed < batch:
+        raise RuntimeError(f"expected up to {per_client * 2 * batch} claims, saw {claimed}")
+    return claimed / elapsed
+
+
 def limits_main(url: str, pgbench: Path, a: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="skiplock-limits-"))
-    order = list(limit_variants().items())
+    order = list(limit_variants(a.batch).items())
     scripts = {}
     for i, (name, (script, _, _)) in enumerate(order):
         scripts[name] = tmp / f"l{i}.pgbench"
@@ -151,36 +200,27 @@ def limits_main(url: str, pgbench: Path, a: argparse.Namespace) -> int:
     rates: dict[str, list[float]] = {name: [] for name, _ in order}
     for r in range(a.rounds):
         for name, (_, vars_, kind) in order[r % len(order):] + order[:r % len(order)]:
-            load_limited(url, a.jobs, kind)
-            rate = claim_rate(pgbench, url, scripts[name], vars_, a.jobs, a.batch,
-                              state="succeeded")
+            load_limited(url, a.jobs, kind, a.batch)
+            rate = limit_claim_rate(pgbench, url, scripts[name], vars_, a.jobs, a.batch)
             rates[name].append(rate)
-            print(f"round {r + 1}/{a.rounds}  {name:<32} {rate:>9,.0f} claims/s", flush=True)
+            print(f"round {r + 1}/{a.rounds}  {name:<34} {rate:>9,.0f} claims/s", flush=True)
     base = rates["no limit"]
-    print(f"\nclaim + finish, batch {a.batch}, 2 clients, {a.jobs:,} jobs, "
-          f"median of {a.rounds} rounds")
+    print(f"\nclaim + finish, batch {a.batch}, 2 clients (2 workers rows), {a.jobs:,} jobs, "
+          f"median of {a.rounds} rounds; ratio: per round to that round's no limit, median")
+    print(f"  {'variant':<34} {'claims/s':>9}   {'vs no limit':>11}   rounds (claims/s)")
     summary = {}
     for name, runs in rates.items():
         paired = statistics.median(x / b for x, b in zip(runs, base, strict=True))
         summary[name] = {"claims_per_s": statistics.median(runs), "runs": runs,
                          "vs_no_limit_paired": paired}
-        print(f"  {name:<32} {statistics.median(runs):>9,.0f} claims/s   "
-              f"{paired:5.3f}x no limit (paired)")
+        print(f"  {name:<34} {statistics.median(runs):>9,.0f}   {paired:>10.2f}x   "
+              + " ".join(f"{x:,.0f}" for x in runs))
     out = OUT.with_name("claim_cost_limits.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"batch": a.batch, "jobs": a.jobs, "variants": summary},
-                              indent=2))
+    out.write_text(json.dumps({"batch": a.batch, "jobs": a.jobs, "rounds": a.rounds,
+                               "variants": summary}, indent=2))
     print(f"wrote {out}")
     return 0
-
-
-def load(url: str, jobs: int) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE skiplock.results, skiplock.jobs")
-    with Client(url) as client:
-        client.enqueue_many({"task": "noop", "args": {}} for _ in range(jobs))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE skiplock.jobs")
 
 
 def claim_rate(pgbench: Path, url: str, script: Path, vars_: dict[str, str], jobs: int,
@@ -238,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(a.rounds):
             # rotated each round: no variant always runs first after a load
             for name, (_, vars_) in order[r % len(order):] + order[:r % len(order)]:
-                load(url, a.jobs)
+                load_noop_jobs(url, a.jobs)
                 rate = claim_rate(pgbench, url, scripts[name], vars_, a.jobs, a.batch)
                 rates[name].append(rate)
                 print(f"round {r + 1}/{a.rounds}  {name:<45} {rate:>9,.0f} claims/s", flush=True)

@@ -15,30 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
-from tests.support.pgserver import PgServer
 
+from benchmarks.common import latency_summary, report_latencies
+from benchmarks.local_support import migrated_server
 from skiplock import AsyncClient, Client
-from skiplock.db import Database
 
 FINISH = ("WITH d AS (UPDATE skiplock.jobs SET state = 'succeeded', finished_at = now() "
           "WHERE id = %s RETURNING id) INSERT INTO skiplock.results (job_id, result) "
           "SELECT id, '{\"ok\": true}' FROM d")
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"n": len(ordered), "p50_ms": statistics.median(ordered) * 1000,
-            "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
-            "max_ms": ordered[-1] * 1000}
 
 
 def enqueue_both(url: str, n: int, block: int = 50) -> tuple[list[float], list[float]]:
@@ -141,33 +131,20 @@ def main() -> int:
     parser.add_argument("--waits", type=int, default=200)
     parser.add_argument("--out", default="artifacts/bench/client_latency.json")
     args = parser.parse_args()
-    server = PgServer(durable=True)
-    server.init()
-    server.start()
     results: dict[str, Any] = {}
-    try:
+    with migrated_server() as server:
         url = server.url()
-        with Database(url) as db:
-            db.migrate()
         print(f"== enqueue: {args.enqueues} each", file=sys.stderr, flush=True)
         sync_lat, async_lat = enqueue_both(url, args.enqueues)
-        results["enqueue Client"] = _stats(sync_lat)
-        results["enqueue AsyncClient"] = _stats(async_lat)
+        results["enqueue Client"] = latency_summary(sync_lat)
+        results["enqueue AsyncClient"] = latency_summary(async_lat)
         print(f"== wait: {args.waits} each", file=sys.stderr, flush=True)
-        results["wait AsyncClient (NOTIFY)"] = _stats(asyncio.run(
+        results["wait AsyncClient (NOTIFY)"] = latency_summary(asyncio.run(
             wait_async(url, args.waits, poll_only=False)))
-        results["wait Client (NOTIFY)"] = _stats(wait_sync(url, args.waits))
-        results["wait AsyncClient (poll only, 2 s)"] = _stats(asyncio.run(
+        results["wait Client (NOTIFY)"] = latency_summary(wait_sync(url, args.waits))
+        results["wait AsyncClient (poll only, 2 s)"] = latency_summary(asyncio.run(
             wait_async(url, max(5, args.waits // 20), poll_only=True)))
-    finally:
-        server.stop()
-        server.destroy()
-    print(f"{'measure':36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for name, r in results.items():
-        print(f"{name:36} {r['n']:5d} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    report_latencies(results, args.out, label="measure", width=36, decimals=2)
     return 0
 
 

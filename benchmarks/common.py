@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -105,3 +106,27 @@ def paced_sync(n: int, rate: float) -> Iterator[int]:
 
 def emit(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
+
+
+# -- latency tables (cancel_latency, client_latency) --------------------------------------------
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """n, p50, p99 and max of latencies in seconds, in milliseconds (p99 by nearest rank
+    below: of 200 samples, the 199th)."""
+    ordered = sorted(seconds)
+    return {"n": len(ordered), "p50_ms": statistics.median(ordered) * 1000,
+            "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
+            "max_ms": ordered[-1] * 1000}
+
+
+def report_latencies(results: dict[str, dict[str, float]], out: str | Path, *, label: str,
+                     width: int, decimals: int) -> None:
+    """Print latency_summary rows as a table (``label``: the first column's heading) and
+    write them to ``out`` as JSON."""
+    print(f"{label:{width}} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, r in results.items():
+        print(f"{name:{width}} {int(r['n']):5d} {r['p50_ms']:8.{decimals}f} "
+              f"{r['p99_ms']:8.{decimals}f} {r['max_ms']:8.{decimals}f}")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")

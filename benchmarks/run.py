@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 from tests.support.pgserver import PgServer
 
+from benchmarks.e2e_cli import backend_pids, cpu_seconds, run_once
 from skiplock_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,14 +140,15 @@ class Bench:
         self.p = profile
         self._n = 0
 
-    def fresh_db(self, system: str) -> str:
+    def fresh_db(self, system: str, setup: bool = True) -> str:
         self._n += 1
         name = f"b_{system}_{self._n}"
         with self.server.admin() as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name}")
             conn.execute(f"CREATE DATABASE {name}")
         dsn = self.server.url(name)
-        self.run_runner(system, "setup", "--dsn", dsn)
+        if setup:
+            self.run_runner(system, "setup", "--dsn", dsn)
         return dsn
 
     def drop_db(self, dsn: str) -> None:
@@ -289,6 +291,8 @@ def bench_enqueue(b: Bench, system: str) -> dict[str, Any]:
 def bench_e2e(b: Bench, system: str) -> dict[str, Any]:
     cfg = SETTINGS[system]
     rates, idle, load = [], [], []
+    cpu: list[float] = []
+    bcpu: list[float] = []
     for r in range(b.p.repeats):
         dsn = b.fresh_db(system)
         b.run_runner(system, "enqueue", "--dsn", dsn, "--jobs", str(b.p.e2e_jobs),
@@ -297,6 +301,10 @@ def bench_e2e(b: Bench, system: str) -> dict[str, Any]:
         with b.workers(system, dsn, 2, cfg) as procs:
             time.sleep(0.5)
             idle.append(sum(w.rss_kb() for w in procs) / len(procs))
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                backends = backend_pids(conn)
+            cpu0 = sum(cpu_seconds(w.proc.pid) for w in procs)
+            bcpu0 = sum(cpu_seconds(p) for p in backends)
             started = time.time()
             for w in procs:
                 w.go()
@@ -311,17 +319,22 @@ def bench_e2e(b: Bench, system: str) -> dict[str, Any]:
             ended, finished = b.wait_done(system, dsn, b.p.e2e_timeout, 0.01, tick,
                                           [Path(str(w.out) + ".progress") for w in procs],
                                           b.p.e2e_jobs)
+            # CPU from "go" to the end: the steady state's cost, start-up excluded
+            cpu.append((sum(cpu_seconds(w.proc.pid) for w in procs) - cpu0) / b.p.e2e_jobs * 1e6)
+            bcpu.append((sum(cpu_seconds(p) for p in backends) - bcpu0) / b.p.e2e_jobs * 1e6)
         processed = sum(int(w.stats.get("count", 0)) for w in procs)
         load.append(max(w.rss_max_kb for w in procs))
         rate = (b.p.e2e_jobs if finished else processed) / (ended - started)
         rates.append(rate)
         log(f"  {system} end-to-end run {r + 1}: {rate:,.0f} jobs/s "
-            f"({processed:,} handler calls{'' if finished else ', time limit reached'})")
+            f"({processed:,} handler calls{'' if finished else ', time limit reached'}; "
+            f"worker CPU {cpu[-1]:.1f} us/job, Postgres backends {bcpu[-1]:.1f} us/job)")
         b.drop_db(dsn)
         if not finished:
             break  # jobs done within the time limit / time: more runs would only repeat it
     return {"jobs_per_s": median(rates), "runs": rates,
-            "rss_idle_mb": median(idle) / 1024, "rss_load_mb": max(load) / 1024}
+            "rss_idle_mb": median(idle) / 1024, "rss_load_mb": max(load) / 1024,
+            "worker_cpu_us_per_job": median(cpu), "backend_cpu_us_per_job": median(bcpu)}
 
 
 def bench_latency(b: Bench, system: str) -> dict[str, Any]:
@@ -346,37 +359,155 @@ def bench_latency(b: Bench, system: str) -> dict[str, Any]:
             "enqueue_call_p50_ms": call, "rss_idle_mb": idle / 1024}
 
 
+# The physical references (pgbench, no Python): Skiplock's claim + fenced completion on its own
+# schema with a result row per job (as a non-None result is written), without one (a None
+# result), without one and without jobs_runnable_idx (kept for workers older than 0008) or the
+# completion NOTIFY trigger, and the same cycle on a minimal schema (minimal_schema.sql).
+RAW_VARIANTS: dict[str, dict[str, Any]] = {
+    "skiplock": {"script": "claim_complete.pgbench", "result": 1, "drop": []},
+    "skiplock, no result row": {"script": "claim_complete.pgbench", "result": 0, "drop": []},
+    "skiplock, no result row, no jobs_runnable_idx": {
+        "script": "claim_complete.pgbench", "result": 0,
+        "drop": ["DROP INDEX skiplock.jobs_runnable_idx"]},
+    # what the per-row completion NOTIFY (Client.wait's wake-up, 0007) costs on top
+    "skiplock, no result row, no finish trigger": {
+        "script": "claim_complete.pgbench", "result": 0,
+        "drop": ["DROP TRIGGER jobs_notify_finished ON skiplock.jobs"]},
+    "minimal schema": {"script": "claim_complete_minimal.pgbench", "result": 0, "drop": []},
+}
+
+
+def raw_db(b: Bench, variant: dict[str, Any], jobs: int) -> str:
+    """A fresh database holding `jobs` queued no-op jobs in the variant's schema, vacuumed."""
+    minimal = variant["script"] == "claim_complete_minimal.pgbench"
+    dsn = b.fresh_db("minimal" if minimal else "skiplock", setup=not minimal)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if minimal:
+            conn.execute((ROOT / "benchmarks" / "minimal_schema.sql").read_text().encode())
+            conn.execute("INSERT INTO mjobs (task) SELECT 'noop' FROM generate_series(1, %s)",
+                         [jobs])
+        else:
+            conn.execute("INSERT INTO skiplock.jobs (task) "
+                         "SELECT 'noop' FROM generate_series(1, %s)", [jobs])
+        for stmt in variant["drop"]:
+            conn.execute(stmt)
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
+    return dsn
+
+
 def bench_raw_sql(b: Bench, batches: list[int]) -> dict[str, Any]:
+    """Every variant at the worker's batch, Skiplock's also at the other batches; variants
+    interleaved within each round (rotating order), median of rounds. Besides jobs/s: the
+    server's execution time per job of the claim and of the completion (pg_stat_statements:
+    it leaves out the commit's WAL flush) and the write amplification per job."""
     pgbench = pgbench_path(b.server)
-    script = ROOT / "benchmarks" / "claim_complete.pgbench"
-    out: dict[str, Any] = {}
-    for batch in batches:
-        rates = []
-        for r in range(b.p.repeats):
-            dsn = b.fresh_db("skiplock")
-            b.run_runner("skiplock", "enqueue", "--dsn", dsn, "--jobs", str(b.p.e2e_jobs),
-                         "--chunk", "10000")
-            b.vacuum(dsn)
+    main_batch = int(SETTINGS["skiplock"]["batch"])
+    cases = [(name, main_batch) for name in RAW_VARIANTS]
+    cases += [("skiplock", n) for n in batches if n != main_batch]
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {c: [] for c in cases}
+    for r in range(b.p.repeats):
+        for name, batch in cases[r % len(cases):] + cases[:r % len(cases)]:
+            variant = RAW_VARIANTS[name]
+            dsn = raw_db(b, variant, b.p.e2e_jobs)
             per_client = b.p.e2e_jobs // (2 * batch)
             started = time.perf_counter()
             proc = subprocess.run(
                 [str(pgbench), "-n", "-M", "prepared", "-c", "2", "-j", "2",
-                 "-t", str(per_client), "-D", f"batch={batch}", "-f", str(script), dsn],
+                 "-t", str(per_client), "-D", f"batch={batch}",
+                 "-D", f"result={variant['result']}",
+                 "-f", str(ROOT / "benchmarks" / variant["script"]), dsn],
                 capture_output=True, text=True, timeout=b.p.e2e_timeout)
             elapsed = time.perf_counter() - started
             if proc.returncode != 0:
                 raise RuntimeError(f"pgbench failed:\n{proc.stdout}\n{proc.stderr}")
+            table = "mjobs" if variant["script"].endswith("minimal.pgbench") else "skiplock.jobs"
             with psycopg.connect(dsn, autocommit=True) as conn:
-                row = conn.execute("SELECT count(*) FROM skiplock.jobs "
+                conn.execute("SET pg_stat_statements.track = 'none'")
+                row = conn.execute(f"SELECT count(*) FROM {table} "
                                    "WHERE state = 'succeeded'").fetchone()
+                stmts = conn.execute("""
+                    SELECT query, total_exec_time, wal_bytes FROM pg_stat_statements
+                    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    """).fetchall()
+                # HOT updates: none while the state change moves a row between partial indexes
+                time.sleep(0.6)  # the backends' statistics reach the views within 0.5 s
+                upd = conn.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                                   "WHERE relid = %s::regclass", [table]).fetchone()
             done = int(row[0]) if row else 0
+            claim_ms = sum(float(t) for q, t, _ in stmts if "SKIP LOCKED" in str(q))
+            # (constants are $n in pg_stat_statements' text: match on column names)
+            complete_ms = sum(float(t) for q, t, _ in stmts if "finished_at" in str(q)
+                              and "SKIP LOCKED" not in str(q))
+            wal = sum(int(w or 0) for _, _, w in stmts)
             tps = next((float(line.split("=")[1].split()[0]) for line in proc.stdout.splitlines()
                         if line.startswith("tps")), 0.0)
             rate = tps * batch if tps else done / elapsed
-            rates.append(rate)
-            log(f"  raw SQL batch {batch} run {r + 1}: {rate:,.0f} jobs/s ({done:,} completed)")
+            res = {"jobs_per_s": rate, "claim_us_per_job": claim_ms * 1000 / max(1, done),
+                   "complete_us_per_job": complete_ms * 1000 / max(1, done),
+                   "wal_bytes_per_job": wal / max(1, done),
+                   "hot_update_share": (upd[1] / upd[0]) if upd and upd[0] else 0.0}
+            runs[(name, batch)].append(res)
+            log(f"  raw SQL, {name}, batch {batch}, round {r + 1}: {rate:,.0f} jobs/s "
+                f"({done:,} completed; claim {res['claim_us_per_job']:.1f} us/job, completion "
+                f"{res['complete_us_per_job']:.1f} us/job, WAL {res['wal_bytes_per_job']:,.0f} "
+                f"B/job, HOT updates {res['hot_update_share']:.0%})")
             b.drop_db(dsn)
-        out[str(batch)] = {"jobs_per_s": median(rates), "runs": rates}
+    out: dict[str, Any] = {}
+    for (name, batch), rs in runs.items():
+        key = str(batch) if name == "skiplock" else f"{name} ({batch})"
+        out[key] = {"variant": name, "batch": batch, "runs": rs,
+                    **{k: median([x[k] for x in rs]) for k in rs[0]}}
+    return out
+
+
+def cli_worker_cmds(system: str, peer_py: Path, cfg: dict[str, Any]) -> list[list[str]]:
+    """Two worker processes started as a user starts them (see benchmarks/e2e_cli.py)."""
+    if system == "skiplock":
+        cmd = [str(Path(sys.executable).parent / "skiplock"), "worker",
+               "benchmarks.runners.skiplock_cli_app:app",
+               "--concurrency", str(cfg["concurrency"])]
+    elif system == "pgqueuer":
+        cmd = [str(peer_py), "-m", "benchmarks.runners.pgqueuer_cli_app", str(cfg["batch"])]
+    else:
+        raise SystemExit(f"e2e-cli measures skiplock and pgqueuer, not {system}")
+    return [cmd, cmd]
+
+
+def bench_e2e_cli(b: Bench, systems: list[str]) -> dict[str, Any]:
+    """From spawn to the last finish, rounds interleaved (the order rotates each round so the
+    machine's drift hits every system alike); median of rounds per system."""
+    systems = [s for s in systems if s in ("skiplock", "pgqueuer")]
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    for r in range(b.p.repeats):
+        for system in systems[r % len(systems):] + systems[:r % len(systems)]:
+            cfg = SETTINGS[system]
+            dsn = b.fresh_db(system)
+            b.run_runner(system, "enqueue", "--dsn", dsn, "--jobs", str(b.p.e2e_jobs),
+                         "--chunk", str(cfg["chunk"]))
+            b.vacuum(dsn)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            env = {**runner_env(), "SKIPLOCK_DATABASE_URL": dsn, "BENCH_DSN": dsn}
+            res = run_once(system, dsn, cli_worker_cmds(system, b.peer_py, cfg), env, ROOT,
+                           OUT, b.p.e2e_jobs, b.p.e2e_timeout)
+            runs[system].append(res)
+            log(f"  {system} from spawn, round {r + 1}: {res['jobs_per_s']:,.0f} jobs/s "
+                f"(start-up {res['startup_s']:.2f} s, first start to last finish "
+                f"{res['steady_jobs_per_s']:,.0f} jobs/s; worker CPU "
+                f"{res['worker_cpu_us_per_job']:.1f} us/job, "
+                f"{res['worker_cpu_us_per_job_after_start']:.1f} after the first start; "
+                f"Postgres backends {res['backend_cpu_us_per_job']:.1f} us/job, statements "
+                f"{res['db_exec_us_per_job']:.1f} us/job)")
+            b.drop_db(dsn)
+    out: dict[str, Any] = {}
+    keys = ("jobs_per_s", "startup_s", "steady_jobs_per_s", "worker_cpu_us_per_job",
+            "worker_cpu_us_per_job_after_start", "backend_cpu_us_per_job",
+            "db_exec_us_per_job")
+    for system, rs in runs.items():
+        out[system] = {k: median([x[k] for x in rs]) for k in keys}
+        out[system]["runs"] = rs
     return out
 
 
@@ -477,20 +608,54 @@ def build_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, 
         rows.append(("bulk enqueue (jobs/s)", f(enq.get("skiplock")), f(enq.get("pgqueuer")),
                      f(enq.get("procrastinate")), "-", ratio(enq.get("skiplock"), enq), "-"))
     e2e = {s: res["e2e"][s]["jobs_per_s"] for s in SYSTEMS if s in res.get("e2e", {})}
-    raw = res.get("raw_sql", {})
+    raw_all = res.get("raw_sql", {})
+    # Skiplock's own cycle with its result row, by batch: the ceiling the end-to-end row uses
+    raw = {k: v for k, v in raw_all.items() if v.get("variant", "skiplock") == "skiplock"}
     if e2e:
         batch = str(SETTINGS["skiplock"]["batch"])
         near = raw.get(batch) or (raw[max(raw, key=int)] if raw else None)
         rr = near["jobs_per_s"] if near else None
-        rows.append(("end-to-end, 2 procs (jobs/s)", f(e2e.get("skiplock")),
-                     f(e2e.get("pgqueuer")), f(e2e.get("procrastinate")),
+        rows.append(("end-to-end, 2 procs, harness steady state (jobs/s)",
+                     f(e2e.get("skiplock")), f(e2e.get("pgqueuer")),
+                     f(e2e.get("procrastinate")),
                      f(rr) + (f" (batch {batch if batch in raw else max(raw, key=int)})"
                               if rr else ""),
                      ratio(e2e.get("skiplock"), e2e),
                      f"{e2e['skiplock'] / rr:.0%}" if rr and "skiplock" in e2e else "-"))
+        for key, label in (("worker_cpu_us_per_job", "worker CPU"),
+                           ("backend_cpu_us_per_job", "Postgres backend CPU")):
+            vals = {s: res["e2e"][s].get(key) for s in e2e}
+            rows.append((f"  {label}, harness steady state (us/job)", f(vals.get("skiplock")),
+                         f(vals.get("pgqueuer")), f(vals.get("procrastinate")), "-",
+                         ratio(vals.get("skiplock"), {k: v for k, v in vals.items() if v},
+                               min, " (lower is better)"), "-"))
+    cli = res.get("e2e_cli", {})
+    if cli:
+        for key, label, better in (
+                ("jobs_per_s", "end-to-end, 2 procs, from spawn, CLI-started (jobs/s)", max),
+                ("startup_s", "  spawn to first job started (s)", min),
+                ("steady_jobs_per_s", "  first start to last finish (jobs/s)", max),
+                ("worker_cpu_us_per_job", "  worker CPU from spawn (us/job)", min),
+                ("worker_cpu_us_per_job_after_start", "  worker CPU after first start (us/job)",
+                 min),
+                ("backend_cpu_us_per_job", "  Postgres backend CPU (us/job)", min),
+                ("db_exec_us_per_job", "  statement execution, pg_stat_statements (us/job)",
+                 min)):
+            vals = {s: cli[s][key] for s in SYSTEMS if s in cli}
+            rows.append((label, f(vals.get("skiplock")), f(vals.get("pgqueuer")), "-", "-",
+                         ratio(vals.get("skiplock"), vals, better,
+                               "" if better is max else " (lower is better)"), "-"))
     for batch, v in sorted(raw.items(), key=lambda kv: int(kv[0])):
         rows.append((f"raw SQL claim+complete {batch} x2 clients (jobs/s)", "-", "-", "-",
                      f(v["jobs_per_s"]), "-", "-"))
+    for v in raw_all.values():
+        if v.get("variant", "skiplock") == "skiplock" and v["batch"] != int(
+                SETTINGS["skiplock"]["batch"]):
+            continue
+        rows.append((f"raw SQL {v['batch']} x2, {v['variant']}: jobs/s; claim / completion "
+                     "us/job; WAL B/job", "-", "-", "-",
+                     f"{f(v['jobs_per_s'])}; {f(v['claim_us_per_job'])} / "
+                     f"{f(v['complete_us_per_job'])}; {f(v['wal_bytes_per_job'])}", "-", "-"))
     lat = res.get("latency", {})
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
         if lat:
@@ -552,9 +717,12 @@ def plot(res: dict[str, Any], path: Path) -> None:
              "bulk enqueue", "jobs/s")
     if "e2e" in res:
         data = {s: res["e2e"][s]["jobs_per_s"] for s in res["e2e"]}
-        raw = res.get("raw_sql", {})
+        raw = {k: v for k, v in res.get("raw_sql", {}).items()
+               if v.get("variant", "skiplock") == "skiplock"}
         if raw:
             data["raw SQL"] = raw[max(raw, key=int)]["jobs_per_s"]
+        for s, v in res.get("e2e_cli", {}).items():
+            data[f"{s} (from spawn)"] = v["jobs_per_s"]
         bars(axes[1], data, "end-to-end no-op jobs, 2 processes", "jobs/s")
     if "latency" in res:
         names = list(res["latency"])
@@ -590,8 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="20k jobs, 100k rows max: a few minutes")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
-    ap.add_argument("--only", default="enqueue,e2e,latency,raw,backlog",
-                    help="comma-separated workloads: enqueue,e2e,latency,raw,backlog")
+    ap.add_argument("--only", default="enqueue,e2e,e2e-cli,latency,raw,backlog",
+                    help="comma-separated workloads: enqueue,e2e,e2e-cli,latency,raw,backlog")
     ap.add_argument("--repeats", type=int, help="runs per throughput figure (median); default 3")
     ap.add_argument("--e2e-jobs", type=int, help="override the end-to-end job count")
     ap.add_argument("--set", action="append", default=[], metavar="SYSTEM.KEY=VALUE",
@@ -616,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
     server = PgServer(durable=True)
     log(f"starting PostgreSQL (fsync on) in {server.root}")
     server.init()
+    with open(server.datadir / "postgresql.conf", "a") as conf:
+        # per-statement execution time for the end-to-end and raw SQL figures (every system)
+        conf.write("shared_preload_libraries = 'pg_stat_statements'\n")
     server.start()
     res: dict[str, Any] = {
         "title": f"Skiplock benchmark ({'quick' if a.quick else 'full'}), "
@@ -638,12 +809,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         for name, fn in (("enqueue", bench_enqueue), ("e2e", bench_e2e),
                          ("latency", bench_latency)):
-            if name not in only:
-                continue
-            log(f"== {name}")
-            res[name] = {}
-            for system in systems:
-                res[name][system] = fn(b, system)
+            if name in only:
+                log(f"== {name}")
+                res[name] = {}
+                for system in systems:
+                    res[name][system] = fn(b, system)
+            if name == "e2e" and "e2e-cli" in only:
+                log("== e2e-cli (from spawning CLI-started workers to the last finish)")
+                res["e2e_cli"] = bench_e2e_cli(b, systems)
         if "raw" in only:
             log("== raw SQL ceiling (pgbench)")
             batches = sorted({20, 200, int(SETTINGS["skiplock"]["batch"])})

@@ -21,11 +21,9 @@ import tempfile
 from pathlib import Path
 
 import psycopg
-from tests.support.pgserver import PgServer
 
+from benchmarks.local_support import load_noop_jobs, migrated_server
 from benchmarks.run import pgbench_path
-from skiplock import Client
-from skiplock.db import Database
 
 ROOT = Path(__file__).resolve().parent
 
@@ -72,16 +70,6 @@ COMMIT;
 """
 
 
-def load(url: str, jobs: int) -> None:
-    """``jobs`` queued jobs with ids 1..jobs (the single-row scripts pick one at random)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE skiplock.results, skiplock.jobs RESTART IDENTITY")
-    with Client(url) as client:
-        client.enqueue_many({"task": "noop", "args": {}} for _ in range(jobs))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE skiplock.jobs")
-
-
 def tps(pgbench: Path, url: str, script: Path, transactions: int, defines: dict[str, str]
         ) -> float:
     args = [a for k, v in defines.items() for a in ("-D", f"{k}={v}")]
@@ -103,13 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--durable", action="store_true",
                     help="fsync each commit (the trigger's CPU cost then drowns in the flush)")
     a = ap.parse_args(argv)
-    server = PgServer(durable=a.durable)
-    server.init()
-    server.start()
-    try:
+    with migrated_server(durable=a.durable) as server:
         url = server.url()
-        with Database(url) as db:
-            db.migrate()
         pgbench = pgbench_path(server)
         tmp = Path(tempfile.mkdtemp(prefix="skiplock-trigger-"))
         scripts = {"claim+complete": ROOT / "claim_complete.pgbench",
@@ -128,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
                     if VARIANTS[v]:
                         conn.execute(VARIANTS[v])
                 for w, script in scripts.items():
-                    load(url, a.jobs)
+                    load_noop_jobs(url, a.jobs)
                     if w == "claim+complete":
                         n = a.jobs // (2 * a.batch)
-                        defines = {"batch": str(a.batch)}
+                        # result=1: a result row per job, the worker's completion of a
+                        # handler that returned something
+                        defines = {"batch": str(a.batch), "result": "1"}
                     else:
                         n = a.jobs // 4
                         defines = {"jobs": str(a.jobs)}
@@ -142,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = statistics.median(rates[(w, v)])
                 print(f"{w:18} {v:10} median {m:9.1f} tps  ({m / base:.3f} of none)  "
                       f"runs {[round(x) for x in rates[(w, v)]]}")
-        return 0
-    finally:
-        server.stop()
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ bad spec must end as a condition that says what is wrong, never as a crashed han
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -180,15 +180,22 @@ class InvalidSpec(ValueError):
     """The spec does not parse; the message lists every problem by field path."""
 
 
-def parse_spec(raw: Any) -> JobQueueSpec:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _parsed(model: type[_M], raw: Any) -> _M:
+    """A custom resource's ``spec`` as ``model``, or InvalidSpec listing every problem by its
+    field path (``spec.scaling.maxReplicas: ...``; ``spec: ...`` for the spec as a whole)."""
     try:
-        return JobQueueSpec.model_validate(dict(raw or {}))
+        return model.model_validate(dict(raw or {}))
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            path = ".".join(str(p) for p in err["loc"]) or "spec"
-            problems.append(f"spec.{path}: {err['msg']}")
+        problems = ["spec" + "".join(f".{p}" for p in err["loc"]) + f": {err['msg']}"
+                    for err in exc.errors()]
         raise InvalidSpec("; ".join(problems)) from None
+
+
+def parse_spec(raw: Any) -> JobQueueSpec:
+    return _parsed(JobQueueSpec, raw)
 
 
 # -- JobSchedule (docs/schedules.md) -----------------------------------------------------------
@@ -224,11 +231,4 @@ class JobScheduleSpec(_Model):
 
 
 def parse_schedule_spec(raw: Any) -> JobScheduleSpec:
-    try:
-        return JobScheduleSpec.model_validate(dict(raw or {}))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            path = "".join(f".{p}" for p in err["loc"])
-            problems.append(f"spec{path}: {err['msg']}")
-        raise InvalidSpec("; ".join(problems)) from None
+    return _parsed(JobScheduleSpec, raw)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,18 +22,11 @@ from tests.tasks import add
 Sql = Callable[..., list[tuple[Any, ...]]]
 
 
-@pytest.fixture(params=["sync", "async"])
-def producer(request: pytest.FixtureRequest, database_url: str) -> Iterator[Producer]:
-    p = Producer(request.param, database_url)
-    yield p
-    p.close()
-
-
 def test_enqueue_stores_the_job_with_its_defaults(producer: Producer, sql: Sql) -> None:
     job_id = producer.enqueue("add", {"a": 1, "b": 2}, priority=3, timeout=9)
-    (row,) = sql("SELECT queue, task, args, state::text, priority, max_attempts, "
+    (row,) = sql("SELECT queue, task, args, state::text, priority, attempts, max_attempts, "
                  "timeout_seconds, run_at <= now() FROM jobs WHERE id = %s", job_id)
-    assert row == ("default", "add", {"a": 1, "b": 2}, "queued", 3, 5, 9.0, True)
+    assert row == ("default", "add", {"a": 1, "b": 2}, "queued", 3, 0, 5, 9.0, True)
 
 
 def test_delay_and_run_at_use_database_time(producer: Producer, sql: Sql) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,13 +31,6 @@ from tests.support.waits import wait_until
 from tests.tasks import app
 
 Sql = Callable[..., list[tuple[Any, ...]]]
-
-
-@pytest.fixture(params=["sync", "async"])
-def producer(request: pytest.FixtureRequest, database_url: str) -> Iterator[Producer]:
-    p = Producer(request.param, database_url)
-    yield p
-    p.close()
 
 
 def _hub(producer: Producer) -> Any:

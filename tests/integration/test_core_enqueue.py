@@ -1,4 +1,6 @@
-"""Producers: enqueue, unique keys, bulk, transactions, validation, database time, fail fast."""
+"""Client-only producer checks: bulk from a generator, the caller's search_path, catalogue
+messages, secrets in errors, retry/cancel rules. Enqueue defaults, unique keys, database time
+and bad jobs are test_client_parity's (run with Client and AsyncClient)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import pytest
 from skiplock import (
     Client,
     DatabaseUnavailable,
-    IdempotencyConflict,
     InvalidArguments,
     UnknownTask,
     Worker,
@@ -36,43 +37,6 @@ def register_catalogue(database_url: str) -> None:
         await w._write_db.close()
 
     asyncio.run(go())
-
-
-def test_enqueue_returns_id_and_defaults(database_url: str, sql: Sql) -> None:
-    with Client(database_url) as c:
-        job_id = c.enqueue("add", {"a": 1, "b": 2}, priority=3)
-    (row,) = sql(
-        "SELECT queue, task, state, priority, attempts, max_attempts, run_at <= now() "
-        "FROM jobs WHERE id = %s",
-        job_id,
-    )
-    assert row == ("default", "add", "queued", 3, 0, 5, True)
-
-
-def test_unique_key_gives_the_same_job(database_url: str, sql: Sql) -> None:
-    with Client(database_url) as c:
-        first = c.enqueue("add", {"a": 1, "b": 2}, unique_key="order-17")
-        second = c.enqueue("add", {"b": 2, "a": 1}, unique_key="order-17")
-        # the key names one request: other arguments with it are a conflict, not that job
-        with pytest.raises(IdempotencyConflict, match="args differ") as info:
-            c.enqueue("add", {"a": 9, "b": 9}, unique_key="order-17")
-    assert first == second == info.value.job_id
-    assert sql("SELECT count(*) FROM jobs") == [(1,)]
-
-
-def test_delay_uses_database_time(database_url: str, sql: Sql) -> None:
-    with Client(database_url) as c:
-        job_id = c.enqueue("add", {"a": 1, "b": 2}, delay=3600)
-    (gap,) = sql("SELECT extract(epoch FROM run_at - created_at) FROM jobs WHERE id = %s", job_id)[
-        0
-    ]
-    assert 3599 <= float(gap) <= 3601
-
-
-def test_naive_run_at_is_rejected(database_url: str, sql: Sql) -> None:
-    with Client(database_url) as c, pytest.raises(InvalidArguments, match="timezone-aware"):
-        c.enqueue("add", {"a": 1, "b": 2}, run_at=dt.datetime(2030, 1, 1))
-    assert sql("SELECT count(*) FROM jobs") == [(0,)]
 
 
 def test_transactional_enqueue_rolls_back_with_the_caller(database_url: str, sql: Sql) -> None:

@@ -177,7 +177,7 @@ def test_a_key_function_the_producer_cannot_run_is_refused(
         client.enqueue("per_tenant", {"tenant": "a", "seconds": 0})
 
 
-def test_a_rolling_deploy_enforces_the_last_registered_limit_everywhere(
+def test_a_rolling_deploy_enforces_the_newest_limit_everywhere(
         database_url: str, sql: Sql, spawn_worker: Callable[..., WorkerProcess]) -> None:
     sql(AUDIT)
     spawn_worker(APP, "-q", "limited", "-c", "4", "--poll-interval", "0.1", name="v1")
@@ -187,6 +187,16 @@ def test_a_rolling_deploy_enforces_the_last_registered_limit_everywhere(
                  "0.1", name="v2")
     wait_until(lambda: sql("SELECT limits->>'concurrency_limit' FROM tasks "
                            "WHERE name = 'limited'") == [(str(V2_LIMIT),)], 30, "v2's limit")
+    # a v1 pod restarting mid-rollout does not take v2's limit back (S5): the newest
+    # definition a live worker declares wins
+    spawn_worker(APP, "-q", "limited", "-c", "4", "--poll-interval", "0.1", name="v1-again")
+    wait_until(lambda: sql("SELECT count(*) FROM task_limit_definitions "
+                           "WHERE task = 'limited' AND cardinality(declared_by) > 0 "
+                           "AND definition ->> 'concurrency_limit' = %s "
+                           "AND registered_at > introduced_at", str(GLOBAL_LIMIT)) == [(1,)],
+               30, "the restarted v1 pod's registration")
+    assert sql("SELECT limits->>'concurrency_limit' FROM tasks WHERE name = 'limited'") == [
+        (str(V2_LIMIT),)]
     with Client(database_url) as client:
         client.enqueue_many({"task": "limited", "args": {"seconds": 0.1}} for _ in range(8))
     _finished(sql, "limited", 8)

@@ -80,6 +80,11 @@ def test_a_key_function_no_live_worker_has_is_put_off(database_url: str, sql: SQ
 
     asyncio.run(main())
     assert fired(sql, "good") >= 1
+    # put off by a minute from an hour late: the firings skipped (every minute in the hour,
+    # and the one in the minute it is put off by) count as missed, once per schedule
+    counts = sql("SELECT missed_total, count(*) FROM schedules WHERE name LIKE 'keyed-%%' "
+                 "GROUP BY 1")
+    assert sum(n for _, n in counts) == 120 and {m for m, _ in counts} <= {60, 61}, counts
 
 
 def test_a_loser_does_not_wait_on_the_winners_lock(database_url: str, sql: SQL) -> None:

@@ -35,8 +35,9 @@ def assert_invariants(
     - no job lost or duplicated: exactly ``job_ids`` exist, and/or exactly ``expected_jobs`` of
       them (when given);
     - every job terminal (succeeded, dead or cancelled), none running, none with an expired lease;
-    - one result row per succeeded job and none for any other job (nor for a job that does not
-      exist, when not filtered by queue);
+    - one result row per succeeded job (none for a task whose handler returns None: such a
+      result is no row) and none for any other job (nor for a job that does not exist, when
+      not filtered by queue);
     - attempts never exceed max_attempts;
     - with the audit trigger installed: each (job, attempt) was claimed at most once, and no
       job left a terminal state;
@@ -68,9 +69,19 @@ def assert_invariants(
     assert stuck == [], f"running jobs with an expired lease: {stuck[:20]}"
     over = [(r[0], r[2], r[3]) for r in rows if r[2] > r[3]]
     assert not over, f"attempts above max_attempts: {over[:20]}"
+    # A None result is no row (sql/queries.sql complete_succeeded): a succeeded job of a task
+    # that returns None has none; outcome_from returns whatever its test asks, None included;
+    # every other succeeded job has exactly one (the primary key keeps it at one).
+    none_tasks = "j.task IN ('noop', 'slow_retry', 'chatty')"
     missing = sql("SELECT j.id FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
-                  f"WHERE j.state = 'succeeded' AND r.job_id IS NULL AND {scope}", *params)
+                  f"WHERE j.state = 'succeeded' AND r.job_id IS NULL AND NOT {none_tasks} "
+                  f"AND j.task <> 'outcome_from' AND {scope}", *params)
     assert missing == [], f"succeeded without a result: {missing[:20]}"
+    ((none_rows,),) = sql("SELECT count(*) FROM jobs j JOIN results r ON r.job_id = j.id "
+                          f"WHERE {none_tasks} AND {scope}", *params)
+    assert none_rows == 0, f"{none_rows} result rows for jobs whose handler returns None"
+    ((without,),) = sql("SELECT count(*) FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
+                        f"WHERE j.state = 'succeeded' AND r.job_id IS NULL AND {scope}", *params)
     # LEFT JOIN: a result whose job is gone has a NULL state, so it counts as extra when the
     # check is not filtered by queue (with a queue, ``scope`` drops it: it belongs to no queue).
     extra = sql("SELECT r.job_id FROM results r LEFT JOIN jobs j ON j.id = r.job_id "
@@ -79,8 +90,9 @@ def assert_invariants(
     succeeded = counts.get("succeeded", 0)
     ((results,),) = sql("SELECT count(*) FROM results r LEFT JOIN jobs j ON j.id = r.job_id "
                         f"WHERE {scope}", *params)
-    assert results == succeeded, (
-        f"not one result per success: {results} results for {succeeded} succeeded jobs")
+    assert results == succeeded - without, (
+        f"not one result per success: {results} results for {succeeded} succeeded jobs "
+        f"({without} of them returned None)")
     if _has_audit(sql):
         # Unfiltered, every audit row counts (also those of jobs deleted since).
         audited = "true" if queue is None else f"job_id IN (SELECT j.id FROM jobs j WHERE {scope})"

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from skiplock import App, JobContext
 from skiplock.cron import Cadence, CadenceError
-from skiplock.schedules import COUNT_CAP, MAX_PER_PASS, ScheduleError, make_schedule, plan
+from skiplock.schedules import (
+    COUNT_CAP,
+    MAX_PER_PASS,
+    ScheduleError,
+    make_schedule,
+    plan,
+    put_off,
+)
 
 UTC = dt.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -333,3 +340,40 @@ def test_periodic_gives_back_a_handle_for_a_plain_function_too() -> None:
     assert type(plain).__name__ == "TaskHandle" and plain.name == "plain"
     assert type(handle).__name__ == "TaskHandle" and handle.name == "registered"
     assert plain(None) == 7 and handle(None) == 8
+
+
+# -- a schedule that cannot fire is put off ---------------------------------------------------
+
+
+def test_put_off_counts_the_firings_it_skips() -> None:
+    """The firings in [expected, now + seconds) are skipped by the move: they count as
+    missed (they used to vanish from missed_total)."""
+    expected = dt.datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    now = dt.datetime(2026, 3, 1, 10, 5, 30, tzinfo=UTC)
+    later = now + dt.timedelta(seconds=60)
+    # every minute: 10:00 .. 10:06
+    assert put_off(Cadence(every=60), expected, now, 60) == (later, 7)
+    # a cron every 5 minutes, 20 minutes late: 10:00, 10:05, 10:10, 10:15, 10:20
+    late = dt.datetime(2026, 3, 1, 10, 20, tzinfo=UTC)
+    assert put_off(Cadence(cron="*/5 * * * *"), expected, late, 60) == (
+        late + dt.timedelta(seconds=60), 5)
+    # a firing exactly at the new time is not skipped: the next pass fires it
+    assert put_off(Cadence(every=60), expected, dt.datetime(2026, 3, 1, 10, 5, tzinfo=UTC),
+                   60)[1] == 6
+    # nothing can count for a cadence that cannot be read, or without a fire time yet
+    assert put_off(None, expected, now, 60) == (later, 0)
+    assert put_off(Cadence(every=60), None, now, 60) == (later, 0)
+
+
+def test_put_off_and_the_next_plan_account_for_every_firing() -> None:
+    """What the put-off skips plus what the next pass's plan sees (fired or missed) is every
+    firing from the old fire time to that pass: none lost, none counted twice."""
+    c = Cadence(every=60)
+    expected = dt.datetime(2026, 3, 1, 10, 0, 30, tzinfo=UTC)
+    now = dt.datetime(2026, 3, 1, 10, 3, tzinfo=UTC)
+    later, skipped = put_off(c, expected, now, 60)
+    then = later + dt.timedelta(seconds=150)
+    decided = plan(c, next_fire_at=later, now=then, missed="skip", backfill=0, grace=0,
+                   jitter=0, paused=False)
+    assert decided is not None
+    assert skipped + len(decided.firings) + decided.missed == c.count(expected, then, 10_000)

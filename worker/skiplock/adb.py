@@ -2,10 +2,11 @@
 psycopg's AsyncConnectionPool.
 
 The statements, their parameters and the decisions about their results are Database's own
-(db.py: the named queries, enqueue_plan, ENQUEUE_TRIES and unread_key, caller_enqueue_outcome,
-the search_path_swap parameters, unnest_params, _keyed_outcome, check_unnest_keys,
-insert_failure and outcome_unknown, wrap_error): only the awaiting differs, so both clients
-store exactly the same rows and raise exactly the same errors.
+(db.py: PoolSettings, which makes the connections and finds a pooler; the named queries,
+enqueue_plan, ENQUEUE_TRIES and unread_key, caller_enqueue_outcome, the search_path_swap
+parameters, unnest_params, _keyed_outcome, check_unnest_keys, insert_failure and
+outcome_unknown, wrap_error): only the awaiting differs, so both clients store exactly the
+same rows and raise exactly the same errors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import psycopg
 from psycopg.rows import dict_row
@@ -23,12 +24,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .db import (
     ENQUEUE_TRIES,
     NewJob,
+    PoolOptions,
+    PoolSettings,
     Q,
     Row,
     _keyed_outcome,
     caller_enqueue_outcome,
     check_unnest_keys,
-    conninfo,
     copy_plan,
     enqueue_plan,
     insert_failure,
@@ -37,12 +39,11 @@ from .db import (
     refuses_startup_options,
     restored_search_path,
     schema_search_path,
-    transaction_settings,
     unnest_params,
     unread_key,
     wrap_error,
 )
-from .redact import redact_url, scrub
+from .redact import scrub
 
 log = logging.getLogger("skiplock.db")
 
@@ -63,54 +64,16 @@ class _AsyncPoolConnection(psycopg.AsyncConnection[Any]):
         return await super().connect(retry_with, **{**kwargs, "prepare_threshold": None})
 
 
-class AsyncDatabase:
-    """Async access for producers (AsyncClient); settings as Database's."""
+class AsyncDatabase(PoolSettings):
+    """Async access for producers (AsyncClient); settings (PoolSettings) as Database's."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        schema: str = "skiplock",
-        connect_timeout: float = 5.0,
-        statement_timeout: float = 30.0,
-        max_size: int = 4,
-        application_name: str = "skiplock",
-        pooler: bool = False,
-    ) -> None:
-        self.url = url
-        self.schema = schema
-        self.connect_timeout = connect_timeout
-        self.statement_timeout = statement_timeout
-        self.application_name = application_name
-        self.pooler = pooler
-        self.conninfo = self._info()  # checks the URL and schema now, as Database does
+    def __init__(self, url: str, **options: Unpack[PoolOptions]) -> None:
+        super().__init__(url, **options)
         self._pool = AsyncConnectionPool(
-            lambda: self._info(), connection_class=_AsyncPoolConnection, min_size=0,
-            max_size=max_size, open=False, timeout=connect_timeout, reconnect_timeout=0,
-            check=AsyncConnectionPool.check_connection, kwargs=self._connect_kwargs)
+            connection_class=_AsyncPoolConnection, open=False,
+            check=AsyncConnectionPool.check_connection, **self._pool_arguments(self.max_size))
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
-
-    def _info(self) -> str:
-        return conninfo(self.url, self.schema, self.connect_timeout, self.statement_timeout,
-                        self.application_name, pooler=self.pooler)
-
-    def _connect_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"autocommit": True}
-        if self.pooler:
-            kwargs["prepare_threshold"] = None  # see Database._new_pool
-        else:
-            kwargs["skiplock_on_refused"] = self._behind_pooler
-        return kwargs
-
-    def _behind_pooler(self) -> str:
-        if not self.pooler:
-            self.pooler = True
-            log.info("the database at %s refused startup options: a transaction pooler "
-                     "(PgBouncer). Sending session settings per transaction, without prepared "
-                     "statements (SKIPLOCK_POOLER=transaction says so up front).",
-                     redact_url(self.url))
-        return self._info()
 
     async def close(self) -> None:
         if self._opened:
@@ -141,8 +104,7 @@ class AsyncDatabase:
 
     async def _settings(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if self.pooler:
-            await conn.execute(Q["transaction_settings"], transaction_settings(
-                self.schema, self.statement_timeout))
+            await conn.execute(Q["transaction_settings"], self._transaction_settings())
 
     async def _rows(self, name: str, params: Mapping[str, Any] | None = None,
                     doing: str | None = None) -> list[Row]:

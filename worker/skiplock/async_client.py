@@ -41,11 +41,9 @@ class AsyncClient:
     ) -> None:
         s = settings or Settings()
         self.validate = validate
-        self.db = AsyncDatabase(
-            database_url or s.require_url(), schema=schema or s.schema_name,
-            connect_timeout=connect_timeout or s.connect_timeout,
-            statement_timeout=s.statement_timeout, max_size=max_size,
-            application_name="skiplock-client", pooler=s.pooler == "transaction")
+        self.db = AsyncDatabase.from_settings(
+            s, application_name="skiplock-client", url=database_url, schema=schema,
+            connect_timeout=connect_timeout, max_size=max_size)
         self._catalogue = AsyncCatalogue(self.db.list_tasks)
         self.max_args_bytes = s.max_args_bytes
         self._hub: WaitHub | None = None

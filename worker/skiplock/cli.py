@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.util
 import json
 import logging
 import os
@@ -486,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_extensions(sub: Any) -> None:
     """Subcommands from optional parts (the HTTP API) when they are installed."""
+    # Looked up, not imported: with skiplock.api importing nothing heavy at the top, FastAPI
+    # (about half a second of every command's startup) is imported by `skiplock api` alone.
+    if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn")):
+        return
     try:
         from .api.cli import add_api_command
     except ImportError:

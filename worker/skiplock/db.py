@@ -24,7 +24,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypedDict, Unpack
 
 import psycopg
 from psycopg import sql as pgsql
@@ -580,8 +580,28 @@ class _PoolConnection(psycopg.Connection[Any]):
         return super().connect(retry_with, **{**kwargs, "prepare_threshold": None})
 
 
-class Database:
-    """Synchronous access for producers, the CLI, the API and the operator (a small pool)."""
+def log_pooler_found(url: str) -> None:
+    """The one log line of a connection's switch to pooler mode (startup options refused)."""
+    log.info("the database at %s refused startup options: a transaction pooler (PgBouncer). "
+             "Sending session settings per transaction, without prepared statements "
+             "(SKIPLOCK_POOLER=transaction says so up front).", redact_url(url))
+
+
+class PoolOptions(TypedDict, total=False):
+    """PoolSettings' keyword arguments, which Database and AsyncDatabase take as they are."""
+
+    schema: str
+    connect_timeout: float
+    statement_timeout: float
+    max_size: int
+    application_name: str
+    pooler: bool
+
+
+class PoolSettings:
+    """How a pool's connections are made, for Database and AsyncDatabase (adb.py), which
+    differ only in awaiting: the conninfo, each connection's arguments, the settings a
+    transaction sends behind a pooler, and the switch to pooler mode."""
 
     def __init__(
         self,
@@ -592,13 +612,9 @@ class Database:
         statement_timeout: float = 30.0,
         max_size: int = 4,
         application_name: str = "skiplock",
-        read_pool_size: int | None = None,
         pooler: bool = False,
     ) -> None:
-        """``read_pool_size``: a second pool, of read-only connections, for work run under a
-        read-only QueryScope (the API's reads), so that they cannot take every connection.
-
-        ``pooler``: ``url`` is a transaction pooler's (PgBouncer, pool_mode=transaction): no
+        """``pooler``: ``url`` is a transaction pooler's (PgBouncer, pool_mode=transaction): no
         startup options and no server-side prepared statements, the settings sent in each
         transaction instead. Found out on the first connection too (the pooler refuses the
         options), at the cost of that one refused attempt; saying so skips it."""
@@ -606,12 +622,11 @@ class Database:
         self.schema = schema
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
+        self.max_size = max_size
         self.application_name = application_name
         self.pooler = pooler
-        self._conninfo = self._info(read_only=False)
-        self._pool = self._new_pool(max_size, read_only=False)
-        self._read_pool = None if read_pool_size is None else self._new_pool(
-            read_pool_size, read_only=True)
+        # Built now: a bad URL or schema is a ConfigurationError here, not at first use.
+        self._conninfo = self._info()
 
     @classmethod
     def from_settings(
@@ -624,11 +639,12 @@ class Database:
         connect_timeout: float | None = None,
         statement_timeout: float | None = None,
         max_size: int = 4,
-        read_pool_size: int | None = None,
-    ) -> Database:
-        """A Database as ``settings`` configure it (URL, schema, timeouts), ConfigurationError
+        **extra: Any,
+    ) -> Self:
+        """One as ``settings`` configure it (URL, schema, timeouts, pooler), ConfigurationError
         saying how to set the URL when there is none. ``url``, ``schema``, ``connect_timeout``
-        and ``statement_timeout`` override the settings (a caller's own arguments)."""
+        and ``statement_timeout`` override the settings (a caller's own arguments); ``extra``:
+        the class's own keyword arguments (Database's read_pool_size)."""
         return cls(
             url or settings.require_url(),
             schema=schema or settings.schema_name,
@@ -636,49 +652,71 @@ class Database:
             statement_timeout=statement_timeout or settings.statement_timeout,
             max_size=max_size,
             application_name=application_name,
-            read_pool_size=read_pool_size,
             pooler=settings.pooler == "transaction",
+            **extra,
         )
 
-    def _info(self, *, read_only: bool) -> str:
+    def _info(self, *, read_only: bool = False) -> str:
         return conninfo(self.url, self.schema, self.connect_timeout, self.statement_timeout,
                         self.application_name, read_only=read_only, pooler=self.pooler)
 
-    def _behind_pooler(self) -> None:
-        """The pooler refused our startup options: pooler mode from now on (one log line)."""
+    def _pool_arguments(self, max_size: int, *, read_only: bool = False) -> dict[str, Any]:
+        """A pool's arguments but its class and connection check (sync or async): empty until
+        used, conninfo and connect arguments asked for each new connection (pooler mode may
+        have begun since the last one), no reconnect loop (the caller's error says why)."""
+        return {
+            "conninfo": lambda: self._info(read_only=read_only),
+            "kwargs": lambda: self._connect_kwargs(read_only=read_only),
+            "min_size": 0,
+            "max_size": max_size,
+            "timeout": self.connect_timeout,
+            "reconnect_timeout": 0,
+        }
+
+    def _connect_kwargs(self, *, read_only: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if self.pooler:
+            # Named prepared statements live on one server connection: through a
+            # transaction pooler the next execution may run on another that lacks it.
+            kwargs["prepare_threshold"] = None
+        else:
+            kwargs["skiplock_on_refused"] = lambda: self._behind_pooler(read_only=read_only)
+        return kwargs
+
+    def _behind_pooler(self, *, read_only: bool) -> str:
+        """The pooler refused our startup options: pooler mode from now on (one log line);
+        returns the conninfo to connect with instead."""
         if not self.pooler:
             self.pooler = True
-            log.info("the database at %s refused startup options: a transaction pooler "
-                     "(PgBouncer). Sending session settings per transaction, without prepared "
-                     "statements (SKIPLOCK_POOLER=transaction says so up front).",
-                     redact_url(self.url))
-        self._conninfo = self._info(read_only=False)
+            log_pooler_found(self.url)
+        self._conninfo = self._info()
+        return self._info(read_only=read_only)
+
+    def _transaction_settings(self, *, read_only: bool = False) -> dict[str, Any]:
+        """Behind a pooler: the parameters of the transaction_settings query each transaction
+        sends first (a direct connection's options set them once)."""
+        return transaction_settings(self.schema, self.statement_timeout, read_only=read_only)
+
+
+class Database(PoolSettings):
+    """Synchronous access for producers, the CLI, the API and the operator (a small pool)."""
+
+    def __init__(self, url: str, *, read_pool_size: int | None = None,
+                 **options: Unpack[PoolOptions]) -> None:
+        """``read_pool_size``: a second pool, of read-only connections, for work run under a
+        read-only QueryScope (the API's reads), so that they cannot take every connection.
+        ``options``: PoolSettings' (schema, timeouts, max_size, application_name, pooler)."""
+        super().__init__(url, **options)
+        self._pool = self._new_pool(self.max_size, read_only=False)
+        self._read_pool = None if read_pool_size is None else self._new_pool(
+            read_pool_size, read_only=True)
 
     def _new_pool(self, max_size: int, *, read_only: bool) -> ConnectionPool[_PoolConnection]:
-        def behind_pooler() -> str:
-            self._behind_pooler()
-            return self._info(read_only=read_only)
-
-        def connect_kwargs() -> dict[str, Any]:
-            kwargs: dict[str, Any] = {"autocommit": True}
-            if self.pooler:
-                # Named prepared statements live on one server connection: through a
-                # transaction pooler the next execution may run on another that lacks it.
-                kwargs["prepare_threshold"] = None
-            else:
-                kwargs["skiplock_on_refused"] = behind_pooler
-            return kwargs
-
         return ConnectionPool(
-            lambda: self._info(read_only=read_only),
             connection_class=_PoolConnection,
-            min_size=0,
-            max_size=max_size,
             open=True,
-            timeout=self.connect_timeout,
-            reconnect_timeout=0,
             check=ConnectionPool.check_connection,
-            kwargs=connect_kwargs,
+            **self._pool_arguments(max_size, read_only=read_only),
         )
 
     def _settings(self, conn: psycopg.Connection[Any], *, read_only: bool = False) -> None:
@@ -686,8 +724,8 @@ class Database:
         in the pipeline of an autocommit statement: one implicit transaction until its Sync).
         Nothing on a direct connection, whose options set them once."""
         if self.pooler:
-            conn.execute(Q["transaction_settings"], transaction_settings(
-                self.schema, self.statement_timeout, read_only=read_only))
+            conn.execute(Q["transaction_settings"],
+                         self._transaction_settings(read_only=read_only))
 
     def close(self) -> None:
         self._pool.close()
@@ -1273,10 +1311,7 @@ class WorkerConnection:
                     raise
             self.pooler = True
             self._conninfo = conninfo(*self._connect_args, pooler=True)
-            log.info("the database at %s refused startup options: a transaction pooler "
-                     "(PgBouncer). Sending session settings per transaction, without prepared "
-                     "statements (SKIPLOCK_POOLER=transaction says so up front).",
-                     redact_url(self.url))
+            log_pooler_found(self.url)
         return await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, prepare_threshold=None)
 
@@ -1490,6 +1525,7 @@ class WorkerConnection:
         concurrency: int,
         lease_seconds: float,
     ) -> None:
+        self._registered_worker = worker_id  # the declarer of register_limits
         async with self.cursor("register worker") as cur:
             await cur.execute(
                 Q["register_worker"],
@@ -1607,6 +1643,11 @@ class WorkerConnection:
             await cur.execute(Q["prune_schedule_firings"], {"keep_seconds": keep_seconds})
 
     # -- issue 14: concurrency and rate limits (sql/limits.sql) --
+    # this connection's worker, once registered (declares its limits), and where the limited
+    # claim's walk over each task's keys stopped (the next one starts after it)
+    _registered_worker: str | None = None
+    _key_cursor: Mapping[str, str] = {}  # replaced, never changed in place
+
     async def claim_limited(
         self,
         tasks: Sequence[str],
@@ -1620,10 +1661,11 @@ class WorkerConnection:
     ) -> LimitedClaim:
         """Claim jobs of limited tasks within their free slots (sql/limits.sql). Unlocked:
         one statement, claiming only where the room is far above what any concurrent claim
-        could take. Locked: one short transaction, the tasks' advisory locks first, then the
-        claim in a statement of its own (a snapshot taken after the locks, which sees every
-        claim committed before them). A lock is only tried: the tasks whose lock another
-        claim holds are left to it this time (never a wait behind a stalled holder)."""
+        could take. Locked: the tasks' advisory locks, then the claim in a statement of its
+        own (a snapshot taken after the locks, which sees every claim committed before
+        them), both in one pipeline: one round trip, one implicit transaction (behind a
+        pooler, an explicit one). A lock is only tried: the tasks whose lock another claim
+        holds are left to it this time (never a wait behind a stalled holder)."""
         params = {
             "tasks": list(tasks),
             "queues": list(queues),
@@ -1632,39 +1674,53 @@ class WorkerConnection:
             "lease_seconds": lease_seconds,
             "skip_ids": _int_array(skip_ids),
             "locked": locked,
+            # where each task's walk over its keys stopped last time (fairness, bounded cost)
+            "key_cursor": Jsonb(dict(self._key_cursor)),
         }
         async with self.cursor("claim limited jobs") as cur:
             if not locked:
-                await cur.execute(Q["claim_limited"], params)
-                rows = await cur.fetchall()
-            else:
+                await cur.execute(Q["claim_limited_unlocked"], params)
+            elif self.pooler:
+                # each statement of a _SettingCursor syncs: an explicit transaction keeps the
+                # locks (and the server connection) for the claim
                 async with cur.connection.transaction():
                     await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
-                    row = await cur.fetchone()
-                    locked_tasks = list(row[0]) if row is not None else []
-                    if not locked_tasks:
-                        return LimitedClaim([], need_lock=False)
-                    await cur.execute(Q["claim_limited"], {**params, "tasks": locked_tasks})
-                    rows = await cur.fetchall()
+                    await cur.execute(Q["claim_limited"], params)
+            else:
+                async with cur.connection.pipeline():
+                    await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
+                    await cur.execute(Q["claim_limited"], params)
+            rows = await cur.fetchall()
         # the last row is no job: the tasks the locked pass may find more of (claim_limited)
+        # and where the key walks stopped
         jobs = [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
-                for r in rows if r[10] is None]
+                for r in rows if r[0] is not None]
         lock_tasks = tuple(t for r in rows if r[10] is not None for t in r[10])
+        for r in rows:
+            if r[0] is None and r[11]:
+                self._key_cursor = {**self._key_cursor,
+                                    **{str(k): str(v) for k, v in dict(r[11]).items()}}
         return LimitedClaim(jobs, need_lock=bool(lock_tasks), lock_tasks=lock_tasks)
 
-    async def register_limits(self, limits: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
-        """Store this worker's {task: limits or None} (tasks already registered); returns the
-        tasks whose stored limits changed."""
+    async def register_limits(self, limits: Mapping[str, Mapping[str, Any] | None],
+                              worker_id: str | None = None) -> list[str]:
+        """Store this worker's {task: limits or None} (tasks already registered) as its
+        declaration; returns the tasks whose stored limits changed (the newest-introduced
+        definition a live worker declares wins, sql/limits.sql). ``worker_id``: the
+        declaring worker, by default the one this connection last registered."""
         async with self.cursor("register task limits") as cur:
             await cur.execute(Q["register_limits"], {
                 "names": list(limits),
                 "limits": [Jsonb(dict(v)) if v is not None else None for v in limits.values()],
+                "worker_id": worker_id or self._registered_worker,
             })
             return [str(r[0]) for r in await cur.fetchall()]
 
     async def limited_tasks(self) -> dict[str, dict[str, Any]]:
+        """Every task with limits, after settling which registered definition wins (the
+        registry heartbeat's read, sql/limits.sql `settle_limits`)."""
         async with self.cursor("read task limits") as cur:
-            await cur.execute(Q["limited_tasks"])
+            await cur.execute(Q["settle_limits"])
             return {str(r[0]): dict(r[1]) for r in await cur.fetchall()}
 
     async def adopt_unkeyed(self, limits: Mapping[str, Mapping[str, Any]],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -84,6 +84,36 @@ OUTCOMES_WAITING = Gauge(
 )
 
 
+# Series a worker creates at zero when it starts. A labelled counter otherwise appears with its
+# first increment, and rate()/increase() cannot see that first step (seen on the dashboard
+# snapshot: the first cancels of a run read as 0 cancels/s).
+_PER_QUEUE_TASK = (JOBS_CLAIMED, JOBS_SUCCEEDED, JOBS_RETRIED, JOBS_DEAD, JOBS_CANCELLED,
+                   JOBS_SNOOZED, HANDED_BACK, WAITING_FOR_WORKER)
+STOP_REASONS = ("cancel", "timeout", "lease")
+DB_OPERATIONS = ("claim", "complete", "heartbeat", "listen", "cancel poll", "registry",
+                 "rescue", "scheduler")
+# queues x tasks above this is left to appear on first use: thousands of zero series per pod
+# would cost Prometheus more than the first step is worth
+MAX_DECLARED_PAIRS = 1000
+
+
+def declare_series(queues: Sequence[str], tasks: Sequence[str], services: Sequence[str]) -> None:
+    """Create the worker's known label combinations at zero (idempotent)."""
+    if len(queues) * len(tasks) <= MAX_DECLARED_PAIRS:
+        for metric in _PER_QUEUE_TASK:
+            for queue in queues:
+                for task in tasks:
+                    metric.labels(queue, task)
+    for queue in queues:
+        JOBS_RELEASED.labels(queue)
+    for reason in STOP_REASONS:
+        RUNS_STOPPED.labels(reason)
+    for operation in DB_OPERATIONS:
+        DB_ERRORS.labels(operation)
+    for service in services:
+        SERVICE_FAILURES.labels(service)
+
+
 @functools.lru_cache(maxsize=4096)
 def child(metric: Any, *labels: str) -> Any:
     """A labelled metric child, looked up once (labels() costs more than the increment)."""
@@ -110,6 +140,23 @@ _QUEUE_GAUGES = (
 )
 
 
+_T = TypeVar("_T")
+
+
+def read_or_down(name: str, text: str, read: Callable[[], _T]
+                 ) -> tuple[GaugeMetricFamily, _T | None]:
+    """A scrape-time query and its ``*_up`` gauge: 1 and what it read, or 0 and None when the
+    database did not answer (the scrape still succeeds, without the query's gauges)."""
+    up = GaugeMetricFamily(name, text)
+    try:
+        rows = read()
+    except SkiplockError:
+        up.add_metric([], 0)
+        return up, None
+    up.add_metric([], 1)
+    return up, rows
+
+
 class QueueStatsCollector(Collector):
     """Queue gauges computed at scrape time from skiplock.inspection.queue_stats.
 
@@ -121,17 +168,11 @@ class QueueStatsCollector(Collector):
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "skiplock_queue_stats_up", "1 when the last queue stats query succeeded"
-        )
-        try:
-            stats = self._stats()
-        except SkiplockError:
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        up, stats = read_or_down("skiplock_queue_stats_up",
+                                 "1 when the last queue stats query succeeded", self._stats)
         yield up
+        if stats is None:
+            return
         for suffix, attr, text in _QUEUE_GAUGES:
             family = GaugeMetricFamily(f"skiplock_queue_{suffix}", text, labels=["queue"])
             for s in stats:
@@ -169,16 +210,11 @@ class ScheduleCollector(Collector):
         self._schedules = schedules
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "skiplock_schedule_stats_up", "1 when the last schedules query succeeded")
-        try:
-            rows = self._schedules()
-        except SkiplockError:
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        up, rows = read_or_down("skiplock_schedule_stats_up",
+                                "1 when the last schedules query succeeded", self._schedules)
         yield up
+        if rows is None:
+            return
         late = GaugeMetricFamily(
             "skiplock_schedule_late_seconds",
             "Seconds since a schedule's next firing was due and not yet enqueued (0: on time)",

@@ -189,6 +189,18 @@ def plan(cadence: Cadence, *, next_fire_at: dt.datetime, now: dt.datetime, misse
     return Plan(firings, following, max(0, missed_count - len(late)) + crowded)
 
 
+def put_off(cadence: Cadence | None, expected: dt.datetime | None, now: dt.datetime,
+            seconds: float) -> tuple[dt.datetime, int]:
+    """A schedule that cannot fire is moved to ``now + seconds``, firing nothing: that time,
+    and how many firings the move skips (those in [expected, then), at most COUNT_CAP for a
+    cron), which count as missed like any other dropped firing. None are counted when the
+    cadence cannot be read (nothing can count them) or the schedule had no fire time."""
+    later = now + dt.timedelta(seconds=seconds)
+    if cadence is None or expected is None or expected >= later:
+        return later, 0
+    return later, cadence.count(expected, later - dt.timedelta(microseconds=1), COUNT_CAP)
+
+
 def first_fire_at(cadence: Cadence, now: dt.datetime) -> dt.datetime:
     """A new (or redefined) schedule's first fire time: the first one after now."""
     return cadence.next_after(now)

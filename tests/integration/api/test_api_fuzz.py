@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -65,22 +66,22 @@ def api_schema(base_url: str) -> schemathesis.schemas.BaseSchema:
     return schemathesis.openapi.from_url(f"{base_url}/openapi.json")
 
 
-def _check(case: schemathesis.Case, fuzz_db: str) -> None:
-    with psycopg.connect(fuzz_db, autocommit=True) as conn:
-        before = conn.execute(SNAPSHOT).fetchone()
-        # Reads and writes need a token. A negative case that left out the Authorization header
-        # on purpose is sent without it (the answer must then be a 401), every other with the
-        # write token, which may do everything.
-        header_negative = case.meta is not None and case.meta.is_negative_at(
-            ParameterLocation.HEADER)
-        dropped = header_negative and "authorization" not in {
-            k.lower() for k in (case.headers or {})}
-        response = case.call(headers=None if dropped else AUTH, timeout=30)
-        if dropped:
-            # 401, or the body's own 400/422 when FastAPI fails to parse it before the check.
-            assert response.status_code in (400, 401, 422), (case.method, case.path,
-                                                              response.text)
-        after = conn.execute(SNAPSHOT).fetchone()
+def _check(case: schemathesis.Case, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    # ``conn`` is autocommit: each snapshot sees everything committed before it
+    before = conn.execute(SNAPSHOT).fetchone()
+    # Reads and writes need a token. A negative case that left out the Authorization header
+    # on purpose is sent without it (the answer must then be a 401), every other with the
+    # write token, which may do everything.
+    header_negative = case.meta is not None and case.meta.is_negative_at(
+        ParameterLocation.HEADER)
+    dropped = header_negative and "authorization" not in {
+        k.lower() for k in (case.headers or {})}
+    response = case.call(headers=None if dropped else AUTH, timeout=30)
+    if dropped:
+        # 401, or the body's own 400/422 when FastAPI fails to parse it before the check.
+        assert response.status_code in (400, 401, 422), (case.method, case.path,
+                                                          response.text)
+    after = conn.execute(SNAPSHOT).fetchone()
     assert response.status_code < 500, (case.method, case.path, response.text)
     if response.status_code >= 400:
         assert before == after, (f"{case.method} {case.formatted_path} was rejected with "
@@ -100,17 +101,20 @@ def test_api_conforms_to_its_openapi_document(api_schema: schemathesis.schemas.B
                                               fuzz_db: str, mode: GenerationMode) -> None:
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 8, [op.label for op in operations]
-    for operation in operations:
-        if mode is GenerationMode.NEGATIVE and not list(operation.iter_parameters()):
-            continue  # /healthz, /readyz: nothing to send that could be invalid
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=40, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def run(case: schemathesis.Case) -> None:
-            _check(case, fuzz_db)
+    # One connection for every case's snapshots, not one per case: connecting cost more than
+    # the snapshot queries themselves, over some two thousand cases.
+    with psycopg.connect(fuzz_db, autocommit=True) as conn:
+        for operation in operations:
+            if mode is GenerationMode.NEGATIVE and not list(operation.iter_parameters()):
+                continue  # /healthz, /readyz: nothing to send that could be invalid
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=40, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def run(case: schemathesis.Case) -> None:
+                _check(case, conn)
 
-        try:
-            run()
-        except Exception as exc:
-            exc.add_note(f"operation: {operation.label} ({mode.value})")
-            raise
+            try:
+                run()
+            except Exception as exc:
+                exc.add_note(f"operation: {operation.label} ({mode.value})")
+                raise

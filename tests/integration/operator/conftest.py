@@ -186,8 +186,35 @@ class Cluster:
         return dict(self.core.read_namespaced_pod(name, self.ns).metadata.annotations or {})
 
 
+def _clear_earlier_tests(api: client.ApiClient) -> None:
+    """Delete the JobQueues and JobSchedules earlier tests left (their namespaces stay, see
+    below). Their databases are dropped: an operator started later would poll, and sweep the
+    schedules of, every one of them, each waiting out a connect timeout, which slows its
+    passes and polls by seconds and has nothing to do with what the next test checks. No
+    operator runs between tests, so a finalizer left on one is dropped by hand."""
+    custom = client.CustomObjectsApi(api)
+    for plural in (PLURAL, "jobschedules"):
+        try:
+            items = custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+        except ApiException as exc:
+            if exc.status == 404:  # the JobSchedule CRD is installed by its own module
+                continue
+            raise
+        for item in items:
+            ns, name = item["metadata"]["namespace"], item["metadata"]["name"]
+            try:
+                if item["metadata"].get("finalizers"):
+                    custom.patch_namespaced_custom_object(GROUP, VERSION, ns, plural, name,
+                                                          {"metadata": {"finalizers": None}})
+                custom.delete_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
 @pytest.fixture
 def cluster(admin: client.ApiClient) -> Cluster:
+    _clear_earlier_tests(admin)
     ns = f"jq-{int(time.time()) % 100000}-{next(_ns_counter)}"
     client.CoreV1Api(admin).create_namespace({"metadata": {"name": ns}})
     # Namespaces are never deleted: without a controller-manager they would stay Terminating.

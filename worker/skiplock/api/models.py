@@ -472,8 +472,10 @@ class Problem(BaseModel):
 
 
 # The error answers routes document (OpenAPI), shared by every router of the API.
+# 400 on every route: the Host header must be a trusted one (api/access.py TrustedHosts).
+UNTRUSTED_HOST = "the Host header is not one this server answers to (SKIPLOCK_API_TRUSTED_HOSTS)"
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "the body is not JSON"},
+    400: {"model": Problem, "description": f"the body is not JSON, or {UNTRUSTED_HOST}"},
     401: {"model": Problem, "description": "token missing or wrong"},
     403: {"model": Problem, "description": "the read token cannot change anything, or the "
                                            "request came from another site's page"},
@@ -482,6 +484,7 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "description": "invalid request; `fields` names each bad field"},
 }
 READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": UNTRUSTED_HOST},
     401: AUTH_ERRORS[401], 422: AUTH_ERRORS[422]}
 
 

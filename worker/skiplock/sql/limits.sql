@@ -2,39 +2,49 @@
 --
 -- A limited task's jobs are never claimed by the plain claim (queries.sql `claim`: the worker
 -- passes them in skip_tasks), only by claim_limited, in one of two passes:
--- * unlocked (%(locked)s false), one statement: only for a task-wide limit whose free slots
+-- * unlocked (claim_limited_unlocked), one statement: only for a task-wide limit whose free slots
 --   at our snapshot are at least our batch plus twice the concurrency of every other worker
 --   registered. Claims we cannot see (committed after our snapshot, or not yet) are other
 --   workers', and a worker never holds more than twice its concurrency running (its slots
 --   plus the outcomes waiting to be written, see worker/state.py): so they cannot take the
 --   room we count on, and far from the cap the claims of a limited task run side by side.
--- * locked, in a short transaction of its own, when the unlocked pass claimed less than the
---   batch (near the cap, per-key limits, per-key rates):
---     lock_limited  (one advisory lock per task that needs it, tried, never waited for)
---     claim_limited (a new statement, so a new snapshot that sees every claim committed by
---                    whoever held the lock before us)
+-- * locked, when the unlocked pass claimed less than the batch (near the cap, per-key limits,
+--   rates): lock_limited then claim_limited, sent together in one pipeline (one round trip,
+--   one implicit transaction until its Sync; db.py). Two statements, not one: a statement's
+--   snapshot is taken when it starts, before any lock it takes, so a claim that locked inside
+--   its own statement would not see the claim its lock waited out. claim_limited, a statement
+--   of its own, sees every claim committed by whoever held the lock before us; it claims for
+--   the tasks lock_limited locked only (passed on in a transaction-local setting, since the
+--   pipeline cannot wait for the lock's answer).
 -- A slot is a running job with a live lease: a crashed worker's slots free themselves when
--- its leases expire, with nothing to release and nothing to leak.
+-- its leases expire, with nothing to release and nothing to leak. A rate counts the rows of
+-- limit_starts (one per attempt started, written by the claim itself; 0010_limit_starts.sql).
 
 -- name: lock_limited
 -- Serialises the limited claims of a task (not the plain claim, not other tasks). Never waits:
--- a task whose lock another claim holds is left out (returned are the tasks locked), so a
--- holder that stalls (a slow link, a paused VM) costs the others that task's claims for the
--- moment, not every claim of every worker (the plain claim runs after this one). The holder
--- is claiming that task's free slots anyway; the rest wait for the next claim.
-SELECT coalesce(array_agg(t ORDER BY t), '{}')
+-- a task whose lock another claim holds is left out, so a holder that stalls (a slow link, a
+-- paused VM) costs the others that task's claims for the moment, not every claim of every
+-- worker (the plain claim runs after this one). The holder is claiming that task's free slots
+-- anyway; the rest wait for the next claim. The tasks locked go to claim_limited through
+-- skiplock.limit_locks, local to this transaction (and returned, for a caller that reads).
+SELECT set_config('skiplock.limit_locks', coalesce(array_agg(t ORDER BY t), '{}')::text, true)
 FROM (SELECT DISTINCT t FROM unnest(%(tasks)s::text[]) AS x(t)) AS s
 WHERE pg_try_advisory_xact_lock(hashtextextended(current_schema() || '/limit/' || t, 0));
 
 -- name: claim_limited
--- Up to %(limit)s queued jobs of the limited %(tasks)s within their free slots.
+-- Up to %(limit)s queued jobs of the limited %(tasks)s within their free slots (locked: of
+-- those lock_limited locked in this transaction).
 -- Per task: free = least(concurrency_limit - running, rate_limit - starts in the window).
 -- Per key: free = least(task free, key_limit - running of the key, per-key rate room).
--- Fairness: keys with room are found by a skip scan over jobs_limited_queued_idx; the keys
--- with the fewest running jobs go first (ties in random order, so no key always loses), each
--- key gives at most its share of the batch, and the jobs are picked by how full their key
--- would be (water-filling), then priority and age. So a key with 10,000 jobs cannot starve
--- one with 10.
+-- Fairness, at a cost bounded by the batch: the keys with runnable jobs are walked by a skip
+-- scan over jobs_limited_queued_idx, at most max(16, %(limit)s) keys per task per claim,
+-- starting after the key the previous claim stopped at
+-- (%(key_cursor)s, {task: key}, kept by the caller and returned in the last row) and wrapping
+-- around, so every key comes round however many there are. Of those, the keys with the
+-- fewest running jobs go first (ties in random order), each
+-- gives at most its share of the batch, and the jobs are picked by how full their key would
+-- be (water-filling), then priority and age. So a key with 10,000 jobs cannot starve one
+-- with 10, and 1,000 keys cost a claim of 200 what 200 keys do.
 WITH RECURSIVE lim AS MATERIALIZED (
     SELECT t.name AS task,
            (t.limits ->> 'concurrency_limit')::int AS task_cap,
@@ -44,6 +54,8 @@ WITH RECURSIVE lim AS MATERIALIZED (
            coalesce((t.limits ->> 'rate_per_key')::bool, false) AS rate_per_key
     FROM tasks AS t
     WHERE t.name = ANY(%(tasks)s::text[]) AND t.limits IS NOT NULL
+      AND (NOT %(locked)s::bool OR t.name = ANY(coalesce(
+          nullif(current_setting('skiplock.limit_locks', true), '')::text[], '{}')))
 ), open AS MATERIALIZED (
     -- the claim checks paused queues itself, as the plain claim does; as an array, so the
     -- scan below stays an ordered index scan that stops at its limit (an anti-join against
@@ -61,14 +73,15 @@ WITH RECURSIVE lim AS MATERIALIZED (
                       WHERE j.state = 'running' AND j.task = l.task
                         AND j.concurrency_key IS NOT NULL AND j.locked_until >= now()),
         CASE WHEN l.rate_n IS NOT NULL AND NOT l.rate_per_key THEN
-            l.rate_n - (SELECT count(*) FROM jobs AS j
-                        WHERE j.task = l.task AND j.concurrency_key IS NOT NULL
-                          AND j.started_at > now() - make_interval(secs => l.rate_period))
+            l.rate_n - (SELECT count(*) FROM limit_starts AS s
+                        WHERE s.task = l.task
+                          AND s.started_at > now() - make_interval(secs => l.rate_period))
         END
     ) AS left_
     FROM lim AS l
 ), room AS MATERIALIZED (
     SELECT f.task, f.task_cap, f.key_cap, f.rate_n, f.rate_period, f.rate_per_key,
+           %(key_cursor)s::jsonb ->> f.task AS start,
            CASE WHEN %(locked)s::bool THEN least(%(limit)s::int, f.left_)
                 -- a pure concurrency_limit only: the margin bounds the rows others hold
                 -- running, not how many they start in a rate window (one that finished
@@ -80,36 +93,56 @@ WITH RECURSIVE lim AS MATERIALIZED (
 ), keys AS (
     -- only keys with a job we could claim now (runnable, in an open queue of ours, not
     -- skipped): a key whose jobs are all delayed or elsewhere would take a place in `chosen`
-    -- and a share of the batch (n_keys) and starve the keys that can run
-    SELECT r.task, (SELECT j.concurrency_key FROM jobs AS j
-                    WHERE j.state = 'queued' AND j.task = r.task
-                      AND j.concurrency_key IS NOT NULL
-                      AND j.run_at <= now() AND j.queue = ANY((SELECT queues FROM open)::text[])
-                      AND j.id <> ALL(%(skip_ids)s::bigint[])
-                    ORDER BY j.concurrency_key LIMIT 1) AS k
+    -- and a share of the batch (n_keys) and starve the keys that can run.
+    -- The first row is the cursor itself (n = 0, no key walked; NULL: start at the first
+    -- key). Each step takes the next key, wrapping around once to the first key (phase 1)
+    -- and stopping where the walk began, or after the batch's number of keys (at least 16):
+    -- the claim's cost is bounded by its batch however many keys there are, and the next
+    -- claim goes on from where this one stopped. (The keys' running counts are taken after
+    -- the walk, in key_room: inside it they made the statement's planning three times as
+    -- long.)
+    SELECT r.task, r.start, 0 AS phase, r.start AS k, 0 AS n
     FROM room AS r WHERE r.free > 0
     UNION ALL
-    SELECT s.task, (SELECT j.concurrency_key FROM jobs AS j
-                    WHERE j.state = 'queued' AND j.task = s.task
-                      AND j.concurrency_key > s.k
-                      AND j.run_at <= now() AND j.queue = ANY((SELECT queues FROM open)::text[])
-                      AND j.id <> ALL(%(skip_ids)s::bigint[])
-                    ORDER BY j.concurrency_key LIMIT 1)
-    FROM keys AS s WHERE s.k IS NOT NULL
+    SELECT s.task, s.start, w.phase, w.k, s.n + 1
+    FROM keys AS s
+    CROSS JOIN LATERAL (
+        SELECT (SELECT j.concurrency_key FROM jobs AS j
+                WHERE j.state = 'queued' AND j.task = s.task AND j.concurrency_key > s.k
+                  AND j.run_at <= now() AND j.queue = ANY((SELECT queues FROM open)::text[])
+                  AND j.id <> ALL(%(skip_ids)s::bigint[])
+                ORDER BY j.concurrency_key LIMIT 1) AS k
+    ) AS g
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN g.k IS NOT NULL THEN g.k
+                    -- past the last key (or no cursor): the first key
+                    WHEN s.phase = 0 THEN (
+                        SELECT j.concurrency_key FROM jobs AS j
+                        WHERE j.state = 'queued' AND j.task = s.task
+                          AND j.concurrency_key IS NOT NULL AND j.run_at <= now()
+                          AND j.queue = ANY((SELECT queues FROM open)::text[])
+                          AND j.id <> ALL(%(skip_ids)s::bigint[])
+                        ORDER BY j.concurrency_key LIMIT 1) END AS k,
+               CASE WHEN g.k IS NOT NULL THEN s.phase ELSE 1 END AS phase
+    ) AS w
+    WHERE w.k IS NOT NULL AND s.n < greatest(16, %(limit)s::int)
+      -- phase 1 stops where phase 0 began
+      AND NOT (w.phase = 1 AND s.start IS NOT NULL AND w.k > s.start)
 ), key_room AS MATERIALIZED (
     SELECT s.task, s.k, x.running, r.free AS task_free,
            least(r.free, r.key_cap - x.running,
                  CASE WHEN r.rate_n IS NOT NULL AND r.rate_per_key THEN
-                     r.rate_n - (SELECT count(*) FROM jobs AS j
-                                 WHERE j.task = s.task AND j.concurrency_key = s.k
-                                   AND j.started_at > now() - make_interval(secs => r.rate_period))
+                     r.rate_n - (SELECT count(*) FROM limit_starts AS ls
+                                 WHERE ls.task = s.task AND ls.concurrency_key = s.k
+                                   AND ls.started_at
+                                       > now() - make_interval(secs => r.rate_period))
                  END) AS free
     FROM keys AS s
     JOIN room AS r ON r.task = s.task
     CROSS JOIN LATERAL (SELECT count(*) AS running FROM jobs AS j
                         WHERE j.state = 'running' AND j.task = s.task
                           AND j.concurrency_key = s.k AND j.locked_until >= now()) AS x
-    WHERE s.k IS NOT NULL
+    WHERE s.n > 0
 ), chosen AS MATERIALIZED (
     SELECT c.*, count(*) OVER () AS n_keys
     FROM (SELECT * FROM key_room WHERE free > 0
@@ -148,14 +181,36 @@ WITH RECURSIVE lim AS MATERIALIZED (
     WHERE j.id = picked.id
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
               extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
-              j.timeout_seconds, j.snoozes, j.trace_context
+              j.timeout_seconds, j.snoozes, j.trace_context, j.concurrency_key
+), started AS (
+    -- the starts ledger: every attempt started of a rate-limited task, a retry too (a job's
+    -- started_at is overwritten by its next attempt, so counting jobs let a job failing fast
+    -- start more often than its rate)
+    INSERT INTO limit_starts (task, concurrency_key)
+    SELECT c.task, c.concurrency_key FROM claimed AS c JOIN lim AS l ON l.task = c.task
+    WHERE l.rate_n IS NOT NULL
+), pruned AS (
+    -- and its rows older than their window, a bounded number per claim (twice what a claim
+    -- adds, so the table stays about one window of starts), by the locked pass only (the only
+    -- one that claims for a rate); rows another claim is pruning are left to it
+    DELETE FROM limit_starts AS s
+    WHERE %(locked)s::bool AND s.ctid = ANY(ARRAY(
+        SELECT x.ctid FROM lim AS l JOIN limit_starts AS x ON x.task = l.task
+        WHERE l.rate_n IS NOT NULL
+          AND x.started_at <= now() - make_interval(secs => l.rate_period)
+        LIMIT 2 * %(limit)s::int
+        FOR UPDATE OF x SKIP LOCKED))
 )
-SELECT c.*, NULL::text[] AS need_lock FROM claimed AS c
+SELECT c.id, c.queue, c.task, c.args, c.attempts, c.max_attempts, c.unrunnable_for,
+       c.timeout_seconds, c.snoozes, c.trace_context, NULL::text[] AS need_lock,
+       NULL::jsonb AS key_cursor
+FROM claimed AS c
 UNION ALL
 -- One last row, no job: whether the locked pass could claim anything this one left. Only for
 -- a task the unlocked pass did not serve that has room (or per-key room to look for) and a
 -- runnable job: so an idle limited task, or one at its cap, costs the worker one statement
--- per claim and never a lock. The tasks, so the locked pass locks those only.
+-- per claim and never a lock. The tasks, so the locked pass locks those only. And where each
+-- task's walk over its keys stopped: the next claim starts after it.
 SELECT NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
        NULL::float8, NULL::float8, NULL::int, NULL::jsonb,
        CASE WHEN %(locked)s::bool THEN '{}'::text[] ELSE ARRAY(
@@ -165,15 +220,179 @@ SELECT NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
                          WHERE j.state = 'queued' AND j.task = f.task
                            AND j.concurrency_key IS NOT NULL AND j.run_at <= now()
                            AND j.queue = ANY((SELECT queues FROM open)::text[]))
-           ORDER BY f.task) END
+           ORDER BY f.task) END,
+       (SELECT jsonb_object_agg(w.task, w.k) FROM (
+            SELECT DISTINCT ON (s.task) s.task, s.k FROM keys AS s WHERE s.n > 0
+            ORDER BY s.task, s.n DESC) AS w)
+
+-- name: claim_limited_unlocked
+-- The first, unlocked pass (see the top of this file), as a statement of its own: it claims
+-- only for tasks whose limits are a concurrency_limit alone (no key limit, no rate: their
+-- jobs carry the key ''), when their free slots are at least %(limit)s plus the margin, by
+-- the task's queued jobs in claim order — no key walk, no water-filling, no starts ledger,
+-- so far from the cap a limited task's claim costs about what the plain claim does. The
+-- last row names the tasks the locked pass (claim_limited) may find more of.
+WITH lim AS MATERIALIZED (
+    SELECT t.name AS task,
+           (t.limits ->> 'concurrency_limit')::int AS task_cap,
+           (t.limits ->> 'key_limit') IS NULL AND (t.limits ->> 'rate_limit') IS NULL
+               AS task_wide,
+           (t.limits ->> 'rate_limit')::int AS rate_n,
+           (t.limits ->> 'rate_period')::float8 AS rate_period,
+           coalesce((t.limits ->> 'rate_per_key')::bool, false) AS rate_per_key
+    FROM tasks AS t
+    WHERE t.name = ANY(%(tasks)s::text[]) AND t.limits IS NOT NULL
+), open AS MATERIALIZED (
+    SELECT coalesce(array_agg(q.name), '{}') AS queues FROM unnest(%(queues)s::text[]) AS q(name)
+    WHERE NOT EXISTS (SELECT 1 FROM paused_queues AS p WHERE p.queue = q.name)
+), margin AS MATERIALIZED (
+    -- the most running jobs other workers could add that our snapshot does not show
+    SELECT coalesce(2 * sum(w.concurrency), 0) AS n FROM workers AS w
+    WHERE w.id <> %(worker_id)s
+), free AS MATERIALIZED (
+    SELECT l.task, l.task_wide, least(
+        l.task_cap - (SELECT count(*) FROM jobs AS j
+                      WHERE j.state = 'running' AND j.task = l.task
+                        AND j.concurrency_key IS NOT NULL AND j.locked_until >= now()),
+        CASE WHEN l.rate_n IS NOT NULL AND NOT l.rate_per_key THEN
+            l.rate_n - (SELECT count(*) FROM limit_starts AS s
+                        WHERE s.task = l.task
+                          AND s.started_at > now() - make_interval(secs => l.rate_period))
+        END
+    ) AS left_
+    FROM lim AS l
+), room AS MATERIALIZED (
+    SELECT f.task, f.left_,
+           CASE WHEN f.task_wide AND f.left_ >= %(limit)s::int + (SELECT n FROM margin)
+                THEN %(limit)s::int ELSE 0 END AS free,
+           count(*) FILTER (WHERE f.task_wide
+                                  AND f.left_ >= %(limit)s::int + (SELECT n FROM margin))
+               OVER () AS n_tasks
+    FROM free AS f
+), picked AS (
+    SELECT c.id FROM room AS r
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM jobs AS j
+        WHERE j.state = 'queued' AND j.task = r.task AND j.concurrency_key = ''
+          AND j.run_at <= now() AND j.queue = ANY((SELECT queues FROM open)::text[])
+          AND j.id <> ALL(%(skip_ids)s::bigint[])
+        ORDER BY j.priority, j.run_at, j.id
+        -- several tasks served: each its share of the batch
+        LIMIT ceil(%(limit)s::float8 / r.n_tasks)::int
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE r.free > 0
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE jobs AS j
+    SET state = 'running',
+        attempts = j.attempts + 1,
+        locked_by = %(worker_id)s,
+        locked_until = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now()
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
+              extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
+              j.timeout_seconds, j.snoozes, j.trace_context
+)
+SELECT c.*, NULL::text[] AS need_lock, NULL::jsonb AS key_cursor FROM claimed AS c
+UNION ALL
+-- One last row, no job: the tasks the locked pass could claim more of. A task not served
+-- here that has room and a runnable job; and one served here with runnable jobs under a key
+-- other than '' (queued when the task had per-key limits): those are the locked pass's, whose
+-- key walk finds them. An idle limited task, or one at its cap, costs one statement and no
+-- lock.
+SELECT NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
+       NULL::float8, NULL::float8, NULL::int, NULL::jsonb,
+       ARRAY(
+           SELECT r.task FROM room AS r
+           WHERE (r.free = 0 AND (r.left_ IS NULL OR r.left_ > 0)
+                  AND EXISTS (SELECT 1 FROM jobs AS j
+                              WHERE j.state = 'queued' AND j.task = r.task
+                                AND j.concurrency_key IS NOT NULL AND j.run_at <= now()
+                                AND j.queue = ANY((SELECT queues FROM open)::text[])))
+              OR (r.free > 0
+                  AND EXISTS (SELECT 1 FROM jobs AS j
+                              WHERE j.state = 'queued' AND j.task = r.task
+                                AND j.concurrency_key > '' AND j.run_at <= now()
+                                AND j.queue = ANY((SELECT queues FROM open)::text[])))
+           ORDER BY r.task),
+       NULL::jsonb
 
 -- name: register_limits
--- A worker's declared limits into the catalogue (NULL: the task has none). The last worker to
--- register wins, for every worker at once (docs/limits.md: a rolling deploy).
-UPDATE tasks AS t SET limits = f.limits
-FROM unnest(%(names)s::text[], %(limits)s::jsonb[]) AS f(name, limits)
-WHERE t.name = f.name AND t.limits IS DISTINCT FROM f.limits
+-- A worker's declared limits into the catalogue (NULL: the task has none). Which definition
+-- wins (docs/limits.md, rolling deploys): the newest-introduced one (first registered last)
+-- that a live worker declares. So a restarting pod of an older version re-registers its
+-- definition without taking it back for everybody; once no live worker declares the newer
+-- one (a rollback done), the newest of those still declared wins. %(worker_id)s: the
+-- registering worker (NULL: unknown; its definition then competes for this registration
+-- only). 'null' stands for "no limits" in task_limit_definitions.
+WITH f AS (
+    SELECT f.name, coalesce(f.limits, 'null'::jsonb) AS definition
+    FROM unnest(%(names)s::text[], %(limits)s::jsonb[]) AS f(name, limits)
+    JOIN tasks AS t ON t.name = f.name
+), live AS MATERIALIZED (
+    SELECT coalesce(array_agg(w.id), '{}') AS ids FROM workers AS w
+    WHERE w.last_seen >= now() - make_interval(secs => w.lease_seconds)
+), declared AS (
+    INSERT INTO task_limit_definitions AS d (task, definition, declared_by)
+    SELECT f.name, f.definition,
+           CASE WHEN %(worker_id)s::text IS NULL THEN '{}'::text[]
+                ELSE ARRAY[%(worker_id)s::text] END
+    FROM f
+    ON CONFLICT (task, definition) DO UPDATE
+    SET registered_at = now(),
+        -- the declarers still live, and this one (a bounded list: live workers only)
+        declared_by = ARRAY(SELECT DISTINCT x FROM unnest(d.declared_by || excluded.declared_by)
+                                                   AS u(x)
+                            WHERE x = ANY((SELECT ids FROM live)::text[])
+                               OR x = ANY(excluded.declared_by))
+    RETURNING d.task, d.definition, d.introduced_at
+), winner AS (
+    -- this statement's snapshot does not show `declared`'s rows: the definition just declared
+    -- competes from there, the others (declared by a live worker) from the table
+    SELECT DISTINCT ON (c.task) c.task, c.definition FROM (
+        SELECT dc.task, dc.definition, dc.introduced_at FROM declared AS dc
+        UNION ALL
+        SELECT d.task, d.definition, d.introduced_at
+        FROM task_limit_definitions AS d JOIN f ON f.name = d.task
+        WHERE d.definition <> f.definition
+          AND d.declared_by && (SELECT ids FROM live)::text[]
+    ) AS c
+    ORDER BY c.task, c.introduced_at DESC, c.definition::text
+)
+UPDATE tasks AS t SET limits = nullif(w.definition, 'null'::jsonb)
+FROM winner AS w
+WHERE t.name = w.task AND t.limits IS DISTINCT FROM nullif(w.definition, 'null'::jsonb)
 RETURNING t.name;
+
+-- name: settle_limits
+-- The registry heartbeat's read of every task with limits (limited_tasks), after putting
+-- right which definition wins: the newest-introduced one a live worker declares. A
+-- registration only settles its own tasks at its own moment; this catches up when the
+-- workers that declared the winner have gone since (the last pod of a rollback started
+-- before the last pod of the newer version stopped). Writes only when a task's winner
+-- changed; a task no live worker declares a definition of keeps what it has.
+WITH live AS MATERIALIZED (
+    SELECT coalesce(array_agg(w.id), '{}') AS ids FROM workers AS w
+    WHERE w.last_seen >= now() - make_interval(secs => w.lease_seconds)
+), winner AS (
+    SELECT DISTINCT ON (d.task) d.task, d.definition FROM task_limit_definitions AS d
+    WHERE d.declared_by && (SELECT ids FROM live)::text[]
+    ORDER BY d.task, d.introduced_at DESC, d.definition::text
+), settled AS (
+    UPDATE tasks AS t SET limits = nullif(w.definition, 'null'::jsonb)
+    FROM winner AS w
+    WHERE t.name = w.task AND t.limits IS DISTINCT FROM nullif(w.definition, 'null'::jsonb)
+    RETURNING t.name, t.limits
+)
+-- the snapshot shows the rows before `settled` changed them: those from `settled` instead
+SELECT name, limits FROM tasks
+WHERE limits IS NOT NULL AND name NOT IN (SELECT s.name FROM settled AS s)
+UNION ALL
+SELECT name, limits FROM settled WHERE limits IS NOT NULL
+ORDER BY name;
 
 -- name: limited_tasks
 -- Every task with limits, for the workers' plain claim (which leaves them to claim_limited)
@@ -244,9 +463,10 @@ SELECT q.queue, l.name AS task,
              CASE WHEN (l.limits ->> 'rate_limit') IS NOT NULL
                        AND NOT coalesce((l.limits ->> 'rate_per_key')::bool, false) THEN
                  greatest(0, (l.limits ->> 'rate_limit')::int - (
-                     SELECT count(*) FROM jobs AS j
-                     WHERE j.task = l.name AND j.concurrency_key IS NOT NULL
-                       AND j.started_at > now()
+                     -- the starts ledger, as the claim counts them
+                     SELECT count(*) FROM limit_starts AS s
+                     WHERE s.task = l.name
+                       AND s.started_at > now()
                            - make_interval(secs => (l.limits ->> 'rate_period')::float8)))
              END) AS startable,
        run.n AS running,
@@ -287,7 +507,7 @@ LEFT JOIN LATERAL (
                   AND r.concurrency_key = j.concurrency_key AND r.locked_until >= now())
                    AS running,
                bool_and(x.rated) AS rated,
-               (SELECT count(*) FROM jobs AS r
+               (SELECT count(*) FROM limit_starts AS r
                 WHERE bool_and(x.rated) AND r.task = l.name
                   AND r.concurrency_key = j.concurrency_key
                   AND r.started_at > now() - make_interval(

@@ -194,6 +194,9 @@ RETURNING j.id, j.cancel_reason, j.cancel_requested_at IS NOT NULL AS cancel_req
 -- Fenced completion and its result in one statement: a stale worker updates no row, so it
 -- writes no result either; ON CONFLICT keeps the first result if one was ever written.
 -- A cancel request stored before this statement wins: the job ends cancelled, no result.
+-- A None result (JSON null) writes no row: every reader LEFT JOINs results and gives None
+-- for a missing row, as for a stored null, and the row with its foreign-key check was about
+-- half of this statement's cost (docs/benchmarks.md). Falsy results (0, "", [], {}) are rows.
 WITH done AS (
     UPDATE jobs AS j
     SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'succeeded'::job_state
@@ -213,7 +216,7 @@ WITH done AS (
     RETURNING j.id, j.state, f.result
 ), stored AS (
     INSERT INTO results (job_id, result)
-    SELECT id, result FROM done WHERE state = 'succeeded'
+    SELECT id, result FROM done WHERE state = 'succeeded' AND jsonb_typeof(result) <> 'null'
     ON CONFLICT (job_id) DO NOTHING
 )
 SELECT id, state::text FROM done;

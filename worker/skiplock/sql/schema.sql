@@ -208,6 +208,22 @@ CREATE INDEX jobs_limited_started_idx ON jobs (task, started_at)
     WHERE concurrency_key IS NOT NULL AND started_at IS NOT NULL;
 CREATE INDEX jobs_runnable_unlimited_idx ON jobs (queue, priority, run_at, id)
     WHERE state = 'queued' AND concurrency_key IS NULL;
+-- Rate limits' ledger of starts, and which registered limits win (see 0010_limit_starts.sql).
+CREATE TABLE limit_starts (
+    task            text        NOT NULL,
+    concurrency_key text        NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX limit_starts_task_idx ON limit_starts (task, started_at);
+CREATE INDEX limit_starts_key_idx ON limit_starts (task, concurrency_key, started_at);
+CREATE TABLE task_limit_definitions (
+    task          text        NOT NULL,
+    definition    jsonb       NOT NULL,
+    introduced_at timestamptz NOT NULL DEFAULT now(),
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    declared_by   text[]      NOT NULL DEFAULT '{}',
+    PRIMARY KEY (task, definition)
+);
 
 -- Periodic jobs (see 0009_schedules.sql).
 CREATE TABLE schedules (

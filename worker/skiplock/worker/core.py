@@ -254,6 +254,7 @@ class Worker:
             self.concurrency,
             self.lease_seconds,
         )
+        metrics.declare_series(self.queues, list(self.app.tasks), list(self.services))
         try:
             # The monitor first: /livez must not call a worker still retrying its start-up
             # (a slow database) "stuck".

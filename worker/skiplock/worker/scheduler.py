@@ -22,12 +22,12 @@ from typing import Any
 
 from .. import metrics
 from ..app import App
-from ..cron import CadenceError
+from ..cron import Cadence, CadenceError
 from ..db import WorkerConnection
 from ..errors import DatabaseUnavailable, SkiplockError
 from ..limits import KeyProblem, key_for
 from ..outcomes import storable_text
-from ..schedules import cadence_of, first_fire_at, plan, schedule_params
+from ..schedules import cadence_of, first_fire_at, plan, put_off, schedule_params
 from .loops import every
 
 log = logging.getLogger("skiplock.worker")
@@ -105,7 +105,11 @@ class Scheduler:
                     self._broken.add(name)
                     log.error("schedule %r cannot fire: %s (retried every %.0fs)", name, exc,
                               BROKEN_RETRY_SECONDS)
-                await self._put_off(name, row["next_fire_at"], row["now"])
+                try:
+                    cadence: Cadence | None = cadence_of(row)
+                except CadenceError:
+                    cadence = None
+                await self._put_off(name, row["next_fire_at"], row["now"], cadence)
         return enqueued
 
     async def _fire(self, row: dict[str, Any]) -> int:
@@ -119,7 +123,7 @@ class Scheduler:
                 self._broken.add(name)
                 log.error("schedule %r cannot fire: %s (retried every %.0fs)", name, exc,
                           BROKEN_RETRY_SECONDS)
-            await self._put_off(name, expected, now)
+            await self._put_off(name, expected, now, None)
             return 0
         if expected is None:
             await self.db.start_schedule(name, first_fire_at(cadence, now))
@@ -145,7 +149,7 @@ class Scheduler:
                 # which fires it within a pass; still due a while later, no live worker has
                 # it: put off (the late metric says so), not left to block the due list
                 if (now - expected).total_seconds() > STALE_SECONDS:
-                    await self._put_off(name, expected, now)
+                    await self._put_off(name, expected, now, cadence)
                 return 0
             # no job that could slip past a limit: the firings are dropped, loudly
             if name not in self._broken:
@@ -169,11 +173,18 @@ class Scheduler:
                         len(late))
         return len(jobs)
 
-    async def _put_off(self, name: str, expected: dt.datetime | None, now: dt.datetime) -> None:
+    async def _put_off(self, name: str, expected: dt.datetime | None, now: dt.datetime,
+                       cadence: Cadence | None) -> None:
         """Move a schedule that cannot fire out of the due list for BROKEN_RETRY_SECONDS,
-        firing nothing (under the same race rule as a plan: only from the value read)."""
-        later = now + dt.timedelta(seconds=BROKEN_RETRY_SECONDS)
+        firing nothing (under the same race rule as a plan: only from the value read). The
+        firings that skips count as missed (schedules.put_off), when the cadence can count
+        them."""
+        # cron steps (a count of up to COUNT_CAP): off the event loop, as for plan
+        later, skipped = await asyncio.to_thread(put_off, cadence, expected, now,
+                                                 BROKEN_RETRY_SECONDS)
         if expected is None:
             await self.db.start_schedule(name, later)
-        else:
-            await self.db.fire_schedule(name, expected, later, [], 0, None)
+            return
+        won, _ = await self.db.fire_schedule(name, expected, later, [], skipped, None)
+        if won and skipped:
+            metrics.SCHEDULE_MISSED.labels(name).inc(skipped)

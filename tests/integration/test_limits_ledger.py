@@ -1,0 +1,198 @@
+"""Limits, second round: the starts ledger (a retry is a start), the bounded key walk, the
+one-round-trip locked pass and which registered limits win. On a real Postgres, the claim
+and registration statements called as the worker calls them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import psycopg
+
+from skiplock.db import WorkerConnection
+
+Sql = Callable[..., list[tuple[Any, ...]]]
+T = TypeVar("T")
+
+
+def _task(sql: Sql, name: str, limits: dict[str, Any] | None) -> None:
+    sql("INSERT INTO tasks (name, params, max_attempts, queue, limits) "
+        "VALUES (%s, '{}', 3, 'q', %s)", name, json.dumps(limits) if limits else None)
+
+
+def _with_conn(database_url: str,
+               use: Callable[[WorkerConnection], Coroutine[Any, Any, T]]) -> T:
+    async def go() -> T:
+        conn = WorkerConnection(database_url, schema="skiplock", connect_timeout=5,
+                                statement_timeout=10, application_name="test")
+        try:
+            return await use(conn)
+        finally:
+            await conn.close()
+    return asyncio.run(go())
+
+
+def _retry(sql: Sql, ids: list[int]) -> None:
+    """What a failed attempt with retries left does to the job: queued again, runnable now."""
+    sql("UPDATE jobs SET state = 'queued', locked_by = NULL, locked_until = NULL "
+        "WHERE id = ANY(%s)", ids)
+
+
+def test_a_retry_counts_as_a_start(database_url: str, sql: Sql) -> None:
+    """S3: one job failing fast, a rate of 3 a minute (task-wide) and 2 a minute per key:
+    each attempt is a start, so the 4th (3rd) claim within the minute gets nothing (counting
+    jobs' started_at, overwritten by each retry, let it start every time)."""
+    _task(sql, "rated", {"rate_limit": 3, "rate_period": 60})
+    _task(sql, "keyrated", {"key": "arg:t", "rate_limit": 2, "rate_period": 60,
+                            "rate_per_key": True})
+    sql("INSERT INTO jobs (queue, task, concurrency_key, max_attempts) "
+        "VALUES ('q', 'rated', '', 10), ('q', 'keyrated', 'a', 10)")
+
+    async def use(conn: WorkerConnection) -> dict[str, list[int]]:
+        got: dict[str, list[int]] = {"rated": [], "keyrated": []}
+        for _ in range(5):
+            for task in got:
+                claim = await conn.claim_limited([task], ["q"], 5, "w:1:x", 30, locked=True)
+                got[task].append(len(claim.jobs))
+                _retry(sql, [j.id for j in claim.jobs])
+        return got
+    assert _with_conn(database_url, use) == {"rated": [1, 1, 1, 0, 0],
+                                             "keyrated": [1, 1, 0, 0, 0]}
+    assert sql("SELECT task, concurrency_key, count(*) FROM limit_starts "
+               "GROUP BY 1, 2 ORDER BY 1") == [("keyrated", "a", 2), ("rated", "", 3)]
+    [(attempts,)] = sql("SELECT attempts FROM jobs WHERE task = 'rated'")
+    assert attempts == 3
+
+
+def test_the_ledger_is_pruned_to_its_window(database_url: str, sql: Sql) -> None:
+    """Rows older than the task's window go, a bounded number per claim (twice its batch):
+    the ledger holds about one window of starts, whatever ran before."""
+    _task(sql, "rated", {"rate_limit": 100, "rate_period": 60})
+    sql("INSERT INTO limit_starts (task, concurrency_key, started_at) "
+        "SELECT 'rated', '', now() - interval '2 hours' FROM generate_series(1, 25)")
+    sql("INSERT INTO limit_starts (task, concurrency_key, started_at) "
+        "SELECT 'rated', '', now() - interval '10 seconds' FROM generate_series(1, 3)")
+    sql("INSERT INTO jobs (queue, task, concurrency_key) "
+        "SELECT 'q', 'rated', '' FROM generate_series(1, 4)")
+
+    async def use(conn: WorkerConnection) -> list[int]:
+        sizes = []
+        for _ in range(3):
+            await conn.claim_limited(["rated"], ["q"], 5, "w:1:x", 30, locked=True)
+            [(n,)] = sql("SELECT count(*) FROM limit_starts WHERE started_at < now() - "
+                         "interval '1 minute'")
+            sizes.append(int(n))
+        return sizes
+    assert _with_conn(database_url, use) == [15, 5, 0]
+    # the starts within the window stay: 3 seeded, 4 claimed
+    [(recent,)] = sql("SELECT count(*) FROM limit_starts")
+    assert recent == 7
+
+
+def test_the_key_walk_is_bounded_and_comes_round(database_url: str, sql: Sql) -> None:
+    """A claim walks at most max(16, batch) keys, from where the previous one stopped: of
+    100 keys at their cap and one with room after them, claims of 1 find nothing until the
+    walk gets there (the 7th: 6 x 16 full keys first), each claim going on where the last
+    stopped; then, past the last key, the walk wraps around and the first key, freed
+    meanwhile, comes round within one round of the keys. (A walk over every key found the
+    free key at once, at a cost in proportion to all the keys.)"""
+    _task(sql, "keyed", {"key": "arg:t", "key_limit": 1})
+    sql("INSERT INTO jobs (queue, task, concurrency_key, state, attempts, locked_by, "
+        "locked_until, started_at) SELECT 'q', 'keyed', 'k' || lpad(g::text, 3, '0'), "
+        "'running', 1, 'other:1:x', now() + interval '1 hour', now() "
+        "FROM generate_series(0, 99) AS g")
+    sql("INSERT INTO jobs (queue, task, concurrency_key) "
+        "SELECT 'q', 'keyed', 'k' || lpad(g::text, 3, '0') FROM generate_series(0, 100) AS g")
+
+    def keys_of(ids: list[int]) -> list[str]:
+        return [str(k) for i in ids
+                for (k,) in sql("SELECT concurrency_key FROM jobs WHERE id = %s", i)]
+
+    async def use(conn: WorkerConnection) -> list[list[str]]:
+        keys = []
+        for _ in range(7):
+            got = await conn.claim_limited(["keyed"], ["q"], 1, "w:1:x", 30, locked=True)
+            keys.append(keys_of([j.id for j in got.jobs]))
+        sql("UPDATE jobs SET state = 'succeeded', finished_at = now(), locked_by = NULL, "
+            "locked_until = NULL WHERE state = 'running' AND concurrency_key = 'k000' "
+            "AND locked_by = 'other:1:x'")
+        # a full round of the 101 keys is at most 7 claims: k000 comes round within it
+        for _ in range(7):
+            got = await conn.claim_limited(["keyed"], ["q"], 1, "w:1:x", 30, locked=True)
+            keys.append(keys_of([j.id for j in got.jobs]))
+        return keys
+    keys = _with_conn(database_url, use)
+    assert keys[:7] == [[]] * 6 + [["k100"]]
+    assert [k for ks in keys[7:] for k in ks] == ["k000"]
+
+
+def test_the_locked_pass_claims_only_the_tasks_it_locked(database_url: str, sql: Sql) -> None:
+    """Lock and claim go out in one pipeline: the claim cannot see the lock's answer, so it
+    reads the tasks locked from the transaction's setting. A task whose lock is held
+    elsewhere is not claimed (the claim would otherwise run unserialised), and nothing of
+    the setting outlives the transaction."""
+    _task(sql, "a", {"concurrency_limit": 1})
+    _task(sql, "b", {"concurrency_limit": 1})
+    sql("INSERT INTO jobs (queue, task, concurrency_key) VALUES ('q', 'a', ''), ('q', 'b', '')")
+    holder = psycopg.connect(database_url, options="-c search_path=skiplock,public")
+    try:
+        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended("
+                       "current_schema() || '/limit/' || 'a', 0))")
+
+        async def use(conn: WorkerConnection) -> tuple[list[str], list[str], object]:
+            got = await conn.claim_limited(["a", "b"], ["q"], 5, "w:1:x", 30, locked=True)
+            again = await conn.claim_limited(["a", "b"], ["q"], 5, "w:1:x", 30, locked=True)
+            conn_ = await conn._get()
+            left = await (await conn_.execute(
+                "SELECT current_setting('skiplock.limit_locks', true)")).fetchone()
+            return [j.task for j in got.jobs], [j.task for j in again.jobs], left
+        first, second, left = _with_conn(database_url, use)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert first == ["b"]
+    assert second == []  # a still locked elsewhere, b at its cap
+    assert left in (None, ("",))
+
+
+def test_an_older_registration_does_not_take_the_limit_back(
+        database_url: str, sql: Sql) -> None:
+    """S5: v0 had no limits, v1 says 5, v2 says 3, registered in that order: 3 for
+    everybody. A v1 or v0 pod restarting while v2 runs leaves it at 3 (it used to write 5,
+    or clear it, until the next v2 pod started). Once no v2 worker is live (a rollback), a
+    v1 registration wins again, and so does the heartbeat's settling when the last v2 worker
+    goes after the last v1 pod registered."""
+    _task(sql, "t", None)
+    v1, v2 = {"concurrency_limit": 5}, {"concurrency_limit": 3}
+
+    async def register(conn: WorkerConnection, worker: str,
+                       limits: dict[str, Any] | None) -> None:
+        await conn.register_worker(worker, ["q"], {"t": {}}, 2, 30)
+        await conn.register_limits({"t": limits})
+
+    def stored() -> Any:
+        return sql("SELECT limits FROM tasks WHERE name = 't'")[0][0]
+
+    async def use(conn: WorkerConnection) -> list[Any]:
+        seen = []
+        for worker, limits in [("v0-a", None), ("v1-a", v1), ("v2-a", v2),
+                               ("v1-b", v1),     # an old pod restarts mid-rollout
+                               ("v0-b", None)]:  # and one of the version without limits
+            await register(conn, worker, limits)
+            seen.append(stored())
+        seen.append((await conn.limited_tasks())["t"])  # the heartbeat keeps it
+        # rollback: v2-a gone, then a v1 pod registers
+        sql("DELETE FROM workers WHERE id = 'v2-a'")
+        await register(conn, "v1-c", v1)
+        seen.append(stored())
+        # v2 once more (its definition has a live declarer again: it wins), then its only
+        # worker goes while nobody registers: the heartbeat's settling brings back v1
+        await register(conn, "v2-b", v2)
+        seen.append(stored())
+        sql("UPDATE workers SET last_seen = now() - interval '1 hour' WHERE id = 'v2-b'")
+        seen.append((await conn.limited_tasks())["t"])
+        seen.append(stored())
+        return seen
+    assert _with_conn(database_url, use) == [None, v1, v2, v2, v2, v2, v1, v2, v1, v1]

@@ -104,7 +104,8 @@ def limit_variants(batch: int) -> dict[str, tuple[str, dict[str, str], str]]:
     if unkeyed not in q["claim"]:
         raise SystemExit("claim_cost: the claim statement changed; update the variants")
     old_plain = _statement(q["claim"].replace(unkeyed, "")) + _FINISH
-    unlocked = _statement(q["claim_limited"].replace("%(locked)s", "false"))
+    # the worker's own unlocked pass (db.py claim_limited: claim_limited_unlocked)
+    unlocked = _statement(q["claim_limited_unlocked"])
     locked = ("\\startpipeline\n" + _statement(q["lock_limited"])
               + _statement(q["claim_limited"].replace("%(locked)s", "true")) + "\\endpipeline\n")
     limited = {"tasks": "{noop}", "skip_ids": "{}", "key_cursor": "{}"}

@@ -196,3 +196,29 @@ def test_an_older_registration_does_not_take_the_limit_back(
         seen.append(stored())
         return seen
     assert _with_conn(database_url, use) == [None, v1, v2, v2, v2, v2, v1, v2, v1, v1]
+
+
+def test_a_slower_settle_does_not_put_an_older_winner_back(database_url: str, sql: Sql) -> None:
+    """tasks.limits is written by compare-and-set: a heartbeat's settle that read the row
+    before a newer registration committed (and then waited on its row lock) leaves the newer
+    limit alone instead of writing the older winner its snapshot chose."""
+    stale, v1, v2 = {"concurrency_limit": 7}, {"concurrency_limit": 5}, {"concurrency_limit": 3}
+    _task(sql, "t", None)
+
+    async def use(conn: WorkerConnection) -> Any:
+        await conn.register_worker("v1-a", ["q"], {"t": {}}, 2, 30)
+        await conn.register_limits({"t": v1})
+        # the row as a slow settle's snapshot will see it: not the winner (v1)
+        sql("UPDATE tasks SET limits = %s WHERE name = 't'", json.dumps(stale))
+        with psycopg.connect(database_url) as newer:
+            # a newer registration's write, not committed yet: the settle waits on its lock
+            newer.execute("UPDATE skiplock.tasks SET limits = %s WHERE name = 't'",
+                          (json.dumps(v2),))
+            settle = asyncio.create_task(conn.limited_tasks())
+            await asyncio.sleep(1.0)
+            assert not settle.done(), "the settle should be waiting on the row lock"
+            newer.commit()
+        await settle
+        return sql("SELECT limits FROM tasks WHERE name = 't'")[0][0]
+
+    assert _with_conn(database_url, use) == v2

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from skiplock.app import App, JobContext
@@ -239,6 +239,7 @@ _json = st.recursive(
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(_json, min_size=1, max_size=4))
+@example(values=[-0.0, {"z": -0.0, "a": 1e20}])  # jsonb has no negative zero
 def test_adoption_gives_the_producers_key(database_url: str, sql: Sql,
                                           values: list[Any]) -> None:
     """S6: a job enqueued without its key gets, from the workers, the key its producer would

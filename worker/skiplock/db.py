@@ -1680,9 +1680,10 @@ class WorkerConnection:
         async with self.cursor("claim limited jobs") as cur:
             if not locked:
                 await cur.execute(Q["claim_limited_unlocked"], params)
-            elif self.pooler:
+            elif self.pooler or not psycopg.Pipeline.is_supported():
                 # each statement of a _SettingCursor syncs: an explicit transaction keeps the
-                # locks (and the server connection) for the claim
+                # locks (and the server connection) for the claim; likewise with a libpq
+                # older than 14 (no pipeline mode), at one round trip more
                 async with cur.connection.transaction():
                     await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
                     await cur.execute(Q["claim_limited"], params)

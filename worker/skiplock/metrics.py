@@ -92,8 +92,9 @@ _PER_QUEUE_TASK = (JOBS_CLAIMED, JOBS_SUCCEEDED, JOBS_RETRIED, JOBS_DEAD, JOBS_C
 STOP_REASONS = ("cancel", "timeout", "lease")
 DB_OPERATIONS = ("claim", "complete", "heartbeat", "listen", "cancel poll", "registry",
                  "rescue", "scheduler")
-# queues x tasks above this is left to appear on first use: thousands of zero series per pod
-# would cost Prometheus more than the first step is worth
+# queues x tasks above this is left to appear on first use (each of the 8 metrics above has
+# one series per pair): thousands of zero series per pod would cost Prometheus more than the
+# first step is worth
 MAX_DECLARED_PAIRS = 1000
 
 

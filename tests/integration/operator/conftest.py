@@ -188,9 +188,10 @@ class Cluster:
 
 def _clear_earlier_tests(api: client.ApiClient) -> None:
     """Delete the JobQueues and JobSchedules earlier tests left (their namespaces stay, see
-    below). Their databases are dropped: an operator started later would poll, and sweep the
-    schedules of, every one of them, each waiting out a connect timeout, which slows its
-    passes and polls by seconds and has nothing to do with what the next test checks. No
+    below). The databases they point at were dropped by their tests: an operator started
+    later would poll, and sweep the schedules of, every one of them, each waiting out a
+    connect timeout, which slows its passes and polls by seconds and has nothing to do with
+    what the next test checks. No
     operator runs between tests, so a finalizer left on one is dropped by hand."""
     custom = client.CustomObjectsApi(api)
     for plural in (PLURAL, "jobschedules"):

@@ -328,8 +328,9 @@ SELECT NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
 -- one (a rollback done), the newest of those still declared wins. %(worker_id)s: the
 -- registering worker (NULL: unknown; its definition then competes for this registration
 -- only). 'null' stands for "no limits" in task_limit_definitions.
-WITH f AS (
-    SELECT f.name, coalesce(f.limits, 'null'::jsonb) AS definition
+WITH f AS MATERIALIZED (
+    -- `seen`: the task's limits in this statement's snapshot, for the compare-and-set below
+    SELECT f.name, coalesce(f.limits, 'null'::jsonb) AS definition, t.limits AS seen
     FROM unnest(%(names)s::text[], %(limits)s::jsonb[]) AS f(name, limits)
     JOIN tasks AS t ON t.name = f.name
 ), live AS MATERIALIZED (
@@ -362,9 +363,14 @@ WITH f AS (
     ) AS c
     ORDER BY c.task, c.introduced_at DESC, c.definition::text
 )
+-- Compare-and-set: a registration or settle that committed since this snapshot (its row is
+-- re-checked under READ COMMITTED) may have written a newer winner; this statement then
+-- leaves the row alone instead of putting an older definition back (the next heartbeat's
+-- settle_limits decides again from what is committed).
 UPDATE tasks AS t SET limits = nullif(w.definition, 'null'::jsonb)
-FROM winner AS w
+FROM winner AS w JOIN f ON f.name = w.task
 WHERE t.name = w.task AND t.limits IS DISTINCT FROM nullif(w.definition, 'null'::jsonb)
+  AND t.limits IS NOT DISTINCT FROM f.seen
 RETURNING t.name;
 
 -- name: settle_limits
@@ -377,14 +383,17 @@ RETURNING t.name;
 WITH live AS MATERIALIZED (
     SELECT coalesce(array_agg(w.id), '{}') AS ids FROM workers AS w
     WHERE w.last_seen >= now() - make_interval(secs => w.lease_seconds)
-), winner AS (
-    SELECT DISTINCT ON (d.task) d.task, d.definition FROM task_limit_definitions AS d
+), winner AS MATERIALIZED (
+    -- `seen`: the task's limits in this snapshot, for the compare-and-set (register_limits)
+    SELECT DISTINCT ON (d.task) d.task, d.definition, t.limits AS seen
+    FROM task_limit_definitions AS d JOIN tasks AS t ON t.name = d.task
     WHERE d.declared_by && (SELECT ids FROM live)::text[]
     ORDER BY d.task, d.introduced_at DESC, d.definition::text
 ), settled AS (
     UPDATE tasks AS t SET limits = nullif(w.definition, 'null'::jsonb)
     FROM winner AS w
     WHERE t.name = w.task AND t.limits IS DISTINCT FROM nullif(w.definition, 'null'::jsonb)
+      AND t.limits IS NOT DISTINCT FROM w.seen
     RETURNING t.name, t.limits
 )
 -- the snapshot shows the rows before `settled` changed them: those from `settled` instead

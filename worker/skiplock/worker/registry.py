@@ -58,8 +58,8 @@ class Registry:
             self.state.concurrency,
             self.state.lease_seconds,
         )
-        # Our limits into the catalogue: the last worker to register wins, for all workers
-        # at once (docs/limits.md, "rolling deploys").
+        # Our limits into the catalogue: the newest definition a live worker declares wins,
+        # for all workers at once (docs/limits.md, "rolling deploys").
         changed = await self.db.register_limits(
             {t.name: t.limits.as_json() for t in self.app.tasks.values()})
         if changed:

@@ -13,6 +13,15 @@ CREATE TABLE limit_starts (
 );
 CREATE INDEX limit_starts_task_idx ON limit_starts (task, started_at);
 CREATE INDEX limit_starts_key_idx ON limit_starts (task, concurrency_key, started_at);
+-- Seeded with the starts of the current window as the jobs show them (each job's latest
+-- attempt), so the first window after the upgrade is not counted from zero. Workers of the
+-- previous version write no rows here while the rollout lasts (docs/limits.md says so).
+INSERT INTO limit_starts (task, concurrency_key, started_at)
+SELECT j.task, j.concurrency_key, j.started_at
+FROM jobs AS j JOIN tasks AS t ON t.name = j.task
+WHERE j.concurrency_key IS NOT NULL AND j.started_at IS NOT NULL
+  AND t.limits ? 'rate_period'
+  AND j.started_at > now() - make_interval(secs => (t.limits ->> 'rate_period')::float8);
 
 -- Every definition of a task's limits a worker has registered ('null' for "no limits"):
 -- when it was first registered, and the workers that declared it. tasks.limits is the

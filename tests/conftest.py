@@ -4,6 +4,7 @@ from a migrated template (fast), and helpers to run real worker processes."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,17 @@ from tests.support.pgserver import PgServer, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """The CLI run in-process points the root logger at the sys.stderr of that moment (the
+    test's capture); restored after each test so later tests do not log into a closed file."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -112,6 +112,9 @@ WITH RECURSIVE lim AS MATERIALIZED (
                   AND j.run_at <= now() AND j.queue = ANY((SELECT queues FROM open)::text[])
                   AND j.id <> ALL(%(skip_ids)s::bigint[])
                 ORDER BY j.concurrency_key LIMIT 1) AS k
+        -- OFFSET 0 keeps this a subquery of its own, evaluated once per step: pulled up,
+        -- each mention of g.k below ran the index probe again (six per key walked)
+        OFFSET 0
     ) AS g
     CROSS JOIN LATERAL (
         SELECT CASE WHEN g.k IS NOT NULL THEN g.k
@@ -290,8 +293,10 @@ WITH lim AS MATERIALIZED (
         locked_by = %(worker_id)s,
         locked_until = now() + make_interval(secs => %(lease_seconds)s),
         started_at = now()
-    FROM picked
-    WHERE j.id = picked.id
+    -- by an array of ids, not a join: the plan is then an index lookup per id whatever the
+    -- planner guesses of picked's size, so the generic plan of the prepared statement is as
+    -- good as a custom one (joined, it hashed the whole jobs table) and planning is skipped
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
               extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
               j.timeout_seconds, j.snoozes, j.trace_context

@@ -137,8 +137,10 @@ SET state = 'running',
     locked_by = %(worker_id)s,
     locked_until = now() + make_interval(secs => %(lease_seconds)s),
     started_at = now()
-FROM picked
-WHERE j.id = picked.id
+-- by an array of ids, not a join: an index lookup per id whatever the planner guesses of
+-- picked's size, so the prepared statement's generic plan is as good as a custom one (as a
+-- join, with LIMIT unknown, it hashed the whole jobs table)
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
           extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
           j.timeout_seconds, j.snoozes, j.trace_context;

@@ -204,8 +204,6 @@ CREATE INDEX jobs_limited_queued_idx ON jobs (task, concurrency_key, priority, r
     WHERE state = 'queued' AND concurrency_key IS NOT NULL;
 CREATE INDEX jobs_limited_running_idx ON jobs (task, concurrency_key, locked_until)
     WHERE state = 'running' AND concurrency_key IS NOT NULL;
-CREATE INDEX jobs_limited_started_idx ON jobs (task, started_at)
-    WHERE concurrency_key IS NOT NULL AND started_at IS NOT NULL;
 CREATE INDEX jobs_runnable_unlimited_idx ON jobs (queue, priority, run_at, id)
     WHERE state = 'queued' AND concurrency_key IS NULL;
 -- Rate limits' ledger of starts, and which registered limits win (see 0010_limit_starts.sql).

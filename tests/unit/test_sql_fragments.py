@@ -49,3 +49,22 @@ def test_a_fragment_is_parenthesised_and_names_are_unique(monkeypatch: pytest.Mo
     monkeypatch.setattr(sql, "QUERY_FILES", ("a.sql", "b.sql"))
     with pytest.raises(RuntimeError, match=r"'f' is defined in a\.sql and b\.sql"):
         sql.queries()
+
+
+def test_a_clause_is_included_as_written_without_its_comment(
+        monkeypatch: pytest.MonkeyPatch, fresh_cache: None) -> None:
+    files = {"a.sql": "-- clause: cols\n-- why these\n-- and in this order\na, b\n\n"
+                      "-- name: q\nSELECT {{cols}}, c FROM t;\n"}
+    monkeypatch.setattr(sql, "_read", files.__getitem__)
+    monkeypatch.setattr(sql, "QUERY_FILES", ("a.sql",))
+    assert sql.queries() == {"q": "SELECT a, b, c FROM t"}
+
+
+def test_every_claim_writes_and_returns_the_same_things() -> None:
+    queries = sql.queries()
+    claims = ("claim", "claim_limited", "claim_limited_unlocked")
+    for name in claims:
+        assert "locked_until = now() + make_interval(secs => %(lease_seconds)s)" in queries[name]
+        assert "j.timeout_seconds, j.snoozes, j.trace_context" in queries[name]
+    users = sorted(n for n, t in queries.items() if "attempts = j.attempts + 1" in t)
+    assert users == sorted(claims)

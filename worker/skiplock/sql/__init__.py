@@ -6,9 +6,11 @@ import re
 from functools import cache
 from importlib import resources
 
-# A query starts at `-- name: x`; a fragment (a piece of SQL several queries share, such as the
-# jobs filter) at `-- fragment: x`, and a query includes it with {{x}}.
-_PART = re.compile(r"^-- (name|fragment): (\w+)\s*$", re.MULTILINE)
+# A query starts at `-- name: x`; a fragment (a condition several queries share, such as the
+# jobs filter) at `-- fragment: x`, and a query includes it with {{x}}, parenthesised; a clause
+# (a piece of a statement several share, such as the claim's SET list) at `-- clause: x`,
+# included with {{x}} as it is written.
+_PART = re.compile(r"^-- (name|fragment|clause): (\w+)\s*$", re.MULTILINE)
 _INCLUDE = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -27,18 +29,23 @@ def queries() -> dict[str, str]:
     replaced by fragment x (parenthesised, so it composes with the AND or OR around it)."""
     found: dict[str, str] = {}
     fragments: dict[str, str] = {}
+    clauses: dict[str, str] = {}
     where: dict[str, str] = {}
     for file in QUERY_FILES:
         parts = _PART.split(_read(file))
         for kind, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
             if name in where:
                 raise RuntimeError(f"{name!r} is defined in {where[name]} and {file}")
-            (found if kind == "name" else fragments)[name] = body.strip().rstrip(";")
+            {"name": found, "fragment": fragments, "clause": clauses}[kind][name] = (
+                body.strip().rstrip(";"))
             where[name] = file
 
     def include(match: re.Match[str]) -> str:
         # An unknown name fails here, at import: a query that silently lost its filter
         # could act on every job.
+        if match[1] in clauses:
+            # without its leading comment: included mid-line, a comment would run on
+            return re.sub(r"\A(?:--[^\n]*\n)+", "", clauses[match[1]])
         if match[1] not in fragments:
             raise RuntimeError(f"{{{{{match[1]}}}}} names no fragment in {QUERY_FILES}")
         return f"(\n{fragments[match[1]]}\n)"

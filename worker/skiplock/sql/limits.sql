@@ -175,16 +175,9 @@ WITH RECURSIVE lim AS MATERIALIZED (
     LIMIT %(limit)s
 ), claimed AS (
     UPDATE jobs AS j
-    SET state = 'running',
-        attempts = j.attempts + 1,
-        locked_by = %(worker_id)s,
-        locked_until = now() + make_interval(secs => %(lease_seconds)s),
-        started_at = now()
-    FROM picked
-    WHERE j.id = picked.id
-    RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
-              extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
-              j.timeout_seconds, j.snoozes, j.trace_context, j.concurrency_key
+    {{claim_set}}
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- as in queries.sql claim
+    RETURNING {{claimed_columns}}, j.concurrency_key
 ), started AS (
     -- the starts ledger: every attempt started of a rate-limited task, a retry too (a job's
     -- started_at is overwritten by its next attempt, so counting jobs let a job failing fast
@@ -288,18 +281,9 @@ WITH lim AS MATERIALIZED (
     LIMIT %(limit)s
 ), claimed AS (
     UPDATE jobs AS j
-    SET state = 'running',
-        attempts = j.attempts + 1,
-        locked_by = %(worker_id)s,
-        locked_until = now() + make_interval(secs => %(lease_seconds)s),
-        started_at = now()
-    -- by an array of ids, not a join: the plan is then an index lookup per id whatever the
-    -- planner guesses of picked's size, so the generic plan of the prepared statement is as
-    -- good as a custom one (joined, it hashed the whole jobs table) and planning is skipped
-    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
-              extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
-              j.timeout_seconds, j.snoozes, j.trace_context
+    {{claim_set}}
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- as in queries.sql claim
+    RETURNING {{claimed_columns}}
 )
 SELECT c.*, NULL::text[] AS need_lock, NULL::jsonb AS key_cursor FROM claimed AS c
 UNION ALL

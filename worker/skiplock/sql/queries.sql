@@ -132,18 +132,26 @@ WITH picked AS (
     LIMIT %(limit)s
 )
 UPDATE jobs AS j
+{{claim_set}}
+-- by an array of ids, not a join: an index lookup per id whatever the planner guesses of
+-- picked's size (as a join, with LIMIT unknown, a generic plan hashed the whole jobs table)
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+RETURNING {{claimed_columns}};
+
+-- clause: claim_set
+-- What every claim (this one, sql/limits.sql claim_limited and claim_limited_unlocked) writes
+-- on the jobs it takes: one attempt more, this worker's lease.
 SET state = 'running',
     attempts = j.attempts + 1,
     locked_by = %(worker_id)s,
     locked_until = now() + make_interval(secs => %(lease_seconds)s),
     started_at = now()
--- by an array of ids, not a join: an index lookup per id whatever the planner guesses of
--- picked's size, so the prepared statement's generic plan is as good as a custom one (as a
--- join, with LIMIT unknown, it hashed the whole jobs table)
-WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
-          extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
-          j.timeout_seconds, j.snoozes, j.trace_context;
+
+-- clause: claimed_columns
+-- What every claim returns of a job, in the order of db.ClaimedJob.
+j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts,
+extract(epoch FROM now() - j.unrunnable_since)::float8 AS unrunnable_for,
+j.timeout_seconds, j.snoozes, j.trace_context
 
 -- name: rescue_expired
 -- Jobs whose worker stopped renewing: back to queued, or dead once out of attempts.

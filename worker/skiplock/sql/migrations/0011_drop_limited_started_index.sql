@@ -3,7 +3,7 @@
 -- never read: two index entries more for every limited job, one when it starts and one when
 -- it finishes (a non-HOT update inserts into every index whose predicate the new row meets).
 -- Dropping it cut the finish of a limited job by a third and the global limit's claim cost
--- from 35 % to about 20 % (docs/limits.md, "What a limit costs").
+-- (docs/limits.md, "Cost", has the figures).
 -- A worker older than 0010 still counts rates from jobs.started_at: during a rolling deploy
 -- from such a version its rate-limited claims scan the task's jobs until it is replaced.
 -- step: no transaction

@@ -202,6 +202,15 @@ def ensure_prometheus() -> None:
                    check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Written by its owner alone from the first byte: created 0600 (a write, then a chmod,
+    left the client key readable by all between the two); O_EXCL, so a file someone put
+    there first (with other permissions) is an error, not reused."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
 def prometheus_config(kubectl: Kubectl, tmp: Path, api_port: int) -> Path:
     """Scrape config: every target listed in targets.json (kept current by TargetWriter),
     through the API server's pod proxy, authenticated with the kubeconfig's client
@@ -212,8 +221,7 @@ def prometheus_config(kubectl: Kubectl, tmp: Path, api_port: int) -> Path:
     for name, data in (("ca.crt", cluster["certificate-authority-data"]),
                        ("client.crt", user["client-certificate-data"]),
                        ("client.key", user["client-key-data"])):
-        (tmp / name).write_bytes(base64.b64decode(data))
-        (tmp / name).chmod(0o600)
+        _write_private(tmp / name, base64.b64decode(data))
     (tmp / "targets.json").write_text("[]")
     config = {
         "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "scrape_timeout": "2s",
@@ -294,20 +302,18 @@ class TargetWriter:
 
 
 @contextlib.contextmanager
-def prometheus(config: Path, tmp: Path) -> Iterator[str]:
-    port = free_port()
-    log = (tmp / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d"],
-        stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+def _served(what: str, argv: list[str], log_path: Path, ready: Callable[[], bool],
+            env: dict[str, str] | None = None) -> Iterator[None]:
+    """``argv`` running (output to ``log_path``) until the block ends, once ``ready()``:
+    SIGTERM then, SIGKILL after 20 s; the log's tail in the error if it never gets ready."""
+    log = log_path.open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        if not wait("Prometheus ready", lambda: _get(f"{url}/-/ready") is not None, 60):
+        if not wait(what, ready, 60):
             log.flush()
-            tail = (tmp / "prometheus.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"Prometheus did not start; its log ends:\n{tail}")
-        yield url
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{what}: not within 60 s; its log ends:\n{tail}")
+        yield
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -318,28 +324,28 @@ def prometheus(config: Path, tmp: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def prometheus(config: Path, tmp: Path) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _served("Prometheus ready",
+                 [str(PROMETHEUS), f"--config.file={config}",
+                  f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                  "--storage.tsdb.retention.time=1d"],
+                 tmp / "prometheus.log", lambda: _get(f"{url}/-/ready") is not None):
+        yield url
+
+
+@contextlib.contextmanager
 def http_api(db_url: str, port: int, tmp: Path) -> Iterator[None]:
     """``skiplock api`` on loopback (no token needed there) against the cluster's Postgres."""
-    log = (tmp / "api.log").open("wb")
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "skiplock"), "api", "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "SKIPLOCK_DATABASE_URL": db_url})  # not in argv: ps shows argv
-    try:
-        if not wait("skiplock api serving /metrics", lambda: b"skiplock_queue_stats_up" in (
-                _get(f"http://127.0.0.1:{port}/metrics") or b""), 60):
-            log.flush()
-            tail = (tmp / "api.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"skiplock api did not serve /metrics; its log ends:\n{tail}")
+    with _served("skiplock api serving /metrics",
+                 [str(ROOT / ".venv" / "bin" / "skiplock"), "api", "--host", "127.0.0.1",
+                  "--port", str(port)],
+                 tmp / "api.log",
+                 lambda: b"skiplock_queue_stats_up" in (
+                     _get(f"http://127.0.0.1:{port}/metrics") or b""),
+                 env={**os.environ, "SKIPLOCK_DATABASE_URL": db_url}):  # not argv: ps shows it
         yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _get(url: str) -> bytes | None:

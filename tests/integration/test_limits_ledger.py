@@ -6,32 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
 from skiplock.db import WorkerConnection
+from tests.support.worker_conn import with_worker_conn
 
 Sql = Callable[..., list[tuple[Any, ...]]]
-T = TypeVar("T")
 
 
 def _task(sql: Sql, name: str, limits: dict[str, Any] | None) -> None:
     sql("INSERT INTO tasks (name, params, max_attempts, queue, limits) "
         "VALUES (%s, '{}', 3, 'q', %s)", name, json.dumps(limits) if limits else None)
-
-
-def _with_conn(database_url: str,
-               use: Callable[[WorkerConnection], Coroutine[Any, Any, T]]) -> T:
-    async def go() -> T:
-        conn = WorkerConnection(database_url, schema="skiplock", connect_timeout=5,
-                                statement_timeout=10, application_name="test")
-        try:
-            return await use(conn)
-        finally:
-            await conn.close()
-    return asyncio.run(go())
 
 
 def _retry(sql: Sql, ids: list[int]) -> None:
@@ -58,7 +46,7 @@ def test_a_retry_counts_as_a_start(database_url: str, sql: Sql) -> None:
                 got[task].append(len(claim.jobs))
                 _retry(sql, [j.id for j in claim.jobs])
         return got
-    assert _with_conn(database_url, use) == {"rated": [1, 1, 1, 0, 0],
+    assert with_worker_conn(database_url, use) == {"rated": [1, 1, 1, 0, 0],
                                              "keyrated": [1, 1, 0, 0, 0]}
     assert sql("SELECT task, concurrency_key, count(*) FROM limit_starts "
                "GROUP BY 1, 2 ORDER BY 1") == [("keyrated", "a", 2), ("rated", "", 3)]
@@ -85,7 +73,7 @@ def test_the_ledger_is_pruned_to_its_window(database_url: str, sql: Sql) -> None
                          "interval '1 minute'")
             sizes.append(int(n))
         return sizes
-    assert _with_conn(database_url, use) == [15, 5, 0]
+    assert with_worker_conn(database_url, use) == [15, 5, 0]
     # the starts within the window stay: 3 seeded, 4 claimed
     [(recent,)] = sql("SELECT count(*) FROM limit_starts")
     assert recent == 7
@@ -123,7 +111,7 @@ def test_the_key_walk_is_bounded_and_comes_round(database_url: str, sql: Sql) ->
             got = await conn.claim_limited(["keyed"], ["q"], 1, "w:1:x", 30, locked=True)
             keys.append(keys_of([j.id for j in got.jobs]))
         return keys
-    keys = _with_conn(database_url, use)
+    keys = with_worker_conn(database_url, use)
     assert keys[:7] == [[]] * 6 + [["k100"]]
     assert [k for ks in keys[7:] for k in ks] == ["k000"]
 
@@ -148,7 +136,7 @@ def test_the_locked_pass_claims_only_the_tasks_it_locked(database_url: str, sql:
             left = await (await conn_.execute(
                 "SELECT current_setting('skiplock.limit_locks', true)")).fetchone()
             return [j.task for j in got.jobs], [j.task for j in again.jobs], left
-        first, second, left = _with_conn(database_url, use)
+        first, second, left = with_worker_conn(database_url, use)
     finally:
         holder.rollback()
         holder.close()
@@ -195,7 +183,7 @@ def test_an_older_registration_does_not_take_the_limit_back(
         seen.append((await conn.limited_tasks())["t"])
         seen.append(stored())
         return seen
-    assert _with_conn(database_url, use) == [None, v1, v2, v2, v2, v2, v1, v2, v1, v1]
+    assert with_worker_conn(database_url, use) == [None, v1, v2, v2, v2, v2, v1, v2, v1, v1]
 
 
 def test_a_slower_settle_does_not_put_an_older_winner_back(database_url: str, sql: Sql) -> None:
@@ -221,4 +209,4 @@ def test_a_slower_settle_does_not_put_an_older_winner_back(database_url: str, sq
         await settle
         return sql("SELECT limits FROM tasks WHERE name = 't'")[0][0]
 
-    assert _with_conn(database_url, use) == v2
+    assert with_worker_conn(database_url, use) == v2

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -17,9 +17,9 @@ from skiplock.worker.claimer import Claimer
 from skiplock.worker.executor import Executor
 from skiplock.worker.lease_renewer import LeaseRenewer
 from skiplock.worker.state import WorkerState
+from tests.support.worker_conn import with_worker_conn
 
 Sql = Callable[..., list[tuple[Any, ...]]]
-T = TypeVar("T")
 
 
 def _task(sql: Sql, name: str, limits: dict[str, Any], queue: str = "q") -> None:
@@ -27,24 +27,12 @@ def _task(sql: Sql, name: str, limits: dict[str, Any], queue: str = "q") -> None
         "VALUES (%s, '{}', 3, %s, %s)", name, queue, json.dumps(limits))
 
 
-def _with_conn(database_url: str,
-               use: Callable[[WorkerConnection], Coroutine[Any, Any, T]]) -> T:
-    async def go() -> T:
-        conn = WorkerConnection(database_url, schema="skiplock", connect_timeout=5,
-                                statement_timeout=10, application_name="test")
-        try:
-            return await use(conn)
-        finally:
-            await conn.close()
-    return asyncio.run(go())
-
-
 def _claim(database_url: str, task: str, n: int, worker: str, *, locked: bool = True,
            queues: tuple[str, ...] = ("q",)) -> list[int]:
     async def use(conn: WorkerConnection) -> list[int]:
         got = await conn.claim_limited([task], list(queues), n, worker, 30, locked=locked)
         return [j.id for j in got.jobs]
-    return _with_conn(database_url, use)
+    return with_worker_conn(database_url, use)
 
 
 def test_an_expired_lease_is_not_renewed_once_its_slot_was_taken(
@@ -61,7 +49,7 @@ def test_an_expired_lease_is_not_renewed_once_its_slot_was_taken(
 
     async def renew(conn: WorkerConnection) -> dict[int, str | None]:
         return await conn.renew_leases([(a, 1)], "a:1:x", 30)
-    assert _with_conn(database_url, renew) == {}
+    assert with_worker_conn(database_url, renew) == {}
     [(live,)] = sql("SELECT count(*) FROM jobs WHERE task = 'one' AND state = 'running' "
                     "AND locked_until >= now()")
     assert live == 1
@@ -99,7 +87,7 @@ def test_a_lost_lease_stops_the_handler(database_url: str, sql: Sql) -> None:
         executor.shutdown()
 
     sql("INSERT INTO jobs (queue, task) VALUES ('q', 'sleepy')")
-    _with_conn(database_url, go)
+    with_worker_conn(database_url, go)
 
 
 def test_a_task_wide_rate_is_never_claimed_unlocked(database_url: str, sql: Sql) -> None:
@@ -112,7 +100,7 @@ def test_a_task_wide_rate_is_never_claimed_unlocked(database_url: str, sql: Sql)
     async def unlocked(conn: WorkerConnection) -> tuple[int, bool]:
         got = await conn.claim_limited(["rated"], ["q"], 5, "me:1:x", 30, locked=False)
         return len(got.jobs), got.need_lock
-    assert _with_conn(database_url, unlocked) == (0, True)
+    assert with_worker_conn(database_url, unlocked) == (0, True)
     assert len(_claim(database_url, "rated", 5, "me:1:x")) == 5
 
 
@@ -201,7 +189,7 @@ def test_a_stalled_lock_holder_does_not_stop_other_claims(database_url: str, sql
             got = await asyncio.wait_for(conn.claim_limited(
                 first.lock_tasks, ["q"], 10, "me:1:x", 30, locked=True), 5)
             return [j.task for j in first.jobs + got.jobs], first.lock_tasks
-        tasks, lock_tasks = _with_conn(database_url, use)
+        tasks, lock_tasks = with_worker_conn(database_url, use)
     finally:
         holder.rollback()
         holder.close()
@@ -262,7 +250,7 @@ def test_adoption_gives_the_producers_key(database_url: str, sql: Sql,
 
     async def adopt(conn: WorkerConnection) -> tuple[int, int]:
         return await conn.adopt_unkeyed({"adopted": limits}, ["q"])
-    _with_conn(database_url, adopt)
+    with_worker_conn(database_url, adopt)
     got = {int(i): (k if s == "queued" else None)
            for i, k, s in sql("SELECT id, concurrency_key, state::text FROM jobs")}
     assert got == want
@@ -282,4 +270,4 @@ def test_jobs_of_a_task_no_longer_limited_are_claimed_again(
         freed = await conn.unkey_unlimited(["was"])
         after = await conn.claim(["q"], 10, "me:1:x", 30)
         return len(before), freed, len(after)
-    assert _with_conn(database_url, go) == (0, 3, 3)
+    assert with_worker_conn(database_url, go) == (0, 3, 3)

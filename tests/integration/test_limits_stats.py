@@ -3,7 +3,6 @@ CLI's JSON and the dashboard. Seeded with SQL, exact answers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from skiplock import inspection
 from skiplock.db import Database, WorkerConnection
 from tests.conftest import ROOT
 from tests.integration.api.conftest import api  # noqa: F401  # the fixture
+from tests.support.worker_conn import with_worker_conn
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 
@@ -87,17 +87,11 @@ def test_the_claim_passes(database_url: str, sql: Sql) -> None:
     sql("INSERT INTO workers (id, queues, tasks, concurrency, lease_seconds) "
         "VALUES ('peer:1:x', '{q}', '{}', 10, 30)")
 
-    async def claim(task: str, n: int, *, locked: bool) -> tuple[int, bool]:
-        conn = WorkerConnection(database_url, schema="skiplock", connect_timeout=5,
-                                statement_timeout=10, application_name="test")
-        try:
+    def run(task: str, n: int, *, locked: bool = False) -> tuple[int, bool]:
+        async def claim(conn: WorkerConnection) -> tuple[int, bool]:
             got = await conn.claim_limited([task], ["q"], n, "me:1:x", 30, locked=locked)
             return len(got.jobs), got.need_lock
-        finally:
-            await conn.close()
-
-    def run(task: str, n: int, *, locked: bool = False) -> tuple[int, bool]:
-        return asyncio.run(claim(task, n, locked=locked))
+        return with_worker_conn(database_url, claim)
 
     assert run("wide", 5) == (0, False)  # nothing queued: no lock either
     sql("INSERT INTO jobs (queue, task, concurrency_key) SELECT 'q', 'wide', '' "

@@ -93,38 +93,39 @@ class Scheduler:
             await self.db.prune_schedule_firings(KEEP_FIRINGS_SECONDS)
         enqueued = 0
         for row in await self.db.due_schedules(STALE_SECONDS):
+            name = str(row["name"])
+            # derived once a row a pass: the put-off of a schedule that cannot fire counts
+            # its skipped firings from the same cadence the plan would have used
+            cadence: Cadence | None = None
             try:
-                enqueued += await self._fire(row)
+                cadence = cadence_of(row)
+            except CadenceError as exc:  # written by hand in SQL, or a zone this tzdata lacks
+                self._report_broken(name, exc)
+            try:
+                if cadence is None:
+                    await self._put_off(name, row["next_fire_at"], row["now"], None)
+                else:
+                    enqueued += await self._fire(row, cadence)
             except DatabaseUnavailable:
                 raise  # every schedule's problem: the loop backs off and retries
             except SkiplockError as exc:
                 # the database refused this schedule's statement: its problem, not every
                 # other schedule's, nor the worker's (the supervisor would stop it)
-                name = str(row["name"])
-                if name not in self._broken:
-                    self._broken.add(name)
-                    log.error("schedule %r cannot fire: %s (retried every %.0fs)", name, exc,
-                              BROKEN_RETRY_SECONDS)
-                try:
-                    cadence: Cadence | None = cadence_of(row)
-                except CadenceError:
-                    cadence = None
+                self._report_broken(name, exc)
                 await self._put_off(name, row["next_fire_at"], row["now"], cadence)
         return enqueued
 
-    async def _fire(self, row: dict[str, Any]) -> int:
+    def _report_broken(self, name: str, exc: Exception) -> None:
+        """Logged once a schedule (per worker), not once a pass."""
+        if name not in self._broken:
+            self._broken.add(name)
+            log.error("schedule %r cannot fire: %s (retried every %.0fs)", name, exc,
+                      BROKEN_RETRY_SECONDS)
+
+    async def _fire(self, row: dict[str, Any], cadence: Cadence) -> int:
         name = str(row["name"])
         now: dt.datetime = row["now"]
         expected: dt.datetime | None = row["next_fire_at"]
-        try:
-            cadence = cadence_of(row)
-        except CadenceError as exc:  # written by hand in SQL, or a zone this tzdata lacks
-            if name not in self._broken:
-                self._broken.add(name)
-                log.error("schedule %r cannot fire: %s (retried every %.0fs)", name, exc,
-                          BROKEN_RETRY_SECONDS)
-            await self._put_off(name, expected, now, None)
-            return 0
         if expected is None:
             await self.db.start_schedule(name, first_fire_at(cadence, now))
             return 0

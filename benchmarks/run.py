@@ -363,13 +363,19 @@ def bench_latency(b: Bench, system: str) -> dict[str, Any]:
 # schema with a result row per job (as a non-None result is written), without one (a None
 # result), without one and without jobs_runnable_idx (kept for workers older than 0008) or the
 # completion NOTIFY trigger, and the same cycle on a minimal schema (minimal_schema.sql).
+# "waited": the jobs are loaded with wake_on_finish set, as wait() leaves them (0012), so the
+# finish trigger's function runs for each; otherwise its WHEN passes every job over.
 RAW_VARIANTS: dict[str, dict[str, Any]] = {
     "skiplock": {"script": "claim_complete.pgbench", "result": 1, "drop": []},
     "skiplock, no result row": {"script": "claim_complete.pgbench", "result": 0, "drop": []},
     "skiplock, no result row, no jobs_runnable_idx": {
         "script": "claim_complete.pgbench", "result": 0,
         "drop": ["DROP INDEX skiplock.jobs_runnable_idx"]},
-    # what the per-row completion NOTIFY (Client.wait's wake-up, 0007) costs on top
+    # what the per-row completion NOTIFY (Client.wait's wake-up, 0007) costs on top: for
+    # every job (each waited on, as every job was notified before 0012), for none (the
+    # shipped WHEN on the flag, "no result row" above) and with no trigger at all
+    "skiplock, no result row, every job waited on": {
+        "script": "claim_complete.pgbench", "result": 0, "drop": [], "waited": True},
     "skiplock, no result row, no finish trigger": {
         "script": "claim_complete.pgbench", "result": 0,
         "drop": ["DROP TRIGGER jobs_notify_finished ON skiplock.jobs"]},
@@ -387,8 +393,9 @@ def raw_db(b: Bench, variant: dict[str, Any], jobs: int) -> str:
             conn.execute("INSERT INTO mjobs (task) SELECT 'noop' FROM generate_series(1, %s)",
                          [jobs])
         else:
-            conn.execute("INSERT INTO skiplock.jobs (task) "
-                         "SELECT 'noop' FROM generate_series(1, %s)", [jobs])
+            conn.execute("INSERT INTO skiplock.jobs (task, wake_on_finish) "
+                         "SELECT 'noop', %s FROM generate_series(1, %s)",
+                         [bool(variant.get("waited")), jobs])
         for stmt in variant["drop"]:
             conn.execute(stmt)
         conn.execute("VACUUM ANALYZE")

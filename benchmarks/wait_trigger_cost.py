@@ -1,8 +1,9 @@
 """What the completion-notify trigger (0007_wait_notify.sql, Client.wait) costs the hot
 paths: a claim-and-complete batch (benchmarks/claim_complete.pgbench) and a single-row lease
 renewal, with no trigger, the first design (a statement trigger with a transition table,
-fired by every UPDATE of jobs) and the shipped one (a row trigger on the finishing
-transition only).
+fired by every UPDATE of jobs), the row trigger on the finishing transition of 0007 (every
+finished job notified) and the shipped one of 0012 (the same, for flagged jobs only: wait()
+flags the jobs it waits for; no job is flagged here, so it measures a job nobody waits on).
 
     .venv/bin/python -m benchmarks.wait_trigger_cost [--jobs 20000] [--rounds 5] [--durable]
 
@@ -48,7 +49,13 @@ CREATE TRIGGER jobs_notify_finished AFTER UPDATE OF state ON skiplock.jobs FOR E
     WHEN (NEW.state IN ('succeeded', 'dead', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION skiplock.notify_jobs_finished();
 """
-VARIANTS = {"none": "", "statement": _STATEMENT, "row": _ROW}
+_FLAGGED = """
+CREATE TRIGGER jobs_notify_finished AFTER UPDATE OF state ON skiplock.jobs FOR EACH ROW
+    WHEN (NEW.wake_on_finish AND NEW.state IN ('succeeded', 'dead', 'cancelled')
+          AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION skiplock.notify_jobs_finished();
+"""
+VARIANTS = {"none": "", "statement": _STATEMENT, "row": _ROW, "flagged": _FLAGGED}
 
 _RENEW = """\\set id random(1, :jobs)
 UPDATE skiplock.jobs SET locked_until = now() + interval '30 seconds' WHERE id = :id;
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = {(w, v): [] for w in scripts for v in VARIANTS}  # type: ignore[var-annotated]
         names = list(VARIANTS)
         for r in range(a.rounds):
-            for v in names[r % 3:] + names[:r % 3]:
+            for v in names[r % len(names):] + names[:r % len(names)]:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(_DROP)
                     if VARIANTS[v]:

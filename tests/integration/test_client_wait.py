@@ -255,10 +255,12 @@ def test_close_ends_every_pending_wait_at_once(producer: Producer) -> None:
 
 
 def test_only_a_finishing_transition_notifies(database_url: str, sql: Sql) -> None:
-    """The trigger (0007) fires for a job becoming succeeded, dead or cancelled, once per job;
-    never for a claim, a lease renewal, or an update of an already finished job."""
+    """The trigger (0007, 0012) fires for a waited job (wake_on_finish) becoming succeeded,
+    dead or cancelled, once per job; never for a claim, a lease renewal, an update of an
+    already finished job, or a job nobody waits on (e)."""
     with Client(database_url) as c:
-        a, b, d = (c.enqueue("add", {"a": i, "b": 1}) for i in range(3))
+        a, b, d, e = (c.enqueue("add", {"a": i, "b": 1}) for i in range(4))
+    sql("UPDATE jobs SET wake_on_finish = true WHERE id IN (%s, %s, %s)", a, b, d)
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute("LISTEN skiplock_done")
         lease = "locked_by = 'w', locked_until = now() + interval '30 s', started_at = now()"
@@ -267,7 +269,8 @@ def test_only_a_finishing_transition_notifies(database_url: str, sql: Sql) -> No
         sql("UPDATE jobs SET locked_until = now() + interval '60 s' WHERE id = %s", a)
         sql("UPDATE jobs SET state = 'succeeded', finished_at = now(), locked_by = NULL, "
             "locked_until = NULL WHERE id IN (%s, %s)", a, b)
-        sql("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id = %s", d)
+        sql("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id IN (%s, %s)",
+            d, e)
         sql("UPDATE jobs SET finished_at = now() WHERE id IN (%s, %s, %s)", a, b, d)
         sql("UPDATE jobs SET state = 'succeeded' WHERE id = %s", a)  # same state again
         heard = [n.payload for n in listener.notifies(timeout=1.0)]

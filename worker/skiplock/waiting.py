@@ -1,13 +1,15 @@
 """Waiting for a job's outcome: ``client.wait(job_id)`` and ``await aclient.wait(job_id)``.
 
 One WaitHub per client serves every waiter of that client, on ONE connection of its own,
-from one thread: it LISTENs on ``<schema>_done`` (each job that becomes finished sends its
-id, see migrations/0007_wait_notify.sql) and reads the outcomes of the jobs named there that
-someone waits for, in one query per wake-up (every notification that arrived by then). New
-waiters' jobs are read the same way at once (they may have finished already), and every
-waited job every ``poll_interval`` seconds: the fallback when a notification was missed (the
-hub's connection was down, the database restarted, a transaction pooler delivers none). A
-thousand waiters cost one connection and one query per wake-up, not a thousand of either.
+from one thread: it LISTENs on ``<schema>_done`` (each job that becomes finished with its
+``wake_on_finish`` flag set sends its id, see migrations/0012_wake_on_finish.sql) and reads
+the outcomes of the jobs named there that someone waits for, in one query per wake-up (every
+notification that arrived by then). New waiters' jobs are flagged (one statement for all of
+them); those it did not flag, finished already or gone, are read at once. Every waited job is
+read every ``poll_interval`` seconds: the fallback when a notification was missed (the hub's
+connection was down, the database restarted, a transaction pooler delivers none, a waiter of
+a version before the flag). A thousand waiters cost one connection and one query per
+wake-up, not a thousand of either.
 
 A waiter is bounded by its timeout (at most MAX_WAIT_TIMEOUT); the hub by MAX_WAITERS
 distinct jobs waited for (many waiters of one job share its entry and its read).
@@ -141,13 +143,16 @@ class WaitHub:
         self._lock = threading.Lock()
         self._watchers: dict[int, list[Deliver]] = {}
         self._fresh: set[int] = set()
+        self._unflagged: set[int] = set()  # a flag refused by the lock timeout: next poll
         self._stopping = False
         self._stopped = threading.Event()  # the reconnect backoff sleeps on it
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.connected = threading.Event()  # tests and the benchmark look at it
-        self.reads = 0  # outcome queries run (a test's proof of batching)
+        self._unflagged_logged = False
+        self.reads = 0  # outcome and flag queries run (a test's proof of batching)
+        self.flagged = 0  # jobs this hub set wake_on_finish on (tests look at it)
         self.attempts = 0  # connections tried (a test's proof of the reconnect backoff)
 
     @classmethod
@@ -301,6 +306,7 @@ class WaitHub:
         notified: set[int] = set()
         if self._channel is not None:
             conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._channel)))
+            conn.execute(Q["wait_lock_timeout"])
         self.connected.set()
         log.debug("waiting for jobs on %s", redact_url(self._url))
         # Listening now: whatever finished before (or while the link was down) is read here.
@@ -313,12 +319,25 @@ class WaitHub:
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             while not self._stopping:
                 with self._lock:
-                    ids = set(self._fresh) | (notified & self._watchers.keys())
+                    fresh = self._fresh & self._watchers.keys()
                     self._fresh.clear()
+                    ids = notified & self._watchers.keys()
                     if time.monotonic() >= last_poll + self.poll_interval:
                         ids |= self._watchers.keys()
+                        fresh |= self._unflagged & self._watchers.keys()
+                        self._unflagged.clear()
                         last_poll = time.monotonic()
                 notified.clear()
+                if fresh and self._channel is not None:
+                    # No wake-up lost: LISTEN is in place (above) before the flag is set, and
+                    # the flag before the state is read. A job the flag statement sets it on
+                    # was not finished then, and its finish (a later update of the row, which
+                    # carries the flag) notifies us, after LISTEN. A job it finds finished, or
+                    # whose finish it waited for (the row was locked), is left unflagged and
+                    # read here, in a statement after that finish committed. Poll only (no
+                    # channel): no notify to ask for, no flag written.
+                    fresh -= self._flag(conn, sorted(fresh))
+                ids |= fresh
                 if ids:
                     self._read(conn, sorted(ids))
                     continue  # deliveries may have taken a while: look again at once
@@ -360,14 +379,58 @@ class WaitHub:
                 for deliver in delivers:
                     deliver(row)
 
+    def _flag(self, conn: psycopg.Connection[Any], ids: list[int]) -> set[int]:
+        """Set wake_on_finish on the unfinished jobs among ``ids``: the ids it was set on
+        (the trigger will notify their finish); the others are to be read now."""
+        flagged: set[int] = set()
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start:start + _BATCH]
+            try:
+                rows = self._query(conn, "wake_on_finish", chunk)
+            except psycopg.errors.UndefinedColumn:
+                # A schema before 0012 (the migration not run yet): its trigger notifies
+                # every finished job, no flag needed. Asked again for the next new waiters,
+                # so the hub takes to the flag once the migration has run.
+                if not self._unflagged_logged:
+                    self._unflagged_logged = True
+                    log.info("waiting for jobs: no jobs.wake_on_finish column (migration "
+                             "0012 not run yet); relying on the notify of every job")
+                return flagged
+            except psycopg.errors.LockNotAvailable:
+                # a row held past the hub's lock timeout (not a lost connection): read now,
+                # flagged again at the next poll, which covers the job until then
+                with self._lock:
+                    self._unflagged.update(chunk)
+                continue
+            except psycopg.DataError:
+                # an id the query cannot take: the others are flagged alone; that one is
+                # read, and its waiter gets the read's error (_one_by_one)
+                rows = []
+                for job_id in chunk:
+                    try:
+                        rows.extend(self._query(conn, "wake_on_finish", [job_id]))
+                    except psycopg.errors.LockNotAvailable:
+                        with self._lock:
+                            self._unflagged.add(job_id)
+                    except psycopg.DataError:
+                        pass
+            self.reads += 1
+            flagged.update(int(r["id"]) for r in rows)
+        self.flagged += len(flagged)
+        return flagged
+
     def _outcomes(self, conn: psycopg.Connection[Any], ids: list[int]) -> list[dict[str, Any]]:
+        return self._query(conn, "wait_outcomes", ids)
+
+    def _query(self, conn: psycopg.Connection[Any], name: str, ids: list[int]
+               ) -> list[dict[str, Any]]:
         with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
             if self._tx_settings is not None:
                 with conn.pipeline():  # one implicit transaction, one round trip
                     conn.execute(Q["transaction_settings"], self._tx_settings)
-                    cur.execute(Q["wait_outcomes"], {"ids": ids})
+                    cur.execute(Q[name], {"ids": ids})
             else:
-                cur.execute(Q["wait_outcomes"], {"ids": ids})
+                cur.execute(Q[name], {"ids": ids})
             return cur.fetchall()
 
     def _one_by_one(self, conn: psycopg.Connection[Any], ids: list[int]) -> list[dict[str, Any]]:

@@ -190,11 +190,7 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER jobs_notify_finished
-    AFTER UPDATE OF state ON jobs
-    FOR EACH ROW
-    WHEN (NEW.state IN ('succeeded', 'dead', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
-    EXECUTE FUNCTION notify_jobs_finished();
+-- Its trigger, for waited jobs only, is below with their flag (0012_wake_on_finish.sql).
 
 -- Concurrency and rate limits (see 0008_limits.sql): columns added after the tables' own, as
 -- the migration adds them.
@@ -287,3 +283,13 @@ CREATE TABLE schedule_firings (
     PRIMARY KEY (schedule, fire_at)
 );
 CREATE INDEX schedule_firings_fired_idx ON schedule_firings (fired_at);
+
+-- The finish notify only for jobs somebody waits on (see 0012_wake_on_finish.sql): a waiter's
+-- hub sets the flag; the WHEN tests it first, so no function runs for a job nobody waits on.
+ALTER TABLE jobs ADD COLUMN wake_on_finish boolean NOT NULL DEFAULT false;
+CREATE TRIGGER jobs_notify_finished
+    AFTER UPDATE OF state ON jobs
+    FOR EACH ROW
+    WHEN (NEW.wake_on_finish AND NEW.state IN ('succeeded', 'dead', 'cancelled')
+          AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION notify_jobs_finished();

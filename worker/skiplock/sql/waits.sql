@@ -3,10 +3,39 @@
 -- name: wait_outcomes
 -- The jobs among %(ids)s that are finished (or gone: pruned or deleted, state NULL), with
 -- what a waiter returns or raises. Called with the ids a completion NOTIFY named (one
--- notification per finished job, see 0007_wait_notify.sql), with new waiters' ids,
+-- notification per finished job that somebody waits on, see 0012_wake_on_finish.sql), with
+-- new waiters' ids that wake_on_finish did not flag (finished already, gone, or flagged),
 -- and for every waiter now and then (the fallback when a notification was missed).
 SELECT i.id, j.state::text AS state, r.result, j.last_error, j.cancel_reason
 FROM unnest(%(ids)s::bigint[]) AS i(id)
 LEFT JOIN jobs AS j ON j.id = i.id
 LEFT JOIN results AS r ON r.job_id = i.id
 WHERE j.id IS NULL OR j.state IN ('succeeded', 'dead', 'cancelled');
+
+-- name: wake_on_finish
+-- Ask for the finish NOTIFY of the jobs among %(ids)s (new waiters' jobs) that are not
+-- finished: the trigger (0012_wake_on_finish.sql) notifies only jobs with the flag. Returns
+-- the ids flagged here; the others (finished, gone, or flagged already) are read at once with
+-- wait_outcomes, in a later statement: its snapshot sees a finish that committed while this
+-- one waited for the row. Rows locked in id order, as the worker's completions and lease
+-- renewals lock them (no deadlock with either); NO KEY: a results row's foreign-key check
+-- is not blocked. Already flagged rows are not written again (a reconnect re-asks for all).
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE id = ANY(%(ids)s::bigint[])
+      AND state NOT IN ('succeeded', 'dead', 'cancelled') AND NOT wake_on_finish
+    ORDER BY id
+    FOR NO KEY UPDATE
+)
+UPDATE jobs AS j
+SET wake_on_finish = true
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id;
+
+-- name: wait_lock_timeout
+-- The hub's session: wake_on_finish waits at most this long for a row another transaction
+-- holds (a worker's statements hold one for milliseconds; a stray open transaction could
+-- hold it until the statement timeout, and every other waiter of the hub would wait too).
+-- A flag refused by it is retried at the next poll; the poll covers the job meanwhile.
+SET lock_timeout = '1s';

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import importlib.util
 import json
@@ -14,16 +13,18 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from . import inspection, logs, transitions
+# Only what parsing the command line and `skiplock worker` need is imported here: the client
+# (and through it the producer's tracing, the waiting machinery), the inspection queries and
+# the probes server are imported by the commands that use them, which keeps them off a
+# worker's start-up (tests/unit/test_import_weight.py).
+from . import eventloop, logs
 from .app import load_app
 from .cli_settings import cli_database, settings_from_args, validated
-from .client import Client, user_at_host
 from .db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH
 from .errors import ConfigurationError, SkiplockError
 from .redact import scrub
 from .settings import Settings
 from .worker import Worker, WorkerFailed
-from .worker.probes import serve_probes
 
 log = logging.getLogger("skiplock.cli")
 
@@ -50,10 +51,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         cancel_grace=args.cancel_grace,
     )
     if s.metrics_port is not None:
+        from .worker.probes import serve_probes
+
         serve_probes(s.metrics_port, worker.health)
     code = 0
     try:
-        asyncio.run(worker.run(install_signal_handlers=True))
+        eventloop.run(worker.run(install_signal_handlers=True), args.event_loop or s.event_loop)
     except WorkerFailed as exc:
         print(f"skiplock worker: {exc}", file=sys.stderr)
         code = 1
@@ -65,6 +68,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    from .client import Client
+
     try:
         payload = json.loads(args.args)
     except json.JSONDecodeError as exc:
@@ -148,6 +153,8 @@ def _batch_size(text: str) -> int:
 
 def cmd_jobs_bulk(args: argparse.Namespace) -> int:
     """skiplock jobs cancel|retry|delete: count, confirm, then batch by batch."""
+    from .client import user_at_host
+
     action = args.jobs_action
     filters = _job_filters(args)
     given = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
@@ -201,6 +208,8 @@ def cmd_jobs_bulk(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from . import inspection
+
     with cli_database(settings_from_args(args)) as db:
         stats = inspection.queue_stats(db, args.queue or ())
     if args.json:
@@ -243,6 +252,8 @@ def _utc(t: dt.datetime) -> str:
 
 
 def cmd_queue_pause(args: argparse.Namespace) -> int:
+    from .client import Client, user_at_host
+
     with Client(settings=settings_from_args(args)) as client:
         p = client.pause_queue(args.queue, args.reason, by=f"cli {user_at_host()}")
     if p.newly_paused:
@@ -255,6 +266,8 @@ def cmd_queue_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_resume(args: argparse.Namespace) -> int:
+    from .client import Client
+
     with Client(settings=settings_from_args(args)) as client:
         if client.resume_queue(args.queue):
             print(f"queue {_shown(args.queue)} resumed: workers claim from it again")
@@ -266,6 +279,8 @@ def cmd_queue_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
+    from .client import Client
+
     with Client(settings=settings_from_args(args)) as client:
         paused = client.paused_queues()
     if args.json:
@@ -283,6 +298,8 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    from . import transitions
+
     with cli_database(settings_from_args(args)) as db:
         answer = transitions.retry(db, args.job_id)
     if answer.outcome is not transitions.Outcome.DONE:
@@ -292,6 +309,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from . import transitions
+    from .client import user_at_host
+
     who = transitions.requester(f"cli {user_at_host()}", args.reason)
     with cli_database(settings_from_args(args)) as db:
         answer = transitions.cancel(db, args.job_id, who)
@@ -394,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cancel-grace", type=float,
         help="seconds a handler told to stop (cancel, deadline) has before its outcome is "
         "written without it (SKIPLOCK_CANCEL_GRACE, default 10)",
+    )
+    w.add_argument(
+        "--event-loop", choices=["auto", "asyncio", "uvloop"],
+        help="asyncio event loop: auto takes uvloop when it is installed "
+        "(SKIPLOCK_EVENT_LOOP, default auto)",
     )
     w.set_defaults(func=cmd_worker)
 

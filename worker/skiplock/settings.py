@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     worker_name: str | None = Field(
         default=None, description="pod or host name recorded in locked_by; POD_NAME also works"
     )
+    # uvloop when installed (a default dependency on Linux); "asyncio" turns it off. Read by
+    # `skiplock worker` (skiplock/eventloop.py) and `skiplock api` (uvicorn's loop setting).
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto", description="the worker's asyncio event loop: auto (uvloop when "
+        "installed), asyncio or uvloop")
     log_json: bool = False
     log_level: str = "INFO"
     metrics_port: int | None = Field(

@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import JobCancelled, Snooze
 
-try:
-    from opentelemetry import propagate, trace
-    from opentelemetry.context import Context
-except ImportError:  # the otel extra is not installed
-    propagate = None  # type: ignore[assignment]
-    trace = None  # type: ignore[assignment]
+if TYPE_CHECKING:
+    from types import ModuleType
+
+# OpenTelemetry's API is imported on first need, not with this module (it is ~30 ms of a
+# worker's start-up): a process can only have a TracerProvider or a current span once
+# something imported ``opentelemetry.trace`` to set or start one, or when the environment
+# names a provider for the API to load (OTEL_PYTHON_TRACER_PROVIDER). Until then tracing is
+# off and nothing is imported (tests/unit/test_import_weight.py).
+_PROVIDER_VARIABLE = "OTEL_PYTHON_TRACER_PROVIDER"
+_api: tuple[ModuleType, ModuleType, type[Any]] | None = None
+_missing = False  # the otel extra is not installed (its import failed once)
 
 # The carrier a stored context may have (traceparent is ~55 characters; tracestate is capped
 # by the W3C at 512): anything longer is not a context we wrote.
@@ -37,11 +44,33 @@ MAX_CONTEXT_CHARS = 2048
 TRACER_NAME = "skiplock"
 
 
+def _opentelemetry() -> tuple[ModuleType, ModuleType, type[Any]] | None:
+    """(trace, propagate, Context) from OpenTelemetry's API, imported once; None when the
+    otel extra is not installed."""
+    global _api, _missing
+    if _api is None and not _missing:
+        try:
+            from opentelemetry import propagate, trace
+            from opentelemetry.context import Context
+        except ImportError:  # the otel extra is not installed
+            _missing = True
+        else:
+            _api = (trace, propagate, Context)
+    return _api
+
+
+def _in_use() -> bool:
+    """Something in this process may have configured tracing or started a span."""
+    return "opentelemetry.trace" in sys.modules or _PROVIDER_VARIABLE in os.environ
+
+
 def active() -> bool:
     """OpenTelemetry is installed and a TracerProvider was set (an SDK configured): the
     worker's spans would be recorded. Without one, the executor skips even the no-op span."""
-    if trace is None:
+    api = _opentelemetry() if _in_use() else None
+    if api is None:
         return False
+    trace = api[0]
     return not isinstance(trace.get_tracer_provider(),
                           trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
@@ -49,8 +78,12 @@ def active() -> bool:
 def current_context() -> str | None:
     """The current span's context as JSON text to store with a job; None without a valid
     (sampled or not) current span, or without OpenTelemetry."""
-    if trace is None or propagate is None:
+    # No import before someone else's: without ``opentelemetry.trace`` loaded no span was
+    # ever started, so none is current.
+    api = _opentelemetry() if "opentelemetry.trace" in sys.modules else None
+    if api is None:
         return None
+    trace, propagate, _ = api
     if not trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
@@ -82,9 +115,11 @@ def attempt_span(task: str, queue: str, job_id: int, attempt: int,
     spans are its children; a sync handler's thread gets it with the copied contextvars). An
     exception leaving it is recorded on the span, which is marked as an error; a Snooze or a
     JobCancelled (a request and a cancel, not failures) only says so in ``skiplock.outcome``."""
-    if trace is None or propagate is None:
+    api = _opentelemetry()
+    if api is None:
         yield
         return
+    trace, propagate, Context = api
     carrier = _carrier(stored_context)
     parent = propagate.extract(carrier) if carrier else None
     producer = trace.get_current_span(parent).get_span_context() if parent else None

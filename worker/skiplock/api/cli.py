@@ -32,10 +32,13 @@ def cmd_api(args: argparse.Namespace) -> int:
     # bad one is named with its variable and flag (never its value: tokens are secrets).
     api = validated(ApiSettings, overrides, prefix="SKIPLOCK_API_", flags=API_FLAGS)
     check_bind(api)
-    app = create_app(settings_from_args(args), api)
+    settings = settings_from_args(args)
+    app = create_app(settings, api)
     # log_config=None keeps the logging that skiplock.cli configured (text or JSON lines).
+    # uvicorn's loop setting takes the same auto/asyncio/uvloop as the worker's.
     uvicorn.run(app, host=api.host, port=api.port, log_config=None,
-                access_log=args.access_log, proxy_headers=False, timeout_graceful_shutdown=10)
+                access_log=args.access_log, proxy_headers=False, timeout_graceful_shutdown=10,
+                loop=settings.event_loop)
     return 0
 
 

@@ -22,6 +22,7 @@ from .. import logs, metrics
 from ..app import App
 from ..db import WorkerConnection
 from ..errors import DatabaseUnavailable, SkiplockError, WorkerFailed
+from ..eventloop import loop_name
 from ..outcomes import DEFAULT_MAX_RESULT_BYTES
 from ..retry import reconnect_delay
 from ..settings import Settings
@@ -248,11 +249,12 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
         log.info(
-            "worker %s starting: queues=%s concurrency=%d lease=%.0fs",
+            "worker %s starting: queues=%s concurrency=%d lease=%.0fs loop=%s",
             self.worker_id,
             ",".join(self.queues),
             self.concurrency,
             self.lease_seconds,
+            loop_name(loop),
         )
         metrics.declare_series(self.queues, list(self.app.tasks), list(self.services))
         try:

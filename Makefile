@@ -90,3 +90,14 @@ dashboard-snapshot: setup ## the Grafana dashboard evaluated by Prometheus from 
 
 bench-e2e: setup ## end-to-end both ways (harness steady state; from spawning CLI-started workers) vs pgqueuer, CPU per job, and the raw SQL references
 	$(BIN)/python -m benchmarks --systems skiplock,pgqueuer --only e2e,e2e-cli,raw
+
+bench-history: setup ## flat with history: claim, end-to-end and stats call at 0 vs 10M finished jobs; stats and overview at 1,000 queues
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.history_flatness
+
+bench-soak: setup ## sustained run at 80 % of peak, real workers, autovacuum defaults (30 min; MINUTES=10 to shorten)
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.soak --minutes $(or $(MINUTES),30)
+.PHONY: bench-history bench-soak
+
+bench-startup: setup ## CPU and wall time from spawning two `skiplock worker` processes to their first job, asyncio and uvloop
+	PYTHONPATH=.:worker $(BIN)/python -m benchmarks.worker_startup
+.PHONY: bench-startup

@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from tests.support.pgserver import PgServer
 
-from benchmarks.e2e_cli import backend_pids, cpu_seconds, run_once
+from benchmarks.e2e_cli import LEFT_SQL, backend_pids, cpu_seconds, run_once
 from skiplock_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +57,7 @@ LATENCY_SETTINGS: dict[str, dict[str, Any]] = {
     "procrastinate": {"concurrency": 10, "batch": 1},
 }
 REMAINING_SQL = {
-    "skiplock": "SELECT EXISTS (SELECT 1 FROM skiplock.jobs WHERE state IN ('queued', 'running'))",
-    "pgqueuer": "SELECT EXISTS (SELECT 1 FROM pgqueuer WHERE status IN ('queued', 'picked'))",
+    **LEFT_SQL,
     "procrastinate": "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs "
                      "WHERE status IN ('todo', 'doing'))",
 }

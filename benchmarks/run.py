@@ -29,6 +29,7 @@ import psycopg
 from tests.support.pgserver import PgServer
 
 from benchmarks.e2e_cli import LEFT_SQL, backend_pids, cpu_seconds, run_once
+from skiplock.sql import queries
 from skiplock_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,8 +363,11 @@ def bench_latency(b: Bench, system: str) -> dict[str, Any]:
 # schema with a result row per job (as a non-None result is written), without one (a None
 # result), without one and without jobs_runnable_idx (kept for workers older than 0008) or the
 # completion NOTIFY trigger, and the same cycle on a minimal schema (minimal_schema.sql).
-# "waited": the jobs are loaded with wake_on_finish set, as wait() leaves them (0012), so the
-# finish trigger's function runs for each; otherwise its WHEN passes every job over.
+# "waited": the jobs are loaded with wake_on_finish set, as wait() leaves them (0012). The
+# shipped trigger (0012 leaves 0007's) notifies every finished job; "contract" variants run the
+# next release's trigger first (sql/waits.sql notify_waited_only), whose WHEN passes every
+# job nobody waits on over.
+_CONTRACT = f"SET search_path = skiplock; {queries()['notify_waited_only']}; RESET search_path"
 RAW_VARIANTS: dict[str, dict[str, Any]] = {
     "skiplock": {"script": "claim_complete.pgbench", "result": 1, "drop": []},
     "skiplock, no result row": {"script": "claim_complete.pgbench", "result": 0, "drop": []},
@@ -371,10 +375,12 @@ RAW_VARIANTS: dict[str, dict[str, Any]] = {
         "script": "claim_complete.pgbench", "result": 0,
         "drop": ["DROP INDEX skiplock.jobs_runnable_idx"]},
     # what the per-row completion NOTIFY (Client.wait's wake-up, 0007) costs on top: for
-    # every job (each waited on, as every job was notified before 0012), for none (the
-    # shipped WHEN on the flag, "no result row" above) and with no trigger at all
-    "skiplock, no result row, every job waited on": {
-        "script": "claim_complete.pgbench", "result": 0, "drop": [], "waited": True},
+    # every job (shipped, "no result row" above), after the contract step for none and for
+    # every job (each waited on), and with no trigger at all
+    "skiplock, no result row, contract step, no job waited on": {
+        "script": "claim_complete.pgbench", "result": 0, "drop": [_CONTRACT]},
+    "skiplock, no result row, contract step, every job waited on": {
+        "script": "claim_complete.pgbench", "result": 0, "drop": [_CONTRACT], "waited": True},
     "skiplock, no result row, no finish trigger": {
         "script": "claim_complete.pgbench", "result": 0,
         "drop": ["DROP TRIGGER jobs_notify_finished ON skiplock.jobs"]},

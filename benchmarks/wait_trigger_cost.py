@@ -2,8 +2,9 @@
 paths: a claim-and-complete batch (benchmarks/claim_complete.pgbench) and a single-row lease
 renewal, with no trigger, the first design (a statement trigger with a transition table,
 fired by every UPDATE of jobs), the row trigger on the finishing transition of 0007 (every
-finished job notified) and the shipped one of 0012 (the same, for flagged jobs only: wait()
-flags the jobs it waits for; no job is flagged here, so it measures a job nobody waits on).
+finished job notified; still shipped by 0012) and the contract step 0012 prepares for the
+next release (sql/waits.sql notify_waited_only: the same, for flagged jobs only: wait() flags
+the jobs it waits for; no job is flagged here, so it measures a job nobody waits on).
 
     .venv/bin/python -m benchmarks.wait_trigger_cost [--jobs 20000] [--rounds 5] [--durable]
 
@@ -25,6 +26,7 @@ import psycopg
 
 from benchmarks.local_support import load_noop_jobs, migrated_server
 from benchmarks.run import pgbench_path
+from skiplock.sql import queries
 
 ROOT = Path(__file__).resolve().parent
 
@@ -49,12 +51,8 @@ CREATE TRIGGER jobs_notify_finished AFTER UPDATE OF state ON skiplock.jobs FOR E
     WHEN (NEW.state IN ('succeeded', 'dead', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION skiplock.notify_jobs_finished();
 """
-_FLAGGED = """
-CREATE TRIGGER jobs_notify_finished AFTER UPDATE OF state ON skiplock.jobs FOR EACH ROW
-    WHEN (NEW.wake_on_finish AND NEW.state IN ('succeeded', 'dead', 'cancelled')
-          AND OLD.state IS DISTINCT FROM NEW.state)
-    EXECUTE FUNCTION skiplock.notify_jobs_finished();
-"""
+# the contract step's own text (its DROP ... IF EXISTS is a no-op after _DROP)
+_FLAGGED = f"SET search_path = skiplock; {queries()['notify_waited_only']}; RESET search_path"
 VARIANTS = {"none": "", "statement": _STATEMENT, "row": _ROW, "flagged": _FLAGGED}
 
 _RENEW = """\\set id random(1, :jobs)

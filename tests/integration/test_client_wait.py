@@ -255,9 +255,11 @@ def test_close_ends_every_pending_wait_at_once(producer: Producer) -> None:
 
 
 def test_only_a_finishing_transition_notifies(database_url: str, sql: Sql) -> None:
-    """The trigger (0007, 0012) fires for a waited job (wake_on_finish) becoming succeeded,
-    dead or cancelled, once per job; never for a claim, a lease renewal, an update of an
-    already finished job, or a job nobody waits on (e)."""
+    """The trigger (0007; 0012 leaves it) fires for a job becoming succeeded, dead or
+    cancelled, once per job, flagged by a waiter (a, b, d) or not (e: a waiter of the previous
+    release sets no flag); never for a claim, a lease renewal or an update of an already
+    finished job. (After the contract step only flagged jobs: tests/integration/
+    test_wait_flag.py.)"""
     with Client(database_url) as c:
         a, b, d, e = (c.enqueue("add", {"a": i, "b": 1}) for i in range(4))
     sql("UPDATE jobs SET wake_on_finish = true WHERE id IN (%s, %s, %s)", a, b, d)
@@ -274,7 +276,7 @@ def test_only_a_finishing_transition_notifies(database_url: str, sql: Sql) -> No
         sql("UPDATE jobs SET finished_at = now() WHERE id IN (%s, %s, %s)", a, b, d)
         sql("UPDATE jobs SET state = 'succeeded' WHERE id = %s", a)  # same state again
         heard = [n.payload for n in listener.notifies(timeout=1.0)]
-    assert sorted(heard) == sorted([str(a), str(b), str(d)]), heard
+    assert sorted(heard) == sorted([str(a), str(b), str(d), str(e)]), heard
 
 
 def test_async_close_does_not_block_the_event_loop() -> None:

@@ -1,8 +1,11 @@
-"""The finish NOTIFY only for jobs somebody waits on (migration 0012): wait() flags its jobs
-(wake_on_finish) after its LISTEN and before it reads their state, so a waited job's finish
-wakes it by the notify, a job nobody waits on sends none, and no ordering of the finish and
-the flag loses a wake-up. The poll is set to an hour in these tests: what returns a wait
-within the test's bounds is the notify or the wait's first read, never the poll."""
+"""The finish NOTIFY only for jobs somebody waits on: wait() flags its jobs (wake_on_finish,
+migration 0012) after its LISTEN and before it reads their state. Most tests here run the
+contract step the next release ships (sql/waits.sql notify_waited_only: the trigger tests the
+flag), where the flag is what wakes a waiter: a waited job's finish wakes it by the notify, a
+job nobody waits on sends none, and no ordering of the finish and the flag loses a wake-up.
+Those marked `expand` run this release's trigger (every finish notifies), which an old client
+relies on during the rolling deploy. The poll is set to an hour: what returns a wait within
+the test's bounds is the notify or the wait's first read, never the poll."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import psycopg
 import pytest
 
 from skiplock import Client, JobNotFound
+from skiplock.db import Q
 from tests.integration.test_client_support import Producer
 from tests.support.waits import wait_until
 
@@ -22,6 +26,13 @@ Sql = Callable[..., list[tuple[Any, ...]]]
 _HOUR = 3600.0
 _FINISH = ("UPDATE jobs SET state = 'succeeded', finished_at = now(), locked_by = NULL, "
            "locked_until = NULL WHERE id = %s")
+
+
+@pytest.fixture(autouse=True)
+def _contract_step(request: pytest.FixtureRequest, database_url: str) -> None:
+    if request.node.get_closest_marker("expand") is None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"SET search_path = skiplock; {Q['notify_waited_only']}")
 
 
 def _no_poll(hub: Any) -> None:
@@ -164,11 +175,31 @@ def test_no_ordering_of_finish_and_flag_loses_a_wake_up(client: Client, sql: Sql
             t.join(10)
 
 
+@pytest.mark.expand
+def test_this_releases_trigger_wakes_a_waiter_that_sets_no_flag(
+        client: Client, sql: Sql, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client of a version before 0012 during the rolling deploy that brings it: it LISTENs
+    but flags nothing, and 0012's trigger (every finish notifies) wakes it at once — not its
+    poll (an hour away here)."""
+    hub = client._hub
+    assert hub is not None
+    monkeypatch.setattr(hub, "_flag", lambda conn, ids: set())  # as the old hub: no flag
+    job_id = client.enqueue("add", {"a": 1, "b": 1})
+    _running(sql, job_id)
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(client.wait(job_id, timeout=60)))
+    t.start()
+    wait_until(lambda: hub.waiting() == 1, 20, "the waiter")
+    sql(_FINISH, job_id)
+    t.join(30)
+    assert result == [None] and not _flag(sql, job_id)
+
+
 def test_a_waiter_that_sets_no_flag_is_woken_by_its_poll(client: Client, sql: Sql,
                                                          monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
-    """A client of a version before 0012 during a rolling deploy: it LISTENs but flags
-    nothing, so no notify comes for its job; its poll (2 s at most) finds the finish."""
+    """After the contract step, a client that flags nothing (it should not be running by
+    then) gets no notify for its job; its poll (2 s at most) still finds the finish."""
     hub = client._hub
     assert hub is not None
     monkeypatch.setattr(hub, "_flag", lambda conn, ids: set())  # as the old hub: no flag
@@ -245,3 +276,33 @@ def test_a_row_held_past_the_lock_timeout_starves_no_other_waiter(
     sql(_FINISH, held)
     waiter.join(30)
     assert results == {other: None, held: None}
+
+
+@pytest.mark.expand
+def test_a_role_that_may_not_update_jobs_still_gets_its_outcomes(database_url: str,
+                                                                 sql: Sql) -> None:
+    """A producer's least-privilege role (SELECT only): the flag is refused, the hub logs it
+    once and goes on reading (it used to reconnect for ever, and every wait timed out); the
+    finish wakes it by this release's notify of every job."""
+    role = f"reader_{database_url.rsplit('/', 1)[1]}"
+    sql(f"CREATE ROLE {role} LOGIN")
+    sql(f"GRANT USAGE ON SCHEMA skiplock TO {role}")
+    sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA skiplock TO {role}")
+    url = database_url.replace("postgres@", f"{role}@", 1)
+    with Client(database_url) as producer:
+        done = producer.enqueue("add", {"a": 1, "b": 1})
+        later = producer.enqueue("add", {"a": 1, "b": 2})
+    sql(_FINISH, done)
+    _running(sql, later)
+    with Client(url) as c:
+        assert c.wait(done, timeout=20) is None  # finished already: read at once
+        hub = c._hub
+        assert hub is not None
+        _no_poll(hub)
+        result: list[Any] = []
+        t = threading.Thread(target=lambda: result.append(c.wait(later, timeout=60)))
+        t.start()
+        wait_until(lambda: hub.waiting() == 1, 20, "the waiter")
+        sql(_FINISH, later)
+        t.join(30)
+        assert result == [None] and hub.flagged == 0 and hub.attempts == 1

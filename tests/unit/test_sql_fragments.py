@@ -68,3 +68,13 @@ def test_every_claim_writes_and_returns_the_same_things() -> None:
         assert "j.timeout_seconds, j.snoozes, j.trace_context" in queries[name]
     users = sorted(n for n, t in queries.items() if "attempts = j.attempts + 1" in t)
     assert users == sorted(claims)
+
+
+def test_a_clause_with_a_comment_inside_fails_at_load_time(monkeypatch: pytest.MonkeyPatch,
+                                                          fresh_cache: None) -> None:
+    files = {"a.sql": "-- clause: cols\na, -- the second\nb\n\n"
+                      "-- name: q\nSELECT {{cols}}, c FROM t;\n"}
+    monkeypatch.setattr(sql, "_read", files.__getitem__)
+    monkeypatch.setattr(sql, "QUERY_FILES", ("a.sql",))
+    with pytest.raises(RuntimeError, match="clause 'cols' has a comment"):
+        sql.queries()

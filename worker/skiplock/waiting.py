@@ -1,8 +1,9 @@
 """Waiting for a job's outcome: ``client.wait(job_id)`` and ``await aclient.wait(job_id)``.
 
 One WaitHub per client serves every waiter of that client, on ONE connection of its own,
-from one thread: it LISTENs on ``<schema>_done`` (each job that becomes finished with its
-``wake_on_finish`` flag set sends its id, see migrations/0012_wake_on_finish.sql) and reads
+from one thread: it LISTENs on ``<schema>_done`` (each job that becomes finished sends its
+id; after the contract step of migrations/0012_wake_on_finish.sql, each one whose
+``wake_on_finish`` flag a waiter set) and reads
 the outcomes of the jobs named there that someone waits for, in one query per wake-up (every
 notification that arrived by then). New waiters' jobs are flagged (one statement for all of
 them); those it did not flag, finished already or gone, are read at once. Every waited job is
@@ -306,7 +307,6 @@ class WaitHub:
         notified: set[int] = set()
         if self._channel is not None:
             conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._channel)))
-            conn.execute(Q["wait_lock_timeout"])
         self.connected.set()
         log.debug("waiting for jobs on %s", redact_url(self._url))
         # Listening now: whatever finished before (or while the link was down) is read here.
@@ -341,6 +341,14 @@ class WaitHub:
                 if ids:
                     self._read(conn, sorted(ids))
                     continue  # deliveries may have taken a while: look again at once
+                if self._channel is not None:
+                    # what came while the flag or the read ran: psycopg took it off the
+                    # socket already, so the select below would not see it (it would wait
+                    # for the poll)
+                    for note in conn.notifies(timeout=0):
+                        notified.update(parse_ids(note.payload))
+                    if notified:
+                        continue
                 timeout = max(0.0, last_poll + self.poll_interval - time.monotonic())
                 for key, _ in sel.select(timeout):
                     if key.data == "wake":
@@ -387,14 +395,18 @@ class WaitHub:
             chunk = ids[start:start + _BATCH]
             try:
                 rows = self._query(conn, "wake_on_finish", chunk)
-            except psycopg.errors.UndefinedColumn:
-                # A schema before 0012 (the migration not run yet): its trigger notifies
-                # every finished job, no flag needed. Asked again for the next new waiters,
-                # so the hub takes to the flag once the migration has run.
+            except (psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege,
+                    psycopg.errors.ReadOnlySqlTransaction) as exc:
+                # A schema before 0012 (the migration not run yet), or a producer's role that
+                # may not update jobs (or only reads): no flag. The trigger notifies every
+                # finished job until its contract step, and after it the poll still finds
+                # the finish; the read below goes on either way (a reconnect would not help).
+                # Asked again for the next new waiters: the hub takes to the flag once it can.
                 if not self._unflagged_logged:
                     self._unflagged_logged = True
-                    log.info("waiting for jobs: no jobs.wake_on_finish column (migration "
-                             "0012 not run yet); relying on the notify of every job")
+                    log.warning("waiting for jobs: cannot flag jobs for their finish notify "
+                                "(%s); woken by the notify of every job, or by the poll",
+                                type(exc).__name__)
                 return flagged
             except psycopg.errors.LockNotAvailable:
                 # a row held past the hub's lock timeout (not a lost connection): read now,
@@ -424,13 +436,19 @@ class WaitHub:
 
     def _query(self, conn: psycopg.Connection[Any], name: str, ids: list[int]
                ) -> list[dict[str, Any]]:
+        # settings local to the statement's transaction: the flag's lock timeout, or behind
+        # a pooler the session's settings (the flag is never written there: no LISTEN)
+        first: tuple[str, Mapping[str, Any] | None] | None = (
+            (Q["wait_lock_timeout"], None) if name == "wake_on_finish"
+            else (Q["transaction_settings"], self._tx_settings)
+            if self._tx_settings is not None else None)
         with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            if self._tx_settings is not None:
-                with conn.pipeline():  # one implicit transaction, one round trip
-                    conn.execute(Q["transaction_settings"], self._tx_settings)
-                    cur.execute(Q[name], {"ids": ids})
-            else:
+            if first is None:
                 cur.execute(Q[name], {"ids": ids})
+            else:
+                with conn.pipeline():  # one implicit transaction, one round trip
+                    conn.execute(first[0], first[1])
+                    cur.execute(Q[name], {"ids": ids})
             return cur.fetchall()
 
     def _one_by_one(self, conn: psycopg.Connection[Any], ids: list[int]) -> list[dict[str, Any]]:

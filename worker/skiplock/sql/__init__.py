@@ -44,8 +44,13 @@ def queries() -> dict[str, str]:
         # An unknown name fails here, at import: a query that silently lost its filter
         # could act on every job.
         if match[1] in clauses:
-            # without its leading comment: included mid-line, a comment would run on
-            return re.sub(r"\A(?:--[^\n]*\n)+", "", clauses[match[1]])
+            # without its leading comment: included mid-line, a comment would run on into
+            # what follows the include, so a clause may have none elsewhere
+            body = re.sub(r"\A(?:--[^\n]*\n)+", "", clauses[match[1]])
+            if "--" in body:
+                raise RuntimeError(f"clause {match[1]!r} has a comment after its first "
+                                   "line: it would swallow what follows its include")
+            return body
         if match[1] not in fragments:
             raise RuntimeError(f"{{{{{match[1]}}}}} names no fragment in {QUERY_FILES}")
         return f"(\n{fragments[match[1]]}\n)"

@@ -284,12 +284,12 @@ CREATE TABLE schedule_firings (
 );
 CREATE INDEX schedule_firings_fired_idx ON schedule_firings (fired_at);
 
--- The finish notify only for jobs somebody waits on (see 0012_wake_on_finish.sql): a waiter's
--- hub sets the flag; the WHEN tests it first, so no function runs for a job nobody waits on.
+-- Waited jobs flagged (see 0012_wake_on_finish.sql): a waiter's hub sets the flag. The trigger
+-- still notifies every finished job; the release after this one makes it test the flag
+-- (sql/waits.sql notify_waited_only).
 ALTER TABLE jobs ADD COLUMN wake_on_finish boolean NOT NULL DEFAULT false;
 CREATE TRIGGER jobs_notify_finished
     AFTER UPDATE OF state ON jobs
     FOR EACH ROW
-    WHEN (NEW.wake_on_finish AND NEW.state IN ('succeeded', 'dead', 'cancelled')
-          AND OLD.state IS DISTINCT FROM NEW.state)
+    WHEN (NEW.state IN ('succeeded', 'dead', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION notify_jobs_finished();

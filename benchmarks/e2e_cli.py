@@ -73,6 +73,15 @@ def backend_pids(conn: psycopg.Connection[Any]) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
+def wait_or_kill(p: subprocess.Popen[Any], grace: float) -> None:
+    """Wait ``grace`` seconds for a process told to stop, then SIGKILL it."""
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(10)
+
+
 @dataclass
 class BackendCpu:
     """The CPU of a server's backends at one moment, read twice a round (at its start and its
@@ -156,11 +165,7 @@ class Spawned:
                 if p.poll() is None:
                     p.terminate()
             for p in self.procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(10)
+                wait_or_kill(p, 30)
         finally:
             for p in self.procs:
                 if p.poll() is None:  # only after a failure above

@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from tests.support.pgserver import PgServer
 
-from benchmarks.e2e_cli import TIMES_SQL, Spawned, spawn
+from benchmarks.e2e_cli import TIMES_SQL, Spawned, spawn, wait_or_kill
 from benchmarks.local_support import migrated_server
 from benchmarks.run import OUT as BENCH_OUT
 from benchmarks.run import ROOT, SERVER_SETTINGS, SETTINGS, cli_worker_cmds, runner_env
@@ -250,11 +250,7 @@ def run(server: PgServer, a: argparse.Namespace) -> dict[str, Any]:
         try:
             if producer.poll() is None:
                 producer.terminate()
-                try:
-                    producer.wait(30)
-                except subprocess.TimeoutExpired:
-                    producer.kill()
-                    producer.wait(10)
+                wait_or_kill(producer, 30)
         finally:
             workers.stop()  # whatever the producer did
     return res

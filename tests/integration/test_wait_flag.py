@@ -175,35 +175,20 @@ def test_no_ordering_of_finish_and_flag_loses_a_wake_up(client: Client, sql: Sql
             t.join(10)
 
 
-@pytest.mark.expand
-def test_this_releases_trigger_wakes_a_waiter_that_sets_no_flag(
-        client: Client, sql: Sql, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client of a version before 0012 during the rolling deploy that brings it: it LISTENs
-    but flags nothing, and 0012's trigger (every finish notifies) wakes it at once — not its
-    poll (an hour away here)."""
+@pytest.mark.parametrize("step", [pytest.param("expand", marks=pytest.mark.expand),
+                                  "contract"])
+def test_a_waiter_that_sets_no_flag(step: str, client: Client, sql: Sql,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client of a version before 0012, which LISTENs but flags nothing. During the rolling
+    deploy that brings 0012 (expand) its trigger notifies every finish and wakes it at once,
+    not its poll (an hour away here). After the contract step (when no such client should be
+    left) no notify comes for its job, and its poll (0.2 s here, 2 s at most) finds the
+    finish."""
     hub = client._hub
     assert hub is not None
     monkeypatch.setattr(hub, "_flag", lambda conn, ids: set())  # as the old hub: no flag
-    job_id = client.enqueue("add", {"a": 1, "b": 1})
-    _running(sql, job_id)
-    result: list[Any] = []
-    t = threading.Thread(target=lambda: result.append(client.wait(job_id, timeout=60)))
-    t.start()
-    wait_until(lambda: hub.waiting() == 1, 20, "the waiter")
-    sql(_FINISH, job_id)
-    t.join(30)
-    assert result == [None] and not _flag(sql, job_id)
-
-
-def test_a_waiter_that_sets_no_flag_is_woken_by_its_poll(client: Client, sql: Sql,
-                                                         monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
-    """After the contract step, a client that flags nothing (it should not be running by
-    then) gets no notify for its job; its poll (2 s at most) still finds the finish."""
-    hub = client._hub
-    assert hub is not None
-    monkeypatch.setattr(hub, "_flag", lambda conn, ids: set())  # as the old hub: no flag
-    hub.poll_interval = 0.2
+    if step == "contract":
+        hub.poll_interval = 0.2
     job_id = client.enqueue("add", {"a": 1, "b": 1})
     _running(sql, job_id)
     result: list[Any] = []

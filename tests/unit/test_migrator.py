@@ -144,6 +144,27 @@ def test_a_lock_timeout_then_success_runs_once_more() -> None:
     assert sleeps == [1.0]
 
 
+def test_a_deadlock_is_retried_then_reported() -> None:
+    """A transactional part (or a step) the server cancelled to break a deadlock with the
+    workers' writes is tried again: CI saw one with writers running during the migration."""
+    outcomes = iter([psycopg.errors.DeadlockDetected("deadlock detected"), None])
+    sleeps: list[float] = []
+
+    def run() -> None:
+        exc = next(outcomes)
+        if exc:
+            raise exc
+
+    migrator._retrying("m", 3, run, sleeps.append)
+    assert sleeps == [1.0]
+
+    def always() -> None:
+        raise psycopg.errors.DeadlockDetected("deadlock detected")
+
+    with pytest.raises(MigrationBlocked, match=r"m: deadlocked with other sessions 2 times"):
+        migrator._retrying("m", 2, always, sleeps.append)
+
+
 def test_a_step_binds_server_side_names() -> None:
     m = migrator.parse(6, "x", "SELECT 1;\n-- step: no transaction\n"
                        "-- with ext: SELECT nspname FROM pg_namespace LIMIT 1\n"

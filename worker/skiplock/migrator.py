@@ -138,6 +138,18 @@ def _retrying(what: str, attempts: int, run: Callable[[], None],
         try:
             run()
             return
+        except psycopg.errors.DeadlockDetected:
+            # the server broke a lock cycle with the workers' writes by cancelling us (CI saw
+            # it with writers running): nothing of this part was applied (a transactional
+            # part rolled back; a step is one idempotent statement), so it is tried again
+            if attempt == attempts:
+                raise MigrationBlocked(
+                    f"{what}: deadlocked with other sessions {attempts} times; run "
+                    "`skiplock migrate` again when the database is less busy. Nothing of "
+                    "this part was applied.") from None
+            delay = backoff(attempt)
+            log.warning("%s: deadlocked with another session; retrying in %.0fs", what, delay)
+            sleep(delay)
         except psycopg.errors.LockNotAvailable:
             if attempt == attempts:
                 raise MigrationBlocked(
@@ -200,7 +212,9 @@ def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
             _retrying(f"migration {m.label}", attempts, body, sleep)
             ran.append(m.label)
         for step in steps:
-            _run_step(conn, m, step)
+            def run(m: Migration = m, step: Step = step) -> None:
+                _run_step(conn, m, step)
+            _retrying(f"migration {m.label} step {step.number}", attempts, run, sleep)
     return ran
 
 

@@ -134,33 +134,30 @@ def backoff(attempt: int) -> float:
 
 def _retrying(what: str, attempts: int, run: Callable[[], None],
               sleep: Callable[[float], None] = time.sleep) -> None:
+    """Run ``run``, again after a backoff when its lock timed out or the server cancelled it
+    to break a deadlock with the workers' writes (CI saw one with writers running): nothing
+    of it was applied (a transactional part rolled back; a step is one idempotent statement).
+    After ``attempts`` tries, MigrationBlocked says what to do."""
     for attempt in range(1, attempts + 1):
         try:
             run()
             return
-        except psycopg.errors.DeadlockDetected:
-            # the server broke a lock cycle with the workers' writes by cancelling us (CI saw
-            # it with writers running): nothing of this part was applied (a transactional
-            # part rolled back; a step is one idempotent statement), so it is tried again
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable) as exc:
+            deadlock = isinstance(exc, psycopg.errors.DeadlockDetected)
             if attempt == attempts:
                 raise MigrationBlocked(
                     f"{what}: deadlocked with other sessions {attempts} times; run "
                     "`skiplock migrate` again when the database is less busy. Nothing of "
-                    "this part was applied.") from None
-            delay = backoff(attempt)
-            log.warning("%s: deadlocked with another session; retrying in %.0fs", what, delay)
-            sleep(delay)
-        except psycopg.errors.LockNotAvailable:
-            if attempt == attempts:
-                raise MigrationBlocked(
+                    "this part was applied." if deadlock else
                     f"{what}: could not take its lock within the lock timeout, {attempts} "
                     "times; a long transaction holds the table (see pg_stat_activity for "
                     "sessions 'idle in transaction' or long queries), then run "
                     "`skiplock migrate` again. Nothing of this migration was applied."
                 ) from None
             delay = backoff(attempt)
-            log.warning("%s: lock not available within the lock timeout; retrying in %.0fs",
-                        what, delay)
+            log.warning("%s: %s; retrying in %.0fs", what,
+                        "deadlocked with another session" if deadlock
+                        else "lock not available within the lock timeout", delay)
             sleep(delay)
 
 

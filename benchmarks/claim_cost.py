@@ -12,8 +12,10 @@ what a real limit keeps it at), each client a worker with its own ``workers`` ro
 "global limit" (a concurrency_limit far from its cap: the unlocked pass),
 "global limit, near the cap" (the unlocked pass claiming nothing, then the locked pass: lock
 and claim in one pipeline), "1,000 keys" (a per-key limit over 1,000 keys: the same two
-passes, the key walk bounded by the batch), and "limited backlog ahead" (the plain claim of
-unlimited work queued behind 100,000 jobs of a limited task in the same queue).
+passes, the key walk bounded by the batch), "limited backlog ahead" (the plain claim of
+unlimited work queued behind 100,000 jobs of a limited task in the same queue), and the global
+and 1,000-key variants planned at every claim, as before the limited claims asked for generic
+plans (what that bought).
 ``make bench-claim-limits`` runs these.
 
 Each variant claims the same backlog with pgbench (2 clients, prepared statements, the claim
@@ -105,10 +107,16 @@ def limit_variants(batch: int) -> dict[str, tuple[str, dict[str, str], str]]:
     if unkeyed not in q["claim"]:
         raise SystemExit("claim_cost: the claim statement changed; update the variants")
     old_plain = _statement(q["claim"].replace(unkeyed, "")) + _FINISH
-    # the worker's own unlocked pass (db.py claim_limited: claim_limited_unlocked)
-    unlocked = _statement(q["claim_limited_unlocked"])
-    locked = ("\\startpipeline\n" + _statement(q["lock_limited"])
-              + _statement(q["claim_limited"].replace("%(locked)s", "true")) + "\\endpipeline\n")
+    # the worker's own passes (db.py claim_limited), each one pipeline led by generic_plans;
+    # and as the previous version sent them, planned afresh at every claim
+    def pipeline(*names: str, generic: bool = True) -> str:
+        return ("\\startpipeline\n" + (_statement(q["generic_plans"]) if generic else "")
+                + "".join(_statement(q[n].replace("%(locked)s", "true")) for n in names)
+                + "\\endpipeline\n")
+    unlocked = pipeline("claim_limited_unlocked")
+    locked = pipeline("lock_limited", "claim_limited")
+    unlocked_planned = _statement(q["claim_limited_unlocked"])
+    locked_planned = pipeline("lock_limited", "claim_limited", generic=False)
     limited = {"tasks": "{noop}", "skip_ids": "{}", "key_cursor": "{}"}
     backlog = {"skip_tasks": "{noop}", "skip_ids": "{}"}
     return {
@@ -123,6 +131,10 @@ def limit_variants(batch: int) -> dict[str, tuple[str, dict[str, str], str]]:
         # every claim is the unlocked pass claiming nothing, then the locked pass
         "global limit, near the cap": (unlocked + locked + _FINISH, limited, "near"),
         "1,000 keys": (unlocked + locked + _FINISH, limited, "keys"),
+        # what generic_plans bought (sql/limits.sql): the same, planned at every claim
+        "global limit, planned each claim": (unlocked_planned + _FINISH, limited, "global"),
+        "1,000 keys, planned each claim": (unlocked_planned + locked_planned + _FINISH, limited,
+                                           "keys"),
         # unlimited jobs behind a limited task's backlog in the same queue, claimed by the
         # plain claim (the worker passes the limited task in skip_tasks)
         "limited backlog ahead": (plain, backlog, "backlog"),

@@ -210,3 +210,43 @@ def test_a_slower_settle_does_not_put_an_older_winner_back(database_url: str, sq
         return sql("SELECT limits FROM tasks WHERE name = 't'")[0][0]
 
     assert with_worker_conn(database_url, use) == v2
+
+
+def test_the_limited_claims_run_generic_plans_and_the_plain_claim_keeps_its_own(
+        database_url: str, sql: Sql) -> None:
+    """The limited claims (both passes) tell the plan cache to use its generic plan, for
+    their own transaction only: planning them cost three times what running the unlocked
+    pass does (docs/limits.md "Cost"). On the worker's own connection, after several claims
+    of each: every execution of a limited claim used the generic plan, none planned afresh;
+    the plain claim, whose generic plan is slow, still gets custom plans; and the setting is
+    gone once the claim's transaction is."""
+    _task(sql, "wide", {"concurrency_limit": 1000})
+    _task(sql, "keyed", {"key": "arg:t", "key_limit": 2})
+    sql("INSERT INTO tasks (name, params, max_attempts, queue) VALUES ('free', '{}', 3, 'q')")
+    sql("INSERT INTO jobs (queue, task, concurrency_key) "
+        "SELECT 'q', 'wide', '' FROM generate_series(1, 20) UNION ALL "
+        "SELECT 'q', 'keyed', 'k' || (g % 3) FROM generate_series(1, 20) AS g UNION ALL "
+        "SELECT 'q', 'free', NULL FROM generate_series(1, 20)")
+    claims = 7  # past the plan cache's 5 custom plans before it chooses for itself
+
+    async def use(conn: WorkerConnection) -> tuple[list[tuple[Any, ...]], int, object]:
+        claimed = 0
+        for _ in range(claims):
+            for locked in (False, True):
+                got = await conn.claim_limited(["wide", "keyed"], ["q"], 1, "w:1:x", 30,
+                                               locked=locked)
+                claimed += len(got.jobs)
+            claimed += len(await conn.claim(["q"], 1, "w:1:x", 30, skip_tasks=["wide", "keyed"]))
+        raw = await conn._get()
+        plans = await (await raw.execute(
+            "SELECT CASE WHEN statement LIKE '%WITH RECURSIVE lim%' THEN 'locked' "
+            "            WHEN statement LIKE '%several tasks served%' THEN 'unlocked' "
+            "            WHEN statement LIKE '%jobs this worker''s version cannot run%' "
+            "            THEN 'plain' END AS claim, generic_plans, custom_plans "
+            "FROM pg_prepared_statements ORDER BY 1", prepare=False)).fetchall()
+        mode = await (await raw.execute("SHOW plan_cache_mode", prepare=False)).fetchone()
+        return [p for p in plans if p[0] is not None], claimed, mode
+    plans, claimed, mode = with_worker_conn(database_url, use)
+    assert claimed > claims  # the claims claimed: each pass ran its statement to the end
+    assert plans == [("locked", claims, 0), ("plain", 0, claims), ("unlocked", claims, 0)]
+    assert mode == ("auto",)

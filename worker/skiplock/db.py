@@ -1678,19 +1678,27 @@ class WorkerConnection:
             "key_cursor": Jsonb(dict(self._key_cursor)),
         }
         async with self.cursor("claim limited jobs") as cur:
-            if not locked:
-                await cur.execute(Q["claim_limited_unlocked"], params)
-            elif self.pooler or not psycopg.Pipeline.is_supported():
-                # each statement of a _SettingCursor syncs: an explicit transaction keeps the
+            if self.pooler or not psycopg.Pipeline.is_supported():
+                # behind a pooler nothing is prepared (no plan to keep): no generic_plans.
+                # Each statement of a _SettingCursor syncs: an explicit transaction keeps the
                 # locks (and the server connection) for the claim; likewise with a libpq
                 # older than 14 (no pipeline mode), at one round trip more
-                async with cur.connection.transaction():
-                    await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
-                    await cur.execute(Q["claim_limited"], params)
+                if not locked:
+                    await cur.execute(Q["claim_limited_unlocked"], params)
+                else:
+                    async with cur.connection.transaction():
+                        await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
+                        await cur.execute(Q["claim_limited"], params)
             else:
+                # one round trip, one implicit transaction (until the pipeline's Sync): the
+                # claim's plan-cache setting and, locked, its locks hold for it alone
                 async with cur.connection.pipeline():
-                    await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
-                    await cur.execute(Q["claim_limited"], params)
+                    await cur.execute(Q["generic_plans"])
+                    if locked:
+                        await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
+                        await cur.execute(Q["claim_limited"], params)
+                    else:
+                        await cur.execute(Q["claim_limited_unlocked"], params)
             rows = await cur.fetchall()
         # the last row is no job: the tasks the locked pass may find more of (claim_limited)
         # and where the key walks stopped

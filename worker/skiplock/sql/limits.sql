@@ -223,10 +223,12 @@ SELECT NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
        CASE WHEN %(locked)s::bool THEN '{}'::text[] ELSE ARRAY(
            SELECT f.task FROM free AS f JOIN room AS r ON r.task = f.task
            WHERE r.free = 0 AND (f.left_ IS NULL OR f.left_ > 0)
-             AND EXISTS (SELECT 1 FROM jobs AS j
-                         WHERE j.state = 'queued' AND j.task = f.task
-                           AND j.concurrency_key IS NOT NULL AND j.run_at <= now()
-                           AND j.queue = ANY((SELECT queues FROM open)::text[]))
+             -- a runnable job: the first key in index order, as in claim_limited_unlocked
+             AND (SELECT j.concurrency_key FROM jobs AS j
+                  WHERE j.state = 'queued' AND j.task = f.task
+                    AND j.concurrency_key IS NOT NULL AND j.run_at <= now()
+                    AND j.queue = ANY((SELECT queues FROM open)::text[])
+                  ORDER BY j.concurrency_key LIMIT 1) IS NOT NULL
            ORDER BY f.task) END,
        (SELECT jsonb_object_agg(w.task, w.k) FROM (
             SELECT DISTINCT ON (s.task) s.task, s.k FROM keys AS s WHERE s.n > 0
@@ -302,21 +304,27 @@ UNION ALL
 -- here that has room and a runnable job; and one served here with runnable jobs under a key
 -- other than '' (queued when the task had per-key limits): those are the locked pass's, whose
 -- key walk finds them. An idle limited task, or one at its cap, costs one statement and no
--- lock.
+-- lock. Whether a runnable job exists is the first key in jobs_limited_queued_idx's order,
+-- not EXISTS: the planner drops an EXISTS's ORDER BY and LIMIT and, with most of the table
+-- matching in its statistics, chose a seq scan that read every finished job ahead of the
+-- first queued one (29 ms a claim behind 300,000 finished jobs; tests/integration
+-- test_limits_ledger.py).
 SELECT NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
        NULL::float8, NULL::float8, NULL::int, NULL::jsonb,
        ARRAY(
            SELECT r.task FROM room AS r
            WHERE (r.free = 0 AND (r.left_ IS NULL OR r.left_ > 0)
-                  AND EXISTS (SELECT 1 FROM jobs AS j
-                              WHERE j.state = 'queued' AND j.task = r.task
-                                AND j.concurrency_key IS NOT NULL AND j.run_at <= now()
-                                AND j.queue = ANY((SELECT queues FROM open)::text[])))
+                  AND (SELECT j.concurrency_key FROM jobs AS j
+                       WHERE j.state = 'queued' AND j.task = r.task
+                         AND j.concurrency_key IS NOT NULL AND j.run_at <= now()
+                         AND j.queue = ANY((SELECT queues FROM open)::text[])
+                       ORDER BY j.concurrency_key LIMIT 1) IS NOT NULL)
               OR (r.free > 0
-                  AND EXISTS (SELECT 1 FROM jobs AS j
-                              WHERE j.state = 'queued' AND j.task = r.task
-                                AND j.concurrency_key > '' AND j.run_at <= now()
-                                AND j.queue = ANY((SELECT queues FROM open)::text[])))
+                  AND (SELECT j.concurrency_key FROM jobs AS j
+                       WHERE j.state = 'queued' AND j.task = r.task
+                         AND j.concurrency_key > '' AND j.run_at <= now()
+                         AND j.queue = ANY((SELECT queues FROM open)::text[])
+                       ORDER BY j.concurrency_key LIMIT 1) IS NOT NULL)
            ORDER BY r.task),
        NULL::jsonb
 

@@ -248,3 +248,54 @@ def test_the_trigram_index_uses_pg_trgm_wherever_it_is_installed(empty_url: str)
     assert "extensions.gin_trgm_ops" in indexes["jobs_last_error_trgm_idx"]
     assert "INVALID" not in indexes["jobs_last_error_trgm_idx"]
     assert _steps_recorded(empty_url) == ALL_STEPS
+
+
+def test_a_writer_queued_between_two_locks_of_a_migration_is_never_the_one_cancelled(
+    empty_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transactional part that takes a weaker lock on jobs, then a stronger one (0007:
+    CREATE TRIGGER, then ADD COLUMN), and a writer that holds a row lock (a claim's FOR
+    UPDATE) and then updates while the migration waits. Taken in that order the writer's
+    UPDATE waited for the trigger's lock the migration held, while the migration waited for
+    the writer: the server cancelled the writer's UPDATE at once (CI saw it in the test
+    above, between the claim's FOR UPDATE and its UPDATE). The migrator now locks jobs
+    first, holding nothing the writer waits for: the UPDATE goes through, then the
+    migration applies."""
+    _migrate(empty_url)
+    real = migrator.migrations()
+    extra = migrator.parse(99, "two_locks", (
+        "CREATE TRIGGER jobs_two_locks AFTER TRUNCATE ON jobs FOR EACH STATEMENT "
+        "EXECUTE FUNCTION notify_jobs_finished();\n"
+        "ALTER TABLE jobs ADD COLUMN two_locks int;\n"))
+    assert extra.tables == ("jobs",)
+    monkeypatch.setattr(migrator, "migrations", lambda: [*real, extra])
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        [(job,)] = conn.execute("INSERT INTO skiplock.jobs (queue, task) VALUES ('q', 't') "
+                                "RETURNING id").fetchall()
+    outcome: list[BaseException | list[str]] = []
+    with psycopg.connect(empty_url) as writer:
+        writer.execute("SELECT id FROM skiplock.jobs WHERE id = %s FOR UPDATE", [job])
+
+        def migrate() -> None:
+            try:
+                outcome.append(_migrate(empty_url))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        mig = threading.Thread(target=migrate)
+        mig.start()
+        with psycopg.connect(empty_url, autocommit=True) as watch:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # the migration waits for its lock
+                row = watch.execute(
+                    "SELECT count(*) FROM pg_locks WHERE relation = 'skiplock.jobs'::regclass "
+                    "AND mode = 'AccessExclusiveLock' AND NOT granted").fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(0.01)
+            else:
+                pytest.fail("the migration never waited for its lock")
+        writer.execute("UPDATE skiplock.jobs SET priority = 1 WHERE id = %s", [job])
+        writer.commit()
+    mig.join(60)
+    assert outcome == [["0099_two_locks"]]

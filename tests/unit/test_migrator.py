@@ -155,7 +155,7 @@ def test_a_deadlock_every_time_is_reported() -> None:
         raise psycopg.errors.DeadlockDetected("deadlock detected")
 
     with pytest.raises(MigrationBlocked, match=r"m: deadlocked with other sessions 2 times"):
-        migrator._retrying("m", 2, always, [].append)
+        migrator._retrying("m", 2, always, lambda _: None)
 
 
 def test_a_step_binds_server_side_names() -> None:
@@ -169,3 +169,25 @@ def test_a_step_binds_server_side_names() -> None:
     with pytest.raises(ValueError, match="no `-- with` for \\['other'\\]"):
         migrator.parse(6, "x", "SELECT 1;\n-- step: no transaction\n"
                        "ALTER TABLE jobs VALIDATE CONSTRAINT {other}\n")
+
+
+def test_the_tables_a_transactional_part_locks_first() -> None:
+    body = """
+    -- ALTER TABLE commented_out ADD COLUMN x int;
+    CREATE TABLE fresh (id bigint REFERENCES Jobs (id));
+    CREATE TRIGGER t AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION f();
+    DROP TRIGGER IF EXISTS old_t ON results;
+    ALTER TABLE IF EXISTS ONLY tasks ADD COLUMN y int;  -- ALTER TABLE nope
+    CREATE UNIQUE INDEX fresh_idx ON fresh (id);
+    """
+    assert migrator.altered_tables(body) == ("fresh", "jobs", "results", "tasks")
+    # a concurrent index build is a step's, outside the part: no lock writers wait on
+    assert migrator.altered_tables(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON jobs (queue)") == ()
+
+
+@pytest.mark.parametrize(("lock_timeout", "deadlock", "tables", "budget"), [
+    (5.0, 1.0, 1, 0.5), (5.0, 1.0, 2, 0.25), (0.2, 1.0, 1, 0.2), (5.0, 0.1, 0, 0.05)])
+def test_the_first_locks_wait_less_than_a_deadlock_check(
+        lock_timeout: float, deadlock: float, tables: int, budget: float) -> None:
+    assert migrator.lock_budget(lock_timeout, deadlock, tables) == pytest.approx(budget)

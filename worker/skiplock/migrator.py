@@ -18,6 +18,13 @@ lock that stops every enqueue, claim and completion for as long as the scan take
   (ADD COLUMN, ADD CONSTRAINT ... NOT VALID) never sit in the lock queue in front of the
   workers' writes for longer than that; on a timeout the transaction is retried with backoff,
   then the migration fails saying which lock it could not take;
+- before anything else it locks, ACCESS EXCLUSIVE, every existing table its statements alter
+  (ALTER TABLE, a trigger, a plain index or a foreign key on it), in name order, each wait
+  bounded by half the server's ``deadlock_timeout`` at most. Taking the weaker lock of one
+  statement and then the stronger one of the next (0007: CREATE TRIGGER, then ADD COLUMN)
+  deadlocked with a writer waiting behind the first, and the server may cancel either side:
+  CI saw the writer's UPDATE cancelled. Locked first, within a time shorter than any
+  waiter's deadlock check, the migrator is the only side that can give up (retried);
 - each step is one idempotent statement (CONCURRENTLY, IF NOT EXISTS, VALIDATE) that takes only
   locks writers do not wait on, without a statement timeout; a step is recorded when done, so
   an interrupted migration resumes at its first unfinished step. An index left INVALID by an
@@ -49,6 +56,14 @@ _ONLY_IF = re.compile(r"^-- only if: (.+)$", re.MULTILINE)
 # `-- with NAME: <query>`: {NAME} in the statement becomes the query's one value, quoted as an
 # identifier (the schema an extension lives in, known only on the server)
 _WITH = re.compile(r"^-- with (\w+): (.+)$", re.MULTILINE)
+# the tables a transactional part's statements take a lock on that writers wait for: ALTER
+# TABLE, CREATE/DROP TRIGGER ... ON, a plain (not concurrent) CREATE INDEX ... ON, REFERENCES
+_ALTERED = re.compile(
+    r"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(\w+)"
+    r"|\bTRIGGER\s+(?:IF\s+EXISTS\s+)?\w+\s+(?:[^;]*?\s)?ON\s+(\w+)"
+    r"|\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY)(?:IF\s+NOT\s+EXISTS\s+)?\w+\s+ON\s+"
+    r"(?:ONLY\s+)?(\w+)"
+    r"|\bREFERENCES\s+(\w+)", re.IGNORECASE)
 _INDEX_NAME = re.compile(
     r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE
 )
@@ -71,6 +86,8 @@ class Migration:
     name: str
     body: str  # the transactional part
     steps: tuple[Step, ...]
+    # the tables the transactional part locks first (altered_tables)
+    tables: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -107,7 +124,22 @@ def parse(version: int, name: str, text: str) -> Migration:
                              f"for {sorted(unbound)}")
         steps.append(Step(number, code, only_if[1].strip() if only_if else None, bindings,
                           index[1] if index else None))
-    return Migration(version, name, parts[0], tuple(steps))
+    return Migration(version, name, parts[0], tuple(steps), altered_tables(parts[0]))
+
+
+def altered_tables(body: str) -> tuple[str, ...]:
+    """The tables a transactional part's statements lock in a mode writers wait for, in
+    name order, without its comments (pure; the migrator locks them first)."""
+    code = "\n".join(line.split("--", 1)[0] for line in body.splitlines())
+    return tuple(sorted({next(g for g in m.groups() if g).lower()
+                         for m in _ALTERED.finditer(code)}))
+
+
+def lock_budget(lock_timeout: float, deadlock_timeout: float, tables: int) -> float:
+    """Seconds each of the first locks may wait (pure): all of them together within half the
+    server's deadlock_timeout (and the migration's lock_timeout), so a writer queued behind
+    the migrator never reaches its own deadlock check while the migrator waits."""
+    return min(lock_timeout, deadlock_timeout / 2) / max(1, tables)
 
 
 def migrations() -> list[Migration]:
@@ -202,6 +234,7 @@ def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
         if body_pending:
             def body(m: Migration = m) -> None:
                 with conn.transaction():
+                    _lock_first(conn, m.tables, lock_timeout)
                     conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
                         pgsql.Literal(f"{int(lock_timeout * 1000)}ms")))
                     conn.execute(m.body)
@@ -213,6 +246,23 @@ def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
                 _run_step(conn, m, step)
             _retrying(f"migration {m.label} step {step.number}", attempts, run, sleep)
     return ran
+
+
+def _lock_first(conn: psycopg.Connection[Any], tables: tuple[str, ...],
+                lock_timeout: float) -> None:
+    """ACCESS EXCLUSIVE on those of ``tables`` that exist, in order, each wait within
+    lock_budget (LockNotAvailable: the part is retried, see _retrying)."""
+    if not tables:
+        return
+    row = conn.execute(sql.queries()["existing_tables"], {"tables": list(tables)}).fetchone()
+    assert row is not None
+    existing, deadlock_timeout = list(row[0]), float(row[1])
+    budget = lock_budget(lock_timeout, deadlock_timeout, len(existing))
+    conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
+        pgsql.Literal(f"{max(1, int(budget * 1000))}ms")))
+    for table in existing:
+        conn.execute(pgsql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            pgsql.Identifier(table)))
 
 
 def _run_step(conn: psycopg.Connection[Any], m: Migration, step: Step) -> None:

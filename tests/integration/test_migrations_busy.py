@@ -299,3 +299,21 @@ def test_a_writer_queued_between_two_locks_of_a_migration_is_never_the_one_cance
         writer.commit()
     mig.join(60)
     assert outcome == [["0099_two_locks"]]
+
+
+def test_an_application_table_of_the_same_name_is_never_locked(empty_url: str) -> None:
+    """The application's own `public.jobs`, read by an open transaction, while Skiplock's
+    schema is created from nothing: the first locks are taken in Skiplock's schema only
+    (resolved by the search path, 0001's `REFERENCES jobs` found public.jobs and waited
+    for the application's reader, then gave up)."""
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.jobs (id int)")
+    with psycopg.connect(empty_url) as app:
+        app.execute("SELECT count(*) FROM public.jobs")  # holds ACCESS SHARE until commit
+        applied = _migrate(empty_url, lock_timeout=0.5, attempts=2)
+        assert applied[0] == "0001_initial"
+        [(locks,)] = app.execute(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'public.jobs'::regclass "
+            "AND mode = 'AccessExclusiveLock'").fetchall()
+        assert locks == 0
+        app.rollback()

@@ -234,7 +234,7 @@ def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
         if body_pending:
             def body(m: Migration = m) -> None:
                 with conn.transaction():
-                    _lock_first(conn, m.tables, lock_timeout)
+                    _lock_first(conn, schema, m.tables, lock_timeout)
                     conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
                         pgsql.Literal(f"{int(lock_timeout * 1000)}ms")))
                     conn.execute(m.body)
@@ -248,13 +248,15 @@ def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
     return ran
 
 
-def _lock_first(conn: psycopg.Connection[Any], tables: tuple[str, ...],
+def _lock_first(conn: psycopg.Connection[Any], schema: str, tables: tuple[str, ...],
                 lock_timeout: float) -> None:
-    """ACCESS EXCLUSIVE on those of ``tables`` that exist, in order, each wait within
-    lock_budget (LockNotAvailable: the part is retried, see _retrying)."""
+    """ACCESS EXCLUSIVE on those of ``tables`` that exist in ``schema`` (never a table of the
+    same name elsewhere on the search path), in order, each wait within lock_budget
+    (LockNotAvailable: the part is retried, see _retrying)."""
     if not tables:
         return
-    row = conn.execute(sql.queries()["existing_tables"], {"tables": list(tables)}).fetchone()
+    row = conn.execute(sql.queries()["existing_tables"],
+                       {"schema": schema, "tables": list(tables)}).fetchone()
     assert row is not None
     existing, deadlock_timeout = list(row[0]), float(row[1])
     budget = lock_budget(lock_timeout, deadlock_timeout, len(existing))
@@ -262,7 +264,7 @@ def _lock_first(conn: psycopg.Connection[Any], tables: tuple[str, ...],
         pgsql.Literal(f"{max(1, int(budget * 1000))}ms")))
     for table in existing:
         conn.execute(pgsql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            pgsql.Identifier(table)))
+            pgsql.Identifier(schema, table)))
 
 
 def _run_step(conn: psycopg.Connection[Any], m: Migration, step: Step) -> None:

@@ -39,10 +39,12 @@ WHERE c.relname = %(name)s AND c.relnamespace = current_schema()::regnamespace
   AND NOT i.indisvalid;
 
 -- name: existing_tables
--- Of %(tables)s, those that exist in the search path (a transactional part may create the
--- others), in order; and the server's deadlock_timeout in seconds (skiplock/migrator.py
+-- Of %(tables)s, those that exist in %(schema)s (a transactional part may create the others;
+-- a table of the same name in public, say an application's own `jobs`, is not ours), in
+-- order; and the server's deadlock_timeout in seconds (skiplock/migrator.py
 -- lock_budget).
 SELECT ARRAY(SELECT t FROM unnest(%(tables)s::text[]) AS t
-             WHERE to_regclass(quote_ident(t)) IS NOT NULL ORDER BY t) AS tables,
+             WHERE to_regclass(quote_ident(%(schema)s) || '.' || quote_ident(t)) IS NOT NULL
+             ORDER BY t) AS tables,
        extract(epoch FROM current_setting('deadlock_timeout')::interval)::float8
            AS deadlock_timeout;

@@ -53,6 +53,30 @@ def _catalogue(url: str) -> tuple[list[tuple[str, str]], list[tuple[str, str, bo
             [(str(a), str(b), bool(c)) for a, b, c in constraints])
 
 
+def _migrating_in_background(url: str, outcome: list[BaseException | list[str]],
+                             **kw: object) -> threading.Thread:
+    """A migration started in a thread (its result or error appended to ``outcome``), once
+    it waits for its ACCESS EXCLUSIVE lock on jobs."""
+    def migrate() -> None:
+        try:
+            outcome.append(_migrate(url, **kw))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    mig = threading.Thread(target=migrate)
+    mig.start()
+    with psycopg.connect(url, autocommit=True) as conn:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = "
+                "'AccessExclusiveLock' AND relation = 'skiplock.jobs'::regclass").fetchone()
+            if row and row[0]:
+                return mig
+            time.sleep(0.01)
+    pytest.fail("the migration never waited for its lock")
+
+
 def _steps_recorded(url: str) -> set[tuple[int, int]]:
     with psycopg.connect(url) as conn:
         return {(int(v), int(s)) for v, s in conn.execute(
@@ -159,36 +183,17 @@ def test_a_migration_behind_a_long_transaction_gives_up_without_queueing_writes(
     with psycopg.connect(empty_url) as report:
         report.execute("SELECT count(*) FROM skiplock.jobs")  # holds ACCESS SHARE until commit
         outcome: list[BaseException | list[str]] = []
+        mig = _migrating_in_background(empty_url, outcome, lock_timeout=0.5, attempts=2)
+        done = threading.Event()
 
-        def migrate() -> None:
-            try:
-                outcome.append(_migrate(empty_url, lock_timeout=0.5, attempts=2))
-            except BaseException as exc:
-                outcome.append(exc)
+        def write() -> None:
+            with psycopg.connect(empty_url, autocommit=True) as w:
+                w.execute("INSERT INTO skiplock.jobs (queue, task) VALUES ('q', 't')")
+            done.set()
 
-        mig = threading.Thread(target=migrate)
-        mig.start()
-        with psycopg.connect(empty_url, autocommit=True) as conn:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # the migration waits for its lock
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = "
-                    "'AccessExclusiveLock' AND relation = 'skiplock.jobs'::regclass").fetchone()
-                if row and row[0]:
-                    break
-                time.sleep(0.01)
-            else:
-                pytest.fail("the migration never waited for its lock")
-            done = threading.Event()
-
-            def write() -> None:
-                with psycopg.connect(empty_url, autocommit=True) as w:
-                    w.execute("INSERT INTO skiplock.jobs (queue, task) VALUES ('q', 't')")
-                done.set()
-
-            threading.Thread(target=write, daemon=True).start()
-            # the report is still open: only the migration giving up lets the write through
-            assert done.wait(20), "the write queued behind the waiting migration"
+        threading.Thread(target=write, daemon=True).start()
+        # the report is still open: only the migration giving up lets the write through
+        assert done.wait(20), "the write queued behind the waiting migration"
         mig.join(30)
         assert len(outcome) == 1 and isinstance(outcome[0], MigrationBlocked), outcome
         message = str(outcome[0])
@@ -275,26 +280,7 @@ def test_a_writer_queued_between_two_locks_of_a_migration_is_never_the_one_cance
     outcome: list[BaseException | list[str]] = []
     with psycopg.connect(empty_url) as writer:
         writer.execute("SELECT id FROM skiplock.jobs WHERE id = %s FOR UPDATE", [job])
-
-        def migrate() -> None:
-            try:
-                outcome.append(_migrate(empty_url))
-            except BaseException as exc:
-                outcome.append(exc)
-
-        mig = threading.Thread(target=migrate)
-        mig.start()
-        with psycopg.connect(empty_url, autocommit=True) as watch:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # the migration waits for its lock
-                row = watch.execute(
-                    "SELECT count(*) FROM pg_locks WHERE relation = 'skiplock.jobs'::regclass "
-                    "AND mode = 'AccessExclusiveLock' AND NOT granted").fetchone()
-                if row and row[0]:
-                    break
-                time.sleep(0.01)
-            else:
-                pytest.fail("the migration never waited for its lock")
+        mig = _migrating_in_background(empty_url, outcome)
         writer.execute("UPDATE skiplock.jobs SET priority = 1 WHERE id = %s", [job])
         writer.commit()
     mig.join(60)

@@ -1677,28 +1677,28 @@ class WorkerConnection:
             # where each task's walk over its keys stopped last time (fairness, bounded cost)
             "key_cursor": Jsonb(dict(self._key_cursor)),
         }
+        # what each pass sends, whichever way it goes out
+        statements: list[tuple[str, Mapping[str, Any]]] = (
+            [(Q["lock_limited"], {"tasks": sorted(set(tasks))}), (Q["claim_limited"], params)]
+            if locked else [(Q["claim_limited_unlocked"], params)])
         async with self.cursor("claim limited jobs") as cur:
             if self.pooler or not psycopg.Pipeline.is_supported():
                 # behind a pooler nothing is prepared (no plan to keep): no generic_plans.
                 # Each statement of a _SettingCursor syncs: an explicit transaction keeps the
                 # locks (and the server connection) for the claim; likewise with a libpq
                 # older than 14 (no pipeline mode), at one round trip more
-                if not locked:
-                    await cur.execute(Q["claim_limited_unlocked"], params)
-                else:
-                    async with cur.connection.transaction():
-                        await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
-                        await cur.execute(Q["claim_limited"], params)
+                async with contextlib.AsyncExitStack() as stack:
+                    if locked:
+                        await stack.enter_async_context(cur.connection.transaction())
+                    for query, args in statements:
+                        await cur.execute(query, args)
             else:
                 # one round trip, one implicit transaction (until the pipeline's Sync): the
                 # claim's plan-cache setting and, locked, its locks hold for it alone
                 async with cur.connection.pipeline():
                     await cur.execute(Q["generic_plans"])
-                    if locked:
-                        await cur.execute(Q["lock_limited"], {"tasks": sorted(set(tasks))})
-                        await cur.execute(Q["claim_limited"], params)
-                    else:
-                        await cur.execute(Q["claim_limited_unlocked"], params)
+                    for query, args in statements:
+                        await cur.execute(query, args)
             rows = await cur.fetchall()
         # the last row is no job: the tasks the locked pass may find more of (claim_limited)
         # and where the key walks stopped

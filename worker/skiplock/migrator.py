@@ -235,8 +235,7 @@ def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
             def body(m: Migration = m) -> None:
                 with conn.transaction():
                     _lock_first(conn, schema, m.tables, lock_timeout)
-                    conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
-                        pgsql.Literal(f"{int(lock_timeout * 1000)}ms")))
+                    _set_lock_timeout(conn, lock_timeout)
                     conn.execute(m.body)
                     conn.execute(q["record_migration"], {"version": m.version, "name": m.name})
             _retrying(f"migration {m.label}", attempts, body, sleep)
@@ -246,6 +245,12 @@ def apply(conn: psycopg.Connection[Any], schema: str, lock_timeout: float = 5.0,
                 _run_step(conn, m, step)
             _retrying(f"migration {m.label} step {step.number}", attempts, run, sleep)
     return ran
+
+
+def _set_lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
+    """For the rest of this transaction, in whole milliseconds (0: no timeout)."""
+    conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
+        pgsql.Literal(f"{int(seconds * 1000)}ms")))
 
 
 def _lock_first(conn: psycopg.Connection[Any], schema: str, tables: tuple[str, ...],
@@ -259,9 +264,9 @@ def _lock_first(conn: psycopg.Connection[Any], schema: str, tables: tuple[str, .
                        {"schema": schema, "tables": list(tables)}).fetchone()
     assert row is not None
     existing, deadlock_timeout = list(row[0]), float(row[1])
-    budget = lock_budget(lock_timeout, deadlock_timeout, len(existing))
-    conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
-        pgsql.Literal(f"{max(1, int(budget * 1000))}ms")))
+    # at least 1 ms: a budget rounded down to 0 would mean no timeout at all
+    _set_lock_timeout(conn, max(0.001, lock_budget(lock_timeout, deadlock_timeout,
+                                                   len(existing))))
     for table in existing:
         conn.execute(pgsql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
             pgsql.Identifier(schema, table)))

@@ -50,7 +50,7 @@ def copy_ceiling(dsn: str, jobs: int, chunk: int) -> None:
         row = conn.execute("SELECT queue, task, args::text, priority, max_attempts FROM jobs "
                            "LIMIT 1").fetchone()
         assert row is not None
-        line = "\t".join(str(v) for v in row) + "\t\\N\n"
+        line = "\t".join(str(v) for v in row) + "\t\\N\t\\N\n"  # no trace, no key
         rendered = (line * chunk).encode()
         started = time.perf_counter()
         done = 0

@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from .copy_data import CopyBatch, CopyRefused, next_block
 from .db import (
     ENQUEUE_TRIES,
     NewJob,
@@ -31,7 +32,6 @@ from .db import (
     _keyed_outcome,
     caller_enqueue_outcome,
     check_unnest_keys,
-    copy_plan,
     enqueue_plan,
     insert_failure,
     needs_reconnect,
@@ -200,17 +200,22 @@ class AsyncDatabase(PoolSettings):
             raise wrap_error(exc, self.url, "enqueue in caller's transaction") from None
         return caller_enqueue_outcome(row, params)
 
-    async def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
-        statement, rows = copy_plan(jobs)  # Database.enqueue_copy's, row for row
+    async def enqueue_copy(self, jobs: Sequence[NewJob] | CopyBatch) -> int:
+        """Database.enqueue_copy, awaited: the same COPY text, block by block."""
+        batch = jobs if isinstance(jobs, CopyBatch) else CopyBatch.of(jobs)
 
         async def copy_rows(conn: psycopg.AsyncConnection[Any]) -> int:
-            async with conn.cursor() as cur, cur.copy(statement) as copy:
-                for row in rows:
-                    await copy.write_row(row)
-            return len(jobs)
+            texts = batch.texts()
+            try:
+                async with conn.cursor() as cur, cur.copy(Q["copy_jobs"]) as copy:
+                    while (text := next_block(texts)) is not None:
+                        await copy.write(text)
+            except CopyRefused as refused:
+                raise refused.cause from None  # the transaction is rolled back with it
+            return batch.count
 
         count: int = await self._insert_transaction(
-            f"enqueue_many ({len(jobs)} jobs)", "the jobs", copy_rows, pipeline=False)
+            f"enqueue_many ({batch.total} jobs)", "the jobs", copy_rows, pipeline=False)
         return count
 
     async def enqueue_unnest(self, jobs: Sequence[NewJob]) -> list[int]:

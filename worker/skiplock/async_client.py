@@ -18,8 +18,16 @@ import psycopg
 from . import transitions
 from .adb import AsyncDatabase
 from .client import user_at_host, wait_hub
+from .copy_data import CopyBatch
 from .handles import TaskHandle, task_name
-from .preparation import AsyncCatalogue, copyable, job_specs, prepare_job, prepare_many
+from .preparation import (
+    AsyncCatalogue,
+    copyable_specs,
+    job_specs,
+    prepare_blocks,
+    prepare_job,
+    prepare_many,
+)
 from .settings import Settings
 from .waiting import WaitHub, check_wait_timeout
 
@@ -106,11 +114,14 @@ class AsyncClient:
         specs = job_specs(jobs)
         catalogue = (await self._catalogue.snapshot(s.get("task") for s in specs)
                      if self._validating(validate) else None)
-        prepared = prepare_many(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
-        if not prepared:
+        if not specs:
             return 0
-        if copyable(prepared):
-            return await self.db.enqueue_copy(prepared)
+        if copyable_specs(specs):
+            # prepared block by block while the COPY sends the blocks before
+            blocks = prepare_blocks(specs, max_args_bytes=self.max_args_bytes,
+                                    catalogue=catalogue)
+            return await self.db.enqueue_copy(CopyBatch(blocks, len(specs)).prime())
+        prepared = prepare_many(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
         return len(await self.db.enqueue_unnest(prepared))
 
     async def get_job(self, job_id: int) -> dict[str, Any] | None:

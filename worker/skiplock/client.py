@@ -13,12 +13,20 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from . import transitions
+from .copy_data import CopyBatch
 from .db import Database
 from .errors import InvalidArguments, SkiplockError
 from .handles import TaskHandle, task_name
 from .names import MAX_QUEUE_NAME, queue_problem
 from .outcomes import storable_text
-from .preparation import Catalogue, copyable, prepare_job, prepare_many
+from .preparation import (
+    Catalogue,
+    copyable_specs,
+    job_specs,
+    prepare_blocks,
+    prepare_job,
+    prepare_many,
+)
 from .settings import Settings
 from .waiting import WaitHub, check_wait_timeout
 
@@ -117,12 +125,16 @@ class Client:
         the same job is skipped (not counted); for a different job, IdempotencyConflict and
         nothing is stored. Keyed jobs take the unnest path; COPY stays keyless.
         """
-        prepared = prepare_many(jobs, max_args_bytes=self.max_args_bytes,
-                                catalogue=self._checked_against(validate))
-        if not prepared:
+        specs = job_specs(jobs)
+        catalogue = self._checked_against(validate)
+        if not specs:
             return 0
-        if copyable(prepared):
-            return self.db.enqueue_copy(prepared)
+        if copyable_specs(specs):
+            # prepared block by block while the COPY sends the blocks before
+            blocks = prepare_blocks(specs, max_args_bytes=self.max_args_bytes,
+                                    catalogue=catalogue)
+            return self.db.enqueue_copy(CopyBatch(blocks, len(specs)).prime())
+        prepared = prepare_many(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
         return len(self.db.enqueue_unnest(prepared))
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:

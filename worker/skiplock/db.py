@@ -34,6 +34,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import migrator, sql
+from .copy_data import CopyBatch, CopyRefused, next_block
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -231,18 +232,6 @@ class NewJob(NamedTuple):
     concurrency_key: str | None = None
     # the producer's trace context as JSON text (skiplock/tracing.py); None: none (no otel)
     trace_context: str | None = None
-
-
-def copy_plan(jobs: Sequence[NewJob]) -> tuple[str, list[tuple[Any, ...]]]:
-    """The COPY statement for ``jobs`` and its rows (both clients' bulk path): with the
-    concurrency_key column when a limited task's job is among them (the rest send none), and
-    each job's trace context (NULL without one)."""
-    if any(j.concurrency_key is not None for j in jobs):
-        return Q["copy_keyed_jobs"], [(j.queue, j.task, j.args_json, j.priority,
-                                       j.max_attempts, j.trace_context, j.concurrency_key)
-                                      for j in jobs]
-    return Q["copy_jobs"], [(j.queue, j.task, j.args_json, j.priority, j.max_attempts,
-                             j.trace_context) for j in jobs]
 
 
 @dataclass(eq=False, slots=True)
@@ -912,20 +901,25 @@ class Database(PoolSettings):
             raise wrap_error(exc, self.url, "enqueue in caller's transaction") from None
         return caller_enqueue_outcome(row, params)
 
-    def enqueue_copy(self, jobs: Sequence[NewJob]) -> int:
-        """Bulk insert with COPY (no unique keys, no schedule): the fastest path."""
-
-        statement, rows = copy_plan(jobs)
+    def enqueue_copy(self, jobs: Sequence[NewJob] | CopyBatch) -> int:
+        """Bulk insert with COPY (no unique keys, no schedule): the fastest path. ``jobs`` as
+        a CopyBatch is prepared while it is sent (what a job's checks raise stops the COPY,
+        and nothing is stored)."""
+        batch = jobs if isinstance(jobs, CopyBatch) else CopyBatch.of(jobs)
 
         def copy_rows(conn: psycopg.Connection[Any]) -> int:
             # COPY ends with the server's count: an error in the data surfaces before COMMIT.
-            with conn.cursor() as cur, cur.copy(statement) as copy:
-                for row in rows:
-                    copy.write_row(row)
-            return len(jobs)
+            texts = batch.texts()
+            try:
+                with conn.cursor() as cur, cur.copy(Q["copy_jobs"]) as copy:
+                    while (text := next_block(texts)) is not None:
+                        copy.write(text)
+            except CopyRefused as refused:
+                raise refused.cause from None  # the transaction is rolled back with it
+            return batch.count
 
         count: int = self._insert_transaction(
-            f"enqueue_many ({len(jobs)} jobs)", "the jobs", copy_rows, pipeline=False
+            f"enqueue_many ({batch.total} jobs)", "the jobs", copy_rows, pipeline=False
         )
         return count
 

@@ -56,10 +56,7 @@ RETURNING id;
 -- name: copy_jobs
 -- enqueue_many's fast path (both clients): no unique keys, no run_at, no deadline. The
 -- producer's trace context rides along (NULL outside a span): enqueue_many inside a span
--- must not lose COPY for it.
-COPY jobs (queue, task, args, priority, max_attempts, trace_context) FROM STDIN;
-
--- name: copy_keyed_jobs
--- The same when a job of a limited task is among them: it carries its concurrency key.
+-- must not lose COPY for it; so does a limited task's concurrency key (NULL for the rest).
+-- The rows are COPY text rendered by copy_data.py, block by block as they are prepared.
 COPY jobs (queue, task, args, priority, max_attempts, trace_context, concurrency_key)
 FROM STDIN;

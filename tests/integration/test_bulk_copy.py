@@ -10,13 +10,15 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skiplock import InvalidArguments
+from skiplock import Client, InvalidArguments, UnknownTask
 from skiplock.preparation import COPY_BLOCK
 from tests.integration.test_client_support import Producer
+from tests.integration.test_core_enqueue import register_catalogue
 from tests.support.pgserver import PgServer
 
 Sql = Callable[..., list[tuple[Any, ...]]]
@@ -115,3 +117,62 @@ def test_copy_text_is_what_the_server_stores_for_json_escapes(producer: Producer
     (row,) = sql("SELECT args::text, args FROM jobs")
     assert row[1] == args
     assert json.loads(row[0]) == args
+
+
+def test_a_database_error_raised_by_a_spec_is_not_retried_as_a_lost_link(
+        producer: Producer, sql: Sql) -> None:
+    """A spec that raises psycopg's OperationalError (a lazy row of the caller's whose
+    connection died) in a later block: the insert's retry-once-before-COMMIT must not take
+    it for the COPY's own link and commit the blocks sent before."""
+
+    class LazyRow(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise psycopg.OperationalError("the caller's own connection is gone")
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(["task"])
+
+        def __len__(self) -> int:
+            return 1
+
+    jobs: list[Mapping[str, Any]] = [{"task": "add", "args": {"a": i, "b": 0}}
+                                     for i in range(COPY_BLOCK + 500)]
+    jobs += [LazyRow(), {"task": "add", "args": {"a": 0, "b": 0}}]
+    with pytest.raises(psycopg.OperationalError, match="caller's own connection"):
+        producer.enqueue_many(jobs, validate=False)
+    assert sql("SELECT count(*) FROM jobs") == [(0,)]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_url_asking_for_sql_ascii_or_latin1_still_stores_any_text(
+        kind: str, database_url: str, sql: Sql) -> None:
+    """Skiplock's connections speak UTF-8 whatever the URL's client_encoding: under SQL_ASCII
+    psycopg returned text as bytes (the catalogue check broke) and sent it as ASCII (COPY
+    refused every non-ASCII name, key or argument); under LATIN1 an emoji could not be sent."""
+    sql(KEYED_TASK)
+    for encoding in ("SQL_ASCII", "LATIN1"):
+        producer = Producer(kind, f"{database_url}?client_encoding={encoding}")
+        try:
+            assert producer.enqueue_many([{"task": "tâche_😀", "args": {"v": "é"}}],
+                                         validate=False) == 1
+            assert producer.enqueue_many([{"task": "keyed_copy",  # checked: the catalogue
+                                           "args": {"tenant": "Zürich 😀"}}]) == 1
+        finally:
+            producer.close()
+    assert sql("SELECT task, concurrency_key FROM jobs ORDER BY id") == [
+        ("tâche_😀", None), ("keyed_copy", "Zürich 😀")] * 2
+
+
+def test_an_unknown_task_in_a_later_block_needs_no_second_connection(
+        database_url: str, sql: Sql) -> None:
+    """The catalogue is read before the COPY takes its connection: with a pool of one, an
+    unknown task in the second block is UnknownTask at once (it used to wait for a second
+    connection to re-read the catalogue, and time out as "database unavailable")."""
+    register_catalogue(database_url)
+    with Client(database_url) as client:
+        client.db._pool.resize(min_size=1, max_size=1)
+        jobs = [{"task": "add", "args": {"a": 1, "b": 1}}] * COPY_BLOCK + [{"task": "nosuch"}]
+        with pytest.raises(UnknownTask, match=f"job #{COPY_BLOCK}: .*nosuch"):
+            client.enqueue_many(jobs)
+        assert client.enqueue_many(jobs[:3]) == 3
+    assert sql("SELECT count(*) FROM jobs") == [(3,)]

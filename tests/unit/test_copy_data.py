@@ -121,14 +121,40 @@ def test_a_retry_sends_the_blocks_again_then_goes_on_preparing() -> None:
 def test_a_refused_block_ends_the_copy_with_a_message_that_quotes_nothing() -> None:
     batch = CopyBatch(_blocks_of([_job("a")], [_job("b")], fail_after=1), total=2).prime()
     texts = batch.texts()
-    assert next_block(texts) == copy_text([_job("a")])
+    assert next_block(texts, "utf-8") == copy_text([_job("a")]).encode()
     with pytest.raises(CopyRefused) as info:
-        next_block(texts)
+        next_block(texts, "utf-8")
     # psycopg sends str(exception) to the server, which logs it: nothing of the job's
     assert "secret" not in str(info.value) and "job #" not in str(info.value)
     assert isinstance(info.value.cause, InvalidArguments)
     assert "job #5" in str(info.value.cause)
-    assert next_block(iter([])) is None
+    assert next_block(iter([]), "utf-8") is None
+
+
+def test_a_batch_whose_preparation_failed_never_completes_on_a_retry() -> None:
+    """The retry after a lost link (or after an error of the caller's that looks like one)
+    must not find the preparing iterator ended and commit the blocks rendered before."""
+    batch = CopyBatch(_blocks_of([_job("a")], [_job("b")], fail_after=1), total=2).prime()
+    for _attempt in range(3):
+        texts = batch.texts()
+        assert next(texts) == copy_text([_job("a")])
+        with pytest.raises(InvalidArguments, match="job #5"):
+            next(texts)
+    assert batch.count == 1
+
+
+def test_a_batch_that_ends_short_of_its_total_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="rendered 1 of 2 jobs"):
+        list(CopyBatch(iter([[_job("a")]]), total=2).texts())
+
+
+def test_text_the_encoding_cannot_carry_is_the_producers_error_and_quotes_nothing() -> None:
+    texts = iter([copy_text([_job("t😀-s3cr3t")])])
+    with pytest.raises(CopyRefused) as info:
+        next_block(texts, "latin-1")
+    assert "s3cr3t" not in str(info.value) and "s3cr3t" not in str(info.value.cause)
+    assert isinstance(info.value.cause, InvalidArguments)
+    assert "client_encoding" in str(info.value.cause)
 
 
 # ---- the blocks against prepare_job, job by job --------------------------------------------

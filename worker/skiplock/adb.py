@@ -206,16 +206,17 @@ class AsyncDatabase(PoolSettings):
 
         async def copy_rows(conn: psycopg.AsyncConnection[Any]) -> int:
             texts = batch.texts()
-            try:
-                async with conn.cursor() as cur, cur.copy(Q["copy_jobs"]) as copy:
-                    while (text := next_block(texts)) is not None:
-                        await copy.write(text)
-            except CopyRefused as refused:
-                raise refused.cause from None  # the transaction is rolled back with it
+            codec = conn.info.encoding
+            async with conn.cursor() as cur, cur.copy(Q["copy_jobs"]) as copy:
+                while (block := next_block(texts, codec)) is not None:
+                    await copy.write(block)
             return batch.count
 
-        count: int = await self._insert_transaction(
-            f"enqueue_many ({batch.total} jobs)", "the jobs", copy_rows, pipeline=False)
+        try:
+            count: int = await self._insert_transaction(
+                f"enqueue_many ({batch.total} jobs)", "the jobs", copy_rows, pipeline=False)
+        except CopyRefused as refused:  # rolled back, never retried
+            raise refused.cause from None
         return count
 
     async def enqueue_unnest(self, jobs: Sequence[NewJob]) -> list[int]:

@@ -126,9 +126,11 @@ class Client:
         nothing is stored. Keyed jobs take the unnest path; COPY stays keyless.
         """
         specs = job_specs(jobs)
-        catalogue = self._checked_against(validate)
         if not specs:
             return 0
+        checked = self._checked_against(validate)
+        # read now: the COPY prepares its blocks while it holds a pooled connection
+        catalogue = checked.snapshot(s.get("task") for s in specs) if checked else None
         if copyable_specs(specs):
             # prepared block by block while the COPY sends the blocks before
             blocks = prepare_blocks(specs, max_args_bytes=self.max_args_bytes,

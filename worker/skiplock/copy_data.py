@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from .errors import InvalidArguments
+
 if TYPE_CHECKING:  # annotations only: db.py imports this module
     from .db import NewJob
 
@@ -36,7 +38,7 @@ def copy_text(jobs: Sequence[NewJob]) -> str:
     max_attempts, trace_context, concurrency_key."""
     f = copy_field
     return "".join([
-        f"{f(j.queue)}\t{f(j.task)}\t{f(j.args_json)}\t{int(j.priority)}\t{int(j.max_attempts)}\t"
+        f"{f(j.queue)}\t{f(j.task)}\t{f(j.args_json)}\t{j.priority}\t{j.max_attempts}\t"
         f"{f(j.trace_context)}\t{f(j.concurrency_key)}\n"
         for j in jobs
     ])
@@ -45,13 +47,15 @@ def copy_text(jobs: Sequence[NewJob]) -> str:
 class CopyBatch:
     """The COPY text of one enqueue_many, rendered block by block as ``blocks`` (prepared
     jobs) yields them, and kept: a retry on a fresh connection sends the same rows again and
-    then goes on preparing where the first attempt stopped. ``total`` is how many jobs the
-    batch holds (what errors name); ``count`` how many were rendered so far (``total`` once
-    ``texts()`` is exhausted)."""
+    then goes on preparing where the first attempt stopped. What preparing a block raised is
+    kept too, and raised again by every later ``texts()``: a batch whose preparation failed
+    never completes (its rows are not all there). ``total`` is how many jobs the batch holds
+    (what errors name); ``count`` how many were rendered so far."""
 
     def __init__(self, blocks: Iterator[Sequence[NewJob]], total: int) -> None:
         self._blocks = blocks
         self._texts: list[str] = []
+        self._failure: Exception | None = None
         self.total = total
         self.count = 0
 
@@ -69,7 +73,13 @@ class CopyBatch:
         return self
 
     def _render_next(self) -> bool:
-        jobs = next(self._blocks, None)
+        if self._failure is not None:
+            raise self._failure
+        try:
+            jobs = next(self._blocks, None)
+        except Exception as exc:
+            self._failure = exc
+            raise
         if jobs is None:
             return False
         self._texts.append(copy_text(jobs))
@@ -83,24 +93,36 @@ class CopyBatch:
         while i < len(self._texts) or self._render_next():
             yield self._texts[i]
             i += 1
+        if self.count != self.total:  # never: a batch either fails or renders every job
+            raise RuntimeError(f"COPY batch rendered {self.count} of {self.total} jobs")
 
 
 class CopyRefused(Exception):
-    """Ends a COPY whose next block a job's checks refused. psycopg sends this exception's
-    text to the server as the reason (the server logs it), so it says nothing of the job:
-    the producer's own error, which may quote its arguments, is raised after the COPY."""
+    """Ends a COPY whose next block could not be prepared or encoded, and carries the reason
+    out of the insert transaction, which must not retry it (the reason may be any exception
+    of the caller's, a psycopg one among them). psycopg sends this exception's text to the
+    server as the COPY's failure (the server logs it), so it says nothing of the job: the
+    producer's own error, which may quote its arguments, is raised after the transaction."""
 
     def __init__(self, cause: Exception) -> None:
         super().__init__("a job of the batch failed the producer's checks; nothing is stored")
         self.cause = cause
 
 
-def next_block(texts: Iterator[str]) -> str | None:
-    """The next block of a CopyBatch, or None at the end; CopyRefused for what preparing it
-    raised (a refused job's InvalidArguments, or anything else from the caller's specs)."""
+def next_block(texts: Iterator[str], codec: str) -> bytes | None:
+    """The next block of a CopyBatch in ``codec`` (the connection's encoding: UTF-8 on every
+    Skiplock connection, db.conninfo), or None at the end; CopyRefused for what preparing it
+    raised (a refused job's InvalidArguments, or anything else from the caller's specs) or
+    for text the encoding cannot carry."""
     try:
-        return next(texts)
+        text = next(texts)
     except StopIteration:
         return None
     except Exception as exc:
         raise CopyRefused(exc) from None
+    try:
+        return text.encode(codec)
+    except UnicodeEncodeError as exc:
+        raise CopyRefused(InvalidArguments(
+            f"a job's text cannot be sent in the connection's client_encoding ({exc.encoding}: "
+            f"{exc.reason}); connect with client_encoding=UTF8")) from None

@@ -163,6 +163,11 @@ def _make_conninfo(
         connect_timeout=max(1, round(connect_timeout)),
         application_name=application_name,
         options=options,
+        # UTF-8 whatever the URL asks for: with SQL_ASCII psycopg returns text as bytes and
+        # sends it as ASCII, so the catalogue, non-ASCII names and keys, and the bulk COPY
+        # broke. The server converts to the database's encoding (refusing, as for any
+        # producer, what that cannot hold).
+        client_encoding="UTF8",
         # Detect a dead peer (cut cable, frozen host) instead of waiting forever on a socket.
         keepalives=1,
         keepalives_idle=5,
@@ -910,17 +915,18 @@ class Database(PoolSettings):
         def copy_rows(conn: psycopg.Connection[Any]) -> int:
             # COPY ends with the server's count: an error in the data surfaces before COMMIT.
             texts = batch.texts()
-            try:
-                with conn.cursor() as cur, cur.copy(Q["copy_jobs"]) as copy:
-                    while (text := next_block(texts)) is not None:
-                        copy.write(text)
-            except CopyRefused as refused:
-                raise refused.cause from None  # the transaction is rolled back with it
+            codec = conn.info.encoding
+            with conn.cursor() as cur, cur.copy(Q["copy_jobs"]) as copy:
+                while (block := next_block(texts, codec)) is not None:
+                    copy.write(block)
             return batch.count
 
-        count: int = self._insert_transaction(
-            f"enqueue_many ({batch.total} jobs)", "the jobs", copy_rows, pipeline=False
-        )
+        try:
+            count: int = self._insert_transaction(
+                f"enqueue_many ({batch.total} jobs)", "the jobs", copy_rows, pipeline=False
+            )
+        except CopyRefused as refused:  # rolled back, never retried
+            raise refused.cause from None
         return count
 
     def enqueue_unnest(self, jobs: Sequence[NewJob]) -> list[int]:

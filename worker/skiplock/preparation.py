@@ -126,6 +126,23 @@ class Catalogue:
             tasks = self.tasks(refresh=True)
         return CatalogueSnapshot(tasks).entry(task)
 
+    def snapshot(self, names: Iterable[Any]) -> CatalogueSnapshot:
+        """The catalogue for preparing jobs of tasks ``names``, read before any of them is
+        prepared (re-read once when one of them is not in the cached copy, as entry() does):
+        enqueue_many prepares its blocks while its COPY holds a pooled connection, so the
+        preparation must not need another one."""
+        tasks = self.tasks()
+        if tasks and not _wanted(names) <= tasks.keys():
+            tasks = self.tasks(refresh=True)
+        return CatalogueSnapshot(tasks)
+
+
+def _wanted(names: Iterable[Any]) -> set[str]:
+    """The task names a catalogue is read for: those that are valid task names (others are
+    refused by prepare_job first, and need no lookup)."""
+    distinct = {n for n in names if type(n) is str}
+    return {n for n in distinct if not task_problem(n)}
+
 
 class EntrySource(Protocol):
     """What prepare_job checks a task against: a Catalogue, or a CatalogueSnapshot."""
@@ -165,8 +182,7 @@ class AsyncCatalogue:
         is not in the cached copy, as Catalogue.entry does. Names that are not valid task
         names (or not text) are not looked up: prepare_job refuses them first."""
         tasks = await self.tasks()
-        wanted = {n for n in names if isinstance(n, str) and not task_problem(n)}
-        if tasks and not wanted <= tasks.keys():
+        if tasks and not _wanted(names) <= tasks.keys():
             tasks = await self.tasks(refresh=True)
         return CatalogueSnapshot(tasks)
 
@@ -267,9 +283,9 @@ def _prepare(
                 f"arguments for {task!r} are nested more than {MAX_ARGS_DEPTH} levels deep: "
                 "send flatter JSON"
             )
-        check_args_size(task, args_json, max_args_bytes)
     else:
         args_json = "{}"
+    check_args_size(task, args_json, max_args_bytes)
     if run_at is not None and delay is not None:
         raise InvalidArguments("pass run_at or delay, not both")
     if run_at is not None and run_at.tzinfo is None:

@@ -124,6 +124,12 @@ class Client:
         "run_at"?, "unique_key"?, "timeout"?}``. A job whose unique_key was already used for
         the same job is skipped (not counted); for a different job, IdempotencyConflict and
         nothing is stored. Keyed jobs take the unnest path; COPY stays keyless.
+
+        COPY sends the jobs in blocks of 1,000 while it prepares the next (the server stores
+        one block while the next is checked): a job refused in a later block ends the COPY
+        and nothing is stored, but the connection was taken first, so with the database
+        unreachable that error comes before a bad job past the first block, and the time
+        spent preparing counts towards the statement timeout.
         """
         specs = job_specs(jobs)
         if not specs:

@@ -6,6 +6,7 @@ itself in the server's log."""
 from __future__ import annotations
 
 import json
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -122,24 +123,40 @@ def test_copy_text_is_what_the_server_stores_for_json_escapes(producer: Producer
 def test_a_database_error_raised_by_a_spec_is_not_retried_as_a_lost_link(
         producer: Producer, sql: Sql) -> None:
     """A spec that raises psycopg's OperationalError (a lazy row of the caller's whose
-    connection died) in a later block: the insert's retry-once-before-COMMIT must not take
-    it for the COPY's own link and commit the blocks sent before."""
+    connection died) while its block is prepared, with earlier blocks on the server: the
+    insert's retry-once-before-COMMIT must not take it for the COPY's own link, retry, and
+    commit the blocks sent before."""
 
-    class LazyRow(Mapping[str, Any]):
-        def __getitem__(self, key: str) -> Any:
-            raise psycopg.OperationalError("the caller's own connection is gone")
+    class LazyRow(dict[str, Any]):
+        """Its task is there (the client's passes before the COPY read it); its arguments
+        are read only when its block is prepared."""
 
-        def __iter__(self) -> Iterator[str]:
-            return iter(["task"])
-
-        def __len__(self) -> int:
-            return 1
+        def get(self, key: str, default: Any = None) -> Any:
+            if key == "args":
+                raise psycopg.OperationalError("the caller's own connection is gone")
+            return super().get(key, default)
 
     jobs: list[Mapping[str, Any]] = [{"task": "add", "args": {"a": i, "b": 0}}
                                      for i in range(COPY_BLOCK + 500)]
-    jobs += [LazyRow(), {"task": "add", "args": {"a": 0, "b": 0}}]
-    with pytest.raises(psycopg.OperationalError, match="caller's own connection"):
+    jobs += [LazyRow(task="add"), {"task": "add", "args": {"a": 0, "b": 0}}]
+    with pytest.raises(psycopg.OperationalError, match="caller's own connection") as info:
         producer.enqueue_many(jobs, validate=False)
+    # raised from inside the COPY (not by a check before it), once: no retry
+    frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+    assert "enqueue_copy" in frames and "_blocks" in frames, frames
+    assert sql("SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_nan_in_arguments_is_the_producers_error_before_the_server_sees_it(
+        producer: Producer, sql: Sql, pg: PgServer) -> None:
+    """jsonb refuses NaN; a COPY line it refuses is logged whole by the server."""
+    logged = pg.log.stat().st_size
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(InvalidArguments, match=r"job #1: .*JSON"):
+            producer.enqueue_many([{"task": "add", "args": {"a": 1}},
+                                   {"task": "add", "args": {"a": value, "pw": "s3cr3t-nan"}}],
+                                  validate=False)
+    assert "s3cr3t-nan" not in pg.log.read_text(errors="replace")[logged:]
     assert sql("SELECT count(*) FROM jobs") == [(0,)]
 
 

@@ -127,8 +127,9 @@ class Client:
 
         COPY sends the jobs in blocks of 1,000 while it prepares the next (the server stores
         one block while the next is checked): a job refused in a later block ends the COPY
-        and nothing is stored, but the connection was taken first, so with the database
-        unreachable that error comes before a bad job past the first block, and the time
+        and nothing is stored. The catalogue (with ``validate``) is read before any job is
+        checked, as the AsyncClient does, and the COPY's connection is taken after the first
+        block: with the database unreachable, that error comes before a bad job. The time
         spent preparing counts towards the statement timeout.
         """
         specs = job_specs(jobs)

@@ -122,7 +122,7 @@ def next_block(texts: Iterator[str], codec: str) -> bytes | None:
         raise CopyRefused(exc) from None
     try:
         return text.encode(codec)
-    except UnicodeEncodeError as exc:
+    except UnicodeEncodeError as exc:  # not met in UTF-8: the checks refuse lone surrogates
         raise CopyRefused(InvalidArguments(
-            f"a job's text cannot be sent in the connection's client_encoding ({exc.encoding}: "
-            f"{exc.reason}); connect with client_encoding=UTF8")) from None
+            f"a job's text cannot be sent as {exc.encoding} ({exc.reason}): task names and "
+            "concurrency keys must be valid Unicode text")) from None

@@ -22,7 +22,9 @@ from .names import queue_problem, task_problem
 from .tracing import current_context as current_trace_context
 
 # Strict (no default=): what it cannot encode is an error for the producer, not a string.
-_to_json = json.JSONEncoder(separators=(",", ":")).encode
+# No NaN or Infinity either: jsonb refuses them, and a refused COPY line lands in the
+# server's log with every argument of the job.
+_to_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 # max_attempts is an integer column: past it the insert fails (the API's models say the same).

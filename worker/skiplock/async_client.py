@@ -22,11 +22,9 @@ from .copy_data import CopyBatch
 from .handles import TaskHandle, task_name
 from .preparation import (
     AsyncCatalogue,
-    copyable_specs,
+    bulk_plan,
     job_specs,
-    prepare_blocks,
     prepare_job,
-    prepare_many,
 )
 from .settings import Settings
 from .waiting import WaitHub, check_wait_timeout
@@ -116,13 +114,10 @@ class AsyncClient:
                      if self._validating(validate) else None)
         if not specs:
             return 0
-        if copyable_specs(specs):
-            # prepared block by block while the COPY sends the blocks before
-            blocks = prepare_blocks(specs, max_args_bytes=self.max_args_bytes,
-                                    catalogue=catalogue)
-            return await self.db.enqueue_copy(CopyBatch(blocks, len(specs)).prime())
-        prepared = prepare_many(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
-        return len(await self.db.enqueue_unnest(prepared))
+        plan = bulk_plan(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
+        if isinstance(plan, CopyBatch):
+            return await self.db.enqueue_copy(plan)
+        return len(await self.db.enqueue_unnest(plan))
 
     async def get_job(self, job_id: int) -> dict[str, Any] | None:
         return await self.db.get_job(transitions.check_job_id(job_id))

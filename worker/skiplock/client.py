@@ -21,11 +21,9 @@ from .names import MAX_QUEUE_NAME, queue_problem
 from .outcomes import storable_text
 from .preparation import (
     Catalogue,
-    copyable_specs,
+    bulk_plan,
     job_specs,
-    prepare_blocks,
     prepare_job,
-    prepare_many,
 )
 from .settings import Settings
 from .waiting import WaitHub, check_wait_timeout
@@ -138,13 +136,10 @@ class Client:
         checked = self._checked_against(validate)
         # read now: the COPY prepares its blocks while it holds a pooled connection
         catalogue = checked.snapshot(s.get("task") for s in specs) if checked else None
-        if copyable_specs(specs):
-            # prepared block by block while the COPY sends the blocks before
-            blocks = prepare_blocks(specs, max_args_bytes=self.max_args_bytes,
-                                    catalogue=catalogue)
-            return self.db.enqueue_copy(CopyBatch(blocks, len(specs)).prime())
-        prepared = prepare_many(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
-        return len(self.db.enqueue_unnest(prepared))
+        plan = bulk_plan(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
+        if isinstance(plan, CopyBatch):
+            return self.db.enqueue_copy(plan)
+        return len(self.db.enqueue_unnest(plan))
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:
         return self.db.get_job(transitions.check_job_id(job_id))

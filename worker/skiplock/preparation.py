@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from typing import Any, Protocol
 
 from .catalogue import check_known, validate_args
+from .copy_data import CopyBatch
 from .db import NewJob
 from .errors import InvalidArguments, UnknownTask
 from .idempotency import check_key
@@ -393,6 +394,19 @@ def job_specs(jobs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
                 f"job #{i} must be a mapping ({{'task': ..., 'args': {{...}}}}), "
                 f"got {type(spec).__name__}")
     return specs
+
+
+def bulk_plan(
+    specs: Sequence[Mapping[str, Any]], *, max_args_bytes: int, catalogue: EntrySource | None
+) -> CopyBatch | list[NewJob]:
+    """How both clients' enqueue_many stores ``specs`` (as job_specs returns them): a
+    CopyBatch with its first block prepared, the rest prepared while the COPY sends the
+    blocks before; or, when a job has a schedule, a unique key or a deadline (which COPY's
+    columns cannot carry), every job prepared for the unnest insert."""
+    if copyable_specs(specs):
+        blocks = prepare_blocks(specs, max_args_bytes=max_args_bytes, catalogue=catalogue)
+        return CopyBatch(blocks, len(specs)).prime()
+    return prepare_many(specs, max_args_bytes=max_args_bytes, catalogue=catalogue)
 
 
 def copyable_specs(specs: Sequence[Mapping[str, Any]]) -> bool:

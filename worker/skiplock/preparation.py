@@ -410,13 +410,8 @@ def bulk_plan(
 
 
 def copyable_specs(specs: Sequence[Mapping[str, Any]]) -> bool:
-    """copyable() of the jobs ``specs`` prepare into, known before they are prepared (so the
-    COPY can start with the first block): preparation keeps each of these None or not."""
+    """The jobs ``specs`` prepare into can go in by COPY (no schedule, unique key or deadline:
+    COPY's columns cannot carry them), known before they are prepared (so the COPY can start
+    with the first block): preparation keeps each of these None or not."""
     return all(s.get("run_at") is None and s.get("unique_key") is None
                and s.get("timeout") is None for s in specs)
-
-
-def copyable(jobs: Sequence[NewJob]) -> bool:
-    """The jobs can go in by COPY (no schedule, key or deadline: COPY's columns are the plain
-    ones and the trace context); otherwise the unnest insert, which honours them."""
-    return all(j.run_at is None and j.unique_key is None and j.timeout is None for j in jobs)

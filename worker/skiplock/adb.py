@@ -43,6 +43,7 @@ from .db import (
     unread_key,
     wrap_error,
 )
+from .pool_check import acheck_unless_fresh, given_back
 from .redact import scrub
 
 log = logging.getLogger("skiplock.db")
@@ -71,7 +72,7 @@ class AsyncDatabase(PoolSettings):
         super().__init__(url, **options)
         self._pool = AsyncConnectionPool(
             connection_class=_AsyncPoolConnection, open=False,
-            check=AsyncConnectionPool.check_connection, **self._pool_arguments(self.max_size))
+            check=acheck_unless_fresh, **self._pool_arguments(self.max_size))
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
 
@@ -101,6 +102,8 @@ class AsyncDatabase(PoolSettings):
                 if needs_reconnect(exc):  # see db._discarded_on_failover
                     await conn.close()
                 raise
+            finally:
+                given_back(conn)
 
     async def _settings(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if self.pooler:

@@ -47,6 +47,7 @@ from .errors import (
 from .idempotency import batch_request, differences, job_request, request_hash
 from .limits import adoption_keys
 from .names import schema_problem
+from .pool_check import check_unless_fresh, given_back
 from .redact import SecretFilter, parse_problem, redact_url, remember, scrub
 
 if TYPE_CHECKING:
@@ -548,13 +549,16 @@ def query_scope(scope: QueryScope) -> Iterator[QueryScope]:
 @contextlib.contextmanager
 def _discarded_on_failover(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """Close a pooled connection whose server turned read-only or is shutting down, so that the
-    pool drops it instead of handing it out again (a new one may find the new primary)."""
+    pool drops it instead of handing it out again (a new one may find the new primary); note
+    when one fit to lend again goes back (pool_check: the next checkout skips its ping)."""
     try:
         yield
     except psycopg.Error as exc:
         if needs_reconnect(exc):
             conn.close()
         raise
+    finally:
+        given_back(conn)
 
 
 class _PoolConnection(psycopg.Connection[Any]):
@@ -709,7 +713,7 @@ class Database(PoolSettings):
         return ConnectionPool(
             connection_class=_PoolConnection,
             open=True,
-            check=ConnectionPool.check_connection,
+            check=check_unless_fresh,
             **self._pool_arguments(max_size, read_only=read_only),
         )
 

@@ -1,0 +1,73 @@
+"""The producer pools' check of a connection before lending it: a liveness round trip only
+when the connection might be dead.
+
+psycopg_pool's ``check_connection`` sends an empty query on every checkout: one round trip in
+front of every enqueue (which then takes two more: BEGIN with its INSERT, and COMMIT). On an
+idle machine each round trip that wakes the server costs 0.2-0.5 ms (docs/benchmarks.md,
+"Enqueue in two round trips"). A connection given back less than ``FRESH_SECONDS`` ago, whose
+socket has nothing to read, is lent without it:
+
+- a backend that was terminated, a server that shut down or restarted, a PgBouncer that went
+  away: each sends its FATAL message or closes the socket, which then reads as readable, and
+  the connection gets the round trip (and is replaced when it fails);
+- a link that died silently (no FIN, no RST) fails the first statement instead of the ping.
+  The insert paths retry that once on a fresh connection, since nothing was sent before it
+  (Database._insert_transaction); a read reports DatabaseUnavailable, as it would have after
+  a ping that waited for the same dead link;
+- a connection idle for longer, or never lent, or with bytes waiting (a notice, a parameter
+  change), is pinged as before.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+# Long enough to cover a producer's steady stream of calls, short enough that a server gone
+# quiet since (a failover, a partition) is usually noticed by the ping rather than by a failed
+# statement. Not a setting: it only decides whether a round trip is saved.
+FRESH_SECONDS = 1.0
+
+_GIVEN_BACK = "_skiplock_given_back"  # attribute on the pooled connection: time.monotonic()
+
+
+def ping_needed(idle_seconds: float | None, readable: bool) -> bool:
+    """Whether a pooled connection needs its liveness round trip: never lent before (None),
+    idle ``FRESH_SECONDS`` or longer, or with something to read on its socket."""
+    return idle_seconds is None or not 0 <= idle_seconds < FRESH_SECONDS or readable
+
+
+def given_back(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Note that ``conn`` is going back to its pool now, in a state fit to lend again."""
+    if not conn.closed:
+        setattr(conn, _GIVEN_BACK, time.monotonic())
+
+
+def _needs_ping(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    if conn.closed or conn.broken:
+        return True
+    since: float | None = getattr(conn, _GIVEN_BACK, None)
+    idle = None if since is None else time.monotonic() - since
+    if ping_needed(idle, readable=False):
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+    return bool(readable)
+
+
+def check_unless_fresh(conn: psycopg.Connection[Any]) -> None:
+    """ConnectionPool's ``check``: its own check, unless ``conn`` is fresh (module doc)."""
+    if _needs_ping(conn):
+        ConnectionPool.check_connection(conn)
+
+
+async def acheck_unless_fresh(conn: psycopg.AsyncConnection[Any]) -> None:
+    """AsyncConnectionPool's ``check``: check_unless_fresh awaited."""
+    if _needs_ping(conn):
+        await AsyncConnectionPool.check_connection(conn)

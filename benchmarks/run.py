@@ -29,7 +29,6 @@ import psycopg
 from tests.support.pgserver import PgServer
 
 from benchmarks.e2e_cli import LEFT_SQL, backend_pids, cpu_seconds, run_once
-from skiplock.sql import queries
 from skiplock_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -370,28 +369,20 @@ def bench_latency(b: Bench, system: str) -> dict[str, Any]:
 
 # The physical references (pgbench, no Python): Skiplock's claim + fenced completion on its own
 # schema with a result row per job (as a non-None result is written), without one (a None
-# result), without one and without jobs_runnable_idx (kept for workers older than 0008) or the
-# completion NOTIFY trigger, and the same cycle on a minimal schema (minimal_schema.sql).
-# "waited": the jobs are loaded with wake_on_finish set, as wait() leaves them (0012). The
-# shipped trigger (0012 leaves 0007's) notifies every finished job; "contract" variants run the
-# next release's trigger first (sql/waits.sql notify_waited_only), whose WHEN passes every
-# job nobody waits on over.
-_CONTRACT = f"SET search_path = skiplock; {queries()['notify_waited_only']}; RESET search_path"
+# result), without one and without jobs_runnable_idx (kept for workers older than 0008), with
+# the finish notify as before 0013 (the row trigger, one PL/pgSQL call and pg_notify per job)
+# and with none at all, and the same cycle on a minimal schema (minimal_schema.sql). The
+# shipped completion (0013) announces its jobs in one pg_notify per statement ("stmtnotify").
 RAW_VARIANTS: dict[str, dict[str, Any]] = {
     "skiplock": {"script": "claim_complete.pgbench", "result": 1, "drop": []},
     "skiplock, no result row": {"script": "claim_complete.pgbench", "result": 0, "drop": []},
     "skiplock, no result row, no jobs_runnable_idx": {
         "script": "claim_complete.pgbench", "result": 0,
         "drop": ["DROP INDEX skiplock.jobs_runnable_idx"]},
-    # what the per-row completion NOTIFY (Client.wait's wake-up, 0007) costs on top: for
-    # every job (shipped, "no result row" above), after the contract step for none and for
-    # every job (each waited on), and with no trigger at all
-    "skiplock, no result row, contract step, no job waited on": {
-        "script": "claim_complete.pgbench", "result": 0, "drop": [_CONTRACT]},
-    "skiplock, no result row, contract step, every job waited on": {
-        "script": "claim_complete.pgbench", "result": 0, "drop": [_CONTRACT], "waited": True},
-    "skiplock, no result row, no finish trigger": {
-        "script": "claim_complete.pgbench", "result": 0,
+    "skiplock, no result row, a notify per job (before 0013)": {
+        "script": "claim_complete.pgbench", "result": 0, "drop": [], "stmtnotify": 0},
+    "skiplock, no result row, no finish notify": {
+        "script": "claim_complete.pgbench", "result": 0, "stmtnotify": 0,
         "drop": ["DROP TRIGGER jobs_notify_finished ON skiplock.jobs"]},
     "minimal schema": {"script": "claim_complete_minimal.pgbench", "result": 0, "drop": []},
 }
@@ -438,6 +429,7 @@ def bench_raw_sql(b: Bench, batches: list[int]) -> dict[str, Any]:
                 [str(pgbench), "-n", "-M", "prepared", "-c", "2", "-j", "2",
                  "-t", str(per_client), "-D", f"batch={batch}",
                  "-D", f"result={variant['result']}",
+                 "-D", f"stmtnotify={variant.get('stmtnotify', 1)}",
                  "-f", str(ROOT / "benchmarks" / variant["script"]), dsn],
                 capture_output=True, text=True, timeout=b.p.e2e_timeout)
             elapsed = time.perf_counter() - started

@@ -2,9 +2,10 @@
 paths: a claim-and-complete batch (benchmarks/claim_complete.pgbench) and a single-row lease
 renewal, with no trigger, the first design (a statement trigger with a transition table,
 fired by every UPDATE of jobs), the row trigger on the finishing transition of 0007 (every
-finished job notified; still shipped by 0012) and the contract step 0012 prepares for the
-next release (sql/waits.sql notify_waited_only: the same, for flagged jobs only: wait() flags
-the jobs it waits for; no job is flagged here, so it measures a job nobody waits on).
+finished job notified; what a finish other than a worker's completion still costs) and the
+trigger of 0013 (the same, passing over the rows whose wake_on_finish the statement flipped),
+with the claim-and-complete batch then announcing its jobs itself (one pg_notify per statement:
+the worker's completion since 0013).
 
     .venv/bin/python -m benchmarks.wait_trigger_cost [--jobs 20000] [--rounds 5] [--durable]
 
@@ -26,7 +27,7 @@ import psycopg
 
 from benchmarks.local_support import load_noop_jobs, migrated_server
 from benchmarks.run import pgbench_path
-from skiplock.sql import queries
+from skiplock.sql import migrations
 
 ROOT = Path(__file__).resolve().parent
 
@@ -51,9 +52,11 @@ CREATE TRIGGER jobs_notify_finished AFTER UPDATE OF state ON skiplock.jobs FOR E
     WHEN (NEW.state IN ('succeeded', 'dead', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION skiplock.notify_jobs_finished();
 """
-# the contract step's own text (its DROP ... IF EXISTS is a no-op after _DROP)
-_FLAGGED = f"SET search_path = skiplock; {queries()['notify_waited_only']}; RESET search_path"
-VARIANTS = {"none": "", "statement": _STATEMENT, "row": _ROW, "flagged": _FLAGGED}
+# 0013's trigger (its text is the migration's, after its DROP TRIGGER)
+_SHIPPED = "SET search_path = skiplock; " + next(
+    text for version, _, text in migrations() if version == 13
+).split("DROP TRIGGER jobs_notify_finished ON jobs;", 1)[1] + "; RESET search_path"
+VARIANTS = {"none": "", "statement": _STATEMENT, "row": _ROW, "0013": _SHIPPED}
 
 _RENEW = """\\set id random(1, :jobs)
 UPDATE skiplock.jobs SET locked_until = now() + interval '30 seconds' WHERE id = :id;
@@ -121,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                         n = a.jobs // (2 * a.batch)
                         # result=1: a result row per job, the worker's completion of a
                         # handler that returned something
-                        defines = {"batch": str(a.batch), "result": "1"}
+                        # stmtnotify: the completion announces its jobs (0013) or the row
+                        # trigger does (the other variants)
+                        defines = {"batch": str(a.batch), "result": "1",
+                                   "stmtnotify": "1" if v == "0013" else "0"}
                     else:
                         n = a.jobs // 4
                         defines = {"jobs": str(a.jobs)}

@@ -1,11 +1,10 @@
-"""The finish NOTIFY only for jobs somebody waits on: wait() flags its jobs (wake_on_finish,
-migration 0012) after its LISTEN and before it reads their state. Most tests here run the
-contract step the next release ships (sql/waits.sql notify_waited_only: the trigger tests the
-flag), where the flag is what wakes a waiter: a waited job's finish wakes it by the notify, a
-job nobody waits on sends none, and no ordering of the finish and the flag loses a wake-up.
-Those marked `expand` run this release's trigger (every finish notifies), which an old client
-relies on during the rolling deploy. The poll is set to an hour: what returns a wait within
-the test's bounds is the notify or the wait's first read, never the poll."""
+"""wait() flags its jobs (wake_on_finish, migration 0012) after its LISTEN and before it reads
+their state; since 0013 the trigger reads no flag (every finish is announced:
+test_completion_notify.py), so what these tests hold is that the flagging itself loses no
+wake-up and starves no waiter: a finish holding the row, any ordering of finish and flag, a
+role that may not write, a schema before 0012, a waiter of a version that flags nothing. The
+poll is set to an hour: what returns a wait within the test's bounds is the notify or the
+wait's first read, never the poll."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import psycopg
 import pytest
 
 from skiplock import Client, JobNotFound
-from skiplock.db import Q
 from tests.integration.test_client_support import Producer
 from tests.support.waits import wait_until
 
@@ -26,13 +24,6 @@ Sql = Callable[..., list[tuple[Any, ...]]]
 _HOUR = 3600.0
 _FINISH = ("UPDATE jobs SET state = 'succeeded', finished_at = now(), locked_by = NULL, "
            "locked_until = NULL WHERE id = %s")
-
-
-@pytest.fixture(autouse=True)
-def _contract_step(request: pytest.FixtureRequest, database_url: str) -> None:
-    if request.node.get_closest_marker("expand") is None:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f"SET search_path = skiplock; {Q['notify_waited_only']}")
 
 
 def _no_poll(hub: Any) -> None:
@@ -77,36 +68,6 @@ def test_a_waited_jobs_finish_wakes_the_waiter_by_its_notify(producer: Producer,
     sql(_FINISH, job_id)
     assert future.result(30) == {"sum": 5}  # well within the hour's poll: the notify
     assert hub.reads - reads == 1  # the one read the notification asked for
-
-
-def test_a_job_nobody_waits_on_sends_no_notify(client: Client, sql: Sql,
-                                               database_url: str) -> None:
-    waited = client.enqueue("add", {"a": 1, "b": 1})
-    alone = client.enqueue("add", {"a": 1, "b": 2})
-    _running(sql, waited)
-    _running(sql, alone)
-    with psycopg.connect(database_url, autocommit=True) as listener:
-        listener.execute("LISTEN skiplock_done")
-        result: list[Any] = []
-        t = threading.Thread(target=lambda: result.append(client.wait(waited, timeout=60)))
-        t.start()
-        assert client._hub is not None
-        hub = client._hub
-        wait_until(lambda: hub.flagged == 1, 20, "the waited job to be flagged")
-        # one statement finishes both: only the waited one's id is sent
-        sql("UPDATE jobs SET state = 'succeeded', finished_at = now(), locked_by = NULL, "
-            "locked_until = NULL WHERE id IN (%s, %s)", waited, alone)
-        heard: list[str] = []
-        for note in listener.notifies(timeout=5.0):
-            heard.append(note.payload)
-            if note.payload == str(waited):
-                break
-        # anything of the same commit has arrived with it; a little longer all the same
-        heard += [n.payload for n in listener.notifies(timeout=0.5)]
-        t.join(30)
-    assert heard == [str(waited)], heard
-    assert result == [None]  # no result row: None
-    assert not _flag(sql, alone) and _flag(sql, waited)
 
 
 def test_a_job_finished_before_the_wait_is_returned_at_once(client: Client, sql: Sql) -> None:
@@ -175,20 +136,14 @@ def test_no_ordering_of_finish_and_flag_loses_a_wake_up(client: Client, sql: Sql
             t.join(10)
 
 
-@pytest.mark.parametrize("step", [pytest.param("expand", marks=pytest.mark.expand),
-                                  "contract"])
-def test_a_waiter_that_sets_no_flag(step: str, client: Client, sql: Sql,
+def test_a_waiter_that_sets_no_flag(client: Client, sql: Sql,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client of a version before 0012, which LISTENs but flags nothing. During the rolling
-    deploy that brings 0012 (expand) its trigger notifies every finish and wakes it at once,
-    not its poll (an hour away here). After the contract step (when no such client should be
-    left) no notify comes for its job, and its poll (0.2 s here, 2 s at most) finds the
-    finish."""
+    """A client of a version before 0012, which LISTENs but flags nothing: the row trigger's
+    notify of a finish that is not a worker's completion wakes it at once, not its poll (an
+    hour away here); a worker's completion, by its own notify (test_completion_notify.py)."""
     hub = client._hub
     assert hub is not None
     monkeypatch.setattr(hub, "_flag", lambda conn, ids: set())  # as the old hub: no flag
-    if step == "contract":
-        hub.poll_interval = 0.2
     job_id = client.enqueue("add", {"a": 1, "b": 1})
     _running(sql, job_id)
     result: list[Any] = []
@@ -263,12 +218,11 @@ def test_a_row_held_past_the_lock_timeout_starves_no_other_waiter(
     assert results == {other: None, held: None}
 
 
-@pytest.mark.expand
 def test_a_role_that_may_not_update_jobs_still_gets_its_outcomes(database_url: str,
                                                                  sql: Sql) -> None:
     """A producer's least-privilege role (SELECT only): the flag is refused, the hub logs it
     once and goes on reading (it used to reconnect for ever, and every wait timed out); the
-    finish wakes it by this release's notify of every job."""
+    finish wakes it by the row trigger's notify."""
     role = f"reader_{database_url.rsplit('/', 1)[1]}"
     sql(f"CREATE ROLE {role} LOGIN")
     sql(f"GRANT USAGE ON SCHEMA skiplock TO {role}")

@@ -1432,6 +1432,7 @@ class WorkerConnection:
                     "attempts": _int_array([a for _, a, _ in done]),
                     "results": "[" + ",".join(r for _, _, r in done) + "]",
                     "worker_id": worker_id,
+                    "channel": f"{self.schema}_done",
                 },
             )
             return {int(r[0]): str(r[1]) for r in await cur.fetchall()}
@@ -1447,6 +1448,7 @@ class WorkerConnection:
                     "delays": [f.delay for f in failures],
                     "permanent": [f.permanent for f in failures],
                     "worker_id": worker_id,
+                    "channel": f"{self.schema}_done",
                 },
             )
             return {int(r[0]): str(r[1]) for r in await cur.fetchall()}

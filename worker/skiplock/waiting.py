@@ -1,12 +1,13 @@
 """Waiting for a job's outcome: ``client.wait(job_id)`` and ``await aclient.wait(job_id)``.
 
 One WaitHub per client serves every waiter of that client, on ONE connection of its own,
-from one thread: it LISTENs on ``<schema>_done`` (each job that becomes finished sends its
-id; after the contract step of migrations/0012_wake_on_finish.sql, each one whose
-``wake_on_finish`` flag a waiter set) and reads
+from one thread: it LISTENs on ``<schema>_done`` (every job that becomes finished is named
+there: by the worker's completion statement, a list of ids per statement, since
+migrations/0013_completion_notifies.sql; by the row trigger for any other finish) and reads
 the outcomes of the jobs named there that someone waits for, in one query per wake-up (every
 notification that arrived by then). New waiters' jobs are flagged (one statement for all of
-them); those it did not flag, finished already or gone, are read at once. Every waited job is
+them: 0012's flag, which the trigger no longer reads since 0013, where every finish is
+announced); those it did not flag, finished already or gone, are read at once. Every waited job is
 read every ``poll_interval`` seconds: the fallback when a notification was missed (the hub's
 connection was down, the database restarted, a transaction pooler delivers none, a waiter of
 a version before the flag). A thousand waiters cost one connection and one query per

@@ -207,10 +207,13 @@ RETURNING j.id, j.cancel_reason, j.cancel_requested_at IS NOT NULL AS cancel_req
 -- A None result (JSON null) writes no row: every reader LEFT JOINs results and gives None
 -- for a missing row, as for a stored null, and the row with its foreign-key check was about
 -- half of this statement's cost (docs/benchmarks.md). Falsy results (0, "", [], {}) are rows.
+-- Every job it finishes is announced by the statement's own notify (finish_notify below),
+-- and the flipped wake_on_finish keeps the row trigger from announcing it again (0013).
 WITH done AS (
     UPDATE jobs AS j
     SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'succeeded'::job_state
                      ELSE 'cancelled'::job_state END,
+        wake_on_finish = NOT j.wake_on_finish,
         errors = CASE WHEN j.cancel_requested_at IS NULL THEN j.errors
                       ELSE j.errors || jsonb_build_object(
                           'attempt', j.attempts, 'worker', j.locked_by, 'at', now(),
@@ -228,16 +231,29 @@ WITH done AS (
     INSERT INTO results (job_id, result)
     SELECT id, result FROM done WHERE state = 'succeeded' AND jsonb_typeof(result) <> 'null'
     ON CONFLICT (job_id) DO NOTHING
+), announced AS (
+    -- the finish notify of every job this statement finished: one pg_notify per 300 ids
+    -- ("12,13,14": at most ~6 kB, under NOTIFY's 8000-byte payload limit)
+    SELECT count(pg_notify(%(channel)s, ids)) AS sent
+    FROM (SELECT string_agg(id::text, ',') AS ids
+          FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM done) AS numbered
+          GROUP BY chunk) AS chunks
 )
-SELECT id, state::text FROM done;
+-- announced is read so that it runs (a SELECT in WITH runs only when it is referenced)
+SELECT id, state::text FROM done, announced;
 
 -- name: complete_failed
 -- Fenced failure: retry later (run_at = now() + backoff) or dead when out of attempts or permanent.
 -- A job whose cancel was requested ends cancelled instead (never retried), with who asked.
+-- The jobs it finishes (dead, cancelled) are announced as complete_succeeded's are: by the
+-- statement's own notify, wake_on_finish flipped on each of them (0013).
+WITH failed AS (
 UPDATE jobs AS j
 SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'::job_state
                  WHEN f.permanent OR j.attempts >= j.max_attempts THEN 'dead'::job_state
                  ELSE 'queued'::job_state END,
+    wake_on_finish = j.wake_on_finish <> (j.cancel_requested_at IS NOT NULL OR f.permanent
+                                           OR j.attempts >= j.max_attempts),
     run_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR f.permanent
                        OR j.attempts >= j.max_attempts
                   THEN j.run_at ELSE now() + make_interval(secs => f.delay) END,
@@ -256,7 +272,15 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[],
             %(delays)s::float8[], %(permanent)s::bool[]) AS f(id, attempt, error, delay, permanent)
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt
-RETURNING j.id, j.state;
+RETURNING j.id, j.state
+), announced AS (
+    SELECT count(pg_notify(%(channel)s, ids)) AS sent
+    FROM (SELECT string_agg(id::text, ',') AS ids
+          FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM failed
+                WHERE state IN ('dead', 'cancelled')) AS numbered
+          GROUP BY chunk) AS chunks
+)
+SELECT id, state FROM failed, announced;
 
 -- name: release
 -- Fenced hand-back (shutdown, or a job for a peer that runs its task): the attempt does not

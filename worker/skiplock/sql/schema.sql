@@ -284,12 +284,14 @@ CREATE TABLE schedule_firings (
 );
 CREATE INDEX schedule_firings_fired_idx ON schedule_firings (fired_at);
 
--- Waited jobs flagged (see 0012_wake_on_finish.sql): a waiter's hub sets the flag. The trigger
--- still notifies every finished job; the release after this one makes it test the flag
--- (sql/waits.sql notify_waited_only).
+-- Waited jobs flagged (see 0012_wake_on_finish.sql): a waiter's hub sets the flag. Since
+-- 0013_completion_notifies.sql the worker's completions flip it on the jobs they finish and
+-- send one notify per statement; the trigger announces every other finish row by row.
 ALTER TABLE jobs ADD COLUMN wake_on_finish boolean NOT NULL DEFAULT false;
 CREATE TRIGGER jobs_notify_finished
     AFTER UPDATE OF state ON jobs
     FOR EACH ROW
-    WHEN (NEW.state IN ('succeeded', 'dead', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
+    WHEN (NEW.state IN ('succeeded', 'dead', 'cancelled')
+          AND OLD.state IS DISTINCT FROM NEW.state
+          AND OLD.wake_on_finish = NEW.wake_on_finish)
     EXECUTE FUNCTION notify_jobs_finished();

@@ -3,7 +3,7 @@
 -- name: wait_outcomes
 -- The jobs among %(ids)s that are finished (or gone: pruned or deleted, state NULL), with
 -- what a waiter returns or raises. Called with the ids a completion NOTIFY named (one
--- notification per finished job; per waited job once notify_waited_only is run), with
+-- notification per finished job, or one per worker completion statement since 0013), with
 -- new waiters' ids that wake_on_finish did not flag (finished already, gone, or flagged),
 -- and for every waiter now and then (the fallback when a notification was missed).
 SELECT i.id, j.state::text AS state, r.result, j.last_error, j.cancel_reason
@@ -14,7 +14,7 @@ WHERE j.id IS NULL OR j.state IN ('succeeded', 'dead', 'cancelled');
 
 -- name: wake_on_finish
 -- Ask for the finish NOTIFY of the jobs among %(ids)s (new waiters' jobs) that are not
--- finished: once the trigger tests the flag (notify_waited_only) only those are notified. Returns
+-- finished (0012; since 0013 every finish is notified and the trigger reads no flag). Returns
 -- the ids flagged here; the others (finished, gone, or flagged already) are read at once with
 -- wait_outcomes, in a later statement: its snapshot sees a finish that committed while this
 -- one waited for the row. Rows locked in id order, as the worker's completions and lease
@@ -42,16 +42,3 @@ RETURNING j.id;
 -- And its commit waits for no WAL flush: it holds the row until then, and a worker's claim
 -- skips a row it holds (a flag lost in a crash is harmless: the hub's reconnect flags again).
 SELECT set_config('lock_timeout', '1s', true), set_config('synchronous_commit', 'off', true);
-
--- name: notify_waited_only
--- The contract step of 0012_wake_on_finish.sql, for the release after this one (once no
--- client older than this release waits): the trigger tests the flag first, so for a job
--- nobody waits on no function runs. Not run by this release; the tests and the raw benchmark
--- run it to check and measure that step ahead of it.
-DROP TRIGGER IF EXISTS jobs_notify_finished ON jobs;
-CREATE TRIGGER jobs_notify_finished
-    AFTER UPDATE OF state ON jobs
-    FOR EACH ROW
-    WHEN (NEW.wake_on_finish AND NEW.state IN ('succeeded', 'dead', 'cancelled')
-          AND OLD.state IS DISTINCT FROM NEW.state)
-    EXECUTE FUNCTION notify_jobs_finished();

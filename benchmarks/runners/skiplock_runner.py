@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from statistics import median
@@ -10,7 +9,7 @@ from statistics import median
 import psycopg
 
 from benchmarks.common import Recorder, emit, on_stop, paced_sync, wait_for_go, worker_args
-from skiplock import App, Client
+from skiplock import App, Client, eventloop
 from skiplock.db import Database
 from skiplock.sql import queries
 from skiplock.worker import Worker
@@ -97,7 +96,9 @@ def main() -> None:
     elif a.cmd == "copy-ceiling":
         copy_ceiling(a.dsn, a.jobs, a.chunk)
     elif a.cmd == "worker":
-        asyncio.run(work(a.dsn, a.out, a.concurrency, a.latency))
+        # the loop `skiplock worker` runs by default (auto: uvloop when installed), as the
+        # peers' runners run theirs
+        eventloop.run(work(a.dsn, a.out, a.concurrency, a.latency), "auto")
     elif a.cmd == "produce":
         produce(a.dsn, a.jobs, a.rate)
 

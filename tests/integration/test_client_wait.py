@@ -255,11 +255,10 @@ def test_close_ends_every_pending_wait_at_once(producer: Producer) -> None:
 
 
 def test_only_a_finishing_transition_notifies(database_url: str, sql: Sql) -> None:
-    """The trigger (0007; 0012 leaves it) fires for a job becoming succeeded, dead or
-    cancelled, once per job, flagged by a waiter (a, b, d) or not (e: a waiter of the previous
-    release sets no flag); never for a claim, a lease renewal or an update of an already
-    finished job. (After the contract step only flagged jobs: tests/integration/
-    test_wait_flag.py.)"""
+    """The row trigger fires for a job becoming succeeded, dead or cancelled by a statement
+    other than the worker's completions (those announce their own: test_completion_notify),
+    once per job, flagged by a waiter (a, b, d) or not (e: a waiter of an earlier release sets
+    no flag); never for a claim, a lease renewal or an update of an already finished job."""
     with Client(database_url) as c:
         a, b, d, e = (c.enqueue("add", {"a": i, "b": 1}) for i in range(4))
     sql("UPDATE jobs SET wake_on_finish = true WHERE id IN (%s, %s, %s)", a, b, d)

@@ -190,3 +190,32 @@ def test_a_waiter_is_woken_by_the_completions_notify(
         waiter.join(30)
         assert not waiter.is_alive() and result == [None]
         assert hub.flagged == (1 if flags else 0)
+
+
+def test_a_failure_out_of_attempts_or_cancelled_is_announced_and_an_empty_batch_sends_nothing(
+        database_url: str, listener: _Listener) -> None:
+    """complete_failed's other two finishing cases (attempts used up; a cancel requested
+    while it ran), and a completion of jobs no longer this worker's (fenced out: no row)."""
+    ids = _enqueue(database_url, 3, max_attempts=1)
+
+    async def go() -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
+        conn = WorkerConnection(database_url, schema="skiplock", connect_timeout=5,
+                                statement_timeout=30, application_name="skiplock-worker")
+        try:
+            jobs = await conn.claim(["default"], 3, _WORKER, 60)
+            with Client(database_url) as client:
+                assert client.cancel(ids[0], "stop") == "requested"
+            failed = await conn.complete_failed(
+                [Failure(j.id, j.attempt, "boom", 1.0, False) for j in jobs], _WORKER)
+            stale_ok = await conn.complete_succeeded(
+                [(j.id, j.attempt, "null") for j in jobs], _WORKER)
+            stale_failed = await conn.complete_failed(
+                [Failure(j.id, j.attempt, "again", 1.0, True) for j in jobs], _WORKER)
+            return failed, stale_ok, stale_failed
+        finally:
+            await conn.close()
+
+    failed, stale_ok, stale_failed = asyncio.run(go())
+    assert failed == {ids[0]: "cancelled", ids[1]: "dead", ids[2]: "dead"}
+    assert stale_ok == {} and stale_failed == {}
+    assert _ids(listener.heard()) == Counter(ids)

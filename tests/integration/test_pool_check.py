@@ -1,5 +1,6 @@
-"""The producer pools lend a connection given back a moment ago without the liveness round trip
-(skiplock/pool_check.py), and still find a dead one before using it.
+"""The producer pools lend a connection given back a moment ago to an insert without the liveness
+round trip (skiplock/pool_check.py), still find a dead one before using it, and ping before
+every other checkout.
 
 What the server saw is read from pg_stat_activity: the pool's ping is an empty query, so a
 pinged connection's last statement reads '' when it is lent, where one lent without the ping
@@ -11,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
+import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,19 +38,21 @@ class _Pools:
         self.loop = asyncio.new_event_loop() if kind == "async" else None
         self.db: Any = AsyncDatabase(url) if kind == "async" else Database(url)
 
-    def lend(self, then_run: str | None = None) -> tuple[int, str]:
-        """Borrow a connection: (its backend pid, the last statement the server saw on it as
-        it was lent); ``then_run`` runs on it before it goes back."""
+    def lend(self, then_run: str | None = None, *, inserting: bool = True) -> tuple[int, str]:
+        """Borrow a connection, as an insert path does (or not): (its backend pid, the last
+        statement the server saw on it as it was lent); ``then_run`` runs on it before it
+        goes back."""
         if self.loop is None:
-            with self.db._checkout() as conn:
+            with (pool_check.insert_checkout() if inserting else contextlib.nullcontext()), \
+                    self.db._checkout() as conn:
                 seen = (conn.info.backend_pid, _last_statement(self.db.url, conn.info.backend_pid))
                 if then_run:
                     conn.execute(then_run)
                 return seen
-        return self.loop.run_until_complete(self._alend(then_run))
+        return self.loop.run_until_complete(self._alend(then_run, inserting))
 
-    async def _alend(self, then_run: str | None) -> tuple[int, str]:
-        async with self.db._checkout() as conn:
+    async def _alend(self, then_run: str | None, inserting: bool) -> tuple[int, str]:
+        async with (self.db._inserting_checkout() if inserting else self.db._checkout()) as conn:
             pid = conn.info.backend_pid
             seen = (pid, await asyncio.to_thread(_last_statement, self.db.url, pid))
             if then_run:
@@ -79,6 +86,14 @@ def test_a_connection_given_back_a_moment_ago_is_lent_without_a_ping(pools: _Poo
     again, seen = pools.lend()
     assert again == pid, "the pool should lend its one idle connection again"
     assert seen == "SELECT 'borrower one'", f"the server saw {seen!r}: a ping was sent"
+
+
+def test_every_other_checkout_keeps_its_ping(pools: _Pools) -> None:
+    """A read (or a cancel, a bulk action) has no retry of its own: its checkout is pinged
+    however fresh the connection, so the pool replaces a dead one before the caller sees it."""
+    pid, _ = pools.lend(then_run="SELECT 'borrower one'")
+    again, seen = pools.lend(inserting=False)
+    assert (again, seen) == (pid, "")
 
 
 def test_a_connection_idle_longer_than_the_window_is_pinged(
@@ -159,3 +174,78 @@ def test_a_restarted_server_is_noticed_inside_the_window(
             assert rows == [(first, "1"), (second, "2")]
         finally:
             producer.close()
+
+
+class _VanishingProxy:
+    """A TCP relay to the server whose existing links can be made to die silently, as in a
+    failover that moves an address: nothing arrives on the client's socket until it sends,
+    and then a reset. Links made after that relay normally."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.generation = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client, self.generation),
+                             daemon=True).start()
+
+    def _relay(self, client: socket.socket, generation: int) -> None:
+        server = socket.create_connection(("127.0.0.1", self.upstream))
+        try:
+            while self.generation == generation:
+                ready, _, _ = select.select([client, server], [], [], 0.05)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (server if sock is client else client).sendall(data)
+            server.close()  # the old peer is gone; the client hears of it only when it sends
+            select.select([client], [], [], 30)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        finally:
+            client.close()
+            server.close()
+
+    def vanish(self) -> None:
+        self.generation += 1
+        time.sleep(0.2)  # every relay has seen it
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_silently_dead_connection_costs_an_insert_one_retry_and_a_read_nothing(
+    kind: str, database_url: str, pg: PgServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one case the socket cannot show: the insert, lent the dead connection without a
+    ping, fails before COMMIT and is retried once on a fresh connection (one row); a read
+    after the same failover gets its ping, so the pool replaces the connection unseen."""
+    proxy = _VanishingProxy(pg.port)
+    url = database_url.replace(f":{pg.port}/", f":{proxy.port}/")
+    producer = Producer(kind, url)
+    try:
+        first = producer.enqueue("anything", {"n": 1})
+        proxy.vanish()
+        with caplog.at_level(logging.INFO, logger="skiplock"):
+            second = producer.enqueue("anything", {"n": 2})
+        assert caplog.text.count("retrying on a fresh connection") == 1
+        proxy.vanish()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="skiplock"):
+            job = producer.run(producer.client.get_job(first))
+        assert job["id"] == first and caplog.text == ""
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("SELECT id, args->>'n' FROM skiplock.jobs ORDER BY id").fetchall()
+        assert rows == [(first, "1"), (second, "2")]
+    finally:
+        producer.close()
+        proxy.close()

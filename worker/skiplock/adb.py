@@ -43,7 +43,7 @@ from .db import (
     unread_key,
     wrap_error,
 )
-from .pool_check import acheck_unless_fresh, given_back
+from .pool_check import acheck_unless_fresh, given_back, insert_checkout
 from .redact import scrub
 
 log = logging.getLogger("skiplock.db")
@@ -105,6 +105,14 @@ class AsyncDatabase(PoolSettings):
             finally:
                 given_back(conn)
 
+    @contextlib.asynccontextmanager
+    async def _inserting_checkout(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """_checkout for an insert path (pool_check.insert_checkout: a fresh connection is
+        lent without its ping; the insert retries a failure before COMMIT)."""
+        with insert_checkout():
+            async with self._checkout() as conn:
+                yield conn
+
     async def _settings(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if self.pooler:
             await conn.execute(Q["transaction_settings"], self._transaction_settings())
@@ -133,7 +141,7 @@ class AsyncDatabase(PoolSettings):
         while True:
             committing = False
             try:
-                async with self._checkout() as conn:
+                async with self._inserting_checkout() as conn:
                     if pipeline:
                         async with conn.pipeline():
                             await conn.execute("BEGIN")

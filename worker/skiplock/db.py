@@ -47,7 +47,7 @@ from .errors import (
 from .idempotency import batch_request, differences, job_request, request_hash
 from .limits import adoption_keys
 from .names import schema_problem
-from .pool_check import check_unless_fresh, given_back
+from .pool_check import check_unless_fresh, given_back, insert_checkout
 from .redact import SecretFilter, parse_problem, redact_url, remember, scrub
 
 if TYPE_CHECKING:
@@ -839,7 +839,7 @@ class Database(PoolSettings):
         while True:
             committing = False
             try:
-                with self._checkout() as conn:
+                with insert_checkout(), self._checkout() as conn:
                     if pipeline:
                         with conn.pipeline():
                             conn.execute("BEGIN")
@@ -1238,6 +1238,10 @@ def _shut_down(conn: psycopg.AsyncConnection[Any] | None) -> None:
         s.shutdown(socket.SHUT_RDWR)
 
 
+# The newest migration this code ships: what a worker needs applied before it claims.
+NEWEST_MIGRATION = sql.migrations()[-1][0]
+
+
 class ListenUnavailable(SkiplockError):
     """LISTEN cannot work on this connection: it goes through a transaction pooler, which runs
     each transaction on any server connection and delivers no notification to us."""
@@ -1490,6 +1494,22 @@ class WorkerConnection:
         async with self.cursor("look for cancel requests") as cur:
             await cur.execute(Q["cancel_requests"], {"ids": list(ids), "worker_id": worker_id})
             return {int(r[0]): str(r[1] or "?") for r in await cur.fetchall()}
+
+    async def require_schema(self) -> None:
+        """SchemaMissing unless the newest migration this code ships is applied: its
+        statements name what the migrations added (0013's completions write wake_on_finish),
+        so a worker on an older schema would fail every claim or completion instead."""
+        needed = NEWEST_MIGRATION
+        async with self.cursor("check the schema") as cur:
+            await cur.execute(Q["schema_version"])
+            row = await cur.fetchone()
+        found = int(row[0]) if row else 0
+        if found < needed:
+            raise SchemaMissing(
+                f"check the schema: the Skiplock schema in the database at "
+                f"{redact_url(self.url)} is at migration {found:04d}, this worker needs "
+                f"{needed:04d}. Run `skiplock migrate` (or enable the operator's migrate "
+                "option); the worker starts once it is applied.")
 
     async def register_tasks(
         self, tasks: Iterable[tuple[str, Mapping[str, Any], int, str]]

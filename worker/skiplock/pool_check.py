@@ -1,27 +1,33 @@
-"""The producer pools' check of a connection before lending it: a liveness round trip only
-when the connection might be dead.
+"""The producer pools' check of a connection before lending it to an insert: a liveness round
+trip only when the connection might be dead.
 
 psycopg_pool's ``check_connection`` sends an empty query on every checkout: one round trip in
 front of every enqueue (which then takes two more: BEGIN with its INSERT, and COMMIT). On an
-idle machine each round trip that wakes the server costs 0.2-0.5 ms (docs/benchmarks.md,
-"Enqueue in two round trips"). A connection given back less than ``FRESH_SECONDS`` ago, whose
-socket has nothing to read, is lent without it:
+idle machine each round trip that wakes the server costs 0.3-0.6 ms (docs/benchmarks.md,
+"Latency"). Inside ``insert_checkout()`` (the insert paths: Database._insert_transaction and
+its async twin) a connection given back less than ``FRESH_SECONDS`` ago, whose socket has
+nothing to read, is lent without it:
 
 - a backend that was terminated, a server that shut down or restarted, a PgBouncer that went
   away: each sends its FATAL message or closes the socket, which then reads as readable, and
   the connection gets the round trip (and is replaced when it fails);
-- a link that died silently (no FIN, no RST) fails the first statement instead of the ping.
-  The insert paths retry that once on a fresh connection, since nothing was sent before it
-  (Database._insert_transaction); a read reports DatabaseUnavailable, as it would have after
-  a ping that waited for the same dead link;
+- a link that died silently (a failover that moved an address: no FIN until we send) fails
+  the BEGIN+INSERT instead of the ping. The insert paths retry that once on a fresh
+  connection: nothing was committed (the same policy as any failure before COMMIT);
 - a connection idle for longer, or never lent, or with bytes waiting (a notice, a parameter
   change), is pinged as before.
+
+Every other checkout (reads, cancels, bulk actions: no retry of their own) keeps the ping,
+which is what lets the pool replace a dead connection before the caller sees it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import select
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -33,6 +39,21 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 FRESH_SECONDS = 1.0
 
 _GIVEN_BACK = "_skiplock_given_back"  # attribute on the pooled connection: time.monotonic()
+# Set while an insert path checks a connection out: the pools call their check in the
+# caller's thread (sync) or task (async), so this is the checkout's own context.
+_INSERTING: contextvars.ContextVar[bool] = contextvars.ContextVar("skiplock_inserting",
+                                                                   default=False)
+
+
+@contextlib.contextmanager
+def insert_checkout() -> Iterator[None]:
+    """Checkouts inside this block (an insert path, which retries a failure before COMMIT)
+    may skip the ping of a fresh connection."""
+    token = _INSERTING.set(True)
+    try:
+        yield
+    finally:
+        _INSERTING.reset(token)
 
 
 def ping_needed(idle_seconds: float | None, readable: bool) -> bool:
@@ -48,21 +69,23 @@ def given_back(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> 
 
 
 def _needs_ping(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    if conn.closed or conn.broken:
+    if not _INSERTING.get() or conn.closed or conn.broken:
         return True
     since: float | None = getattr(conn, _GIVEN_BACK, None)
     idle = None if since is None else time.monotonic() - since
     if ping_needed(idle, readable=False):
         return True
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller = select.poll()  # not select.select: it refuses descriptors from 1024 on
+        poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))  # readable, or POLLHUP/POLLERR
     except (OSError, ValueError, psycopg.OperationalError):
         return True
-    return bool(readable)
 
 
 def check_unless_fresh(conn: psycopg.Connection[Any]) -> None:
-    """ConnectionPool's ``check``: its own check, unless ``conn`` is fresh (module doc)."""
+    """ConnectionPool's ``check``: its own check, unless an insert checks out a fresh ``conn``
+    (module doc)."""
     if _needs_ping(conn):
         ConnectionPool.check_connection(conn)
 

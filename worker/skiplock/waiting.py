@@ -399,9 +399,9 @@ class WaitHub:
             except (psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege,
                     psycopg.errors.ReadOnlySqlTransaction) as exc:
                 # A schema before 0012 (the migration not run yet), or a producer's role that
-                # may not update jobs (or only reads): no flag. The trigger notifies every
-                # finished job until its contract step, and after it the poll still finds
-                # the finish; the read below goes on either way (a reconnect would not help).
+                # may not update jobs (or only reads): no flag. Every finish is notified
+                # anyway (the trigger reads no flag; since 0013 the worker's completions send
+                # their own); the read below goes on either way (a reconnect would not help).
                 # Asked again for the next new waiters: the hub takes to the flag once it can.
                 if not self._unflagged_logged:
                     self._unflagged_logged = True

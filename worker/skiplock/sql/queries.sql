@@ -302,6 +302,11 @@ WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt
 RETURNING j.id, j.state::text;
 
+-- name: schema_version
+-- The newest migration applied (its transactional part: what the queries need), which a
+-- worker compares with the newest its code ships before it claims anything.
+SELECT coalesce(max(version), 0) FROM schema_migrations;
+
 -- name: register_task
 INSERT INTO tasks (name, params, max_attempts, queue, updated_at)
 VALUES (%(name)s, %(params)s, %(max_attempts)s, %(queue)s, now())

@@ -288,6 +288,7 @@ class Worker:
         entries = [(t.name, t.params, t.max_attempts, t.queue) for t in self.app.tasks.values()]
         while not self.state.stopping.is_set():
             try:
+                await self._write_db.require_schema()
                 await self._write_db.register_tasks(entries)
                 await self.registry.register()
                 await self.registry.run_once()

@@ -6,12 +6,9 @@
 -- as 0007 made it, notifying every finished job: a client older than this release waits
 -- without setting the flag and is still woken at once.
 --
--- The next step (contract, a migration of the release after this one, once no client older
--- than this one waits): the trigger's WHEN tests the flag first, so a job nobody waits on is
--- passed over by the executor's own check and no PL/pgSQL runs for it — about half of a
--- completion's server time in the raw pgbench cycle (docs/benchmarks.md, "The finish notify
--- only for waited jobs"). Its text is sql/waits.sql `notify_waited_only`; the tests and the
--- benchmark run it to measure and check that step ahead of its release.
+-- The contract step planned here (the trigger notifying flagged jobs only) was dropped: a
+-- client older than this release sets no flag and would have waited for its poll. 0013
+-- takes the trigger's cost off the worker's completions instead, for every client.
 --
 -- A new column with a constant default: no table rewrite, no scan (the ACCESS EXCLUSIVE lock
 -- is brief and taken under the migrator's lock_timeout). A client of this version against a

@@ -64,13 +64,17 @@ def _enqueue(url: str, n: int, **job: Any) -> list[int]:
         return [r[0] for r in conn.execute("SELECT id FROM skiplock.jobs ORDER BY id")]
 
 
+def _worker_connection(url: str) -> WorkerConnection:
+    return WorkerConnection(url, schema="skiplock", connect_timeout=5, statement_timeout=30,
+                            application_name="skiplock-worker")
+
+
 def _claim_and(url: str, n: int, finish: str, **extra: Any) -> dict[int, str]:
     """Claim up to ``n`` jobs with the worker's statement, then finish them with its
     ``finish`` statement (complete_succeeded, or complete_failed with ``extra``)."""
 
     async def go() -> dict[int, str]:
-        conn = WorkerConnection(url, schema="skiplock", connect_timeout=5,
-                                statement_timeout=30, application_name="skiplock-worker")
+        conn = _worker_connection(url)
         try:
             jobs = await conn.claim(["default"], n, _WORKER, 60)
             if finish == "succeeded":
@@ -124,8 +128,7 @@ def test_a_cancel_requested_meanwhile_is_announced_as_it_ends(
     ids = _enqueue(database_url, 3)
 
     async def go() -> dict[int, str]:
-        conn = WorkerConnection(database_url, schema="skiplock", connect_timeout=5,
-                                statement_timeout=30, application_name="skiplock-worker")
+        conn = _worker_connection(database_url)
         try:
             jobs = await conn.claim(["default"], 3, _WORKER, 60)
             with Client(database_url) as client:
@@ -199,8 +202,7 @@ def test_a_failure_out_of_attempts_or_cancelled_is_announced_and_an_empty_batch_
     ids = _enqueue(database_url, 3, max_attempts=1)
 
     async def go() -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
-        conn = WorkerConnection(database_url, schema="skiplock", connect_timeout=5,
-                                statement_timeout=30, application_name="skiplock-worker")
+        conn = _worker_connection(database_url)
         try:
             jobs = await conn.claim(["default"], 3, _WORKER, 60)
             with Client(database_url) as client:

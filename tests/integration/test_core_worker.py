@@ -397,28 +397,51 @@ def test_worker_waits_for_the_schema_instead_of_crashing(pg: PgServer, spawn_wor
         assert conn.execute("SELECT count(*) FROM skiplock.results").fetchone() == (1,)
 
 
-def test_worker_waits_for_its_newest_migration(pg: PgServer) -> None:
-    """A schema one migration behind the code (deployed before `skiplock migrate` ran): the
-    worker says which migration it needs and claims nothing (its completions would fail on
-    the older schema), then runs the job once it is applied."""
-    from skiplock.db import NEWEST_MIGRATION, Database
+def test_worker_waits_for_the_migration_its_statements_need(pg: PgServer) -> None:
+    """A schema one migration behind what the worker's statements need (deployed before
+    `skiplock migrate` ran): the worker says which migration it needs and claims nothing
+    (its completions would fail there), then runs the job once it is applied."""
+    from skiplock.db import REQUIRED_MIGRATION, Database
 
     with pg.admin() as conn:
         conn.execute("DROP DATABASE IF EXISTS one_behind")
         conn.execute("CREATE DATABASE one_behind")
     url = pg.url("one_behind")
     with Database(url) as db:
-        db.migrate(target=NEWEST_MIGRATION - 1)
+        db.migrate(target=REQUIRED_MIGRATION - 1)
     with Client(url) as c:
         job_id = c.enqueue("add", {"a": 2, "b": 3})
     worker = WorkerProcess(url, "tests.tasks:app", "--poll-interval", "0.2")
     try:
-        hint = f"needs {NEWEST_MIGRATION:04d}. Run `skiplock migrate`"
+        hint = f"needs {REQUIRED_MIGRATION:04d}. Run `skiplock migrate`"
         wait_until(lambda: hint in worker.output(), message="which migration it needs")
         assert worker.proc.poll() is None, "the worker exited instead of waiting"
         assert state_of(url, job_id) == "queued"
         with Database(url) as db:
             db.migrate()
+        wait_until(lambda: state_of(url, job_id) == "succeeded", timeout=30, message="succeeded")
+    finally:
+        worker.close()
+
+
+def test_a_worker_runs_on_the_schema_its_statements_need_before_the_newest(
+        pg: PgServer) -> None:
+    """The schema at REQUIRED_MIGRATION, newer migrations not applied (an operator of an
+    older release migrates): the worker runs its jobs there."""
+    from skiplock.db import REQUIRED_MIGRATION, Database
+    from skiplock.sql import migrations
+
+    assert migrations()[-1][0] >= REQUIRED_MIGRATION
+    with pg.admin() as conn:
+        conn.execute("DROP DATABASE IF EXISTS at_required")
+        conn.execute("CREATE DATABASE at_required")
+    url = pg.url("at_required")
+    with Database(url) as db:
+        db.migrate(target=REQUIRED_MIGRATION)
+    with Client(url) as c:
+        job_id = c.enqueue("add", {"a": 2, "b": 3})
+    worker = WorkerProcess(url, "tests.tasks:app", "--poll-interval", "0.2")
+    try:
         wait_until(lambda: state_of(url, job_id) == "succeeded", timeout=30, message="succeeded")
     finally:
         worker.close()

@@ -222,6 +222,23 @@ class _VanishingProxy:
         self.listener.close()
 
 
+def _fill_pool(producer: Producer, n: int) -> None:
+    """n connections in the producer's pool, each given back just now."""
+    db = producer.client.db
+    if producer.kind == "sync":
+        with contextlib.ExitStack() as stack:
+            for _ in range(n):
+                stack.enter_context(db._checkout())
+        return
+
+    async def fill() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(n):
+                await stack.enter_async_context(db._checkout())
+
+    producer.run(fill())
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_silently_dead_connection_costs_an_insert_one_retry_and_a_read_nothing(
     kind: str, database_url: str, pg: PgServer, caplog: pytest.LogCaptureFixture
@@ -234,6 +251,7 @@ def test_a_silently_dead_connection_costs_an_insert_one_retry_and_a_read_nothing
     producer = Producer(kind, url)
     try:
         first = producer.enqueue("anything", {"n": 1})
+        _fill_pool(producer, 3)  # the retry's next idle connection is as dead as the first
         proxy.vanish()
         with caplog.at_level(logging.INFO, logger="skiplock"):
             second = producer.enqueue("anything", {"n": 2})

@@ -106,10 +106,15 @@ class AsyncDatabase(PoolSettings):
                 given_back(conn)
 
     @contextlib.asynccontextmanager
-    async def _inserting_checkout(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """_checkout for an insert path (pool_check.insert_checkout: a fresh connection is
-        lent without its ping; the insert retries a failure before COMMIT)."""
-        with insert_checkout():
+    async def _inserting_checkout(
+        self, *, skip_ping: bool = True
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """_checkout for an insert path: with ``skip_ping`` (its first try) a fresh connection
+        is lent without its ping (pool_check.insert_checkout); the retry of a failure before
+        COMMIT pings, as the next idle connection may be as dead as the one that failed."""
+        # Opened first: the pool's own tasks, created by open(), must not inherit the flag.
+        await self._open()
+        with insert_checkout() if skip_ping else contextlib.nullcontext():
             async with self._checkout() as conn:
                 yield conn
 
@@ -141,7 +146,7 @@ class AsyncDatabase(PoolSettings):
         while True:
             committing = False
             try:
-                async with self._inserting_checkout() as conn:
+                async with self._inserting_checkout(skip_ping=retry) as conn:
                     if pipeline:
                         async with conn.pipeline():
                             await conn.execute("BEGIN")

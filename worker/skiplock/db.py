@@ -839,7 +839,10 @@ class Database(PoolSettings):
         while True:
             committing = False
             try:
-                with insert_checkout(), self._checkout() as conn:
+                # the first try may skip the ping of a fresh connection; the retry pings (the
+                # next idle connection may be as dead as the one that failed)
+                with (insert_checkout() if retry else contextlib.nullcontext()), \
+                        self._checkout() as conn:
                     if pipeline:
                         with conn.pipeline():
                             conn.execute("BEGIN")
@@ -1238,8 +1241,13 @@ def _shut_down(conn: psycopg.AsyncConnection[Any] | None) -> None:
         s.shutdown(socket.SHUT_RDWR)
 
 
-# The newest migration this code ships: what a worker needs applied before it claims.
-NEWEST_MIGRATION = sql.migrations()[-1][0]
+# The oldest migration whose schema this code's statements run on (what a worker needs
+# applied before it claims): 0012's jobs.wake_on_finish, which the completions write since
+# 0013 (on 0012 they work, each finish announced twice). Raise it when a statement starts
+# to need a newer migration; test_worker_waits_for_the_migration_its_statements_need holds
+# the worker to it. Not the newest migration: a worker image newer than the operator that
+# migrates would then wait for a migration it does not need.
+REQUIRED_MIGRATION = 12
 
 
 class ListenUnavailable(SkiplockError):
@@ -1496,10 +1504,10 @@ class WorkerConnection:
             return {int(r[0]): str(r[1] or "?") for r in await cur.fetchall()}
 
     async def require_schema(self) -> None:
-        """SchemaMissing unless the newest migration this code ships is applied: its
-        statements name what the migrations added (0013's completions write wake_on_finish),
-        so a worker on an older schema would fail every claim or completion instead."""
-        needed = NEWEST_MIGRATION
+        """SchemaMissing unless REQUIRED_MIGRATION is applied: the statements name what the
+        migrations added (the completions write 0012's wake_on_finish), so a worker on an
+        older schema would fail every completion instead."""
+        needed = REQUIRED_MIGRATION
         async with self.cursor("check the schema") as cur:
             await cur.execute(Q["schema_version"])
             row = await cur.fetchone()
@@ -1508,8 +1516,9 @@ class WorkerConnection:
             raise SchemaMissing(
                 f"check the schema: the Skiplock schema in the database at "
                 f"{redact_url(self.url)} is at migration {found:04d}, this worker needs "
-                f"{needed:04d}. Run `skiplock migrate` (or enable the operator's migrate "
-                "option); the worker starts once it is applied.")
+                f"{needed:04d}. Run `skiplock migrate` with this release (the operator "
+                "migrates with its own release's migrations); the worker starts once it is "
+                "applied.")
 
     async def register_tasks(
         self, tasks: Iterable[tuple[str, Mapping[str, Any], int, str]]

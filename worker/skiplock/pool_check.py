@@ -12,8 +12,10 @@ nothing to read, is lent without it:
   away: each sends its FATAL message or closes the socket, which then reads as readable, and
   the connection gets the round trip (and is replaced when it fails);
 - a link that died silently (a failover that moved an address: no FIN until we send) fails
-  the BEGIN+INSERT instead of the ping. The insert paths retry that once on a fresh
-  connection: nothing was committed (the same policy as any failure before COMMIT);
+  the BEGIN+INSERT instead of the ping. The insert paths retry that once, nothing having
+  been committed (the same policy as any failure before COMMIT), and the retry's checkout
+  is pinged: the pool's next idle connection may be as dead, and the ping loop discards
+  every dead one before it lends or connects;
 - a connection idle for longer, or never lent, or with bytes waiting (a notice, a parameter
   change), is pinged as before.
 

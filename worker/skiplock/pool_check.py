@@ -58,10 +58,10 @@ def insert_checkout() -> Iterator[None]:
         _INSERTING.reset(token)
 
 
-def ping_needed(idle_seconds: float | None, readable: bool) -> bool:
-    """Whether a pooled connection needs its liveness round trip: never lent before (None),
-    idle ``FRESH_SECONDS`` or longer, or with something to read on its socket."""
-    return idle_seconds is None or not 0 <= idle_seconds < FRESH_SECONDS or readable
+def ping_needed(idle_seconds: float | None) -> bool:
+    """Whether a pooled connection needs its liveness round trip whatever its socket says:
+    never lent before (None), or idle ``FRESH_SECONDS`` or longer."""
+    return idle_seconds is None or not 0 <= idle_seconds < FRESH_SECONDS
 
 
 def given_back(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -75,7 +75,7 @@ def _needs_ping(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
         return True
     since: float | None = getattr(conn, _GIVEN_BACK, None)
     idle = None if since is None else time.monotonic() - since
-    if ping_needed(idle, readable=False):
+    if ping_needed(idle):
         return True
     try:
         poller = select.poll()  # not select.select: it refuses descriptors from 1024 on

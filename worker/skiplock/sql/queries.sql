@@ -207,7 +207,7 @@ RETURNING j.id, j.cancel_reason, j.cancel_requested_at IS NOT NULL AS cancel_req
 -- A None result (JSON null) writes no row: every reader LEFT JOINs results and gives None
 -- for a missing row, as for a stored null, and the row with its foreign-key check was about
 -- half of this statement's cost (docs/benchmarks.md). Falsy results (0, "", [], {}) are rows.
--- Every job it finishes is announced by the statement's own notify (finish_notify below),
+-- Every job it finishes is announced by the statement's own notify (announced, below),
 -- and the flipped wake_on_finish keeps the row trigger from announcing it again (0013).
 WITH done AS (
     UPDATE jobs AS j

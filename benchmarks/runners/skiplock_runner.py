@@ -9,7 +9,7 @@ from statistics import median
 import psycopg
 
 from benchmarks.common import Recorder, emit, on_stop, paced_sync, wait_for_go, worker_args
-from skiplock import App, Client, eventloop
+from skiplock import App, Client, collector, eventloop
 from skiplock.db import Database
 from skiplock.sql import queries
 from skiplock.worker import Worker
@@ -97,7 +97,8 @@ def main() -> None:
         copy_ceiling(a.dsn, a.jobs, a.chunk)
     elif a.cmd == "worker":
         # the loop `skiplock worker` runs by default (auto: uvloop when installed), as the
-        # peers' runners run theirs
+        # peers' runners run theirs, and the collector settings it runs with
+        collector.settle_for_work()
         eventloop.run(work(a.dsn, a.out, a.concurrency, a.latency), "auto")
     elif a.cmd == "produce":
         produce(a.dsn, a.jobs, a.rate)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from skiplock import metrics
@@ -71,3 +73,22 @@ def test_too_many_pairs_are_left_to_first_use() -> None:
     metrics.declare_series(queues[:900], ["t-many"], [])
     assert _value("skiplock_jobs_released_total", queue="q-many-0") == 0.0
     assert _value("skiplock_jobs_claimed_total", queue="q-many-0", task="t-many") is None
+
+
+class _Job:
+    def __init__(self, queue: str, task: str) -> None:
+        self.queue, self.task = queue, task
+
+
+@given(st.lists(st.tuples(st.sampled_from(["q-count-a", "q-count-b", "q-count-ü"]),
+                          st.sampled_from(["t-count-x", "t-count-y"])), max_size=60))
+def test_count_jobs_adds_each_job_to_its_queue_and_task(pairs: list[tuple[str, str]]) -> None:
+    """Counted once per (queue, task) of a batch, the counters still move by one per job."""
+    every = [(q, t) for q in ("q-count-a", "q-count-b", "q-count-ü")
+             for t in ("t-count-x", "t-count-y")]
+    before = {p: _value("skiplock_jobs_claimed_total", queue=p[0], task=p[1]) or 0.0
+              for p in every}
+    metrics.count_jobs(metrics.JOBS_CLAIMED, [_Job(q, t) for q, t in pairs])
+    for p in every:
+        after = _value("skiplock_jobs_claimed_total", queue=p[0], task=p[1]) or 0.0
+        assert after - before[p] == pairs.count(p), p

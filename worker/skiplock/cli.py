@@ -17,7 +17,7 @@ from typing import Any
 # (and through it the producer's tracing, the waiting machinery), the inspection queries and
 # the probes server are imported by the commands that use them, which keeps them off a
 # worker's start-up (tests/unit/test_import_weight.py).
-from . import eventloop, logs
+from . import collector, eventloop, logs
 from .app import load_app
 from .cli_settings import cli_database, settings_from_args, validated
 from .db import BULK_DEFAULT_BATCH, BULK_MAX_BATCH
@@ -55,6 +55,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         serve_probes(s.metrics_port, worker.health)
     code = 0
+    collector.settle_for_work()
     try:
         eventloop.run(worker.run(install_signal_handlers=True), args.event_loop or s.event_loop)
     except WorkerFailed as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -125,6 +125,17 @@ def declare_series(queues: Sequence[str], tasks: Sequence[str], services: Sequen
             metric.labels(*labels)
         declared += len(label_sets)
     return declared
+
+
+def count_jobs(metric: Any, jobs: Iterable[Any]) -> None:
+    """Add each job (anything with .queue and .task) to ``metric``'s (queue, task) child: one
+    increment per pair, not per job (an increment takes the child's lock)."""
+    counts: dict[tuple[str, str], int] = {}
+    for job in jobs:
+        pair = (job.queue, job.task)
+        counts[pair] = counts.get(pair, 0) + 1
+    for (queue, task), n in counts.items():
+        child(metric, queue, task).inc(n)
 
 
 @functools.lru_cache(maxsize=4096)

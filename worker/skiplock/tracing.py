@@ -18,6 +18,7 @@ stores no context (there is no valid span to store).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -61,7 +62,14 @@ def _opentelemetry() -> tuple[ModuleType, ModuleType, type[Any]] | None:
 
 def _in_use() -> bool:
     """Something in this process may have configured tracing or started a span."""
-    return "opentelemetry.trace" in sys.modules or _PROVIDER_VARIABLE in os.environ
+    return "opentelemetry.trace" in sys.modules or _provider_named()
+
+
+@functools.cache
+def _provider_named() -> bool:
+    # Read once: the executor asks for every job, and a miss in os.environ costs a raised
+    # KeyError (the API itself reads the variable once, at its first get_tracer_provider()).
+    return _PROVIDER_VARIABLE in os.environ
 
 
 def active() -> bool:

@@ -84,15 +84,13 @@ class Claimer:
             got = await self.db.claim_limited(
                 state.limited_here, self.queues, limit, state.worker_id,
                 state.lease_seconds, state.skip_ids.ids(), locked=False)
-            for job in got.jobs:
-                self.executor.start(job)
+            self.executor.start_all(got.jobs)
             jobs += got.jobs
             if len(jobs) < limit and got.lock_tasks:
                 more = await self.db.claim_limited(
                     got.lock_tasks, self.queues, limit - len(jobs), state.worker_id,
                     state.lease_seconds, state.skip_ids.ids(), locked=True)
-                for job in more.jobs:
-                    self.executor.start(job)
+                self.executor.start_all(more.jobs)
                 jobs += more.jobs
         if len(jobs) < limit:
             # the plain claim never touches limited tasks: they are in its skip list
@@ -104,8 +102,7 @@ class Claimer:
                 state.skip_tasks | state.limited_everywhere,
                 state.skip_ids.ids(),
             )
-            for job in plain:
-                self.executor.start(job)
+            self.executor.start_all(plain)
             jobs += plain
         metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
         return len(jobs)

@@ -121,8 +121,8 @@ class Completer:
                 if self._refused(part[0], exc):
                     pending.append(part)
                 continue
-            for outcome in part:
-                self._settle(outcome, states)
+            succeeded = [outcome.run.job for outcome in part if self._settle(outcome, states)]
+            metrics.count_jobs(metrics.JOBS_SUCCEEDED, succeeded)
 
     def _refused(self, outcome: Outcome, exc: DataRefused) -> bool:
         """The database refused this one outcome; True to try writing it again as it is now."""
@@ -147,7 +147,9 @@ class Completer:
         self.state.forget(job)
         return False
 
-    def _settle(self, outcome: Outcome, states: dict[int, str]) -> None:
+    def _settle(self, outcome: Outcome, states: dict[int, str]) -> bool:
+        """The written outcome's bookkeeping; True when its job succeeded (the caller counts
+        those once per write)."""
         outcome.done = True
         job = outcome.run.job
         self.state.forget(job)
@@ -160,27 +162,28 @@ class Completer:
                 job.id, job.attempt,
                 extra={"job_id": job.id, "attempt": job.attempt},
             )
-            return
+            return False
         if state == "cancelled":
             # a cancel request stored before this write: whatever the run did, it ended so
             self.state.processed += 1
             metrics.child(metrics.JOBS_CANCELLED, job.queue, job.task).inc()
             log.info("job %d attempt %d: cancelled", job.id, job.attempt)
-            return
+            return False
         if outcome.kind is Kind.SNOOZED:
             metrics.child(metrics.JOBS_SNOOZED, job.queue, job.task).inc()
-            return
+            return False
         if outcome.kind in (Kind.HANDED_BACK, Kind.DEFERRED):
-            return
+            return False
         self.state.processed += 1
         if state == "succeeded":
-            metrics.child(metrics.JOBS_SUCCEEDED, job.queue, job.task).inc()
-        elif state == "dead":
+            return True
+        if state == "dead":
             metrics.child(metrics.JOBS_DEAD, job.queue, job.task).inc()
             log.warning("job %d is dead after attempt %d", job.id, job.attempt,
                         extra={"job_id": job.id, "task": job.task, "attempt": job.attempt})
         else:
             metrics.child(metrics.JOBS_RETRIED, job.queue, job.task).inc()
+        return False
 
     # -- one statement per kind ----------------------------------------------------------------
 

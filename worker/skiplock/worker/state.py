@@ -50,6 +50,8 @@ class Run:
     abandoned: bool = False
     # timers for the deadline and the grace (cancelled when the run ends)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    # the asyncio task running it (set by Executor.start_all)
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass(eq=False, slots=True)

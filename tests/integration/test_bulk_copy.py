@@ -5,6 +5,7 @@ itself in the server's log."""
 
 from __future__ import annotations
 
+import gc
 import json
 import traceback
 import uuid
@@ -193,3 +194,26 @@ def test_an_unknown_task_in_a_later_block_needs_no_second_connection(
             client.enqueue_many(jobs)
         assert client.enqueue_many(jobs[:3]) == 3
     assert sql("SELECT count(*) FROM jobs") == [(3,)]
+
+
+def test_the_collector_is_paused_while_the_jobs_are_read_and_restored_after(
+        producer: Producer, sql: Sql) -> None:
+    """No cyclic pass walks the call's jobs while it holds them (skiplock/collector.py); the
+    collector is enabled again when the call returns or raises, from either client."""
+    seen: list[bool] = []
+
+    def jobs(n: int, bad_at: int | None = None) -> Iterator[dict[str, Any]]:
+        for i in range(n):
+            seen.append(gc.isenabled())
+            yield {"task": "add", "args": {"a": i, "b": 0} if i != bad_at else {}}
+
+    assert gc.isenabled()
+    assert producer.enqueue_many(jobs(COPY_BLOCK + 5), validate=False) == COPY_BLOCK + 5
+    assert gc.isenabled() and seen and not any(seen)
+    seen.clear()
+    refused = jobs(COPY_BLOCK + 5, bad_at=COPY_BLOCK + 2)
+    with pytest.raises(InvalidArguments, match=f"job #{COPY_BLOCK + 2}"):
+        producer.enqueue_many([{**j, "queue": "bad queue\x00"} if not j["args"] else j
+                               for j in refused], validate=False)
+    assert gc.isenabled()
+    assert sql("SELECT count(*) FROM jobs") == [(COPY_BLOCK + 5,)]

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from . import transitions
+from . import collector, transitions
 from .adb import AsyncDatabase
 from .client import user_at_host, wait_hub
 from .copy_data import CopyBatch
@@ -108,16 +108,18 @@ class AsyncClient:
     async def enqueue_many(
         self, jobs: Iterable[Mapping[str, Any]], *, validate: bool | None = None
     ) -> int:
-        """Client.enqueue_many, awaited (COPY when it can)."""
-        specs = job_specs(jobs)
-        catalogue = (await self._catalogue.snapshot(s.get("task") for s in specs)
-                     if self._validating(validate) else None)
-        if not specs:
-            return 0
-        plan = bulk_plan(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
-        if isinstance(plan, CopyBatch):
-            return await self.db.enqueue_copy(plan)
-        return len(await self.db.enqueue_unnest(plan))
+        """Client.enqueue_many, awaited (COPY when it can; the collector paused as
+        there: the loop's other tasks get their cyclic passes after the call)."""
+        with collector.paused():
+            specs = job_specs(jobs)
+            catalogue = (await self._catalogue.snapshot(s.get("task") for s in specs)
+                         if self._validating(validate) else None)
+            if not specs:
+                return 0
+            plan = bulk_plan(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
+            if isinstance(plan, CopyBatch):
+                return await self.db.enqueue_copy(plan)
+            return len(await self.db.enqueue_unnest(plan))
 
     async def get_job(self, job_id: int) -> dict[str, Any] | None:
         return await self.db.get_job(transitions.check_job_id(job_id))

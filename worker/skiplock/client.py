@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import transitions
+from . import collector, transitions
 from .copy_data import CopyBatch
 from .db import Database
 from .errors import InvalidArguments, SkiplockError
@@ -130,16 +130,19 @@ class Client:
         block: with the database unreachable, that error comes before a bad job. The time
         spent preparing counts towards the statement timeout.
         """
-        specs = job_specs(jobs)
-        if not specs:
-            return 0
-        checked = self._checked_against(validate)
-        # read now: the COPY prepares its blocks while it holds a pooled connection
-        catalogue = checked.snapshot(s.get("task") for s in specs) if checked else None
-        plan = bulk_plan(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
-        if isinstance(plan, CopyBatch):
-            return self.db.enqueue_copy(plan)
-        return len(self.db.enqueue_unnest(plan))
+        # every job of the call stays alive until it returns: no cyclic pass walks them
+        # again and again meanwhile (skiplock/collector.py)
+        with collector.paused():
+            specs = job_specs(jobs)
+            if not specs:
+                return 0
+            checked = self._checked_against(validate)
+            # read now: the COPY prepares its blocks while it holds a pooled connection
+            catalogue = checked.snapshot(s.get("task") for s in specs) if checked else None
+            plan = bulk_plan(specs, max_args_bytes=self.max_args_bytes, catalogue=catalogue)
+            if isinstance(plan, CopyBatch):
+                return self.db.enqueue_copy(plan)
+            return len(self.db.enqueue_unnest(plan))
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:
         return self.db.get_job(transitions.check_job_id(job_id))

@@ -231,16 +231,21 @@ WITH done AS (
     INSERT INTO results (job_id, result)
     SELECT id, result FROM done WHERE state = 'succeeded' AND jsonb_typeof(result) <> 'null'
     ON CONFLICT (job_id) DO NOTHING
-), announced AS (
-    -- the finish notify of every job this statement finished: one pg_notify per 300 ids
-    -- ("12,13,14": at most ~6 kB, under NOTIFY's 8000-byte payload limit)
-    SELECT count(pg_notify(%(channel)s, ids)) AS sent
-    FROM (SELECT string_agg(id::text, ',') AS ids
-          FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM done) AS numbered
-          GROUP BY chunk) AS chunks
-)
+), finished AS (
+    SELECT id FROM done
+), {{announce_finished}}
 -- announced is read so that it runs (a SELECT in WITH runs only when it is referenced)
 SELECT id, state::text FROM done, announced;
+
+-- clause: announce_finished
+-- The finish notify of the completion statement's `finished` rows: one pg_notify per 300
+-- ids ("12,13,14": at most ~6 kB, under NOTIFY's 8000-byte payload limit), on %(channel)s.
+announced AS (
+    SELECT count(pg_notify(%(channel)s, ids)) AS sent
+    FROM (SELECT string_agg(id::text, ',') AS ids
+          FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM finished) AS numbered
+          GROUP BY chunk) AS chunks
+)
 
 -- name: complete_failed
 -- Fenced failure: retry later (run_at = now() + backoff) or dead when out of attempts or permanent.
@@ -273,13 +278,9 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[],
 WHERE j.id = f.id AND j.state::text = 'running' AND j.locked_by = %(worker_id)s
   AND j.attempts = f.attempt
 RETURNING j.id, j.state
-), announced AS (
-    SELECT count(pg_notify(%(channel)s, ids)) AS sent
-    FROM (SELECT string_agg(id::text, ',') AS ids
-          FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM failed
-                WHERE state IN ('dead', 'cancelled')) AS numbered
-          GROUP BY chunk) AS chunks
-)
+), finished AS (
+    SELECT id FROM failed WHERE state IN ('dead', 'cancelled')
+), {{announce_finished}}
 SELECT id, state FROM failed, announced;
 
 -- name: release

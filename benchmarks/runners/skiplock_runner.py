@@ -67,6 +67,7 @@ async def work(dsn: str, out: str, concurrency: int, latency: bool) -> None:
     # Open the connections before the clock starts, as the peers do.
     for conn in (worker._claim_db, worker._write_db, worker._listen_db):
         await conn._get()
+    collector.settle_for_work()  # as `skiplock worker` does once its Worker is made
     recorder.progress = Path(out + ".progress")
     await wait_for_go()
     try:
@@ -97,8 +98,7 @@ def main() -> None:
         copy_ceiling(a.dsn, a.jobs, a.chunk)
     elif a.cmd == "worker":
         # the loop `skiplock worker` runs by default (auto: uvloop when installed), as the
-        # peers' runners run theirs, and the collector settings it runs with
-        collector.settle_for_work()
+        # peers' runners run theirs
         eventloop.run(work(a.dsn, a.out, a.concurrency, a.latency), "auto")
     elif a.cmd == "produce":
         produce(a.dsn, a.jobs, a.rate)

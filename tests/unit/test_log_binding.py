@@ -80,3 +80,11 @@ def test_concurrent_tasks_keep_their_own_fields(kept: _Keep) -> None:
     assert len(kept.records) == 150
     assert all(r.job_id == int(r.getMessage()) and r.worker_id == "w"  # type: ignore[attr-defined]
                for r in kept.records)
+
+
+def test_one_binding_entered_twice_is_an_error_not_a_leak(kept: _Keep) -> None:
+    binding = logs.bind(job_id=1)
+    with binding, pytest.raises(RuntimeError, match="once per block"):
+        binding.__enter__()
+    logging.getLogger("skiplock.test-binding").info("after")
+    assert _fields(kept.records[0])["job_id"] is None

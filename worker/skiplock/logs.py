@@ -31,6 +31,8 @@ class bind:
         self._token: contextvars.Token[tuple[tuple[str, object], ...]] | None = None
 
     def __enter__(self) -> None:
+        if self._token is not None:
+            raise RuntimeError("logs.bind(...) is entered once per block: make one per with")
         outer = _BOUND.get()
         fields = {**dict(outer), **self._fields} if outer else self._fields
         self._token = _BOUND.set(tuple(fields.items()))

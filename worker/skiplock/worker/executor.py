@@ -70,7 +70,11 @@ class Executor:
         for job in jobs:
             run = Run(job, now)
             self.state.owned[job.id] = run
-            run.task = self.state.executing[job.id] = asyncio.create_task(self.execute(run))
+            task = asyncio.create_task(self.execute(run))
+            # under an eager task factory (3.12+) a job may have ended inside create_task:
+            # nothing left to track, and execute's end found no entry to remove
+            if not task.done():
+                run.task = self.state.executing[job.id] = task
         metrics.count_jobs(metrics.JOBS_CLAIMED, jobs)
 
     async def execute(self, run: Run) -> None:
@@ -91,7 +95,7 @@ class Executor:
         finally:
             # Bookkeeping inside the task, not in a done callback: one loop turn less per job.
             # (run.task, not asyncio.current_task(): that costs a getpid() call on 3.11.)
-            if self.state.executing.get(job.id) is run.task:
+            if run.task is not None and self.state.executing.get(job.id) is run.task:
                 del self.state.executing[job.id]
             if run.abandoned:
                 self.state.abandoned.discard(run)

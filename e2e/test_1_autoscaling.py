@@ -36,13 +36,16 @@ def test_scales_up_on_backlog_and_back_down_after_the_window(env: Env) -> None:
     # Scale-down waited for the stabilization window (20 s), counted from when the work first
     # fell to what fewer replicas can hold (the recommendation drops there, before the queue is
     # fully idle). That moment lies after the last sample that still needed the peak, so the
-    # first sample with fewer replicas is at least 20 s after that sample.
+    # first sample with fewer replicas is about 20 s after that sample. The operator reads the
+    # backlog on its own 2 s poll, not at our sampling instants: its last reading that needed the
+    # peak can precede our last such sample by up to one poll (CI saw 18.7 s), so the bound is
+    # the window less one poll and half a second of sampling skew.
     peaked = next(i for i, r in enumerate(timeline.rows) if r["replicas"] == peak)
     rows = timeline.rows[peaked:]
     needed_peak = max(r["t"] for r in rows
                       if r["backlog"] + r["in_flight"] > (peak - 1) * 20)
     lowered = next(r["t"] for r in rows if r["replicas"] < peak)
-    assert lowered - needed_peak >= 19.5, (
+    assert lowered - needed_peak >= 20 - 2 - 0.5, (
         f"scaled down {lowered - needed_peak:.1f}s after the last sample that needed {peak} "
         f"replicas (window 20s): {timeline.rows}")
     assert_invariants(env.db.query, queue=queue, expected_jobs=2000)

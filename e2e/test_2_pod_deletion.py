@@ -65,14 +65,30 @@ def test_deleting_workers_mid_job_loses_nothing(env: Env) -> None:
     assert_invariants(env.db.query, queue=queue, expected_jobs=JOBS)
     assert sum(len(ids) for _, ids, _ in killed) > 0, "no SIGKILL hit a running job"
     for pod, ids, at in killed:
+        # When the rescuer re-queued each job (its errors entry), and when it started again.
         rows = env.db.query(
-            "SELECT id, attempts, extract(epoch FROM started_at - %s) FROM jobs WHERE id = ANY(%s)",
-            at, ids)
-        for job_id, attempts, restarted_after in rows:
+            "SELECT id, attempts,"
+            " extract(epoch FROM (SELECT min((e->>'at')::timestamptz)"
+            "                     FROM jsonb_array_elements(errors) e"
+            "                     WHERE e->>'error' LIKE 'lease expired%%'"
+            "                       AND (e->>'at')::timestamptz >= %s) - %s),"
+            " extract(epoch FROM started_at - %s)"
+            " FROM jobs WHERE id = ANY(%s)",
+            at, at, at, ids)
+        for job_id, attempts, rescued_after, restarted_after in rows:
             assert attempts >= 2, f"job {job_id} of SIGKILLed {pod} was not re-run"
-            # re-claimed within the lease plus one rescue/poll round and pod start-up slack
-            assert float(restarted_after) <= LEASE + 15, (
-                f"job {job_id} restarted {float(restarted_after):.1f}s after the kill")
+            assert rescued_after is not None, f"job {job_id} of {pod} has no lease-expiry entry"
+            # The promise: the lease runs out at most LEASE after the kill (it was renewed no
+            # later than the kill), the rescuer looks every second; 5 s more for a loaded node.
+            assert float(rescued_after) <= LEASE + 1 + 5, (
+                f"job {job_id} re-queued {float(rescued_after):.1f}s after the kill")
+            # Re-queued at the head of the queue, it starts when a slot frees. Capacity is what
+            # varies here (the other pods may be restarting from this test's kills; CI once saw
+            # 21 s from the kill), so this bound is loose: the job must not wait behind the queue.
+            assert float(restarted_after) - float(rescued_after) <= 30, (
+                f"job {job_id} restarted {float(restarted_after) - float(rescued_after):.1f}s "
+                f"after it was re-queued")
         if rows:
-            log(f"{pod}: {len(rows)} job(s) re-run, the last "
-                f"{max(float(r[2]) for r in rows):.1f}s after the SIGKILL (lease {LEASE}s)")
+            log(f"{pod}: {len(rows)} job(s) re-run; re-queued at most "
+                f"{max(float(r[2]) for r in rows):.1f}s and restarted at most "
+                f"{max(float(r[3]) for r in rows):.1f}s after the SIGKILL (lease {LEASE}s)")

@@ -3,10 +3,12 @@ name (paused by hand in SQL, from before the naming rule) shown and resumed as t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from playwright.sync_api import expect
 
+from skiplock.api.dashboard import QUEUES_PER_PAGE
 from tests.browser.conftest import Dashboard
 from tests.browser.test_dashboard import WATCH
 from tests.integration.api.conftest import TOKEN
@@ -77,3 +79,33 @@ def test_pause_and_resume_buttons(dashboard: Dashboard, sql: Sql) -> None:
     assert page.locator("#main script, #main img").count() == 0
     assert page.evaluate("window.__alerts") == []
     assert page.evaluate("window.__csp") == []
+
+
+def test_the_overview_pages_and_refreshes_the_page_it_shows(dashboard: Dashboard,
+                                                            sql: Sql) -> None:
+    """More queues than one page holds: the next link shows the rest, and the auto-refresh
+    keeps showing that page (it re-reads the page's own URL), not the first."""
+    per = QUEUES_PER_PAGE
+    sql("INSERT INTO jobs (queue, task) SELECT 'p' || lpad(i::text, 3, '0'), 'noop' "
+        "FROM generate_series(1, %s) AS i", per + 3)
+    sql("INSERT INTO jobs (queue, task) VALUES (%s, 'noop')", NAME)
+    page = dashboard.page
+    page.goto(f"{dashboard.url}/ui/")
+    rows = page.locator("#queues-table tr[data-queue]")
+    total = len(sql("SELECT DISTINCT queue FROM jobs UNION SELECT queue FROM tasks"))
+    expect(rows).to_have_count(per)
+    expect(page.locator("#queues-shown")).to_have_text(f"{per} of {total} queues, in name order")
+    first = set(rows.evaluate_all("rs => rs.map(r => r.dataset.queue)"))
+    page.click("#queues-next")
+    page.wait_for_url(re.compile(r"/ui/\?after="))
+    expect(page.locator("#queues-first")).to_be_visible()
+    second = rows.evaluate_all("rs => rs.map(r => r.dataset.queue)")
+    assert len(second) == total - per and not first & set(second)
+    assert first | set(second) == {str(r[0]) for r in sql(
+        "SELECT DISTINCT queue FROM jobs UNION SELECT queue FROM tasks")}
+    # the next auto-refresh swaps in the same page, drawn again by the server
+    with page.expect_response(lambda r: "/ui/?after=" in r.url, timeout=20_000):
+        pass
+    expect(rows).to_have_count(total - per)
+    expect(page.locator("#queues-next")).to_have_count(0)
+    dashboard.shot("queues-second-page")

@@ -143,3 +143,75 @@ def test_supervisor_restarts_then_gives_up() -> None:
     assert any("service quitter failed" in f and "returned while the worker runs" in f
                for f in fatal)
     assert "broken" in sup.down and "quitter" in sup.down
+
+
+def test_stop_gives_up_on_a_service_that_ignores_cancellation(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A service that swallows its cancellation must not hold the worker's shutdown (its last
+    writes and releases come after the services stop): stop() returns after its timeout,
+    names the service and says where it waits."""
+
+    class Stubborn:
+        name = "stubborn"
+
+        give_in = False
+
+        async def run(self) -> None:
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    if self.give_in:  # so that the test's own loop can end
+                        raise
+                    # else: the bug being survived
+
+    class Polite:
+        name = "polite"
+
+        async def run(self) -> None:
+            await asyncio.sleep(3600)
+
+    async def main() -> tuple[list[str], float, Supervisor]:
+        sup = Supervisor(lambda why: None, lambda: True)
+        stubborn = Stubborn()
+        sup.start(stubborn)
+        sup.start(Polite())
+        await asyncio.sleep(0.01)
+        started = asyncio.get_running_loop().time()
+        stuck = await sup.stop(grace=0.3)
+        took = asyncio.get_running_loop().time() - started
+        stubborn.give_in = True
+        sup.tasks["stubborn"].cancel()
+        await asyncio.wait([sup.tasks["stubborn"]], timeout=2)
+        return stuck, took, sup
+
+    with caplog.at_level("ERROR", logger="skiplock.worker"):
+        stuck, took, sup = asyncio.run(main())
+    assert stuck == ["stubborn"]
+    assert 0.3 <= took < 2.0, took
+    assert sup.tasks["polite"].cancelled()
+    message = "\n".join(r.getMessage() for r in caplog.records)
+    assert "service stubborn did not stop within 0.3s" in message, message
+    assert "in run" in message and "test_worker_decisions.py" in message, message
+    assert "polite" not in message
+
+
+def test_cancel_watcher_stops_when_cancelled_as_its_wake_up_comes() -> None:
+    """The wake event set and the task cancelled in the same loop step: on 3.11 a wait_for
+    around the event returns its result and drops the cancellation, and a `while True`
+    service then never stops (a worker that hung in its shutdown)."""
+    from skiplock.worker.cancel_watcher import CancelWatcher
+    from skiplock.worker.state import WorkerState
+
+    async def main() -> bool:
+        state = WorkerState("w:1:x", 2, 30)
+        watcher = CancelWatcher(state, None, 3600, lambda job_id, reason: None)  # type: ignore[arg-type]
+        task = asyncio.create_task(watcher.run())
+        for _ in range(3):
+            await asyncio.sleep(0)  # it now waits on its event
+        watcher.wake.set()
+        task.cancel()
+        await asyncio.wait([task], timeout=2)
+        return task.cancelled()
+
+    assert asyncio.run(main())

@@ -1014,13 +1014,27 @@ class Database(PoolSettings):
         """Running jobs per worker and queue: live and expired leases."""
         return self._rows("lease_holders", {"limit": limit}, "lease holders")
 
-    def throughput(self, window_seconds: float, bucket_seconds: float) -> list[Row]:
-        """Finished jobs per queue, final state and time bucket over the last window."""
+    def throughput(self, window_seconds: float, bucket_seconds: float,
+                   queues: Sequence[str]) -> list[Row]:
+        """Finished jobs of these queues per queue, final state and time bucket over the last
+        window."""
         return self._rows(
             "throughput",
-            {"window_seconds": window_seconds, "bucket_seconds": bucket_seconds},
+            {"window_seconds": window_seconds, "bucket_seconds": bucket_seconds,
+             "queues": list(queues)},
             "throughput",
         )
+
+    def overview_queue_names(self, window_seconds: float, queues: Sequence[str],
+                             after: str | None, limit: int) -> tuple[int, list[str]]:
+        """How many queues the overview lists in all, and up to ``limit`` + 1 of them after
+        ``after`` in name order (sql/queries.sql overview_queue_names): one more than the page
+        says that another follows."""
+        rows = self._rows("overview_queue_names", {
+            "window_seconds": window_seconds, "queues": list(queues), "after": after,
+            "limit": limit}, "list queues")
+        total = int(rows[0]["total"]) if rows else 0
+        return total, [str(r["queue"]) for r in rows if r["queue"] is not None]
 
     def worker_registry(self, limit: int = 500) -> list[Row]:
         """Registered workers, live first: health, outcomes waiting, last heartbeat."""

@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 
 from .. import inspection
 from ..errors import DatabaseUnavailable, JobNotFound
+from ..names import MAX_QUEUE_NAME
 from . import access, charts, service
 from .deps import HERE, State, blocking, public_unavailable
 from .models import BIGINT_MAX, INT_MAX, JobState, SessionIn, check_text
@@ -26,6 +27,8 @@ from .models import BIGINT_MAX, INT_MAX, JobState, SessionIn, check_text
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
 PAGE_SIZE = 50
+# Queues on one overview page, each with two charts: at 1,000 queues the whole list took ~1.2 s.
+QUEUES_PER_PAGE = 50
 WINDOWS = (15, 30, 60, 180, 720, 1440)
 OK, DEAD, BACKLOG, INFLIGHT, STUCK = "#3c9a5f", "#c8443a", "#4a78c2", "#8a6bc2", "#e0a030"
 
@@ -159,15 +162,32 @@ async def sign_out() -> JSONResponse:
     return response
 
 
+def _after_problem(after: str) -> str | None:
+    """What is wrong with an ``after`` page cursor (a queue name), or None."""
+    if len(after) > MAX_QUEUE_NAME:
+        return f"at most {MAX_QUEUE_NAME} characters (a queue name)"
+    try:
+        check_text(after, "it")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 @router.get("/ui/", response_class=HTMLResponse)
 async def queues_page(request: Request, st: State) -> HTMLResponse:
     if (signin := _signin_needed(request, st)) is not None:
         return signin
     raw = request.query_params.get("window", "30")
     window = int(raw) if raw.isdigit() and int(raw) in WINDOWS else 30
+    after = request.query_params.get("after") or None
+    if after is not None and (problem := _after_problem(after)):
+        return templates.TemplateResponse(request, "error.html", _ctx(
+            request, st, title="Bad page", message=f"after: {problem}; "
+            "follow the page links, or open /ui/ for the first page"), status_code=400)
     try:
         data, workers = await blocking(st, lambda: (
-            service.overview(st.db, st.history, window), service.workers(st.db)))
+            service.overview(st.db, st.history, window, after=after, limit=QUEUES_PER_PAGE),
+            service.workers(st.db)))
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)
     rows = []
@@ -185,10 +205,14 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
              charts.Series("in-flight", INFLIGHT, [p.in_flight for p in h]),
              charts.Series("stuck", STUCK, [p.stuck for p in h])])
         rows.append({"q": q, "flow": flow, "backlog": backlog})
+    keep = {"window": str(window)} if window != 30 else {}
     return templates.TemplateResponse(request, "queues.html", _ctx(
         request, st, nav="queues", title="Queues", data=data, rows=rows, windows=WINDOWS,
         holders=workers.workers, processes=workers.processes,
-        window=window, high_attempts=inspection.HIGH_RETRY_ATTEMPTS))
+        window=window, high_attempts=inspection.HIGH_RETRY_ATTEMPTS,
+        next_page=(f"/ui/?{urlencode({**keep, 'after': data.next_after})}"
+                   if data.next_after else None),
+        first_page=f"/ui/?{urlencode(keep)}" if after else None, page_size=QUEUES_PER_PAGE))
 
 
 @router.get("/ui/jobs", response_class=HTMLResponse)

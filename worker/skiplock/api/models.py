@@ -261,7 +261,10 @@ class QueuesOut(BaseModel):
     generated_at: dt.datetime
     window_minutes: int
     bucket_seconds: int
-    queues: list[QueueOut]
+    total_queues: int = Field(description="queues listed over all pages")
+    next_after: str | None = Field(
+        description="pass as `after` for the next page; null on the last page")
+    queues: list[QueueOut] = Field(description="this page, in name order")
 
 
 class PauseIn(BaseModel):

@@ -267,10 +267,18 @@ async def queues(st: State,
            window_minutes: Annotated[int, Query(ge=1, le=1440)] = 30,
            queue: Annotated[list[Annotated[SafeText, Field(min_length=1, max_length=128)]],
                             Query(description="only these queues (repeat for several)")] = [],  # noqa: B006 - FastAPI copies it
+           after: Annotated[QueueText | None, Query(
+               description="the page after this queue name: the last page's `next_after`")
+           ] = None,
+           limit: Annotated[int, Query(ge=1, le=service.OVERVIEW_PAGE_MAX,
+                                       description="queues per page")] = service.OVERVIEW_PAGE,
            ) -> QueuesOut:
     """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
-    per bucket over the window and the backlog samples this process took."""
-    return await blocking(st, lambda: service.overview(st.db, st.history, window_minutes, queue))
+    per bucket over the window and the backlog samples this process took. One page of queues
+    in name order (`limit`, default 100); `next_after` names the next page, `total_queues`
+    counts them all."""
+    return await blocking(st, lambda: service.overview(
+        st.db, st.history, window_minutes, queue, after=after, limit=limit))
 
 
 @router.post("/v1/queues/{queue:anytext}/pause", dependencies=Auth, tags=["queues"],

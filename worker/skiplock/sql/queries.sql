@@ -340,14 +340,10 @@ FROM jobs AS j LEFT JOIN results AS r ON r.job_id = j.id
 WHERE j.id = ANY(%(ids)s::bigint[])
 ORDER BY j.id DESC;
 
--- name: queue_stats
--- Per-queue counts for the CLI, API, metrics and the operator. Each count is capped at
--- %(cap)s so the cost stays bounded on huge tables: past the cap the number changes no decision.
--- Every part reads a partial index, never the table: queue names by a skip scan of the hot
--- indexes (not DISTINCT over the table), the oldest runnable job by a skip scan over
--- priorities (the runnable index is ordered by priority first), retries by jobs_retrying_idx,
--- jobs waiting for a worker that can run them by jobs_unrunnable_idx (few rows, never the claim).
-WITH RECURSIVE queued_names AS (
+-- clause: live_queue_names
+-- The queues that hold queued or running jobs, by a skip scan of each hot partial index (one
+-- descent per queue, not DISTINCT over the table). Rows may be NULL: filter them out.
+queued_names AS (
     (SELECT queue FROM jobs WHERE state = 'queued' ORDER BY queue LIMIT 1)
     UNION ALL
     SELECT (SELECT j.queue FROM jobs AS j WHERE j.state = 'queued' AND j.queue > q.queue
@@ -359,7 +355,16 @@ WITH RECURSIVE queued_names AS (
     SELECT (SELECT j.queue FROM jobs AS j WHERE j.state = 'running' AND j.queue > q.queue
             ORDER BY j.queue LIMIT 1)
     FROM running_names AS q WHERE q.queue IS NOT NULL
-), names AS (
+)
+
+-- name: queue_stats
+-- Per-queue counts for the CLI, API, metrics and the operator. Each count is capped at
+-- %(cap)s so the cost stays bounded on huge tables: past the cap the number changes no decision.
+-- Every part reads a partial index, never the table: queue names by a skip scan of the hot
+-- indexes (not DISTINCT over the table), the oldest runnable job by a skip scan over
+-- priorities (the runnable index is ordered by priority first), retries by jobs_retrying_idx,
+-- jobs waiting for a worker that can run them by jobs_unrunnable_idx (few rows, never the claim).
+WITH RECURSIVE {{live_queue_names}}, names AS (
     SELECT unnest(%(queues)s::text[]) AS queue
     UNION
     SELECT queue FROM tasks WHERE %(queues)s::text[] = '{}'
@@ -468,6 +473,34 @@ RETURNING k.key;
 -- name: database_now
 SELECT now() AS now;
 
+-- name: overview_queue_names
+-- One page of the queues the overview lists, in name order, and how many it lists in all: the
+-- queues named, or else every queue that has a task, queued or running jobs, a pause, or a job
+-- finished within the window (its throughput is worth a row). The page is the %(limit)s names
+-- after %(after)s (NULL: the first page), compared in the database's collation, which is the
+-- order of the list; one name more tells that another page follows. A row comes back even
+-- for a page past the end (queue NULL), to carry the total. The overview counts only the
+-- page's queues.
+WITH RECURSIVE {{live_queue_names}}, listed AS (
+    SELECT unnest(%(queues)s::text[]) AS queue
+    UNION SELECT queue FROM tasks WHERE %(queues)s::text[] = '{}'
+    UNION SELECT queue FROM queued_names WHERE queue IS NOT NULL AND %(queues)s::text[] = '{}'
+    UNION SELECT queue FROM running_names WHERE queue IS NOT NULL AND %(queues)s::text[] = '{}'
+    UNION SELECT queue FROM paused_queues WHERE %(queues)s::text[] = '{}'
+    UNION SELECT queue FROM jobs
+          WHERE finished_at >= now() - make_interval(secs => %(window_seconds)s)
+            AND %(queues)s::text[] = '{}'
+)
+SELECT t.total, p.queue
+FROM (SELECT count(*) AS total FROM listed) AS t
+LEFT JOIN LATERAL (
+    SELECT queue FROM listed
+    WHERE %(after)s::text IS NULL OR queue > %(after)s::text
+    ORDER BY queue
+    LIMIT %(limit)s::int + 1
+) AS p ON true
+ORDER BY p.queue;
+
 -- name: throughput
 -- Jobs that finished, per queue, final state and time bucket over a recent window. The range
 -- on finished_at lets the planner use jobs_finished_idx, so the cost follows the window, not
@@ -478,6 +511,8 @@ SELECT queue, state::text AS state,
        count(*) AS n
 FROM jobs
 WHERE finished_at >= now() - make_interval(secs => %(window_seconds)s)
+  -- a set, not = ANY(array): ANY compares each row with every name (1,000 names: 371 ms, not 26)
+  AND queue IN (SELECT unnest(%(queues)s::text[]))
 GROUP BY 1, 2, 3
 ORDER BY 3, 1, 2;
 

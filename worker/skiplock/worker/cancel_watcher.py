@@ -50,8 +50,11 @@ class CancelWatcher:
             wait = self.interval if not self.state.listening else self.slow_interval
             if failures:
                 wait = min(wait, reconnect_delay(failures))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # comes as the event is set, and this loop would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self.wake.wait()
             self.wake.clear()
             try:
                 await self.run_once()

@@ -65,8 +65,11 @@ class Claimer:
                 state.more_waiting = claimed == free
                 if state.more_waiting:
                     continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # comes as the event is set (request_stop sets it).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await state.wake.wait()
 
     async def run_once(self, limit: int | None = None) -> int:
         """Claim up to ``limit`` (default: the free slots) jobs and start them."""

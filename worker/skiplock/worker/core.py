@@ -272,10 +272,11 @@ class Worker:
             await self.state.stopping.wait()
             # A claim in flight has committed its rows: let it hand them to the executor
             # (so they are drained or released) rather than cancel it and orphan them.
+            # (asyncio.wait: neither cancels the claim on timeout nor swallows a cancellation
+            # of this worker, as suppressing CancelledError around wait_for did.)
             claiming = self.supervisor.tasks.get("claimer")
             if claiming is not None:
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(claiming), self._claim_db.deadline)
+                await asyncio.wait([claiming], timeout=self._claim_db.deadline)
             await self._drain()
         finally:
             await self.supervisor.stop()

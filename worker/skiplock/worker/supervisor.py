@@ -14,12 +14,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import metrics
 from ..retry import reconnect_delay
 
 log = logging.getLogger("skiplock.worker")
+
+# Cancelled services end at their next await; one that has not after this long is stuck.
+STOP_TIMEOUT = 10.0
 
 
 class Service(Protocol):
@@ -94,7 +97,33 @@ class Supervisor:
     def problems(self) -> list[str]:
         return sorted(self.down.values())
 
-    async def stop(self) -> None:
-        for task in self.tasks.values():
+    async def stop(self, grace: float = STOP_TIMEOUT) -> list[str]:
+        """Cancel every service and wait up to ``grace`` seconds for them to end; returns
+        the names of those that did not (each logged with where it is stuck). The worker's
+        shutdown goes on without them: its last writes and releases must not wait for ever
+        behind a service that ignores cancellation."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if not tasks:
+            return []
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        stuck = sorted(t.get_name() for t in pending)
+        for task in sorted(pending, key=lambda t: t.get_name()):
+            log.error("service %s did not stop within %gs of being cancelled; shutting "
+                      "down without it. It waits at:\n%s", task.get_name(), grace,
+                      awaiting(task))
+        return stuck
+
+
+def awaiting(task: asyncio.Task[None]) -> str:
+    """Where a suspended task waits: its chain of awaits, outermost first (Task.get_stack
+    shows the outermost frame of a coroutine only)."""
+    lines: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(lines) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return "\n".join(lines) or "  (no frame)"

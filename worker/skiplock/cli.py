@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 # Only what parsing the command line and `skiplock worker` need is imported here: the client
 # (and through it the producer's tracing, the waiting machinery), the inspection queries and
@@ -54,15 +54,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from .worker.probes import serve_probes
 
         serve_probes(s.metrics_port, worker.health)
-    code = 0
     collector.settle_for_work()
-    try:
-        eventloop.run(worker.run(install_signal_handlers=True), args.event_loop or s.event_loop)
-    except WorkerFailed as exc:
-        print(f"skiplock worker: {exc}", file=sys.stderr)
-        code = 1
+
+    async def serve() -> int:
+        code = 0
+        try:
+            await worker.run(install_signal_handlers=True)
+        except WorkerFailed as exc:
+            print(f"skiplock worker: {exc}", file=sys.stderr)
+            code = 1
+        if worker.stuck_services:
+            # asyncio.run's shutdown would cancel them and wait again, for ever: the last
+            # writes and releases are done, so the process leaves now (logged by the worker).
+            _leave(code)
+        return code
+
     # A sync handler still running in a thread after its job was released must not keep the
     # process alive past the grace period; the job is already back in the queue.
+    _leave(eventloop.run(serve(), args.event_loop or s.event_loop))
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit now, threads or not (os._exit), with what was printed flushed."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -131,6 +131,20 @@ def test_the_default_page_and_bad_cursors(api: httpx.Client, sql: Sql) -> None:
     assert sql("SELECT count(*) FROM tasks") == stored
 
 
+def test_naming_more_queues_than_a_page_answers_them_all(api: httpx.Client, sql: Sql) -> None:
+    """A caller that names its queues (queue=, as before paging) is not cut at 100 without
+    knowing: with no limit given it gets every queue it named, up to the maximum page."""
+    names = [f"n{i:03d}" for i in range(service.OVERVIEW_PAGE + 30)]
+    only_queues(sql, names)
+    body = api.get("/v1/queues", params={"queue": names}).json()
+    assert [q["queue"] for q in body["queues"]] == names
+    assert body["next_after"] is None and body["total_queues"] == len(names)
+    # an explicit limit is still a page
+    body = api.get("/v1/queues", params={"queue": names, "limit": 10}).json()
+    assert [q["queue"] for q in body["queues"]] == names[:10]
+    assert body["next_after"] == names[9]
+
+
 ROW = re.compile(r'<tr data-queue="([^"]*)" data-paused=')
 NEXT = re.compile(r'<a href="([^"]*)" id="queues-next">')
 

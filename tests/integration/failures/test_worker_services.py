@@ -153,3 +153,49 @@ def test_the_cli_exits_non_zero_when_a_service_keeps_failing(database_url: str,
     assert took < 60, took
     assert audited("SELECT count(*) FROM jobs WHERE state = 'running'") == [(0,)]
     assert audited("SELECT count(*) FROM jobs WHERE state = 'queued'") == [(5,)]
+
+
+def test_the_cli_leaves_when_a_service_ignores_its_cancellation(database_url: str,
+                                                               audited: Sql) -> None:
+    """A service that swallows its cancellation (the 3.11 wait_for bug, or a handler-like
+    loop): SIGTERM still ends a real `skiplock worker` promptly, its jobs written and
+    released, the stuck service named in the log. asyncio.run's own shutdown would wait for
+    that task again, for ever."""
+    with Client(database_url) as c:
+        ids = [c.enqueue("add", {"a": i, "b": 1}) for i in range(3)]
+    script = (
+        "import asyncio, sys\n"
+        "from skiplock.worker.cancel_watcher import CancelWatcher\n"
+        "async def stubborn(self):\n"
+        "    while True:\n"
+        "        try:\n"
+        "            await asyncio.sleep(3600)\n"
+        "        except asyncio.CancelledError:\n"
+        "            pass\n"
+        "CancelWatcher.run = stubborn\n"
+        "from skiplock.cli import main\n"
+        f"sys.exit(main(['--database-url', {database_url!r}, 'worker', 'tests.tasks:app',"
+        " '--poll-interval', '0.1', '--shutdown-grace', '1']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={"PYTHONPATH": f"{ROOT}:{ROOT / 'worker'}",
+                                           "PATH": "/usr/bin:/bin"})
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = audited("SELECT count(*) FROM jobs WHERE state = 'succeeded'")[0][0]
+            if done == len(ids):
+                break
+            time.sleep(0.1)
+        assert done == len(ids), done
+        started = time.monotonic()
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, (proc.returncode, err[-3000:])
+    assert "service cancel_watcher did not stop within 2s" in err, err[-3000:]
+    assert "in stubborn" in err, err[-3000:]  # where it waits
+    assert took < 10, took  # the drain (nothing running) + the 2 s wait + the last writes
+    assert audited("SELECT count(*) FROM workers") == [(0,)]

@@ -270,13 +270,15 @@ async def queues(st: State,
            after: Annotated[QueueText | None, Query(
                description="the page after this queue name: the last page's `next_after`")
            ] = None,
-           limit: Annotated[int, Query(ge=1, le=service.OVERVIEW_PAGE_MAX,
-                                       description="queues per page")] = service.OVERVIEW_PAGE,
+           limit: Annotated[int | None, Query(
+               ge=1, le=service.OVERVIEW_PAGE_MAX,
+               description="queues per page (default 100, or every queue named with queue=)")
+           ] = None,
            ) -> QueuesOut:
     """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
     per bucket over the window and the backlog samples this process took. One page of queues
-    in name order (`limit`, default 100); `next_after` names the next page, `total_queues`
-    counts them all."""
+    in name order (`limit`, default 100, or all those named by `queue=` up to 1000);
+    `next_after` names the next page, `total_queues` counts them all."""
     return await blocking(st, lambda: service.overview(
         st.db, st.history, window_minutes, queue, after=after, limit=limit))
 

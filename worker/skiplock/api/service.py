@@ -215,10 +215,12 @@ OVERVIEW_PAGE_MAX = 1000
 
 def overview(db: Database, history: BacklogHistory, window_minutes: int,
              queues: Sequence[str] = (), *, after: str | None = None,
-             limit: int = OVERVIEW_PAGE) -> QueuesOut:
+             limit: int | None = None) -> QueuesOut:
     """One page of queues in name order: the ``limit`` queues after ``after`` (of those named,
     or of every queue with a task, live jobs, a pause or a job finished within the window),
     each counted and charted; ``next_after`` is the ``after`` of the next page."""
+    if limit is None:  # a caller who names its queues gets them all (up to the maximum)
+        limit = min(max(len(set(queues)), OVERVIEW_PAGE), OVERVIEW_PAGE_MAX)
     bucket = bucket_seconds_for(window_minutes)
     now = db.now()
     total, names = db.overview_queue_names(window_minutes * 60, queues, after, limit)

@@ -60,7 +60,8 @@ class Claimer:
                     delay = reconnect_delay(failures)
                     log.warning("%s; retrying in %.1fs", exc, delay)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(state.stopping.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await state.stopping.wait()
                     continue
                 state.more_waiting = claimed == free
                 if state.more_waiting:

@@ -43,6 +43,10 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("skiplock.worker")
 
+# How long shutdown waits for cancelled services (seconds; after a second signal, hurried).
+STUCK_SERVICE_GRACE = 2.0
+STUCK_SERVICE_GRACE_HURRIED = 0.5
+
 __all__ = ["Worker", "WorkerFailed", "make_worker_id"]
 
 
@@ -135,6 +139,9 @@ class Worker:
         self._listen_db = conn("listen")
         self.state = WorkerState(self.worker_id, concurrency, lease_seconds)
         self.failure: str | None = None
+        # services that ignored their cancellation at shutdown (Supervisor.stop): the CLI
+        # leaves the process at once, as asyncio.run would wait for them again, for ever
+        self.stuck_services: list[str] = []
         self._hurry = asyncio.Event()
         self.supervisor = Supervisor(self._fail, self.state.stopping.is_set)
         heartbeat = lease_seconds * heartbeat_fraction
@@ -279,7 +286,12 @@ class Worker:
                 await asyncio.wait([claiming], timeout=self._claim_db.deadline)
             await self._drain()
         finally:
-            await self.supervisor.stop()
+            # Cancelled services end at their next await. The wait for one that does not is
+            # short: the pod's flush margin (10 s past the drain) must still hold the last
+            # writes and releases, and a second signal has promised ~3 s in all.
+            self.stuck_services = await self.supervisor.stop(
+                grace=STUCK_SERVICE_GRACE_HURRIED if self._hurry.is_set()
+                else STUCK_SERVICE_GRACE)
             await self._finish()
 
     async def _register(self) -> None:
@@ -302,7 +314,8 @@ class Worker:
                 delay = reconnect_delay(failures)
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.state.stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self.state.stopping.wait()
 
     async def run_once(self) -> int:
         """Claim one batch, run it and record the outcomes (for tests and scripts)."""
@@ -341,6 +354,10 @@ class Worker:
         except TimeoutError:
             log.warning("gave up writing the last outcomes and releases after a second signal; "
                         "their leases will expire")
+        # Released (or written) by now: a handler still running (its drain was cut short by a
+        # cancellation of this worker) is stopped, not left to run a job another worker has.
+        for task in list(self.state.executing.values()):
+            task.cancel()
         for c in (self._claim_db, self._write_db, self._listen_db):
             await c.close()
         self.executor.shutdown()

@@ -178,6 +178,7 @@ def spawn(cmds: list[list[str]], env: dict[str, str], cwd: Path, logdir: Path,
           tag: str) -> Spawned:
     """The workers started; if one cannot be, those already started are stopped."""
     spawned = Spawned([], [])
+    logdir.mkdir(parents=True, exist_ok=True)  # a fresh clone has no artifacts/bench yet
     try:
         for i, cmd in enumerate(cmds):
             f = open(logdir / f"{tag}-cli-worker-{i}.log", "wb")  # noqa: SIM115

@@ -134,7 +134,7 @@ def test_supervisor_restarts_then_gives_up() -> None:
                 break
             await asyncio.sleep(0.05)
         assert flaky.calls == 3 and "flaky" not in sup.down
-        await sup.stop()
+        await sup.stop(grace=5)
         return sup
 
     sup = asyncio.run(main())

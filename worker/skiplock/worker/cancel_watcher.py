@@ -8,7 +8,6 @@ lease heartbeat's answer carries the requests too; this makes them arrive sooner
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ from .. import metrics
 from ..db import WorkerConnection
 from ..errors import DatabaseUnavailable
 from ..retry import reconnect_delay
+from .loops import wait_event
 from .state import WorkerState
 
 log = logging.getLogger("skiplock.worker")
@@ -50,11 +50,7 @@ class CancelWatcher:
             wait = self.interval if not self.state.listening else self.slow_interval
             if failures:
                 wait = min(wait, reconnect_delay(failures))
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
-            # comes as the event is set, and this loop would then never stop.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self.wake.wait()
+            await wait_event(self.wake, wait)
             self.wake.clear()
             try:
                 await self.run_once()

@@ -7,8 +7,6 @@ concurrency (backpressure): when writes fail but claims still work, the runs a w
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
@@ -17,6 +15,7 @@ from ..db import ClaimedJob, WorkerConnection
 from ..errors import DatabaseUnavailable
 from ..retry import reconnect_delay
 from .executor import Executor
+from .loops import wait_event
 from .state import WorkerState
 
 log = logging.getLogger("skiplock.worker")
@@ -59,18 +58,12 @@ class Claimer:
                     metrics.DB_ERRORS.labels("claim").inc()
                     delay = reconnect_delay(failures)
                     log.warning("%s; retrying in %.1fs", exc, delay)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await state.stopping.wait()
+                    await wait_event(state.stopping, delay)
                     continue
                 state.more_waiting = claimed == free
                 if state.more_waiting:
                     continue
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
-            # comes as the event is set (request_stop sets it).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await state.wake.wait()
+            await wait_event(state.wake, self.poll_interval)
 
     async def run_once(self, limit: int | None = None) -> int:
         """Claim up to ``limit`` (default: the free slots) jobs and start them."""

@@ -33,6 +33,7 @@ from .executor import Executor
 from .health import Health, stale
 from .lease_renewer import LeaseRenewer
 from .listener import Listener
+from .loops import wait_event
 from .monitor import INTERVAL as MONITOR_INTERVAL
 from .monitor import Monitor
 from .registry import Registry
@@ -313,9 +314,7 @@ class Worker:
                 failures += 1
                 delay = reconnect_delay(failures)
                 log.warning("%s; retrying in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self.state.stopping.wait()
+                await wait_event(self.state.stopping, delay)
 
     async def run_once(self) -> int:
         """Claim one batch, run it and record the outcomes (for tests and scripts)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +12,16 @@ from ..errors import DatabaseUnavailable
 from ..retry import reconnect_delay
 
 log = logging.getLogger("skiplock.worker")
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass, whichever comes first.
+
+    asyncio.timeout, not wait_for: on 3.11 wait_for returns the event's result and drops a
+    cancellation that comes as the event is set, and a service looping on it never stops."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 async def every(

@@ -21,9 +21,6 @@ from ..retry import reconnect_delay
 
 log = logging.getLogger("skiplock.worker")
 
-# Cancelled services end at their next await; one that has not after this long is stuck.
-STOP_TIMEOUT = 10.0
-
 
 class Service(Protocol):
     name: str
@@ -97,7 +94,7 @@ class Supervisor:
     def problems(self) -> list[str]:
         return sorted(self.down.values())
 
-    async def stop(self, grace: float = STOP_TIMEOUT) -> list[str]:
+    async def stop(self, grace: float) -> list[str]:
         """Cancel every service and wait up to ``grace`` seconds for them to end; returns
         the names of those that did not (each logged with where it is stuck). The worker's
         shutdown goes on without them: its last writes and releases must not wait for ever
@@ -108,12 +105,12 @@ class Supervisor:
         if not tasks:
             return []
         _, pending = await asyncio.wait(tasks, timeout=grace)
-        stuck = sorted(t.get_name() for t in pending)
-        for task in sorted(pending, key=lambda t: t.get_name()):
+        stuck = sorted(pending, key=lambda t: t.get_name())
+        for task in stuck:
             log.error("service %s did not stop within %gs of being cancelled; shutting "
                       "down without it. It waits at:\n%s", task.get_name(), grace,
                       awaiting(task))
-        return stuck
+        return [t.get_name() for t in stuck]
 
 
 def awaiting(task: asyncio.Task[None]) -> str:

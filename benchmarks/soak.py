@@ -3,14 +3,22 @@ peak for ``--minutes``, autovacuum on with its defaults; how throughput, lag, ta
 sizes and dead tuples move over time.
 
     .venv/bin/python -m benchmarks.soak [--minutes 30] [--share 0.8] [--peak-jobs 60000]
+        [--probe-seconds 90] [--retention 300]
     make bench-soak
 
-One benchmark-private PostgreSQL (fsync on). First the peak: ``--peak-jobs`` no-op jobs queued,
-then 2 worker processes spawned as a user starts them (benchmarks/e2e_cli.py's spawn, the
-harness's CLI command: concurrency 200 each), the peak being the first start to the last finish.
-The same workers then stay up while a producer process enqueues at ``--share`` x the peak
-(Client.enqueue_many every 50 ms, keeping to its schedule), for ``--minutes``. Finished jobs are
-kept (the default retention is 7 days): the table grows as it would in production.
+One benchmark-private PostgreSQL (fsync on). First the drain peak: ``--peak-jobs`` no-op jobs
+queued, then 2 worker processes spawned as a user starts them (benchmarks/e2e_cli.py's spawn,
+the harness's CLI command: concurrency 200 each), the peak being the first start to the last
+finish. That peak has the 2 cores to itself; a sustained run shares them with its producer, so
+the run's rate comes from a second, loaded peak: the producer enqueues at the drain peak's rate
+for ``--probe-seconds`` and the workers' rate over the probe's last 60 s (a growing backlog: they
+were saturated) is what this machine sustains with its producer; the backlog is then drained.
+The same workers stay up while the producer enqueues at ``--share`` x the loaded peak
+(Client.enqueue_many every 50 ms, keeping to its schedule), for ``--minutes``. Every interval
+``skiplock prune --older-than RETENTION`` runs, as the chart's prune CronJob would on a
+schedule fit for this rate (at 15k jobs/s the default 7 days would be 9 billion rows): the
+table holds ``--retention`` seconds of finished jobs (``--retention -1``: never pruned, the
+table grows for the whole run).
 
 Every ``--interval`` seconds (60) it prints the jobs finished in that interval per second, the
 median claim-to-finish (started_at -> finished_at) and enqueue-to-finish lag of those jobs, the
@@ -26,6 +34,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +127,76 @@ def peak(url: str, jobs: int) -> tuple[Spawned, float]:
     return workers, int(finished) / (last - first)
 
 
+def loaded_peak(url: str, workers: Spawned, rate: float, seconds: float) -> float:
+    """The workers' rate while the producer enqueues at ``rate`` (more than they finish) for
+    ``seconds``: jobs finished in its last 60 s (or its second half) per second. Then the
+    backlog is drained, bounded by 300 s."""
+    window = min(60.0, seconds / 2)
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.soak", "--produce", url, "--rate", str(rate),
+         "--seconds", str(seconds)], cwd=ROOT, env=runner_env(), stdout=subprocess.PIPE,
+        text=True)
+    try:
+        began = time.time()
+        time.sleep(seconds - window)
+        since = time.time()
+        time.sleep(window)
+        until = time.time()
+        producer.communicate(timeout=60)
+    finally:
+        if producer.poll() is None:
+            producer.terminate()
+            wait_or_kill(producer, 30)
+    with psycopg.connect(url, autocommit=True) as conn:
+        s = sample(conn, since, until)
+        log(f"  loaded: {s['jobs_per_s']:,.0f} jobs/s over the last {window:.0f} s of "
+            f"{time.time() - began:.0f}; backlog {s['backlog']:,}; draining")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            row = conn.execute(LEFT).fetchone()
+            if row is not None and not row[0]:
+                break
+            if any(p.poll() is not None for p in workers.procs):
+                raise RuntimeError(f"a worker exited early; see {BENCH_OUT}/soak-cli-worker-*")
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("the loaded peak's backlog did not drain in 300 s")
+    return float(s["jobs_per_s"])
+
+
+class Prune:
+    """One `skiplock prune --older-than RETENTION` (the CLI the chart's CronJob runs) in the
+    background; a thread notes when it ends, so a slow prune neither blocks the samples nor
+    loses its duration."""
+
+    def __init__(self, url: str, retention: float) -> None:
+        self.began, self.ended, self.out = time.time(), 0.0, ""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "skiplock", "prune", "--older-than", str(retention)],
+            cwd=ROOT, env={**runner_env(), "SKIPLOCK_DATABASE_URL": url},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._thread = threading.Thread(target=self._wait, daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> None:
+        self.out, _ = self.proc.communicate()
+        self.ended = time.time()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self, timeout: float = 600) -> dict[str, Any]:
+        """Its deleted count and seconds, waiting up to ``timeout`` for it."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.proc.kill()
+            raise RuntimeError(f"skiplock prune still running after {timeout:.0f} s")
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"skiplock prune failed: {self.out.strip()[-500:]}")
+        n = int(self.out.split()[1]) if self.out.startswith("pruned ") else -1
+        return {"pruned": n, "seconds": self.ended - self.began}
+
+
 def sample(conn: psycopg.Connection[Any], since: float, until: float) -> dict[str, Any]:
     args = {"since": _ts(since), "until": _ts(until)}
     n, run_lag, lag, backlog = conn.execute(SAMPLE_SQL, args).fetchone()  # type: ignore[misc]
@@ -147,14 +226,19 @@ def print_sample(i: int, s: dict[str, Any]) -> None:
     if i == 0:
         print(f"{'min':>4} {'jobs/s':>8} {'run p50 ms':>10} {'e2f p50 ms':>10} {'backlog':>8} "
               f"{'jobs MB heap/idx/total':>24} {'results MB':>10} {'dead jobs':>10} "
-              f"{'dead res':>9} {'autovac j/r':>11}", flush=True)
+              f"{'dead res':>9} {'autovac j/r':>11} {'pruned (s)':>16}", flush=True)
     t = s["tables"]
     j, r = t.get("jobs", {}), t.get("results", {})
     print(f"{s['minute']:>4.1f} {s['jobs_per_s']:>8,.0f} {s['claim_to_finish_p50_ms']:>10.1f} "
           f"{s['enqueue_to_finish_p50_ms']:>10.1f} {s['backlog']:>8,} "
           f"{mb(s['jobs_heap']) + '/' + mb(s['jobs_indexes']) + '/' + mb(s['jobs_total']):>24} "
           f"{mb(s['results_total']):>10} {j.get('dead', 0):>10,} {r.get('dead', 0):>9,} "
-          f"{str(j.get('autovacuums', 0)) + '/' + str(r.get('autovacuums', 0)):>11}", flush=True)
+          f"{str(j.get('autovacuums', 0)) + '/' + str(r.get('autovacuums', 0)):>11} "
+          f"{_pruned(s.get('prune')):>16}", flush=True)
+
+
+def _pruned(p: dict[str, Any] | None) -> str:
+    return "-" if p is None else f"{p['pruned']:,} ({p['seconds']:.1f})"
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
@@ -190,9 +274,11 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.legend()
     for a in axes.flat:
         a.set_xlabel("minute")
-    fig.suptitle(f"Skiplock soak: {res['minutes']} min at {res['share']:.0%} of peak "
-                 f"({res['target_rate']:,.0f} of {res['peak_jobs_per_s']:,.0f} jobs/s), "
-                 "2 worker processes, autovacuum defaults, fsync on")
+    kept = (f"finished jobs kept {res['retention_s']:.0f} s" if res["retention_s"] >= 0
+            else "finished jobs kept")
+    fig.suptitle(f"Skiplock soak: {res['minutes']} min at {res['share']:.0%} of the loaded "
+                 f"peak ({res['target_rate']:,.0f} of {res['peak_jobs_per_s']:,.0f} jobs/s), "
+                 f"{kept}, 2 worker processes, autovacuum defaults, fsync on")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -205,12 +291,21 @@ def run(server: PgServer, a: argparse.Namespace) -> dict[str, Any]:
             conn.execute(f"ALTER SYSTEM SET {k} = '{v}'")
         conn.execute("SELECT pg_reload_conf()")
     log(f"peak: {a.peak_jobs:,} queued jobs, 2 workers spawned")
-    workers, peak_rate = peak(url, a.peak_jobs)
+    workers, drain_rate = peak(url, a.peak_jobs)
+    log(f"drain peak {drain_rate:,.0f} jobs/s; loaded peak: producing that for "
+        f"{a.probe_seconds:.0f} s")
+    try:
+        peak_rate = loaded_peak(url, workers, drain_rate, a.probe_seconds)
+    except BaseException:
+        workers.stop()
+        raise
     target = peak_rate * a.share
-    log(f"peak {peak_rate:,.0f} jobs/s; producing {target:,.0f} jobs/s for {a.minutes} min")
+    log(f"loaded peak {peak_rate:,.0f} jobs/s; producing {target:,.0f} jobs/s for "
+        f"{a.minutes} min, pruning to {a.retention:.0f} s every {a.interval:.0f} s")
     res: dict[str, Any] = {"minutes": a.minutes, "share": a.share, "peak_jobs": a.peak_jobs,
-                           "peak_jobs_per_s": peak_rate, "target_rate": target,
-                           "interval_s": a.interval, "samples": []}
+                           "drain_peak_jobs_per_s": drain_rate, "peak_jobs_per_s": peak_rate,
+                           "probe_seconds": a.probe_seconds, "retention_s": a.retention,
+                           "target_rate": target, "interval_s": a.interval, "samples": []}
     seconds = a.minutes * 60
     producer = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.soak", "--produce", url, "--rate", str(target),
@@ -221,6 +316,7 @@ def run(server: PgServer, a: argparse.Namespace) -> dict[str, Any]:
             began = time.time()
             prev = began
             i = 0
+            pruning: Prune | None = None
             while (until := began + (i + 1) * a.interval) <= began + seconds + 0.5:
                 time.sleep(max(0.0, until - time.time()))
                 if producer.poll() not in (None, 0) or any(
@@ -228,9 +324,17 @@ def run(server: PgServer, a: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError("the producer or a worker exited early")
                 s = sample(conn, prev, until)
                 s["minute"] = (until - began) / 60
+                # the prune started an interval ago, when it is done (a slow one is not waited
+                # for: the samples keep their cadence, and no second prune overlaps it)
+                s["prune"] = None
+                if pruning is not None and pruning.done():
+                    s["prune"], pruning = pruning.result(), None
+                if a.retention >= 0 and pruning is None:
+                    pruning = Prune(url, a.retention)
                 res["samples"].append(s)
                 print_sample(i, s)
                 prev, i = until, i + 1
+            res["last_prune"] = pruning.result() if pruning is not None else None
             out, _ = producer.communicate(timeout=60)
             res["producer"] = json.loads(out.strip().splitlines()[-1])
             deadline = time.monotonic() + 120
@@ -264,7 +368,9 @@ def summarise(res: dict[str, Any]) -> list[str]:
     ratio = last["jobs_per_s"] / first["jobs_per_s"] if first["jobs_per_s"] else float("nan")
     f = res["final"]
     return [
-        f"peak {res['peak_jobs_per_s']:,.0f} jobs/s (from {res['peak_jobs']:,} queued); "
+        f"drain peak {res['drain_peak_jobs_per_s']:,.0f} jobs/s (from {res['peak_jobs']:,} "
+        f"queued, no producer); loaded peak {res['peak_jobs_per_s']:,.0f} jobs/s (producer "
+        f"running); retention {res['retention_s']:.0f} s, pruned every interval; "
         f"target {res['target_rate']:,.0f} jobs/s ({res['share']:.0%}); producer enqueued "
         f"{res['producer']['jobs']:,} of {res['producer']['target']:,.0f} "
         f"(at most {res['producer']['behind_max_s']:.2f} s behind)",
@@ -290,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--share", type=float, default=0.8, help="of the measured peak")
     ap.add_argument("--peak-jobs", type=int, default=60_000)
     ap.add_argument("--interval", type=float, default=60.0, help="seconds between samples")
+    ap.add_argument("--probe-seconds", type=float, default=90.0,
+                    help="the loaded peak's producer run (s)")
+    ap.add_argument("--retention", type=float, default=300.0,
+                    help="seconds of finished jobs kept: prune every interval (-1: never)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--plot", type=Path, default=PLOT)
     ap.add_argument("--produce", metavar="URL", help=argparse.SUPPRESS)

@@ -4,9 +4,9 @@ psycopg's AsyncConnectionPool.
 The statements, their parameters and the decisions about their results are Database's own
 (db.py: PoolSettings, which makes the connections and finds a pooler; the named queries,
 enqueue_plan, ENQUEUE_TRIES and unread_key, caller_enqueue_outcome, the search_path_swap
-parameters, unnest_params, _keyed_outcome, check_unnest_keys, insert_failure and
-outcome_unknown, wrap_error): only the awaiting differs, so both clients store exactly the
-same rows and raise exactly the same errors.
+parameters, unnest_params, _keyed_outcome, check_unnest_keys, insert_failure and outcome_unknown,
+OneTripEnqueue, wrap_error): only the
+awaiting differs, so both clients store exactly the same rows and raise exactly the same errors.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .copy_data import CopyBatch, CopyRefused, next_block
 from .db import (
     ENQUEUE_TRIES,
     NewJob,
+    OneTripEnqueue,
     PoolOptions,
     PoolSettings,
     Q,
@@ -43,6 +44,7 @@ from .db import (
     unread_key,
     wrap_error,
 )
+from .job_ids import RESERVE, ReservedIds
 from .pool_check import acheck_unless_fresh, given_back, insert_checkout
 from .redact import scrub
 
@@ -75,6 +77,7 @@ class AsyncDatabase(PoolSettings):
             check=acheck_unless_fresh, **self._pool_arguments(self.max_size))
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
+        self._ids = ReservedIds()
 
     async def close(self) -> None:
         if self._opened:
@@ -189,6 +192,8 @@ class AsyncDatabase(PoolSettings):
         if connection is not None:
             return await self._enqueue_in(connection, query, params)
         doing = f"enqueue {job.task!r}"
+        if job.unique_key is None:
+            return await self._enqueue_with_id(doing, params)
 
         async def insert(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
             cur = await conn.execute(query, params)
@@ -200,6 +205,43 @@ class AsyncDatabase(PoolSettings):
             if found is not None:
                 return _keyed_outcome(found, params)
         raise unread_key(doing)
+
+    async def _enqueue_with_id(self, doing: str, params: Mapping[str, Any]) -> tuple[int, bool]:
+        """Database._enqueue_with_id awaited: one round trip under an id taken ahead, a lost
+        connection sent again with the same id."""
+        job_id = self._ids.take()
+        if job_id is None:  # the first enqueue of this AsyncDatabase: one round trip more
+            self._ids.add(int(r["nextval"]) for r in await self._rows(
+                "reserve_job_ids", {"n": RESERVE}, doing))
+            job_id = self._ids.take()
+            assert job_id is not None
+        trip = OneTripEnqueue(doing, self.url, job_id, self._ids)
+        params = {**params, "id": job_id}
+        while True:
+            try:
+                async with self._inserting_checkout(skip_ping=not trip.tries) as conn:
+                    more = None
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN")
+                        await self._settings(conn)
+                        if self._ids.running_out():  # the next block rides on this trip
+                            more = await conn.execute(Q["reserve_job_ids"], {"n": RESERVE})
+                        cur = await conn.execute(Q["enqueue_with_id"], params)
+                        await conn.execute("COMMIT")
+                    row = await cur.fetchone()
+                    if more is not None:
+                        self._ids.add(int(r[0]) for r in await more.fetchall())
+            except (psycopg.Error, PoolTimeout) as exc:
+                trip.failed(exc)  # raises unless the job is to be sent again
+                continue
+            except asyncio.CancelledError as cancelled:
+                # BEGIN, INSERT and COMMIT went out together: a cancelled call may have stored
+                cancelled.add_note(f"{doing}: cancelled while the job was being sent; it may "
+                                   f"have been stored, under id {job_id} (get_job tells)")
+                raise
+            outcome = trip.answered(row)
+            if outcome is not None:
+                return outcome
 
     async def _enqueue_in(
         self, conn: psycopg.AsyncConnection[Any], query: str, params: Mapping[str, Any]

@@ -45,6 +45,7 @@ from .errors import (
     SkiplockError,
 )
 from .idempotency import batch_request, differences, job_request, request_hash
+from .job_ids import RESERVE, ReservedIds
 from .limits import adoption_keys
 from .names import schema_problem
 from .pool_check import check_unless_fresh, given_back, insert_checkout
@@ -706,6 +707,7 @@ class Database(PoolSettings):
         ``options``: PoolSettings' (schema, timeouts, max_size, application_name, pooler)."""
         super().__init__(url, **options)
         self._pool = self._new_pool(self.max_size, read_only=False)
+        self._ids = ReservedIds()
         self._read_pool = None if read_pool_size is None else self._new_pool(
             read_pool_size, read_only=True)
 
@@ -887,6 +889,8 @@ class Database(PoolSettings):
         if connection is not None:
             return self._enqueue_in(connection, query, params)
         doing = f"enqueue {job.task!r}"
+        if job.unique_key is None:
+            return self._enqueue_with_id(doing, params)
 
         def insert(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
             row: tuple[Any, ...] | None = conn.execute(query, params).fetchone()
@@ -897,6 +901,40 @@ class Database(PoolSettings):
             if found is not None:
                 return _keyed_outcome(found, params)
         raise unread_key(doing)
+
+    def _enqueue_with_id(self, doing: str, params: Mapping[str, Any]) -> tuple[int, bool]:
+        """An unkeyed job in one round trip, under an id taken ahead (skiplock/job_ids.py):
+        BEGIN, INSERT and COMMIT in one pipeline; a lost connection is sent again with the
+        same id (OneTripEnqueue decides)."""
+        job_id = self._ids.take()
+        if job_id is None:  # the first enqueue of this Database: one round trip more
+            self._ids.add(int(r["nextval"]) for r in self._rows(
+                "reserve_job_ids", {"n": RESERVE}, doing))
+            job_id = self._ids.take()
+            assert job_id is not None
+        trip = OneTripEnqueue(doing, self.url, job_id, self._ids)
+        params = {**params, "id": job_id}
+        while True:
+            try:
+                with (contextlib.nullcontext() if trip.tries else insert_checkout()), \
+                        self._checkout() as conn:
+                    more = None
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        self._settings(conn)
+                        if self._ids.running_out():  # the next block rides on this trip
+                            more = conn.execute(Q["reserve_job_ids"], {"n": RESERVE})
+                        cur = conn.execute(Q["enqueue_with_id"], params)
+                        conn.execute("COMMIT")
+                    row = cur.fetchone()
+                    if more is not None:
+                        self._ids.add(int(r[0]) for r in more.fetchall())
+            except (psycopg.Error, PoolTimeout) as exc:
+                trip.failed(exc)  # raises unless the job is to be sent again
+                continue
+            outcome = trip.answered(row)
+            if outcome is not None:
+                return outcome
 
     def _enqueue_in(
         self, conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any]
@@ -1830,7 +1868,137 @@ def insert_failure(exc: BaseException, committing: bool, retried: bool) -> str:
     return "wrap"
 
 
-def outcome_unknown(doing: str, what: str, url: str) -> EnqueueOutcomeUnknown:
+def outcome_unknown(doing: str, what: str, url: str,
+                    job_id: int | None = None) -> EnqueueOutcomeUnknown:
+    if job_id is None:
+        return EnqueueOutcomeUnknown(
+            f"{doing}: the connection to {redact_url(url)} died while committing, so {what} "
+            "may or may not exist. Retry with unique keys (unique_key) to make the retry safe.")
     return EnqueueOutcomeUnknown(
-        f"{doing}: the connection to {redact_url(url)} died while committing, so {what} may "
-        "or may not exist. Retry with unique keys (unique_key) to make the retry safe.")
+        f"{doing}: the connection to {redact_url(url)} was lost after the job was sent with "
+        f"its COMMIT, and sending it again failed too, so {what} may or may not exist: if it "
+        f"does, its id is {job_id} (get_job({job_id}) finds it once the database answers; a "
+        "try the server still holds may commit later). Retry with unique keys (unique_key) "
+        "to make a retry safe.", job_id=job_id)
+
+
+# Tries of a one-round-trip enqueue: the first and one more (as every insert path), and after
+# a possible commit a third when the second found no connection (the pool waited its connect
+# timeout): a blip of the network then resolves itself within the call. Each try is bounded
+# by the connect and statement timeouts.
+ONE_TRIP_TRIES = 2
+ONE_TRIP_TRIES_AFTER_A_LOST_ANSWER = 3
+
+
+def one_trip_failure(exc: BaseException, *, tries: int, maybe_stored: bool) -> str:
+    """What the one-round-trip enqueue (Database._enqueue_with_id) does about ``exc``:
+    "retry" (the same id on a fresh connection), "unknown" (EnqueueOutcomeUnknown) or "wrap"
+    (wrap_error: nothing was stored). ``tries``: the tries that failed before this one.
+
+    BEGIN, INSERT and COMMIT went out together, so a lost connection (connection_lost) may
+    have committed: it is sent again anyway, the id making a later try find the first try's
+    row instead of adding one (``maybe_stored``, which the caller sets for the later tries).
+    A read-only server (a standby, a demoted primary) and a statement the server cancelled (a
+    statement timeout) are tried again too: rolled back, they stored nothing. ONE_TRIP_TRIES
+    in all. The pool giving no connection sent nothing: after a possible commit it is tried
+    once more (ONE_TRIP_TRIES_AFTER_A_LOST_ANSWER). Once the tries are spent, a possible
+    commit (this try's lost connection or an earlier one's) leaves the outcome unknown. A
+    refused statement (its data, class 22, 23, 54; any error that is not about the
+    connection) was refused on every try: wrapped."""
+    if isinstance(exc, PoolTimeout):  # nothing went out on this try; the pool has waited
+        if not maybe_stored:
+            return "wrap"
+        return "retry" if tries + 1 < ONE_TRIP_TRIES_AFTER_A_LOST_ANSWER else "unknown"
+    last = tries + 1 >= ONE_TRIP_TRIES
+    retryable = isinstance(exc, psycopg.OperationalError) and (
+        exc.sqlstate or "")[:2] not in _DATA_REFUSED_CLASSES
+    if not retryable and not isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        return "wrap"
+    if not last:
+        return "retry"
+    return "unknown" if maybe_stored or connection_lost(exc) else "wrap"
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """The connection went away under a statement, so what the server did with it is unknown:
+    no SQLSTATE (the socket closed or reset), class 08, or the server ending the session
+    (57P01-57P05: its answers to what was sent may have been lost with it). A statement the
+    server answered with an error (a statement timeout, 57014; a read-only server) was rolled
+    back: not lost."""
+    if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, PoolTimeout):
+        return False
+    state = exc.sqlstate or ""
+    return not state or state[:2] == "08" or state.startswith("57P")
+
+
+class OneTripEnqueue:
+    """One one-round-trip enqueue across its tries: what each failure and answer means
+    (Database and AsyncDatabase only do the I/O)."""
+
+    def __init__(self, doing: str, url: str, job_id: int, ids: ReservedIds) -> None:
+        self.doing, self.url, self.job_id, self._ids = doing, url, job_id, ids
+        self.tries = 0  # failed so far; a later try pings its connection
+        self.maybe_stored = False
+        self._reads = 0
+
+    def failed(self, exc: BaseException) -> None:
+        """Returns when the job is to be sent again; raises the caller's error otherwise."""
+        decision = one_trip_failure(exc, tries=self.tries, maybe_stored=self.maybe_stored)
+        if decision == "unknown":
+            raise outcome_unknown(self.doing, "the job", self.url, self.job_id) from exc
+        if decision == "wrap":
+            raise wrap_error(exc, self.url, self.doing) from None
+        self.tries += 1
+        if connection_lost(exc):
+            self.maybe_stored = True
+        if not isinstance(exc, PoolTimeout):  # perhaps a failover: take the next block afresh
+            self._ids.drop()
+        log.info("%s: %s; sending it again with the same id on a fresh connection", self.doing,
+                 scrub((str(exc).strip() or type(exc).__name__).splitlines()[0], self.url))
+
+    def answered(self, row: Sequence[Any] | None) -> tuple[int, bool] | None:
+        """(id, created), or None: run the statement again."""
+        try:
+            outcome = one_trip_outcome(row, self.job_id, maybe_stored=self.maybe_stored)
+            if outcome is None:
+                self._reads += 1
+                if self._reads >= ENQUEUE_TRIES:
+                    raise id_unreadable(self.doing, self.job_id, maybe_stored=self.maybe_stored)
+        except SkiplockError:
+            self._ids.drop()  # the sequence was set back: the rest of the block may be taken
+            raise
+        return outcome
+
+
+def one_trip_outcome(row: Sequence[Any] | None, job_id: int, *,
+                     maybe_stored: bool) -> tuple[int, bool] | None:
+    """(id, created) of an enqueue_with_id row; None: run the statement again (a first try's
+    row committed after its snapshot, or the id holds another job). A row that was already
+    there is this job stored by a try whose connection was lost (``maybe_stored``); on a
+    first try it can only come from a sequence set back, and is refused."""
+    if row is None:
+        return None
+    if bool(row[1]) or maybe_stored:
+        return int(row[0]), True
+    raise id_taken(job_id)
+
+
+def id_taken(job_id: int) -> SkiplockError:
+    return SkiplockError(
+        f"enqueue: job id {job_id}, just taken from the sequence jobs_id_seq, is already "
+        "stored: the sequence was set back (setval, a restore, a failover that lost its "
+        "advance). Nothing was stored. Set it past the largest id (SELECT setval("
+        "'<schema>.jobs_id_seq', (SELECT max(id) FROM <schema>.jobs)), the schema being "
+        "SKIPLOCK_SCHEMA, skiplock by default) and retry.")
+
+
+def id_unreadable(doing: str, job_id: int, *, maybe_stored: bool) -> SkiplockError:
+    """The error when ENQUEUE_TRIES runs of enqueue_with_id returned no row: the id holds
+    another job (on a first try), or a lost try's row could not be read back."""
+    if not maybe_stored:
+        return id_taken(job_id)
+    return EnqueueOutcomeUnknown(
+        f"{doing}: the job was sent again with its id {job_id} after its connection was "
+        "lost, and that id's row could not be read back, so the job may or may not exist: "
+        f"get_job({job_id}) tells. Retry with unique keys (unique_key) to make a retry safe.",
+        job_id=job_id)

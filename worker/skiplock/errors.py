@@ -22,8 +22,14 @@ class SchemaMissing(DatabaseUnavailable):
 class EnqueueOutcomeUnknown(DatabaseUnavailable):
     """The connection died while committing: the job may or may not exist.
 
-    Retry with the same ``unique_key`` to make the retry safe.
+    Retry with the same ``unique_key`` to make the retry safe. ``job_id``: for a single job
+    without a unique_key, the id it has if it was stored (taken ahead of its insert, so no
+    other job can have it: ``get_job(job_id)`` tells); None otherwise.
     """
+
+    def __init__(self, message: str, *, job_id: int | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class MigrationBlocked(DatabaseUnavailable):

@@ -5,6 +5,7 @@ never inserts twice, and the same Client recovers on its own when the database i
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from skiplock import Client
 from skiplock.db import NewJob
 from skiplock.errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SkiplockError
 from skiplock.settings import Settings
+from tests.integration.test_client_support import Producer
 from tests.support.waits import wait_until
 
 CONNECT_TIMEOUT = 2.0
@@ -202,6 +204,9 @@ def _batch(client: Client, tag: str) -> list[tuple[int, bool]]:
 PATHS = {
     "enqueue": _InsertPath("enqueue 'add'", 1, True, lambda client, tag: client.enqueue(
         "add", {"a": 1, "b": 2}, queue=tag, unique_key=f"{tag}-0")),
+    # no unique_key: one round trip under an id taken ahead (skiplock/job_ids.py)
+    "enqueue-unkeyed": _InsertPath("enqueue 'add'", 1, False, lambda client, tag: client.enqueue(
+        "add", {"a": 1, "b": 2}, queue=tag)),
     # enqueue_many takes COPY when no job has a unique_key or run_at, unnest otherwise.
     "copy": _InsertPath(f"enqueue_many ({BULK} jobs)", BULK, False,
                         lambda client, tag: client.enqueue_many(_bulk(tag, keyed=False))),
@@ -269,6 +274,11 @@ def test_link_cut_while_committing_reports_unknown_outcome(database_url, proxy, 
     assert f"postgres@127.0.0.1:{proxy.port}/" in msg  # where, without any password
     proxy.clear()
     assert _stored(sql, tag) == _once(p)  # committed once, not retried behind the caller's back
+    if path == "enqueue-unkeyed":  # its retry (same id) could not connect: the id is told
+        job_id = call.error.job_id
+        assert job_id is not None and f"its id is {job_id}" in msg, msg
+        assert sql("SELECT id FROM jobs WHERE queue = %s", tag) == [(job_id,)]
+        assert _until_recovered(client.get_job, job_id)["id"] == job_id
     if p.keyed:
         again = _until_recovered(p.insert, client, tag)
         assert _stored(sql, tag) == _once(p)  # the retry found the jobs
@@ -288,7 +298,12 @@ def _open_transactions(sql) -> int:
                "'skiplock-client' AND xact_start IS NOT NULL")[0][0]
 
 
-@pytest.mark.parametrize("path", PATHS)
+# The one-round-trip enqueue sends its COMMIT with the INSERT: once the link is cut its
+# outcome is unknown until the retry reaches the server (the tests below).
+TWO_TRIPS = [name for name in PATHS if name != "enqueue-unkeyed"]
+
+
+@pytest.mark.parametrize("path", TWO_TRIPS)
 def test_link_cut_before_commit_reports_nothing_stored(database_url, proxy, sql,
                                                        path: str) -> None:
     """The link is cut while the insert waits inside the server, before COMMIT was sent, and
@@ -352,3 +367,99 @@ def test_connection_lost_before_commit_is_retried_once(database_url, sql, path: 
     assert call.error is None, call.error
     assert _stored(sql, tag) == _once(p)
     client.close()
+
+
+def test_unkeyed_enqueue_cut_mid_statement_names_its_job(database_url, proxy, sql) -> None:
+    """One round trip: the link is cut (and kept cut) while the INSERT waits inside the server,
+    its COMMIT already sent with it. The retry cannot connect, so the outcome is unknown, and
+    the error says which id the job has if it was stored. The server then runs the INSERT and
+    the COMMIT it holds once the lock is free: the job exists once, under that id; a new
+    enqueue adds one job, under a new id."""
+    tag = "cut-unkeyed"
+    client = _client(proxy.url(database_url))
+    client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection, ids reserved
+    hold = psycopg.connect(database_url, options="-c search_path=skiplock")
+    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+    call = _Call(PATHS["enqueue-unkeyed"].insert, client, tag)
+    call.start()
+    wait_until(lambda: _blocked_on_lock(sql), 10, "the insert to wait inside the server")
+    proxy.disable()
+    call.join(CONNECT_TIMEOUT * 3 + 5)
+    assert not call.is_alive(), "the insert hung after its connection was cut"
+    assert isinstance(call.error, EnqueueOutcomeUnknown), call.error
+    job_id = call.error.job_id
+    msg = str(call.error)
+    assert msg.startswith("enqueue 'add': ") and "may or may not exist" in msg, msg
+    assert f"its id is {job_id}" in msg and "nothing was changed" not in msg, msg
+    assert call.elapsed < CONNECT_TIMEOUT * 2 + 3, call.elapsed
+    proxy.enable()
+    hold.rollback()
+    hold.close()
+    wait_until(lambda: _open_transactions(sql) == 0, 20, "the cut connection's backend to end")
+    assert sql("SELECT id FROM jobs WHERE queue = %s", tag) == [(job_id,)]
+    again = _until_recovered(PATHS["enqueue-unkeyed"].insert, client, tag)
+    assert again != job_id
+    assert sorted(r[0] for r in sql("SELECT id FROM jobs WHERE queue = %s", tag)) == sorted(
+        [job_id, again])
+    client.close()
+
+
+def test_unkeyed_enqueue_answer_lost_is_resent_and_found(database_url, proxy, sql,
+                                                         caplog) -> None:
+    """The hardest case for the one-round-trip enqueue: its COMMIT was done in Postgres, its
+    answer lost on the wire. The client sends the job again with the same id on a fresh
+    connection (the link is back by then), which finds the row instead of adding one: the
+    call succeeds with that id, and the job exists exactly once."""
+    tag = "lost-answer-unkeyed"
+    caplog.set_level(logging.INFO, "skiplock.db")
+    client = _client(proxy.url(database_url))
+    client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection, set up without latency
+    call = _Call(PATHS["enqueue-unkeyed"].insert, client, tag)
+    proxy.add_toxic("latency", stream="downstream", latency=2000, name="slow")
+    call.start()
+    wait_until(lambda: _stored(sql, tag)[0] == 1, 20, "the insert to be committed in Postgres")
+    proxy.disable()  # its answer is still on the wire: the connection is lost...
+    proxy.remove_toxic("slow")
+    proxy.enable()  # ...and a new one can be made at once
+    call.join(CONNECT_TIMEOUT * 3 + 5)
+    assert not call.is_alive(), "the insert hung after its connection was cut"
+    assert call.error is None, call.error
+    assert "sending it again with the same id" in caplog.text  # the answer really was lost
+    assert sql("SELECT id FROM jobs WHERE queue = %s", tag) == [(call.result,)]
+    assert sql("SELECT count(*) FROM jobs") == [(2,)]
+    client.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_unkeyed_enqueue_resent_while_the_first_try_waits_is_found(database_url, proxy, sql,
+                                                                  caplog, kind: str) -> None:
+    """The link is cut while the INSERT, its COMMIT sent with it, waits for a lock inside the
+    server, and is back at once: the client (Client and AsyncClient) sends the job again with
+    the same id, which waits too. The lock freed, whichever INSERT comes second finds the
+    first one's row (waiting for its transaction, then, as its snapshot predates that commit,
+    by running the statement again): the call succeeds with that id, the only row."""
+    tag = f"resent-waiting-{kind}"
+    caplog.set_level(logging.INFO, "skiplock.db")
+    producer = Producer(kind, proxy.url(database_url), connect_timeout=CONNECT_TIMEOUT,
+                        validate=False)
+    try:
+        producer.enqueue("add", {"a": 0, "b": 0})  # a pooled connection, ids reserved
+        hold = psycopg.connect(database_url, options="-c search_path=skiplock")
+        hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+        call = _Call(producer.enqueue, "add", {"a": 1, "b": 2}, queue=tag)
+        call.start()
+        wait_until(lambda: len(_waiting_pids(sql)) == 1, 10, "the insert to wait in the server")
+        proxy.disable()
+        proxy.enable()
+        wait_until(lambda: len(_waiting_pids(sql)) == 2, CONNECT_TIMEOUT * 3 + 5,
+                   "the job sent again, waiting behind the first try")
+        hold.rollback()
+        hold.close()
+        call.join(CONNECT_TIMEOUT * 3 + 5)
+        assert not call.is_alive(), "the insert hung after its connection was cut"
+        assert call.error is None, call.error
+        assert "sending it again with the same id" in caplog.text
+        assert sql("SELECT id FROM jobs WHERE queue = %s", tag) == [(call.result,)]
+        assert sql("SELECT count(*) FROM jobs") == [(2,)]
+    finally:
+        producer.close()

@@ -21,6 +21,7 @@ from skiplock.errors import SkiplockError
 from tests.conftest import WorkerProcess
 from tests.support.invariants import assert_invariants
 from tests.support.pgbouncer import PgBouncer
+from tests.support.pq_trace import bursts
 from tests.support.waits import wait_until
 from tests.tasks import app
 
@@ -146,42 +147,34 @@ def test_the_read_pool_stays_read_only_through_the_pooler(pooled_url: str) -> No
         db.close()
 
 
-def _bursts(trace: str) -> int:
-    """Round trips in a libpq trace: each run of client messages answered by the server."""
-    count, sending = 0, False
-    for line in trace.splitlines():
-        direction = line.split("\t")[1] if "\t" in line else ""
-        if direction == "F":
-            sending = True
-        elif direction == "B" and sending:
-            count, sending = count + 1, False
-    return count
-
-
-def _enqueue_round_trips(url: str, tmp: Any, **kw: Any) -> int:
+def _enqueue_round_trips(url: str, tmp: Any, *, unique_key: str | None = None,
+                         **kw: Any) -> int:
     db = Database(url, max_size=1, **kw)  # one connection: the traced one
     try:
-        db.enqueue(_job())  # connected, warm
-        path = tmp / f"trace-{kw}.txt"
+        db.enqueue(_job())  # connected, warm, a block of ids taken
+        path = tmp / f"trace-{kw}-{unique_key}.txt"
         with open(path, "w") as out:
             with db._pool.connection() as conn:
                 conn.pgconn.trace(out.fileno())
-            db.enqueue(_job())
+            db.enqueue(_job(unique_key=unique_key))
             with db._pool.connection() as conn:
                 conn.pgconn.untrace()
         # less the pool's check (an empty query) of the checkout that stopped the trace
-        return _bursts(path.read_text()) - 1
+        return len(bursts(path.read_text())) - 1
     finally:
         db.close()
 
 
 def test_an_enqueue_costs_as_many_round_trips_through_the_pooler_as_direct(
         database_url: str, pooled_url: str, tmp_path: Any) -> None:
-    """BEGIN with the insert and its read, then COMMIT: two (the pool's check of a connection
-    given back a moment ago is skipped for an insert: skiplock/pool_check.py), and the
-    pooler's settings travel with the insert, adding none."""
-    assert _enqueue_round_trips(database_url, tmp_path) == 2
-    assert _enqueue_round_trips(pooled_url, tmp_path, pooler=True) == 2
+    """BEGIN, the insert and COMMIT in one (a job without a unique_key, its id taken ahead:
+    skiplock/job_ids.py; the pool's check of a connection given back a moment ago is skipped
+    for an insert: skiplock/pool_check.py), and the pooler's settings travel with the insert,
+    adding none. A keyed job: BEGIN with the insert and its read, then COMMIT: two."""
+    assert _enqueue_round_trips(database_url, tmp_path) == 1
+    assert _enqueue_round_trips(pooled_url, tmp_path, pooler=True) == 1
+    assert _enqueue_round_trips(database_url, tmp_path, unique_key="k-direct") == 2
+    assert _enqueue_round_trips(pooled_url, tmp_path, pooler=True, unique_key="k-pooled") == 2
 
 
 def _run_worker(worker: Worker, body: Callable[[], Any], timeout: float = 60) -> Any:

@@ -84,8 +84,10 @@ def public_unavailable(exc: DatabaseUnavailable, doing: str) -> str:
     if isinstance(exc, ApiDeadline):
         return str(exc)
     if isinstance(exc, EnqueueOutcomeUnknown):
+        stored_as = (f" (if it was, the job's id is {exc.job_id}: GET /v1/jobs/{exc.job_id} "
+                     "tells once the database answers)") if exc.job_id is not None else ""
         return ("database unreachable while committing: the change may or may not have been "
-                "made; retry with the same Idempotency-Key to make the retry safe")
+                f"made{stored_as}; retry with the same Idempotency-Key to make the retry safe")
     if isinstance(exc, SchemaMissing):
         return ("database unreachable: the Skiplock tables are missing (whoever runs this API "
                 "must run `skiplock migrate`); the API log has the details")

@@ -4,7 +4,9 @@
 -- a bulk action acts on exactly the jobs the list shows; these queries include it, never copy
 -- it. A batch walks the list's own order, newest first, the cursor being the list's before_id
 -- (id < cursor): ids never change, so the cursor holds whatever the jobs do meanwhile, and jobs
--- enqueued after the first batch have higher ids and are never reached. A bulk action thus
+-- enqueued after the first batch have higher ids and are never reached (but for one enqueued
+-- within about a second of it: a producer's ids are taken up to a second ahead, see
+-- skiplock/job_ids.py). A bulk action thus
 -- acts on what matched when it started, and ends even while producers keep adding matching
 -- jobs (walking upwards, it would chase them, acting on jobs nobody confirmed).
 

@@ -22,6 +22,37 @@ UNION ALL
 SELECT id, false AS created FROM jobs
 WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT 1 FROM inserted);
 
+-- name: enqueue_with_id
+-- A job without a unique_key, under the id its producer took ahead (skiplock/job_ids.py), sent
+-- with BEGIN and COMMIT in one round trip. Sent again after a lost connection, with the same id:
+-- the primary key stops a second row, and the row the first try stored is returned (created
+-- false) when it is this job. A first try not yet committed makes the INSERT wait for it; its
+-- row, committed after this statement's snapshot, is then not seen: no row at all, and the
+-- caller runs the statement again. No row either when the id holds another job (the sequence
+-- was set back): the caller's second run says so.
+WITH inserted AS (
+    INSERT INTO jobs (id, queue, task, args, priority, max_attempts, run_at, timeout_seconds,
+                      concurrency_key, trace_context)
+    OVERRIDING SYSTEM VALUE
+    VALUES (
+        %(id)s, %(queue)s, %(task)s, %(args)s, %(priority)s, %(max_attempts)s,
+        coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s, 0))),
+        %(timeout)s, %(concurrency_key)s, %(trace_context)s::jsonb
+    )
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)
+SELECT id, true AS created FROM inserted
+UNION ALL
+SELECT id, false AS created FROM jobs
+WHERE id = %(id)s AND task = %(task)s AND queue = %(queue)s AND args = %(args)s
+  AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: reserve_job_ids
+-- The next ids of jobs_id_seq for a producer's enqueues (skiplock/job_ids.py): nextval is
+-- never rolled back, so a block is the producer's alone whatever happens to its transaction.
+SELECT nextval('jobs_id_seq') FROM generate_series(1, %(n)s);
+
 -- name: enqueue_keyed
 -- A job with an idempotency key (see skiplock/idempotency.py), or without one (a batch runs
 -- every job through this statement). One statement, so a keyed enqueue costs the round trips

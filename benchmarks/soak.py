@@ -277,7 +277,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     kept = (f"finished jobs kept {res['retention_s']:.0f} s" if res["retention_s"] >= 0
             else "finished jobs kept")
     fig.suptitle(f"Skiplock soak: {res['minutes']} min at {res['share']:.0%} of the loaded "
-                 f"peak ({res['target_rate']:,.0f} of {res['peak_jobs_per_s']:,.0f} jobs/s), "
+                 f"peak ({res['target_rate']:,.0f} of {res['peak_jobs_per_s']:,.0f} jobs/s)\n"
                  f"{kept}, 2 worker processes, autovacuum defaults, fsync on")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

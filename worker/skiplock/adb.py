@@ -221,13 +221,17 @@ class AsyncDatabase(PoolSettings):
             try:
                 async with self._inserting_checkout(skip_ping=not trip.tries) as conn:
                     more = None
-                    async with conn.pipeline():
-                        await conn.execute("BEGIN")
-                        await self._settings(conn)
-                        if self._ids.running_out():  # the next block rides on this trip
-                            more = await conn.execute(Q["reserve_job_ids"], {"n": RESERVE})
+                    # No BEGIN or COMMIT: what goes out before one Sync is one implicit
+                    # transaction. A pipeline only when more than the insert goes out (the
+                    # settings behind a pooler, the next block): it costs ~0.1 ms of waits.
+                    if self.pooler or self._ids.running_out():
+                        async with conn.pipeline():
+                            await self._settings(conn)
+                            if self._ids.running_out():  # the next block rides on this trip
+                                more = await conn.execute(Q["reserve_job_ids"], {"n": RESERVE})
+                            cur = await conn.execute(Q["enqueue_with_id"], params)
+                    else:
                         cur = await conn.execute(Q["enqueue_with_id"], params)
-                        await conn.execute("COMMIT")
                     row = await cur.fetchone()
                     if more is not None:
                         self._ids.add(int(r[0]) for r in await more.fetchall())

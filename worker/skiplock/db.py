@@ -919,13 +919,17 @@ class Database(PoolSettings):
                 with (contextlib.nullcontext() if trip.tries else insert_checkout()), \
                         self._checkout() as conn:
                     more = None
-                    with conn.pipeline():
-                        conn.execute("BEGIN")
-                        self._settings(conn)
-                        if self._ids.running_out():  # the next block rides on this trip
-                            more = conn.execute(Q["reserve_job_ids"], {"n": RESERVE})
+                    # No BEGIN or COMMIT: what goes out before one Sync is one implicit
+                    # transaction. A pipeline only when more than the insert goes out (the
+                    # settings behind a pooler, the next block): it costs ~0.1 ms of waits.
+                    if self.pooler or self._ids.running_out():
+                        with conn.pipeline():
+                            self._settings(conn)
+                            if self._ids.running_out():  # the next block rides on this trip
+                                more = conn.execute(Q["reserve_job_ids"], {"n": RESERVE})
+                            cur = conn.execute(Q["enqueue_with_id"], params)
+                    else:
                         cur = conn.execute(Q["enqueue_with_id"], params)
-                        conn.execute("COMMIT")
                     row = cur.fetchone()
                     if more is not None:
                         self._ids.add(int(r[0]) for r in more.fetchall())

@@ -111,18 +111,11 @@ def peak(url: str, jobs: int) -> tuple[Spawned, float]:
         env = {**runner_env(), "SKIPLOCK_DATABASE_URL": url}
         workers = spawn(cli_worker_cmds("skiplock", Path(sys.executable), SETTINGS["skiplock"]),
                         env, ROOT, BENCH_OUT, "soak")
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            row = conn.execute(LEFT).fetchone()
-            if row is not None and not row[0]:
-                break
-            if any(p.poll() is not None for p in workers.procs):
-                workers.stop()
-                raise RuntimeError(f"a worker exited early; see {BENCH_OUT}/soak-cli-worker-*")
-            time.sleep(0.1)
-        else:
+        try:
+            drain(conn, workers, "the peak backlog")
+        except BaseException:
             workers.stop()
-            raise RuntimeError("the peak backlog did not drain in 300 s")
+            raise
         first, last, finished = conn.execute(TIMES_SQL["skiplock"]).fetchone()  # type: ignore[misc]
     return workers, int(finished) / (last - first)
 
@@ -151,17 +144,22 @@ def loaded_peak(url: str, workers: Spawned, rate: float, seconds: float) -> floa
         s = sample(conn, since, until)
         log(f"  loaded: {s['jobs_per_s']:,.0f} jobs/s over the last {window:.0f} s of "
             f"{time.time() - began:.0f}; backlog {s['backlog']:,}; draining")
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            row = conn.execute(LEFT).fetchone()
-            if row is not None and not row[0]:
-                break
-            if any(p.poll() is not None for p in workers.procs):
-                raise RuntimeError(f"a worker exited early; see {BENCH_OUT}/soak-cli-worker-*")
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("the loaded peak's backlog did not drain in 300 s")
+        drain(conn, workers, "the loaded peak's backlog")
     return float(s["jobs_per_s"])
+
+
+def drain(conn: psycopg.Connection[Any], workers: Spawned, what: str,
+          seconds: float = 300) -> None:
+    """Wait until no job is queued or running; bounded, and a worker that exits ends it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        row = conn.execute(LEFT).fetchone()
+        if row is not None and not row[0]:
+            return
+        if any(p.poll() is not None for p in workers.procs):
+            raise RuntimeError(f"a worker exited early; see {BENCH_OUT}/soak-cli-worker-*")
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not drain in {seconds:.0f} s")
 
 
 class Prune:

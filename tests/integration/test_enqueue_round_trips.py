@@ -1,5 +1,5 @@
-"""A job without a unique_key is enqueued in one round trip (BEGIN, INSERT and COMMIT in one
-pipeline, under an id taken ahead: skiplock/job_ids.py), by Client and AsyncClient alike; the
+"""A job without a unique_key is enqueued in one round trip (the INSERT alone, autocommit,
+under an id taken ahead: skiplock/job_ids.py), by Client and AsyncClient alike; the
 block of ids rides on an enqueue's own trip; the ids stay unique across producers; a sequence
 set back is refused, saying how to fix it, and stores nothing.
 

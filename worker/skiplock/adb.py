@@ -4,9 +4,9 @@ psycopg's AsyncConnectionPool.
 The statements, their parameters and the decisions about their results are Database's own
 (db.py: PoolSettings, which makes the connections and finds a pooler; the named queries,
 enqueue_plan, ENQUEUE_TRIES and unread_key, caller_enqueue_outcome, the search_path_swap
-parameters, unnest_params, _keyed_outcome, check_unnest_keys, insert_failure and outcome_unknown,
-OneTripEnqueue, wrap_error): only the
-awaiting differs, so both clients store exactly the same rows and raise exactly the same errors.
+parameters, unnest_params, _keyed_outcome, check_unnest_keys, insert_failure and
+outcome_unknown, OneTripEnqueue, wrap_error): only the awaiting differs, so both clients store
+exactly the same rows and raise exactly the same errors.
 """
 
 from __future__ import annotations
@@ -221,13 +221,14 @@ class AsyncDatabase(PoolSettings):
             try:
                 async with self._inserting_checkout(skip_ping=not trip.tries) as conn:
                     more = None
+                    refill = self._ids.running_out()  # the next block rides on this trip
                     # No BEGIN or COMMIT: what goes out before one Sync is one implicit
                     # transaction. A pipeline only when more than the insert goes out (the
                     # settings behind a pooler, the next block): it costs ~0.1 ms of waits.
-                    if self.pooler or self._ids.running_out():
+                    if self.pooler or refill:
                         async with conn.pipeline():
                             await self._settings(conn)
-                            if self._ids.running_out():  # the next block rides on this trip
+                            if refill:
                                 more = await conn.execute(Q["reserve_job_ids"], {"n": RESERVE})
                             cur = await conn.execute(Q["enqueue_with_id"], params)
                     else:
@@ -239,7 +240,7 @@ class AsyncDatabase(PoolSettings):
                 trip.failed(exc)  # raises unless the job is to be sent again
                 continue
             except asyncio.CancelledError as cancelled:
-                # BEGIN, INSERT and COMMIT went out together: a cancelled call may have stored
+                # the INSERT went out with its commit: a cancelled call may have stored it
                 cancelled.add_note(f"{doing}: cancelled while the job was being sent; it may "
                                    f"have been stored, under id {job_id} (get_job tells)")
                 raise

@@ -904,8 +904,8 @@ class Database(PoolSettings):
 
     def _enqueue_with_id(self, doing: str, params: Mapping[str, Any]) -> tuple[int, bool]:
         """An unkeyed job in one round trip, under an id taken ahead (skiplock/job_ids.py):
-        BEGIN, INSERT and COMMIT in one pipeline; a lost connection is sent again with the
-        same id (OneTripEnqueue decides)."""
+        the INSERT alone, autocommit; a lost connection is sent again with the same id
+        (OneTripEnqueue decides)."""
         job_id = self._ids.take()
         if job_id is None:  # the first enqueue of this Database: one round trip more
             self._ids.add(int(r["nextval"]) for r in self._rows(
@@ -919,13 +919,14 @@ class Database(PoolSettings):
                 with (contextlib.nullcontext() if trip.tries else insert_checkout()), \
                         self._checkout() as conn:
                     more = None
+                    refill = self._ids.running_out()  # the next block rides on this trip
                     # No BEGIN or COMMIT: what goes out before one Sync is one implicit
                     # transaction. A pipeline only when more than the insert goes out (the
                     # settings behind a pooler, the next block): it costs ~0.1 ms of waits.
-                    if self.pooler or self._ids.running_out():
+                    if self.pooler or refill:
                         with conn.pipeline():
                             self._settings(conn)
-                            if self._ids.running_out():  # the next block rides on this trip
+                            if refill:
                                 more = conn.execute(Q["reserve_job_ids"], {"n": RESERVE})
                             cur = conn.execute(Q["enqueue_with_id"], params)
                     else:
@@ -1899,8 +1900,8 @@ def one_trip_failure(exc: BaseException, *, tries: int, maybe_stored: bool) -> s
     "retry" (the same id on a fresh connection), "unknown" (EnqueueOutcomeUnknown) or "wrap"
     (wrap_error: nothing was stored). ``tries``: the tries that failed before this one.
 
-    BEGIN, INSERT and COMMIT went out together, so a lost connection (connection_lost) may
-    have committed: it is sent again anyway, the id making a later try find the first try's
+    The INSERT went out with its commit (autocommit), so a lost connection (connection_lost)
+    may have committed: it is sent again anyway, the id making a later try find the first try's
     row instead of adding one (``maybe_stored``, which the caller sets for the later tries).
     A read-only server (a standby, a demoted primary) and a statement the server cancelled (a
     statement timeout) are tried again too: rolled back, they stored nothing. ONE_TRIP_TRIES

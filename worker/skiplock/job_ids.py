@@ -1,14 +1,14 @@
 """Job ids a producer takes from ``jobs_id_seq`` ahead of its single enqueues (issue 15).
 
 With its id known before the INSERT is sent, a job without a unique_key goes out in one round
-trip: BEGIN, the INSERT and COMMIT in one pipeline. It took two, COMMIT waiting for the
+trip: the INSERT alone, autocommit. It took two, COMMIT waiting for the
 INSERT's answer, so that a connection lost before COMMIT was known to have stored nothing.
 With the id known the outcome stays knowable however the connection is lost: the same INSERT
 sent again with the same id on a fresh connection stores the job, or finds the row the first
 try committed (the primary key stops a second one; a first try not yet committed makes it wait
 for that transaction). See Database.enqueue and ``enqueue_with_id`` in queries.sql.
 
-Ids are taken ``RESERVE`` at a time, the next block in the pipeline of the enqueue that takes
+Ids are taken ``RESERVE`` at a time, the next block on the trip of the enqueue that takes
 the last one or finds its block older than ``REFRESH_SECONDS``; a block older than
 ``MAX_AGE_SECONDS`` is not used (the next enqueue takes a fresh one first, in a round trip of
 its own). So an id is at most a second older than its insert, whatever the producer's pace: a

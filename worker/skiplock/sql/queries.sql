@@ -24,7 +24,7 @@ WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT 1 FROM inserted);
 
 -- name: enqueue_with_id
 -- A job without a unique_key, under the id its producer took ahead (skiplock/job_ids.py), sent
--- with BEGIN and COMMIT in one round trip. Sent again after a lost connection, with the same id:
+-- alone, autocommit, in one round trip. Sent again after a lost connection, with the same id:
 -- the primary key stops a second row, and the row the first try stored is returned (created
 -- false) when it is this job. A first try not yet committed makes the INSERT wait for it; its
 -- row, committed after this statement's snapshot, is then not seen: no row at all, and the

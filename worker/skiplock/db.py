@@ -271,6 +271,15 @@ class Failure:
     permanent: bool
 
 
+class StatsRows(NamedTuple):
+    """What one stats call reads (Database.stats_rows): per-queue counts, the paused queues,
+    per queue and limited task the limits' counts."""
+
+    counts: list[Row]
+    paused: list[Row]
+    limits: list[Row]
+
+
 class LimitedClaim(NamedTuple):
     """What claim_limited claimed, and whether a locked pass may claim more (limits.sql):
     for which tasks (``lock_tasks``, the only ones that pass locks)."""
@@ -784,6 +793,27 @@ class Database(PoolSettings):
                 cur.execute(Q[name], params or {})
             return cur.fetchall() if cur.description else []
 
+    def _rows_of_each(
+        self, statements: Sequence[tuple[str, Mapping[str, Any]]], doing: str, *,
+        generic_plans: bool = False,
+    ) -> list[list[Row]]:
+        """Several statements on one checkout, in one round trip (one pipeline, one Sync: one
+        implicit transaction, a snapshot per statement as in any read-committed transaction):
+        a checkout each would cost a liveness ping and a round trip each. ``generic_plans``:
+        the statements are planned once per connection, not at every call (limits.sql
+        generic_plans; not behind a pooler, where nothing is prepared)."""
+        with self._conn(doing) as conn:
+            cursors = []
+            with conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext():
+                self._settings(conn, read_only=self._reading())
+                if generic_plans and not self.pooler:
+                    conn.execute(Q["generic_plans"])
+                for name, params in statements:
+                    cur = conn.cursor(row_factory=dict_row)
+                    cur.execute(Q[name], params)
+                    cursors.append(cur)
+            return [cur.fetchall() if cur.description else [] for cur in cursors]
+
     # -- migrations -----------------------------------------------------------------------
 
     def migrate(
@@ -1113,6 +1143,21 @@ class Database(PoolSettings):
             {"queues": list(queues), "cap": cap, "high_attempts": high_attempts},
             "queue stats",
         )
+
+    def stats_rows(
+        self, queues: Sequence[str] = (), cap: int = 1_000_000, high_attempts: int = 3
+    ) -> StatsRows:
+        """queue_stats, paused_queues and limit_stats in one round trip (inspection.queue_stats
+        needs all three: the operator's poll, the API, the metrics), under generic plans: the
+        plan cache's own choice planned the two long ones afresh at every call, a third of
+        the call's time at 1M rows (docs/benchmarks.md, "The stats call")."""
+        counts, paused, limits = self._rows_of_each((
+            ("queue_stats", {"queues": list(queues), "cap": cap,
+                             "high_attempts": high_attempts}),
+            ("paused_queues", {}),
+            ("limit_stats", {"queues": list(queues), "cap": cap}),
+        ), "queue stats", generic_plans=True)
+        return StatsRows(counts, paused, limits)
 
     def state_counts(self) -> list[Row]:
         return self._rows("state_counts")

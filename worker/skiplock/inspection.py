@@ -60,14 +60,14 @@ def queue_stats(
     """Per-queue counts; with no queues named, every queue that has tasks or live jobs, and
     every paused queue (a queue paused before its first job must still show, or it could not
     be resumed from the dashboard)."""
-    rows = db.queue_stats(queues, cap=cap, high_attempts=high_attempts)
-    paused = {p["queue"]: p for p in db.paused_queues()}
+    rows, paused_rows, limit_rows = db.stats_rows(queues, cap=cap, high_attempts=high_attempts)
+    paused = {p["queue"]: p for p in paused_rows}
     if not queues:
         missing = sorted(set(paused) - {r["queue"] for r in rows})
         if missing:
             rows = sorted([*rows, *db.queue_stats(missing, cap=cap, high_attempts=high_attempts)],
                           key=lambda r: str(r["queue"]))
-    held = limit_counts(db.limit_stats(queues, cap=cap))
+    held = limit_counts(limit_rows)
     return [
         QueueStats(
             queue=r["queue"],

@@ -15,10 +15,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from skiplock import Client, Worker
+from skiplock import Client, Worker, inspection
 from skiplock.db import Database, NewJob, QueryScope, WorkerConnection, query_scope
 from skiplock.errors import SkiplockError
 from tests.conftest import WorkerProcess
+from tests.integration.test_limits_stats import seed
+from tests.integration.test_stats_round_trips import traced_stats
 from tests.support.invariants import assert_invariants
 from tests.support.pgbouncer import PgBouncer
 from tests.support.pq_trace import bursts
@@ -167,7 +169,7 @@ def _enqueue_round_trips(url: str, tmp: Any, *, unique_key: str | None = None,
 
 def test_an_enqueue_costs_as_many_round_trips_through_the_pooler_as_direct(
         database_url: str, pooled_url: str, tmp_path: Any) -> None:
-    """BEGIN, the insert and COMMIT in one (a job without a unique_key, its id taken ahead:
+    """The insert alone, autocommit, in one (a job without a unique_key, its id taken ahead:
     skiplock/job_ids.py; the pool's check of a connection given back a moment ago is skipped
     for an insert: skiplock/pool_check.py), and the pooler's settings travel with the insert,
     adding none. A keyed job: BEGIN with the insert and its read, then COMMIT: two."""
@@ -175,6 +177,21 @@ def test_an_enqueue_costs_as_many_round_trips_through_the_pooler_as_direct(
     assert _enqueue_round_trips(pooled_url, tmp_path, pooler=True) == 1
     assert _enqueue_round_trips(database_url, tmp_path, unique_key="k-direct") == 2
     assert _enqueue_round_trips(pooled_url, tmp_path, pooler=True, unique_key="k-pooled") == 2
+
+
+def test_a_stats_call_through_the_pooler_is_one_round_trip(pooled_url: str, sql: Sql,
+                                                             tmp_path: Any) -> None:
+    """The settings, the counts, the paused queues and the limits' counts with one Sync: one
+    transaction of the pooler's, so the settings hold for all three statements."""
+    seed(sql)
+    sql("INSERT INTO paused_queues (queue, paused_by) VALUES ('lim', 'ops')")
+    with Database(pooled_url, max_size=1, pooler=True, statement_timeout=5) as db:
+        inspection.queue_stats(db, ["lim", "kq"])
+        stats, trips, statements = traced_stats(db, tmp_path / "trace.txt", ["lim", "kq"])
+    assert (trips, statements) == (1, 4)
+    kq, lim = stats  # by queue name
+    assert (lim.queue, lim.paused, lim.runnable, lim.waiting_on_limit) == ("lim", True, 14, 8)
+    assert (kq.queue, kq.paused, kq.runnable, kq.waiting_on_limit) == ("kq", False, 5, 4)
 
 
 def _run_worker(worker: Worker, body: Callable[[], Any], timeout: float = 60) -> Any:

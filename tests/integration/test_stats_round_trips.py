@@ -1,0 +1,73 @@
+"""A stats call (skiplock.inspection.queue_stats: the operator's poll, the API's queue pages,
+the metrics, `skiplock stats`) reads its three statements (the counts, the paused queues, the
+limits' counts) in one round trip on one checkout, under plans made once per connection (not
+at every call), and answers exactly what they say one by one. Round trips are counted from
+libpq's own protocol trace (tests/support/pq_trace.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg import pq
+
+from skiplock import inspection
+from skiplock.db import Database
+from tests.integration.test_limits_stats import Sql, seed
+from tests.support.pq_trace import bursts, is_ping
+
+
+def traced_stats(db: Database, path: Path, queues: list[str]) -> tuple[list[Any], int, int]:
+    """(the stats, round trips but the pool's pings, statements sent) of one call on the
+    pool's only connection."""
+    conn = db._pool.getconn()
+    db._pool.putconn(conn)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        conn.pgconn.trace(fd)
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        stats = inspection.queue_stats(db, queues)
+    finally:
+        conn.pgconn.untrace()
+        os.close(fd)
+    trips = [b for b in bursts(path.read_text()) if not is_ping(b)]
+    return stats, len(trips), sum(b.count("Bind") for b in trips)
+
+
+@pytest.mark.parametrize("queues", [["lim", "kq", "idle"], []])
+def test_a_stats_call_is_one_round_trip_with_the_same_answer(
+        database_url: str, sql: Sql, tmp_path: Path, queues: list[str]) -> None:
+    seed(sql)
+    sql("INSERT INTO paused_queues (queue, paused_by) VALUES ('kq', 'ops: <b>\"x\"</b>')")
+    with Database(database_url, max_size=1) as db:
+        for _ in range(6):  # connected, and past psycopg's prepare threshold (5)
+            inspection.queue_stats(db, queues)
+        stats, trips, statements = traced_stats(db, tmp_path / "trace.txt", queues)
+        # what the statements answer one by one
+        counts = {r["queue"]: r for r in db.queue_stats(queues, cap=inspection.DEFAULT_COUNT_CAP)}
+        paused = {r["queue"]: r for r in db.paused_queues()}
+        limits = db.limit_stats(queues, cap=inspection.DEFAULT_COUNT_CAP)
+        with db._pool.connection() as conn:
+            plans = conn.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE '-- Per%%'").fetchall()  # queue_stats, limit_stats
+    assert (trips, statements) == (1, 4)  # the plan-cache setting, then the three
+    # the stats call's own executions (past the threshold): each the plan made once
+    assert len(plans) == 2 and all(generic >= 1 for generic, _ in plans), plans
+    # the lone calls above kept the cache's choice: custom plans, at most one each
+    assert all(custom <= 1 for _, custom in plans), plans
+    by_queue = {s.queue: s for s in stats}
+    assert sorted(by_queue) == sorted(counts) == (
+        ["idle", "kq", "lim"] if queues else ["kq", "lim"])
+    for name, s in by_queue.items():
+        assert (s.runnable, s.in_flight, s.stuck) == (
+            counts[name]["runnable"], counts[name]["in_flight"], counts[name]["stuck"])
+        assert s.paused == (name in paused)
+    assert by_queue["kq"].paused_by == 'ops: <b>"x"</b>'
+    # the limits' rows are the ones read in the same trip: 8 of lim's 14 runnable wait on
+    # its concurrency_limit, 4 of kq's 5 on their key's (tests/integration/test_limits_stats)
+    assert {r["queue"] for r in limits} >= {"lim", "kq"}
+    assert (by_queue["lim"].runnable, by_queue["lim"].waiting_on_limit) == (14, 8)
+    assert (by_queue["kq"].runnable, by_queue["kq"].waiting_on_limit) == (5, 4)

@@ -12,8 +12,8 @@ One benchmark-private PostgreSQL (fsync on). For each history size (0, then ``--
 - the harness's end-to-end (benchmarks.run ``bench_e2e``: 2 worker processes, concurrency 200,
   ``--e2e-jobs`` no-op jobs) for Skiplock, against this server and its history;
 - the operator's stats call as its reconcile loop makes it each poll
-  (skiplock.inspection.queue_stats with its queues and count cap, then next_firing), and the
-  stats call alone: median and p99 of ``--calls`` calls.
+  (skiplock.inspection.poll: queue_stats with its queues and count cap, and next_firing, in
+  one round trip), and the stats call alone: median and p99 of ``--calls`` calls.
 
 The history: succeeded jobs (1 in 100 dead) with finished_at spread over the last 6 days (the
 default retention is 7: nothing is prunable), half of the succeeded ones with a results row
@@ -234,8 +234,7 @@ class HistoryBench(Bench):
 def stats_figures(url: str, queues: list[str], calls: int) -> dict[str, Any]:
     with Database(url) as db:
         stats = timed(lambda: inspection.queue_stats(db, queues, cap=OPERATOR_CAP), calls)
-        poll = timed(lambda: (inspection.queue_stats(db, queues, cap=OPERATOR_CAP),
-                              inspection.next_firing(db, queues)), calls)
+        poll = timed(lambda: inspection.poll(db, queues, cap=OPERATOR_CAP), calls)
     return {"stats_call": stats, "operator_poll": poll}
 
 

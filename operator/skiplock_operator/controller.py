@@ -484,8 +484,8 @@ class QueueController:
         started = time.perf_counter()
         try:
             db = self._database(secret.value, spec, direct.value if direct else None)
-            per_queue = inspection.queue_stats(db, spec.queues, cap=self._cap(policy))
-            self.next_fire_in = inspection.next_firing(db, spec.queues)
+            polled = inspection.poll(db, spec.queues, cap=self._cap(policy))  # one round trip
+            per_queue, self.next_fire_in = polled.stats, polled.next_fire_in
         except SkiplockError as exc:
             # Scrubbed of the password at the database boundary, however the URL looks (a URL
             # libpq cannot parse is a ConfigurationError there, not a driver traceback here).

@@ -71,3 +71,35 @@ def test_a_stats_call_is_one_round_trip_with_the_same_answer(
     assert {r["queue"] for r in limits} >= {"lim", "kq"}
     assert (by_queue["lim"].runnable, by_queue["lim"].waiting_on_limit) == (14, 8)
     assert (by_queue["kq"].runnable, by_queue["kq"].waiting_on_limit) == (5, 4)
+
+
+def test_the_operators_poll_is_the_same_round_trip(database_url: str, sql: Sql,
+                                                   tmp_path: Path) -> None:
+    """inspection.poll: the stats and the next schedule firing in one trip, each answer the
+    same as its own call's."""
+    seed(sql)
+    sql("INSERT INTO schedules (name, queue, task, cron, next_fire_at, source) VALUES "
+        "('s', 'lim', 'capped', '* * * * *', now() + interval '30 seconds', 'crd:ns/jq')")
+    with Database(database_url, max_size=1) as db:
+        for _ in range(6):
+            inspection.poll(db, ["lim", "kq"])
+        conn = db._pool.getconn()
+        db._pool.putconn(conn)
+        path = tmp_path / "trace.txt"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            conn.pgconn.trace(fd)
+            polled = inspection.poll(db, ["lim", "kq"])
+        finally:
+            conn.pgconn.untrace()
+            os.close(fd)
+        alone = inspection.queue_stats(db, ["lim", "kq"])
+        firing = db.next_firing(["lim", "kq"])
+        nothing = inspection.poll(db, ["kq"]).next_fire_in
+    trips = [b for b in bursts(path.read_text()) if not is_ping(b)]
+    assert (len(trips), sum(b.count("Bind") for b in trips)) == (1, 5)
+    assert [(s.queue, s.runnable, s.waiting_on_limit, s.in_flight) for s in polled.stats] == [
+        (s.queue, s.runnable, s.waiting_on_limit, s.in_flight) for s in alone]
+    assert polled.next_fire_in is not None and firing is not None
+    assert 0 < firing <= polled.next_fire_in <= 30
+    assert nothing is None  # no schedule on kq

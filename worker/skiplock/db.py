@@ -273,11 +273,12 @@ class Failure:
 
 class StatsRows(NamedTuple):
     """What one stats call reads (Database.stats_rows): per-queue counts, the paused queues,
-    per queue and limited task the limits' counts."""
+    per queue and limited task the limits' counts, and the next schedule firing's row."""
 
     counts: list[Row]
     paused: list[Row]
     limits: list[Row]
+    next_firing: list[Row]  # empty unless asked for
 
 
 class LimitedClaim(NamedTuple):
@@ -407,6 +408,11 @@ def enqueue_plan(job: NewJob) -> tuple[str, dict[str, Any]]:
     """The statement and parameters that store ``job``. Only a keyed job pays for the key
     (hashing, the key row): the unkeyed statement is the plain insert."""
     return (Q["enqueue"] if job.unique_key is None else Q["enqueue_keyed"]), _job_params(job)
+
+
+def firing_seconds(rows: Sequence[Row]) -> float | None:
+    """next_firing's answer from its rows: seconds, or None when nothing is scheduled."""
+    return None if not rows or rows[0]["seconds"] is None else float(rows[0]["seconds"])
 
 
 def unread_key(doing: str) -> DatabaseUnavailable:
@@ -1145,19 +1151,25 @@ class Database(PoolSettings):
         )
 
     def stats_rows(
-        self, queues: Sequence[str] = (), cap: int = 1_000_000, high_attempts: int = 3
+        self, queues: Sequence[str] = (), cap: int = 1_000_000, high_attempts: int = 3, *,
+        next_firing: bool = False,
     ) -> StatsRows:
         """queue_stats, paused_queues and limit_stats in one round trip (inspection.queue_stats
-        needs all three: the operator's poll, the API, the metrics), under generic plans: the
-        plan cache's own choice planned the two long ones afresh at every call, a third of
-        the call's time at 1M rows (docs/benchmarks.md, "The stats call")."""
-        counts, paused, limits = self._rows_of_each((
+        needs all three: the operator's poll, the API, the metrics), with ``next_firing`` that
+        statement too (the operator's poll); under generic plans: the plan cache's own choice
+        planned the two long ones afresh at every call, a third of the call's time at 1M rows
+        (docs/benchmarks.md, "The stats call")."""
+        statements: list[tuple[str, Mapping[str, Any]]] = [
             ("queue_stats", {"queues": list(queues), "cap": cap,
                              "high_attempts": high_attempts}),
             ("paused_queues", {}),
             ("limit_stats", {"queues": list(queues), "cap": cap}),
-        ), "queue stats", generic_plans=True)
-        return StatsRows(counts, paused, limits)
+        ]
+        if next_firing:
+            statements.append(("next_firing", {"queues": list(queues)}))
+        counts, paused, limits, *firing = self._rows_of_each(
+            statements, "queue stats", generic_plans=True)
+        return StatsRows(counts, paused, limits, firing[0] if firing else [])
 
     def state_counts(self) -> list[Row]:
         return self._rows("state_counts")
@@ -1331,8 +1343,8 @@ class Database(PoolSettings):
 
     def next_firing(self, queues: Sequence[str]) -> float | None:
         """Seconds until the next firing of a schedule on ``queues`` (negative: overdue)."""
-        rows = self._rows("next_firing", {"queues": list(queues)}, "next schedule firing")
-        return None if not rows or rows[0]["seconds"] is None else float(rows[0]["seconds"])
+        return firing_seconds(self._rows("next_firing", {"queues": list(queues)},
+                                         "next schedule firing"))
 
 def _shut_down(conn: psycopg.AsyncConnection[Any] | None) -> None:
     """Shut the connection's socket down (both ways) without closing its descriptor, which the

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .db import Database
+from .db import Database, StatsRows, firing_seconds
 
 # Above this many jobs a count changes no scaling decision; capping keeps it cheap at 1M rows.
 DEFAULT_COUNT_CAP = 100_000
@@ -59,15 +59,38 @@ def queue_stats(
 ) -> list[QueueStats]:
     """Per-queue counts; with no queues named, every queue that has tasks or live jobs, and
     every paused queue (a queue paused before its first job must still show, or it could not
-    be resumed from the dashboard)."""
-    rows, paused_rows, limit_rows = db.stats_rows(queues, cap=cap, high_attempts=high_attempts)
-    paused = {p["queue"]: p for p in paused_rows}
+    be resumed from the dashboard). One round trip (Database.stats_rows)."""
+    return _stats(db, db.stats_rows(queues, cap=cap, high_attempts=high_attempts), queues,
+                  cap=cap, high_attempts=high_attempts)
+
+
+@dataclass(frozen=True)
+class QueuePoll:
+    """What the operator reads of its queues at each poll."""
+
+    stats: list[QueueStats]
+    # seconds until the next firing of a schedule on the queues (negative: overdue); None
+    # when none is scheduled
+    next_fire_in: float | None
+
+
+def poll(db: Database, queues: Sequence[str], *, cap: int = DEFAULT_COUNT_CAP) -> QueuePoll:
+    """queue_stats and next_firing of ``queues`` in the one round trip of queue_stats."""
+    rows = db.stats_rows(queues, cap=cap, high_attempts=HIGH_RETRY_ATTEMPTS, next_firing=True)
+    return QueuePoll(_stats(db, rows, queues, cap=cap, high_attempts=HIGH_RETRY_ATTEMPTS),
+                     firing_seconds(rows.next_firing))
+
+
+def _stats(db: Database, read: StatsRows, queues: Sequence[str], *, cap: int,
+           high_attempts: int) -> list[QueueStats]:
+    rows = read.counts
+    paused = {p["queue"]: p for p in read.paused}
     if not queues:
         missing = sorted(set(paused) - {r["queue"] for r in rows})
         if missing:
             rows = sorted([*rows, *db.queue_stats(missing, cap=cap, high_attempts=high_attempts)],
                           key=lambda r: str(r["queue"]))
-    held = limit_counts(limit_rows)
+    held = limit_counts(read.limits)
     return [
         QueueStats(
             queue=r["queue"],

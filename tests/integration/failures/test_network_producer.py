@@ -54,16 +54,31 @@ def _blocked_on_lock(sql) -> bool:
                     "'skiplock-client' AND wait_event_type = 'Lock'")[0][0])
 
 
+def _held_jobs_table(url: str) -> psycopg.Connection[Any]:
+    """Another session's EXCLUSIVE lock on jobs, held until its rollback or close: the next
+    insert waits inside the server, mid-request, for what a test does to it then."""
+    hold = psycopg.connect(url, options="-c search_path=skiplock")
+    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+    return hold
+
+
+def _call_waiting_in_server(url: str, waiting: Callable[[], Any], fn: Callable[..., Any],
+                            *args: Any, **kw: Any) -> tuple[psycopg.Connection[Any], _Call, Any]:
+    """(the lock's session, the call started behind it, what ``waiting`` found once true)."""
+    hold = _held_jobs_table(url)
+    call = _Call(fn, *args, **kw)
+    call.start()
+    return hold, call, wait_until(waiting, 10, "the insert to wait inside the server")
+
+
 @pytest.mark.parametrize("how", ["kill9", "immediate"])
 def test_database_killed_mid_enqueue(database_url, pg, rsql, how: str) -> None:
     client = _client(database_url)
     assert client.enqueue("add", {"a": 0, "b": 0}) > 0  # a pooled connection exists
     # Hold the table so the next INSERT is in the server, mid-request, when Postgres dies.
-    hold = psycopg.connect(database_url, options="-c search_path=skiplock")
-    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
-    call = _Call(client.enqueue, "add", {"a": 1, "b": 2}, unique_key="order-42")
-    call.start()
-    wait_until(lambda: _blocked_on_lock(rsql), 10, "the enqueue to wait inside the server")
+    hold, call, _ = _call_waiting_in_server(database_url, lambda: _blocked_on_lock(rsql),
+                                            client.enqueue, "add", {"a": 1, "b": 2},
+                                            unique_key="order-42")
     if how == "kill9":
         pg.kill9()
     else:
@@ -120,8 +135,7 @@ def test_slow_database_hits_the_statement_timeout(database_url, sql) -> None:
     """Server-side slowness (a lock held by a long transaction): the enqueue gives up within
     its statement timeout (tried twice, nothing committed), with a clear error; no row appears."""
     client = _client(database_url, statement_timeout=1.0)
-    hold = psycopg.connect(database_url, options="-c search_path=skiplock")
-    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+    hold = _held_jobs_table(database_url)
     started = time.monotonic()
     with pytest.raises(SkiplockError, match=r"enqueue 'add'.*statement timeout"):
         client.enqueue("add", {"a": 1, "b": 2})
@@ -313,11 +327,8 @@ def test_link_cut_before_commit_reports_nothing_stored(database_url, proxy, sql,
     p, tag = PATHS[path], f"before-{path}"
     client = _client(proxy.url(database_url))
     client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection
-    hold = psycopg.connect(database_url, options="-c search_path=skiplock")
-    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
-    call = _Call(p.insert, client, tag)
-    call.start()
-    wait_until(lambda: _blocked_on_lock(sql), 10, "the insert to wait inside the server")
+    hold, call, _ = _call_waiting_in_server(database_url, lambda: _blocked_on_lock(sql),
+                                            p.insert, client, tag)
     proxy.disable()
     call.join(CONNECT_TIMEOUT * 3 + 5)
     assert not call.is_alive(), "the insert hung after its connection was cut"
@@ -352,11 +363,8 @@ def test_connection_lost_before_commit_is_retried_once(database_url, sql, path: 
     p, tag = PATHS[path], f"lost-{path}"
     client = _client(database_url)
     client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection
-    hold = psycopg.connect(database_url, options="-c search_path=skiplock")
-    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
-    call = _Call(p.insert, client, tag)
-    call.start()
-    first = wait_until(lambda: _waiting_pids(sql), 10, "the insert to wait inside the server")
+    hold, call, first = _call_waiting_in_server(database_url, lambda: _waiting_pids(sql),
+                                                p.insert, client, tag)
     assert sql("SELECT pg_terminate_backend(%s, 5000)", first[0]) == [(True,)]
     wait_until(lambda: (pids := _waiting_pids(sql)) and pids != first, 10,
                "the retry to wait inside the server, on a fresh connection")
@@ -378,11 +386,8 @@ def test_unkeyed_enqueue_cut_mid_statement_names_its_job(database_url, proxy, sq
     tag = "cut-unkeyed"
     client = _client(proxy.url(database_url))
     client.enqueue("add", {"a": 0, "b": 0})  # a pooled connection, ids reserved
-    hold = psycopg.connect(database_url, options="-c search_path=skiplock")
-    hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
-    call = _Call(PATHS["enqueue-unkeyed"].insert, client, tag)
-    call.start()
-    wait_until(lambda: _blocked_on_lock(sql), 10, "the insert to wait inside the server")
+    hold, call, _ = _call_waiting_in_server(database_url, lambda: _blocked_on_lock(sql),
+                                            PATHS["enqueue-unkeyed"].insert, client, tag)
     proxy.disable()
     call.join(CONNECT_TIMEOUT * 3 + 5)
     assert not call.is_alive(), "the insert hung after its connection was cut"
@@ -444,11 +449,9 @@ def test_unkeyed_enqueue_resent_while_the_first_try_waits_is_found(database_url,
                         validate=False)
     try:
         producer.enqueue("add", {"a": 0, "b": 0})  # a pooled connection, ids reserved
-        hold = psycopg.connect(database_url, options="-c search_path=skiplock")
-        hold.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
-        call = _Call(producer.enqueue, "add", {"a": 1, "b": 2}, queue=tag)
-        call.start()
-        wait_until(lambda: len(_waiting_pids(sql)) == 1, 10, "the insert to wait in the server")
+        hold, call, _ = _call_waiting_in_server(
+            database_url, lambda: len(_waiting_pids(sql)) == 1,
+            producer.enqueue, "add", {"a": 1, "b": 2}, queue=tag)
         proxy.disable()
         proxy.enable()
         wait_until(lambda: len(_waiting_pids(sql)) == 2, CONNECT_TIMEOUT * 3 + 5,

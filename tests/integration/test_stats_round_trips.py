@@ -7,8 +7,9 @@ libpq's own protocol trace (tests/support/pq_trace.py)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import pytest
 from psycopg import pq
@@ -18,9 +19,11 @@ from skiplock.db import Database
 from tests.integration.test_limits_stats import Sql, seed
 from tests.support.pq_trace import bursts, is_ping
 
+T = TypeVar("T")
 
-def traced_stats(db: Database, path: Path, queues: list[str]) -> tuple[list[Any], int, int]:
-    """(the stats, round trips but the pool's pings, statements sent) of one call on the
+
+def traced(db: Database, path: Path, call: Callable[[], T]) -> tuple[T, int, int]:
+    """(what ``call`` returned, round trips but the pool's pings, statements sent) on the
     pool's only connection."""
     conn = db._pool.getconn()
     db._pool.putconn(conn)
@@ -28,12 +31,17 @@ def traced_stats(db: Database, path: Path, queues: list[str]) -> tuple[list[Any]
     try:
         conn.pgconn.trace(fd)
         conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        stats = inspection.queue_stats(db, queues)
+        result = call()
     finally:
         conn.pgconn.untrace()
         os.close(fd)
     trips = [b for b in bursts(path.read_text()) if not is_ping(b)]
-    return stats, len(trips), sum(b.count("Bind") for b in trips)
+    return result, len(trips), sum(b.count("Bind") for b in trips)
+
+
+def traced_stats(db: Database, path: Path,
+                 queues: list[str]) -> tuple[list[inspection.QueueStats], int, int]:
+    return traced(db, path, lambda: inspection.queue_stats(db, queues))
 
 
 @pytest.mark.parametrize("queues", [["lim", "kq", "idle"], []])
@@ -83,21 +91,12 @@ def test_the_operators_poll_is_the_same_round_trip(database_url: str, sql: Sql,
     with Database(database_url, max_size=1) as db:
         for _ in range(6):
             inspection.poll(db, ["lim", "kq"])
-        conn = db._pool.getconn()
-        db._pool.putconn(conn)
-        path = tmp_path / "trace.txt"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            conn.pgconn.trace(fd)
-            polled = inspection.poll(db, ["lim", "kq"])
-        finally:
-            conn.pgconn.untrace()
-            os.close(fd)
+        polled, trips, statements = traced(db, tmp_path / "trace.txt",
+                                           lambda: inspection.poll(db, ["lim", "kq"]))
         alone = inspection.queue_stats(db, ["lim", "kq"])
         firing = db.next_firing(["lim", "kq"])
         nothing = inspection.poll(db, ["kq"]).next_fire_in
-    trips = [b for b in bursts(path.read_text()) if not is_ping(b)]
-    assert (len(trips), sum(b.count("Bind") for b in trips)) == (1, 5)
+    assert (trips, statements) == (1, 5)
     assert [(s.queue, s.runnable, s.waiting_on_limit, s.in_flight) for s in polled.stats] == [
         (s.queue, s.runnable, s.waiting_on_limit, s.in_flight) for s in alone]
     assert polled.next_fire_in is not None and firing is not None

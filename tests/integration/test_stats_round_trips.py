@@ -11,11 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 from psycopg import pq
 
 from skiplock import inspection
 from skiplock.db import Database
+from skiplock.errors import SkiplockError
 from tests.integration.test_limits_stats import Sql, seed
 from tests.support.pq_trace import bursts, is_ping
 
@@ -102,3 +104,24 @@ def test_the_operators_poll_is_the_same_round_trip(database_url: str, sql: Sql,
     assert polled.next_fire_in is not None and firing is not None
     assert 0 < firing <= polled.next_fire_in <= 30
     assert nothing is None  # no schedule on kq
+
+
+def test_a_stats_call_that_times_out_says_so_and_the_next_one_works(
+        database_url: str, sql: Sql) -> None:
+    """The first statement of the trip stopped by the statement timeout (jobs locked by
+    another session): a clear error naming the call, and the pooled connection, its pipeline
+    aborted, serves the next call."""
+    seed(sql)
+    with Database(database_url, max_size=1, statement_timeout=0.3) as db:
+        for _ in range(6):
+            inspection.queue_stats(db, ["lim"])
+        hold = psycopg.connect(database_url, options="-c search_path=skiplock")
+        hold.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        try:
+            with pytest.raises(SkiplockError, match=r"^queue stats: .*statement timeout"):
+                inspection.queue_stats(db, ["lim"])
+        finally:
+            hold.rollback()
+            hold.close()
+        assert inspection.queue_stats(db, ["lim"])[0].runnable == 14
+        assert db._pool.get_stats()["pool_size"] == 1

@@ -24,9 +24,9 @@ from tests.support.pq_trace import bursts, is_ping
 T = TypeVar("T")
 
 
-def traced(db: Database, path: Path, call: Callable[[], T]) -> tuple[T, int, int]:
-    """(what ``call`` returned, round trips but the pool's pings, statements sent) on the
-    pool's only connection."""
+def traced(db: Database, path: Path, call: Callable[[], T]) -> tuple[T, list[list[str]]]:
+    """(what ``call`` returned, the round trips it made but the pool's pings: the messages
+    each sent) on the pool's only connection."""
     conn = db._pool.getconn()
     db._pool.putconn(conn)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -37,48 +37,71 @@ def traced(db: Database, path: Path, call: Callable[[], T]) -> tuple[T, int, int
     finally:
         conn.pgconn.untrace()
         os.close(fd)
-    trips = [b for b in bursts(path.read_text()) if not is_ping(b)]
-    return result, len(trips), sum(b.count("Bind") for b in trips)
+    return result, [b for b in bursts(path.read_text()) if not is_ping(b)]
 
 
 def traced_stats(db: Database, path: Path,
-                 queues: list[str]) -> tuple[list[inspection.QueueStats], int, int]:
+                 queues: list[str]) -> tuple[list[inspection.QueueStats], list[list[str]]]:
     return traced(db, path, lambda: inspection.queue_stats(db, queues))
+
+
+def one_transaction(trips: list[list[str]], statements: int) -> None:
+    """One round trip, one Sync (one implicit transaction: the settings sent first hold for
+    every statement after them), ``statements`` statements."""
+    assert len(trips) == 1, trips
+    assert (trips[0].count("Sync"), trips[0].count("Bind")) == (1, statements), trips
+    assert [k for k in trips[0] if k != "Flush"][-1] == "Sync", trips  # after every statement
+
+
+COUNTS = ("runnable", "scheduled", "in_flight", "stuck", "dead", "dead_last_hour", "high_retry",
+          "waiting_for_worker")
+
+
+def same_answers(stats: list[inspection.QueueStats], db: Database, queues: list[str]) -> None:
+    """``stats`` says what the statements say one by one, each on a checkout of its own."""
+    counts = {r["queue"]: r for r in db.queue_stats(queues, cap=inspection.DEFAULT_COUNT_CAP)}
+    paused = {r["queue"]: r for r in db.paused_queues()}
+    held = inspection.limit_counts(db.limit_stats(queues, cap=inspection.DEFAULT_COUNT_CAP))
+    assert [s.queue for s in stats] == sorted(counts)
+    for s in stats:
+        row = counts[s.queue]
+        assert [getattr(s, k) for k in COUNTS] == [row[k] for k in COUNTS], s.queue
+        assert (s.oldest_runnable_age is None) == (row["oldest_runnable_age"] is None)
+        assert s.oldest_runnable_age is None or (
+            abs(s.oldest_runnable_age - float(row["oldest_runnable_age"])) < 5)
+        assert (s.paused, s.paused_by) == (
+            (True, paused[s.queue]["paused_by"]) if s.queue in paused else (False, None))
+        limits = held.get(s.queue, inspection.QueueLimits(capacity=None))
+        assert s.waiting_on_limit == limits.waiting
+        assert s.limit_capacity == limits.capacity_for(s.runnable, s.in_flight)
 
 
 @pytest.mark.parametrize("queues", [["lim", "kq", "idle"], []])
 def test_a_stats_call_is_one_round_trip_with_the_same_answer(
         database_url: str, sql: Sql, tmp_path: Path, queues: list[str]) -> None:
     seed(sql)
-    sql("INSERT INTO paused_queues (queue, paused_by) VALUES ('kq', 'ops: <b>\"x\"</b>')")
+    # paused: a queue with jobs, and one paused before its first job (listed all the same)
+    sql("INSERT INTO paused_queues (queue, paused_by) VALUES ('kq', 'ops: <b>\"x\"</b>'), "
+        "('quiet', 'ops')")
     with Database(database_url, max_size=1) as db:
-        for _ in range(6):  # connected, and past psycopg's prepare threshold (5)
+        for _ in range(6):
             inspection.queue_stats(db, queues)
-        stats, trips, statements = traced_stats(db, tmp_path / "trace.txt", queues)
-        # what the statements answer one by one
-        counts = {r["queue"]: r for r in db.queue_stats(queues, cap=inspection.DEFAULT_COUNT_CAP)}
-        paused = {r["queue"]: r for r in db.paused_queues()}
-        limits = db.limit_stats(queues, cap=inspection.DEFAULT_COUNT_CAP)
+        stats, trips = traced_stats(db, tmp_path / "trace.txt", queues)
+        same_answers(stats, db, queues)
         with db._pool.connection() as conn:
             plans = conn.execute(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
                 "WHERE statement LIKE '-- Per%%'").fetchall()  # queue_stats, limit_stats
-    assert (trips, statements) == (1, 4)  # the plan-cache setting, then the three
-    # the stats call's own executions (past the threshold): each the plan made once
-    assert len(plans) == 2 and all(generic >= 1 for generic, _ in plans), plans
-    # the lone calls above kept the cache's choice: custom plans, at most one each
-    assert all(custom <= 1 for _, custom in plans), plans
+    one_transaction(trips, 4)  # the plan-cache setting, then the three
+    assert [s.queue for s in stats] == (["idle", "kq", "lim"] if queues
+                                        else ["kq", "lim", "quiet"])
+    # prepared at the first stats call: each of the 7 ran the plan made once; the lone
+    # calls of same_answers kept the cache's own choice (a custom plan)
+    assert sorted(plans) == [(7, 1), (7, 1)], plans
     by_queue = {s.queue: s for s in stats}
-    assert sorted(by_queue) == sorted(counts) == (
-        ["idle", "kq", "lim"] if queues else ["kq", "lim"])
-    for name, s in by_queue.items():
-        assert (s.runnable, s.in_flight, s.stuck) == (
-            counts[name]["runnable"], counts[name]["in_flight"], counts[name]["stuck"])
-        assert s.paused == (name in paused)
     assert by_queue["kq"].paused_by == 'ops: <b>"x"</b>'
-    # the limits' rows are the ones read in the same trip: 8 of lim's 14 runnable wait on
-    # its concurrency_limit, 4 of kq's 5 on their key's (tests/integration/test_limits_stats)
-    assert {r["queue"] for r in limits} >= {"lim", "kq"}
+    # 8 of lim's 14 runnable wait on its concurrency_limit, 4 of kq's 5 on their key's
+    # (tests/integration/test_limits_stats)
     assert (by_queue["lim"].runnable, by_queue["lim"].waiting_on_limit) == (14, 8)
     assert (by_queue["kq"].runnable, by_queue["kq"].waiting_on_limit) == (5, 4)
 
@@ -93,14 +116,12 @@ def test_the_operators_poll_is_the_same_round_trip(database_url: str, sql: Sql,
     with Database(database_url, max_size=1) as db:
         for _ in range(6):
             inspection.poll(db, ["lim", "kq"])
-        polled, trips, statements = traced(db, tmp_path / "trace.txt",
-                                           lambda: inspection.poll(db, ["lim", "kq"]))
-        alone = inspection.queue_stats(db, ["lim", "kq"])
+        polled, trips = traced(db, tmp_path / "trace.txt",
+                               lambda: inspection.poll(db, ["lim", "kq"]))
+        same_answers(polled.stats, db, ["lim", "kq"])
         firing = db.next_firing(["lim", "kq"])
         nothing = inspection.poll(db, ["kq"]).next_fire_in
-    assert (trips, statements) == (1, 5)
-    assert [(s.queue, s.runnable, s.waiting_on_limit, s.in_flight) for s in polled.stats] == [
-        (s.queue, s.runnable, s.waiting_on_limit, s.in_flight) for s in alone]
+    one_transaction(trips, 5)
     assert polled.next_fire_in is not None and firing is not None
     assert 0 < firing <= polled.next_fire_in <= 30
     assert nothing is None  # no schedule on kq
@@ -108,13 +129,15 @@ def test_the_operators_poll_is_the_same_round_trip(database_url: str, sql: Sql,
 
 def test_a_stats_call_that_times_out_says_so_and_the_next_one_works(
         database_url: str, sql: Sql) -> None:
-    """The first statement of the trip stopped by the statement timeout (jobs locked by
-    another session): a clear error naming the call, and the pooled connection, its pipeline
-    aborted, serves the next call."""
+    """The trip's counts stopped by the statement timeout (jobs locked by another session):
+    a clear error naming the call, and the same pooled connection, its pipeline aborted,
+    serves the next call."""
     seed(sql)
     with Database(database_url, max_size=1, statement_timeout=0.3) as db:
         for _ in range(6):
             inspection.queue_stats(db, ["lim"])
+        with db._pool.connection() as conn:
+            backend = conn.info.backend_pid
         hold = psycopg.connect(database_url, options="-c search_path=skiplock")
         hold.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
         try:
@@ -124,4 +147,5 @@ def test_a_stats_call_that_times_out_says_so_and_the_next_one_works(
             hold.rollback()
             hold.close()
         assert inspection.queue_stats(db, ["lim"])[0].runnable == 14
-        assert db._pool.get_stats()["pool_size"] == 1
+        with db._pool.connection() as conn:
+            assert conn.info.backend_pid == backend

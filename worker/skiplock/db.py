@@ -806,19 +806,24 @@ class Database(PoolSettings):
         """Several statements on one checkout, in one round trip (one pipeline, one Sync: one
         implicit transaction, a snapshot per statement as in any read-committed transaction):
         a checkout each would cost a liveness ping and a round trip each. ``generic_plans``:
-        the statements are planned once per connection, not at every call (limits.sql
-        generic_plans; not behind a pooler, where nothing is prepared)."""
-        with self._conn(doing) as conn:
-            cursors = []
-            with conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext():
+        each statement is prepared at once and planned once per connection, not at every call
+        (limits.sql generic_plans; not behind a pooler, where nothing is prepared)."""
+        generic = generic_plans and not self.pooler
+        with self._conn(doing) as conn, contextlib.ExitStack() as cursors:
+            # the pipeline's one Sync is what keeps the settings (behind a pooler) and the
+            # plan-cache setting for the statements after them: no fallback without it
+            with conn.pipeline():
                 self._settings(conn, read_only=self._reading())
-                if generic_plans and not self.pooler:
+                if generic:
                     conn.execute(Q["generic_plans"])
+                sent = []
                 for name, params in statements:
-                    cur = conn.cursor(row_factory=dict_row)
-                    cur.execute(Q[name], params)
-                    cursors.append(cur)
-            return [cur.fetchall() if cur.description else [] for cur in cursors]
+                    cur = cursors.enter_context(conn.cursor(row_factory=dict_row))
+                    # prepared from the first call: a generic plan made afresh each time
+                    # would save nothing and lose what custom plans fold
+                    cur.execute(Q[name], params, prepare=True if generic else None)
+                    sent.append(cur)
+            return [cur.fetchall() if cur.description else [] for cur in sent]
 
     # -- migrations -----------------------------------------------------------------------
 

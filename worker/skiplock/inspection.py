@@ -60,8 +60,7 @@ def queue_stats(
     """Per-queue counts; with no queues named, every queue that has tasks or live jobs, and
     every paused queue (a queue paused before its first job must still show, or it could not
     be resumed from the dashboard). One round trip (Database.stats_rows)."""
-    return _stats(db, db.stats_rows(queues, cap=cap, high_attempts=high_attempts), queues,
-                  cap=cap, high_attempts=high_attempts)
+    return _stats(db.stats_rows(queues, cap=cap, high_attempts=high_attempts))
 
 
 @dataclass(frozen=True)
@@ -77,19 +76,11 @@ class QueuePoll:
 def poll(db: Database, queues: Sequence[str], *, cap: int = DEFAULT_COUNT_CAP) -> QueuePoll:
     """queue_stats and next_firing of ``queues`` in the one round trip of queue_stats."""
     rows = db.stats_rows(queues, cap=cap, high_attempts=HIGH_RETRY_ATTEMPTS, next_firing=True)
-    return QueuePoll(_stats(db, rows, queues, cap=cap, high_attempts=HIGH_RETRY_ATTEMPTS),
-                     firing_seconds(rows.next_firing))
+    return QueuePoll(_stats(rows), firing_seconds(rows.next_firing))
 
 
-def _stats(db: Database, read: StatsRows, queues: Sequence[str], *, cap: int,
-           high_attempts: int) -> list[QueueStats]:
-    rows = read.counts
+def _stats(read: StatsRows) -> list[QueueStats]:
     paused = {p["queue"]: p for p in read.paused}
-    if not queues:
-        missing = sorted(set(paused) - {r["queue"] for r in rows})
-        if missing:
-            rows = sorted([*rows, *db.queue_stats(missing, cap=cap, high_attempts=high_attempts)],
-                          key=lambda r: str(r["queue"]))
     held = limit_counts(read.limits)
     return [
         QueueStats(
@@ -112,7 +103,7 @@ def _stats(db: Database, read: StatsRows, queues: Sequence[str], *, cap: int,
             limit_capacity=held.get(r["queue"], _NO_LIMITS).capacity_for(
                 int(r["runnable"]), int(r["in_flight"])),
         )
-        for r in rows
+        for r in read.counts
     ]
 
 

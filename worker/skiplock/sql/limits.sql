@@ -21,18 +21,19 @@
 -- limit_starts (one per attempt started, written by the claim itself; 0010_limit_starts.sql).
 
 -- name: generic_plans
--- Sent first in a limited claim's pipeline (db.py claim_limited), for that claim only (local
--- to its transaction). The limited claims are long statements, the locked one a recursive
+-- Sent first in a limited claim's pipeline (db.py claim_limited) and a stats call's (db.py
+-- stats_rows), for that pipeline's statements only (local to its implicit transaction). The limited claims are long statements, the locked one a recursive
 -- key walk: planning took 1.0-1.2 ms, three to four times what running the unlocked pass
 -- takes, and the plan cache's own choice kept planning them afresh at every claim. Their
 -- best plan does not depend on their parameters (task and queue names, a batch size, ids
 -- to skip), so the generic plan made once per connection serves every claim
 -- (docs/limits.md "Cost"). The plain claim keeps the cache's choice: its generic plan ran at
--- half the speed of its custom ones. Also sent first by a stats call (db.py stats_rows), for
--- queue_stats and limit_stats: the same story (custom plans at every call, ~2.5 ms of
--- planning for queue_stats alone at 1M rows), and their plans do not depend on their
--- parameters either (every part an index scan by queue; the branches on the queue list and
--- high_attempts are one-time filters either way).
+-- half the speed of its custom ones. The stats call's queue_stats and limit_stats: the same
+-- story (custom plans at every call, ~2.5 ms of planning for queue_stats alone at 1M rows),
+-- and their plans hardly depend on their parameters either (each count an index probe by
+-- queue or task; the branches on the queue list and high_attempts are one-time filters).
+-- A generic plan is kept until the tables' statistics change (ANALYZE, autovacuum's too,
+-- invalidates it), so a plan made on a small table is made again as it grows.
 SELECT set_config('plan_cache_mode', 'force_generic_plan', true);
 
 -- name: lock_limited

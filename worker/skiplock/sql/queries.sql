@@ -403,6 +403,10 @@ WITH RECURSIVE {{live_queue_names}}, names AS (
     SELECT queue FROM queued_names WHERE queue IS NOT NULL AND %(queues)s::text[] = '{}'
     UNION
     SELECT queue FROM running_names WHERE queue IS NOT NULL AND %(queues)s::text[] = '{}'
+    UNION
+    -- a queue paused before its first job must still show, or it could not be resumed from
+    -- the dashboard
+    SELECT queue FROM paused_queues WHERE %(queues)s::text[] = '{}'
 )
 SELECT n.queue,
        (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' AND queue = n.queue

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import pq
 
 from skiplock import inspection
@@ -149,3 +151,44 @@ def test_a_stats_call_that_times_out_says_so_and_the_next_one_works(
         assert inspection.queue_stats(db, ["lim"])[0].runnable == 14
         with db._pool.connection() as conn:
             assert conn.info.backend_pid == backend
+
+
+job_rows = st.lists(st.tuples(
+    st.sampled_from(["queued", "running", "succeeded", "dead"]),
+    st.sampled_from([-32768, -1, 0, 0, 0, 3, 32767]),  # priorities, smallint's ends included
+    st.sampled_from([-3600, -1, 60, 3600]),            # run_at: due, or later
+    st.sampled_from(["a", "b"]),
+), max_size=40)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=job_rows, cap=st.sampled_from([1, 2, 5, 1000]))
+def test_the_counts_per_priority_add_up_to_a_plain_count(database_url: str, sql: Sql,
+                                                         rows: list[Any], cap: int) -> None:
+    """runnable and scheduled are counted per priority (a seek each) under one cap, and the
+    oldest runnable age from the same priorities: whatever the mix, they equal the plain
+    count over the table, capped, and the plain minimum."""
+    sql("TRUNCATE jobs CASCADE")
+    for state, priority, offset, queue in rows:
+        sql("INSERT INTO jobs (queue, task, state, priority, run_at, attempts, locked_by, "
+            "locked_until, started_at, finished_at) VALUES (%s, 'noop', %s, %s, "
+            "now() + make_interval(secs => %s), %s, %s, %s, %s, %s)",
+            queue, state, priority, offset, int(state != "queued"),
+            "w:1:x" if state == "running" else None,
+            "infinity" if state == "running" else None,
+            "-infinity" if state != "queued" else None,
+            "-infinity" if state in ("succeeded", "dead") else None)
+    expected = {q: sql(
+        "SELECT least(%s, count(*) FILTER (WHERE run_at <= now())), "
+        "least(%s, count(*) FILTER (WHERE run_at > now())), "
+        "extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())) "
+        "FROM jobs WHERE state = 'queued' AND queue = %s", cap, cap, q)[0]
+        for q in ("a", "b")}
+    with Database(database_url, max_size=1) as db:
+        got = {s.queue: s for s in inspection.queue_stats(db, ["a", "b"], cap=cap)}
+    for q, (runnable, scheduled, age) in expected.items():
+        assert (got[q].runnable, got[q].scheduled) == (runnable, scheduled), (q, rows)
+        assert (got[q].oldest_runnable_age is None) == (age is None), (q, rows)
+        # the two statements' now() differ by how long the call took
+        assert age is None or abs(float(age) - (got[q].oldest_runnable_age or 0)) < 5, (q, rows)

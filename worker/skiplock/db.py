@@ -1163,7 +1163,7 @@ class Database(PoolSettings):
         needs all three: the operator's poll, the API, the metrics), with ``next_firing`` that
         statement too (the operator's poll); under generic plans: the plan cache's own choice
         planned the two long ones afresh at every call, a third of the call's time at 1M rows
-        (docs/benchmarks.md, "The stats call")."""
+        (docs/benchmarks.md, "Session 29 (2026-12-04): the stats call")."""
         statements: list[tuple[str, Mapping[str, Any]]] = [
             ("queue_stats", {"queues": list(queues), "cap": cap,
                              "high_attempts": high_attempts}),

@@ -172,12 +172,6 @@ def totals(stats: Sequence[QueueStats]) -> QueueStats:
     )
 
 
-def next_firing(db: Database, queues: Sequence[str]) -> float | None:
-    """Seconds until the next firing of a schedule (not paused) on ``queues``; negative when
-    overdue, None when none is scheduled."""
-    return db.next_firing(queues)
-
-
 def pod_of(worker_id: str) -> str:
     """The pod (or host) name part of a worker id ``name:pid:suffix``."""
     return worker_id.rsplit(":", 2)[0]

@@ -22,9 +22,10 @@
 
 -- name: generic_plans
 -- Sent first in a limited claim's pipeline (db.py claim_limited) and a stats call's (db.py
--- stats_rows), for that pipeline's statements only (local to its implicit transaction). The limited claims are long statements, the locked one a recursive
--- key walk: planning took 1.0-1.2 ms, three to four times what running the unlocked pass
--- takes, and the plan cache's own choice kept planning them afresh at every claim. Their
+-- stats_rows), for that pipeline's statements only (local to its implicit transaction). The
+-- limited claims are long statements, the locked one a recursive key walk: planning took
+-- 1.0-1.2 ms, three to four times what running the unlocked pass takes, and the plan
+-- cache's own choice kept planning them afresh at every claim. Their
 -- best plan does not depend on their parameters (task and queue names, a batch size, ids
 -- to skip), so the generic plan made once per connection serves every claim
 -- (docs/limits.md "Cost"). The plain claim keeps the cache's choice: its generic plan ran at

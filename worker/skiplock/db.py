@@ -1098,24 +1098,23 @@ class Database(PoolSettings):
         """Running jobs per worker and queue: live and expired leases."""
         return self._rows("lease_holders", {"limit": limit}, "lease holders")
 
-    def throughput(self, window_seconds: float, bucket_seconds: float,
-                   queues: Sequence[str]) -> list[Row]:
-        """Finished jobs of these queues per queue, final state and time bucket over the last
-        window."""
-        return self._rows(
-            "throughput",
-            {"window_seconds": window_seconds, "bucket_seconds": bucket_seconds,
-             "queues": list(queues)},
-            "throughput",
-        )
+    def finished_counts(self, since: dt.datetime, bucket_seconds: int
+                        ) -> list[tuple[dt.datetime, str, int, int]]:
+        """(bucket start, queue, succeeded, dead) for every queue that finished jobs in the
+        buckets from ``since`` on (sql/queries.sql finished_counts)."""
+        rows = self._rows("finished_counts", {"since": since, "bucket_seconds": bucket_seconds},
+                          "throughput")
+        return [(r["bucket"], str(r["queue"]), int(r["succeeded"]), int(r["dead"]))
+                for r in rows]
 
-    def overview_queue_names(self, window_seconds: float, queues: Sequence[str],
+    def overview_queue_names(self, queues: Sequence[str], finished: Sequence[str],
                              after: str | None, limit: int) -> tuple[int, list[str]]:
         """How many queues the overview lists in all, and up to ``limit`` + 1 of them after
         ``after`` in name order (sql/queries.sql overview_queue_names): one more than the page
-        says that another follows."""
+        says that another follows. ``finished`` names the queues that finished jobs within
+        the window."""
         rows = self._rows("overview_queue_names", {
-            "window_seconds": window_seconds, "queues": list(queues), "after": after,
+            "queues": list(queues), "finished": list(finished), "after": after,
             "limit": limit}, "list queues")
         total = int(rows[0]["total"]) if rows else 0
         return total, [str(r["queue"]) for r in rows if r["queue"] is not None]

@@ -114,6 +114,44 @@ def test_a_page_counts_and_charts_only_its_own_queues(api: httpx.Client, sql: Sq
     assert [q["queue"] for q in body["queues"]] == ["beta"]
 
 
+def finished(sql: Sql, queues: list[str], state: str, ago: str) -> None:
+    sql("INSERT INTO jobs (queue, task, state, attempts, started_at, finished_at) "
+        f"SELECT q, 't', '{state}', 1, now(), now() - interval '{ago}' "
+        "FROM unnest(%s::text[]) AS q", queues)
+
+
+def counted(api: httpx.Client) -> dict[str, tuple[int, int]]:
+    body = api.get("/v1/queues", params={"limit": 1000}).json()
+    for q in body["queues"]:  # the chart and the totals agree
+        assert sum(p["succeeded"] for p in q["throughput"]) == q["succeeded_in_window"]
+        assert sum(p["dead"] for p in q["throughput"]) == q["dead_in_window"]
+    return {q["queue"]: (q["succeeded_in_window"], q["dead_in_window"]) for q in body["queues"]}
+
+
+def test_jobs_finished_between_views_are_counted_exactly_once(api: httpx.Client,
+                                                              sql: Sql) -> None:
+    """The closed buckets are read once per process (api/throughput.py); what finishes later
+    is added, nothing twice, hostile queue names included (they reach the names query as an
+    array of the queues that finished jobs, not from the table)."""
+    only_queues(sql, [])
+    old, new = HOSTILE[:10], HOSTILE[8:]
+    finished(sql, old, "succeeded", "10 minutes")  # a closed bucket
+    finished(sql, old[:4], "dead", "12 minutes")
+    finished(sql, ["cancelled only"], "cancelled", "11 minutes")  # listed, counts nothing
+    want = {q: (1, int(q in old[:4])) for q in old} | {"cancelled only": (0, 0)}
+    assert counted(api) == want
+    pages, total = walk_api(api, 3)
+    assert [q for p in pages for q in p] == db_order(sql, [*old, "cancelled only"])
+    assert total == len(old) + 1
+    for _ in range(2):  # the open bucket, read again by each view
+        finished(sql, new, "succeeded", "1 second")
+        for q in new:
+            want[q] = (want.get(q, (0, 0))[0] + 1, want.get(q, (0, 0))[1])
+        assert counted(api) == want
+    assert sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'") == [
+        (sum(ok for ok, _ in want.values()),)]
+
+
 def test_the_default_page_and_bad_cursors(api: httpx.Client, sql: Sql) -> None:
     names = [f"q{i:03d}" for i in range(service.OVERVIEW_PAGE + 5)]
     only_queues(sql, names)

@@ -36,6 +36,7 @@ from .deps import HERE, ApiState, blocking, public_unavailable, state_of
 from .history import BacklogHistory
 from .limits import BodyLimit
 from .models import FieldProblem, IdempotencyProblem, Problem
+from .throughput import ThroughputCache
 
 log = logging.getLogger("skiplock.api")
 
@@ -148,7 +149,8 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     # The catalogue is read on the Client's connections, as the Client's own is: a burst of
     # catalogue reads cannot take the pool that enqueue writes through.
     st = ApiState(db=db, client=client, catalogue=Catalogue(client.db.list_tasks), api=a,
-                  history=history, registry=registry, requests=requests, latency=latency)
+                  history=history, finished=ThroughputCache(), registry=registry,
+                  requests=requests, latency=latency)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

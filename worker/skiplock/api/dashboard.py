@@ -186,7 +186,8 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
             "follow the page links, or open /ui/ for the first page"), status_code=400)
     try:
         data, workers = await blocking(st, lambda: (
-            service.overview(st.db, st.history, window, after=after, limit=QUEUES_PER_PAGE),
+            service.overview(st.db, st.history, st.finished, window, after=after,
+                             limit=QUEUES_PER_PAGE),
             service.workers(st.db)))
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)

@@ -22,6 +22,7 @@ from ..preparation import Catalogue
 from . import access
 from .config import ApiSettings
 from .history import BacklogHistory
+from .throughput import ThroughputCache
 
 log = logging.getLogger("skiplock.api")
 HERE = Path(__file__).resolve().parent
@@ -35,6 +36,8 @@ class ApiState:
     catalogue: Catalogue
     api: ApiSettings
     history: BacklogHistory
+    # the overview's closed throughput buckets, read once per process (api/throughput.py)
+    finished: ThroughputCache
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram

@@ -280,7 +280,7 @@ async def queues(st: State,
     in name order (`limit`, default 100, or all those named by `queue=` up to 1000);
     `next_after` names the next page, `total_queues` counts them all."""
     return await blocking(st, lambda: service.overview(
-        st.db, st.history, window_minutes, queue, after=after, limit=limit))
+        st.db, st.history, st.finished, window_minutes, queue, after=after, limit=limit))
 
 
 @router.post("/v1/queues/{queue:anytext}/pause", dependencies=Auth, tags=["queues"],

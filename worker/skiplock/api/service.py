@@ -31,6 +31,7 @@ from .models import (
     WorkerProcess,
     WorkersOut,
 )
+from .throughput import ThroughputCache
 
 # Jobs that are not finished: what "high retry" counts, offered as one filter.
 UNFINISHED = (JobState.queued, JobState.running)
@@ -213,8 +214,8 @@ OVERVIEW_PAGE = 100
 OVERVIEW_PAGE_MAX = 1000
 
 
-def overview(db: Database, history: BacklogHistory, window_minutes: int,
-             queues: Sequence[str] = (), *, after: str | None = None,
+def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
+             window_minutes: int, queues: Sequence[str] = (), *, after: str | None = None,
              limit: int | None = None) -> QueuesOut:
     """One page of queues in name order: the ``limit`` queues after ``after`` (of those named,
     or of every queue with a task, live jobs, a pause or a job finished within the window),
@@ -223,23 +224,22 @@ def overview(db: Database, history: BacklogHistory, window_minutes: int,
         limit = min(max(len(set(queues)), OVERVIEW_PAGE), OVERVIEW_PAGE_MAX)
     bucket = bucket_seconds_for(window_minutes)
     now = db.now()
-    total, names = db.overview_queue_names(window_minutes * 60, queues, after, limit)
-    page, more = names[:limit], len(names) > limit
-    flows = db.throughput(window_minutes * 60, bucket, page) if page else []
-    stats = {s.queue: s for s in inspection.queue_stats(db, page)} if page else {}
     epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     last = epoch + dt.timedelta(seconds=((now - epoch).total_seconds() // bucket) * bucket)
     n_buckets = max(1, (window_minutes * 60) // bucket)
     starts = [last - dt.timedelta(seconds=bucket * i) for i in range(n_buckets - 1, -1, -1)]
-    counts: dict[tuple[str, dt.datetime], dict[str, int]] = {}
-    for r in flows:
-        counts.setdefault((r["queue"], r["bucket"]), {})[r["state"]] = int(r["n"])
+    counts = finished.counts(lambda since: db.finished_counts(since, bucket), now, starts,
+                             bucket)
+    recent = sorted({q for c in counts.values() for q in c}) if not queues else []
+    total, names = db.overview_queue_names(queues, recent, after, limit)
+    page, more = names[:limit], len(names) > limit
+    stats = {s.queue: s for s in inspection.queue_stats(db, page)} if page else {}
     samples = history.samples()
     out = []
     for name in page:  # the database's order: the one `after` pages by
         s = stats[name]  # queue_stats answers for every queue named, jobs or not
-        series = [Point(at=t, succeeded=counts.get((name, t), {}).get("succeeded", 0),
-                        dead=counts.get((name, t), {}).get("dead", 0)) for t in starts]
+        series = [Point(at=t, succeeded=c[0], dead=c[1])
+                  for t in starts for c in (counts[t].get(name, (0, 0)),)]
         ok = sum(p.succeeded for p in series)
         dead = sum(p.dead for p in series)
         backlog = [BacklogPoint(at=x.at, backlog=q.backlog, in_flight=q.in_flight, stuck=q.stuck,

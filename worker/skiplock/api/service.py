@@ -230,7 +230,7 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
     starts = [last - dt.timedelta(seconds=bucket * i) for i in range(n_buckets - 1, -1, -1)]
     counts = finished.counts(lambda since: db.finished_counts(since, bucket), now, starts,
                              bucket)
-    recent = sorted({q for c in counts.values() for q in c}) if not queues else []
+    recent = sorted(set().union(*counts.values())) if not queues else []
     total, names = db.overview_queue_names(queues, recent, after, limit)
     page, more = names[:limit], len(names) > limit
     stats = {s.queue: s for s in inspection.queue_stats(db, page)} if page else {}

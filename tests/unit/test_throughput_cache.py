@@ -6,12 +6,21 @@ read once; a deletion shows within the ttl; memory stays bounded."""
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skiplock.api.throughput import SIZES_KEPT, ThroughputCache, first_to_read, is_closed
+from skiplock.api.throughput import (
+    MAX_ENTRIES,
+    SIZES_KEPT,
+    ThroughputCache,
+    first_to_read,
+    group,
+    is_closed,
+)
 
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 T0 = dt.datetime(2026, 12, 6, 9, 0, tzinfo=dt.UTC)
@@ -104,18 +113,20 @@ def test_a_closed_bucket_is_read_again_only_after_the_ttl(views: list[float],
     bucket = bucket_of(window)
     table, clock = Table([], bucket), [0.0]
     cache = ThroughputCache(grace=GRACE, ttl=TTL, clock=lambda: clock[0])
-    seen_at = 0.0
+    seen_at, before = 0.0, None
     for gap in views:
         clock[0] += gap
         table.now = T0 + dt.timedelta(seconds=clock[0])
         starts = starts_at(table.now, bucket, max(1, window * 60 // bucket))
         cache.counts(table.read, table.now, starts, bucket)
         since = table.reads[-1]
+        if before is not None and clock[0] - seen_at <= TTL:
+            # nothing kept has expired: exactly the buckets that had not closed at the view
+            # before are read
+            assert since == next(s for s in starts if not is_closed(s, bucket, before, GRACE))
         if since == starts[0]:
             seen_at = clock[0]  # a full read: every closed bucket kept from here
-        elif clock[0] - seen_at <= TTL:
-            # only what was not closed when last read, or closed since: grace + two buckets
-            assert since >= table.now - dt.timedelta(seconds=GRACE + 2 * bucket + max(views))
+        before = table.now
 
 
 def test_a_deleted_job_leaves_the_chart_within_the_ttl() -> None:
@@ -135,6 +146,41 @@ def test_a_deleted_job_leaves_the_chart_within_the_ttl() -> None:
     table.now = T0 + dt.timedelta(seconds=clock[0])
     starts = starts_at(table.now, bucket, 30)
     assert cache.counts(table.read, table.now, starts, bucket)[b] == {}
+
+
+def test_kept_counts_cannot_be_changed_by_a_caller() -> None:
+    table, clock = Table([Job("a", "succeeded", -900.0, -900.0)], 60), [0.0]
+    cache = ThroughputCache(grace=GRACE, ttl=TTL, clock=lambda: clock[0])
+    starts = starts_at(T0, 60, 30)
+    got = cache.counts(table.read, T0, starts, 60)
+    b = bin_of(T0 - dt.timedelta(seconds=900), 60)
+    with pytest.raises(TypeError):
+        got[b]["a"] = (99, 99)  # type: ignore[index]
+    assert cache.counts(table.read, T0, starts, 60)[b] == {"a": (1, 0)}
+
+
+def test_buckets_in_another_time_zone_meet_their_utc_starts() -> None:
+    """Berlin's repeated hour (2026-10-25 02:00-03:00 twice): the database answers in the
+    session's zone; the overview looks its buckets up by UTC starts."""
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    utc_starts = [dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC),  # 02:30 CEST
+                  dt.datetime(2026, 10, 25, 1, 30, tzinfo=dt.UTC)]  # 02:30 CET
+    rows = [(s.astimezone(berlin), "a", i + 1, 0) for i, s in enumerate(utc_starts)]
+    assert rows[0][0].replace(tzinfo=None) == rows[1][0].replace(tzinfo=None)  # one wall time
+    got = group(rows)
+    assert [got[s] for s in utc_starts] == [{"a": (1, 0)}, {"a": (2, 0)}]
+
+
+def test_entries_are_capped_whatever_the_queues() -> None:
+    queues = [f"q{i}" for i in range(MAX_ENTRIES // 20)]
+    jobs = [Job(q, "succeeded", -60.0 * m, -60.0 * m) for q in queues for m in range(3, 33)]
+    table, clock = Table(jobs, 60), [0.0]
+    cache = ThroughputCache(grace=GRACE, ttl=TTL, clock=lambda: clock[0])
+    starts = starts_at(T0, 60, 30)
+    first = cache.counts(table.read, T0, starts, 60)
+    assert cache.entries() == 0  # 15,000 queues x 27 closed buckets: more than it keeps
+    assert cache.counts(table.read, T0, starts, 60) == first  # read whole again: the same
+    assert table.reads == [starts[0], starts[0]]
 
 
 def test_memory_is_bounded_by_sizes_and_buckets() -> None:

@@ -36,7 +36,7 @@ from .deps import HERE, ApiState, blocking, public_unavailable, state_of
 from .history import BacklogHistory
 from .limits import BodyLimit
 from .models import FieldProblem, IdempotencyProblem, Problem
-from .throughput import ThroughputCache
+from .throughput import GRACE_SECONDS, ThroughputCache
 
 log = logging.getLogger("skiplock.api")
 
@@ -149,7 +149,10 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     # The catalogue is read on the Client's connections, as the Client's own is: a burst of
     # catalogue reads cannot take the pool that enqueue writes through.
     st = ApiState(db=db, client=client, catalogue=Catalogue(client.db.list_tasks), api=a,
-                  history=history, finished=ThroughputCache(), registry=registry,
+                  history=history, registry=registry,
+                  # a finishing transaction runs a statement or two (the bulk cancel picks,
+                  # then cancels), each bounded by the statement timeout workers share
+                  finished=ThroughputCache(grace=max(GRACE_SECONDS, 2 * s.statement_timeout)),
                   requests=requests, latency=latency)
 
     @contextlib.asynccontextmanager

@@ -49,13 +49,14 @@ from .models import (
     WorkersOut,
 )
 from .models import READ_ERRORS as _READ_ERRORS
+from .query_repeats import reject_repeated
 
 log = logging.getLogger("skiplock.api")
 
 router = APIRouter()
-Auth = [Depends(require_token)]
+Auth = [Depends(require_token), Depends(reject_repeated)]
 # Reads of job data: a token (either) when one is configured.
-Read = [Depends(require_read)]
+Read = [Depends(require_read), Depends(reject_repeated)]
 JobId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="job id")]
 # Percent-encoded in the path.
 PausedName = Annotated[QueueText, Path(description="queue name")]

@@ -57,18 +57,22 @@ def stacked_bars(title: str, times: Sequence[dt.datetime], series: Sequence[Seri
     parts = _frame(title, top, times[0] if times else None, times[-1] if times else None, series)
     plot_w, plot_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
     bw = plot_w / max(n, 1)
+    # What every bar of a bucket, or of a series, shares is formatted once per chart: a page
+    # draws 50 of these.
+    width = f"{max(bw - 1, 0.5):.1f}"
+    starts = [f'<rect x="{PAD_L + i * bw + 0.5:.1f}" y="' for i in range(n)]
+    labels = [f"{t:%H:%M}" for t in times]
+    fills = [(f'" fill="{s.colour}"><title>', f" {escape(s.name)}: ") for s in series]
     for i in range(n):
         y = float(H - PAD_B)
-        for s in series:
+        for s, (fill, name) in zip(series, fills, strict=True):
             v = s.values[i]
             if v <= 0:
                 continue
             h = v / top * plot_h
             y -= h
-            parts.append(
-                f'<rect x="{PAD_L + i * bw + 0.5:.1f}" y="{y:.1f}" width="{max(bw - 1, 0.5):.1f}" '
-                f'height="{h:.1f}" fill="{s.colour}"><title>{times[i]:%H:%M} '
-                f"{escape(s.name)}: {_fmt(v)}</title></rect>")
+            parts.append(f'{starts[i]}{y:.1f}" width="{width}" height="{h:.1f}{fill}'
+                         f"{labels[i]}{name}{_fmt(v)}</title></rect>")
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - built from escaped parts above
 
@@ -83,11 +87,11 @@ def lines(title: str, times: Sequence[dt.datetime], series: Sequence[Series]) ->
         parts.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" font-size="10" '
                      'fill="#777">no samples yet</text>')
     span = (times[-1] - times[0]).total_seconds() if n > 1 else 0.0
+    # The x of each point once for all the series: they share their times.
+    xs = [f"{PAD_L + ((t - times[0]).total_seconds() / span if span else 1.0) * plot_w:.1f},"
+          for t in times]
     for s in series:
-        pts = []
-        for i in range(n):
-            fx = (times[i] - times[0]).total_seconds() / span if span else 1.0
-            pts.append(f"{PAD_L + fx * plot_w:.1f},{H - PAD_B - s.values[i] / top * plot_h:.1f}")
+        pts = [f"{x}{H - PAD_B - v / top * plot_h:.1f}" for x, v in zip(xs, s.values, strict=True)]
         if len(pts) == 1:
             x, y = pts[0].split(",")
             parts.append(f'<circle cx="{x}" cy="{y}" r="2" fill="{s.colour}"/>')

@@ -67,3 +67,26 @@ class BacklogHistory:
     def samples(self) -> list[Sample]:
         with self._lock:
             return list(self._ring)
+
+
+def sample_groups(n: int, at_most: int | None) -> list[range]:
+    """Split ``n`` samples, oldest first, into at most ``at_most`` runs of neighbours for a
+    chart that plots one point per run (the largest value of each). The newest sample is a
+    run of its own, so a chart's last point is the latest value and not a maximum over the
+    last few. ``None`` keeps every sample as its own run."""
+    if n <= 0:
+        return []
+    if at_most is None or n <= at_most:
+        return [range(i, i + 1) for i in range(n)]
+    if at_most < 2:
+        raise ValueError(f"at_most must be at least 2, got {at_most}")
+    older, runs = n - 1, at_most - 1
+    # runs of as equal a length as integers allow, the longer ones first
+    size, extra = divmod(older, runs)
+    out, start = [], 0
+    for i in range(runs):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(range(start, stop))
+        start = stop
+    out.append(range(n - 1, n))
+    return out

@@ -57,6 +57,7 @@ from benchmarks.run import (
     pgbench_path,
 )
 from skiplock import inspection
+from skiplock.api.config import ApiSettings
 from skiplock.db import Database
 from skiplock.sql import queries
 
@@ -243,7 +244,6 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from skiplock.api import create_app
-    from skiplock.api.config import ApiSettings
     from skiplock.settings import Settings
 
     app = create_app(Settings(database_url=url),
@@ -267,6 +267,23 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
             # each call is ~0.5-3 s at 1,000 queues: a few calls say what it costs
             out[name] = timed(get, min(calls, 10))
         page = http.get("/v1/queues").json()
+        # The pages again with the backlog history a default API process holds after an hour
+        # (history_size 360 samples): the figures above have the one sample taken at start,
+        # which hid what drawing and sending the history costs.
+        history = app.state.skiplock.history
+        size = ApiSettings().history_size
+        log(f"  overview: taking {size} backlog samples of {QUEUES:,} queues")
+        while len(history.samples()) < size:
+            history.sample_once()
+        full = (("api_queues_full_history", "/v1/queues"),
+                ("api_queues_120_points", "/v1/queues?backlog_points=120"),
+                ("ui_overview_full_history", "/ui/"))
+        for name, path in full:
+            def get_full(path: str = path) -> None:
+                if (r := http.get(path)).status_code != 200:
+                    raise RuntimeError(f"GET {path}: {r.status_code} {r.text[:300]}")
+            out[name] = timed(get_full, min(calls, 10))
+        out["api_queues_full_history_bytes"] = len(http.get("/v1/queues").content)
     out["queues_listed"] = len(page["queues"])
     out["total_queues"] = page["total_queues"]
     return out
@@ -345,6 +362,14 @@ def report(res: dict[str, Any], history: int) -> list[str]:
         if "api_all" in o:
             lines.append(f"  GET /v1/queues?limit={QUEUES} (every queue):       "
                          f"{ms(o['api_all'])}")
+        if "ui_overview_full_history" in o:
+            lines.append(f"  with {ApiSettings().history_size} backlog samples (an hour's):")
+            lines.append(f"    GET /v1/queues ({o['api_queues_full_history_bytes']:,} bytes):"
+                         f"     {ms(o['api_queues_full_history'])}")
+            lines.append(f"    GET /v1/queues?backlog_points=120:          "
+                         f"{ms(o['api_queues_120_points'])}")
+            lines.append(f"    GET /ui/:                                   "
+                         f"{ms(o['ui_overview_full_history'])}")
     return lines
 
 

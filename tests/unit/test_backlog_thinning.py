@@ -9,23 +9,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skiplock.api.history import Sample, sample_groups
-from skiplock.api.service import _backlog_points
+from skiplock.api.history import QueueSeries, Sample, queue_series, sample_groups
 from skiplock.inspection import QueueStats
 
 T0 = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
 
 
-@given(st.integers(0, 2000), st.one_of(st.none(), st.integers(2, 400)))
+@given(st.integers(0, 2000), st.one_of(st.none(), st.integers(0, 400)))
 def test_groups_cover_every_sample_once_in_order_and_keep_the_newest_alone(
         n: int, at_most: int | None) -> None:
     runs = sample_groups(n, at_most)
-    assert [i for r in runs for i in r] == list(range(n))
     assert all(len(r) >= 1 for r in runs)
     if at_most is not None:
-        assert len(runs) <= at_most
-        if n >= at_most:
-            assert len(runs) == at_most  # as many points as allowed, never fewer
+        assert len(runs) == min(n, at_most)  # as many points as allowed, never fewer
+    if at_most is not None and at_most < 2 <= n:  # none, or the newest alone
+        assert runs == [range(n - 1, n)][:at_most]
+        return
+    assert [i for r in runs for i in r] == list(range(n))
     if n:
         assert runs[-1] == range(n - 1, n)
         older = {len(r) for r in runs[:-1]}
@@ -36,8 +36,10 @@ def test_every_sample_is_its_own_run_without_a_bound_or_below_it() -> None:
     assert sample_groups(5, None) == [range(i, i + 1) for i in range(5)]
     assert sample_groups(5, 5) == [range(i, i + 1) for i in range(5)]
     assert sample_groups(7, 3) == [range(0, 3), range(3, 6), range(6, 7)]
-    with pytest.raises(ValueError, match="at least 2"):
-        sample_groups(5, 1)
+    assert sample_groups(5, 1) == [range(4, 5)]
+    assert sample_groups(5, 0) == []
+    with pytest.raises(ValueError, match="at least 0"):
+        sample_groups(5, -1)
 
 
 def _stats(backlog: int, in_flight: int, stuck: int, dead: int) -> QueueStats:
@@ -48,38 +50,35 @@ def _stats(backlog: int, in_flight: int, stuck: int, dead: int) -> QueueStats:
 counts = st.tuples(*[st.integers(0, 10**6)] * 4)
 
 
+def _points(h: QueueSeries) -> list[tuple[dt.datetime, int, int, int, int]]:
+    return list(zip(h.at, h.backlog, h.in_flight, h.stuck, h.dead, strict=True))
+
+
 @given(st.lists(st.one_of(st.none(), counts), max_size=400),
        st.one_of(st.none(), st.integers(2, 150)))
 def test_thinning_keeps_every_spike_and_the_latest_value(
         rows: list[tuple[int, int, int, int] | None], at_most: int | None) -> None:
     # a None row is a sample taken while the queue had no jobs: the queue is not in it
-    samples = [Sample(T0 + dt.timedelta(seconds=10 * i),
-                      {} if r is None else {"q": _stats(*r)})
+    samples = [Sample(T0 + dt.timedelta(seconds=10 * i), {} if r is None else {"q": _stats(*r)})
                for i, r in enumerate(rows)]
     present = [(s.at, s.stats["q"]) for s in samples if "q" in s.stats]
-    points = _backlog_points(samples, sample_groups(len(samples), at_most), "q")
-    if at_most is not None:
-        assert len(points) <= at_most
-    else:
-        assert [(p.at, p.backlog, p.in_flight, p.stuck, p.dead) for p in points] == [
-            (at, q.backlog, q.in_flight, q.stuck, q.dead) for at, q in present]
-    assert [p.at for p in points] == sorted({p.at for p in points})
-    if not present:
-        assert points == []
+    every = [(at, q.backlog, q.in_flight, q.stuck, q.dead) for at, q in present]
+    points = _points(queue_series(samples, "q", at_most))
+    if at_most is None or len(present) <= at_most:
+        assert points == every
         return
-    for field in ("backlog", "in_flight", "stuck", "dead"):
-        assert max(getattr(p, field) for p in points) == max(getattr(q, field)
-                                                             for _, q in present), field
-    if "q" in samples[-1].stats:
-        last = samples[-1].stats["q"]
-        assert (points[-1].at, points[-1].backlog, points[-1].stuck) == (
-            samples[-1].at, last.backlog, last.stuck)
+    assert len(points) == at_most
+    assert [p[0] for p in points] == sorted({p[0] for p in points})
+    for field in range(1, 5):
+        assert max(p[field] for p in points) == max(e[field] for e in every), field
+    assert points[-1] == every[-1]  # the newest sample is its own point
 
 
 def test_another_queues_samples_are_not_counted() -> None:
     samples = [Sample(T0, {"q": _stats(1, 0, 0, 0), "other": _stats(99, 99, 99, 99)}),
                Sample(T0 + dt.timedelta(seconds=10), {"other": _stats(5, 5, 5, 5)}),
-               Sample(T0 + dt.timedelta(seconds=20), {"q": _stats(2, 0, 0, 0)})]
-    points = _backlog_points(samples, sample_groups(3, 2), "q")
-    assert [(p.at, p.backlog) for p in points] == [(T0 + dt.timedelta(seconds=10), 1),
-                                                   (T0 + dt.timedelta(seconds=20), 2)]
+               Sample(T0 + dt.timedelta(seconds=20), {"q": _stats(2, 0, 7, 0)}),
+               Sample(T0 + dt.timedelta(seconds=30), {"q": _stats(3, 0, 0, 0)})]
+    assert _points(queue_series(samples, "q", 2)) == [
+        (T0 + dt.timedelta(seconds=20), 9, 0, 7, 0), (T0 + dt.timedelta(seconds=30), 3, 0, 0, 0)]
+    assert _points(queue_series(samples, "absent", 2)) == []

@@ -217,3 +217,33 @@ def test_the_dashboard_pages_hostile_names_by_its_links(api: httpx.Client, sql: 
     for bad, says in (("x" * 129, "at most 128"), ("nul\x00", "NUL")):
         r = api.get("/ui/", params={"after": bad})
         assert r.status_code == 400 and says in r.text, r.text
+
+
+def test_backlog_points_thin_the_history_keeping_its_spike_and_its_newest_sample(
+        api: httpx.Client, sql: Sql) -> None:
+    from tests.support.waits import wait_until
+
+    only_queues(sql, ["spiky"])
+
+    def history(**params: str) -> list[dict[str, object]]:
+        body = api.get("/v1/queues", params={"queue": "spiky", **params})
+        assert body.status_code == 200, body.text
+        points: list[dict[str, object]] = body.json()["queues"][0]["backlog_history"]
+        return points
+
+    # the sampler runs every 0.1 s here: a few samples empty, a spike of 7, empty again
+    wait_until(lambda: len(history()) >= 5, message="samples before the spike")
+    sql("INSERT INTO jobs (task, queue) SELECT 'task1', 'spiky' FROM generate_series(1, 7)")
+    wait_until(lambda: any(p["backlog"] == 7 for p in history()), message="the spike sampled")
+    sql("DELETE FROM jobs")
+    n = len(history())
+    wait_until(lambda: len(history()) >= n + 5, message="samples after the spike")
+    full, thin = history(), history(backlog_points="4")
+    assert len(full) >= 11 and len(thin) == 4  # five before, the spike, five after
+    assert max(p["backlog"] for p in thin) == 7  # the spike stays, whatever run it fell in
+    assert thin[-1]["backlog"] == 0 and [p["at"] for p in thin] == sorted(p["at"] for p in thin)
+    assert history(backlog_points="0") == []
+    assert len(history(backlog_points="1")) == 1
+    for bad in ("-1", "100001", "x"):
+        r = api.get("/v1/queues", params={"backlog_points": bad})
+        assert r.status_code == 422 and r.json()["fields"][0]["field"] == "backlog_points", r.text

@@ -22,6 +22,7 @@ from ..errors import DatabaseUnavailable, JobNotFound
 from ..names import MAX_QUEUE_NAME
 from . import access, charts, service
 from .deps import HERE, State, blocking, public_unavailable
+from .history import queue_series
 from .models import BIGINT_MAX, INT_MAX, JobState, SessionIn, check_text
 
 router = APIRouter(include_in_schema=False)
@@ -30,7 +31,7 @@ PAGE_SIZE = 50
 # Queues on one overview page, each with two charts: at 1,000 queues the whole list took ~1.2 s.
 QUEUES_PER_PAGE = 50
 # Points per backlog chart: a 320-pixel plot shows no more, and each costs the page's time
-# (at the default 360 samples, 50 charts of every sample were most of a page).
+# (at the default 360 samples, 50 charts of every sample, as models, were most of a page).
 BACKLOG_POINTS = 120
 WINDOWS = (15, 30, 60, 180, 720, 1440)
 OK, DEAD, BACKLOG, INFLIGHT, STUCK = "#3c9a5f", "#c8443a", "#4a78c2", "#8a6bc2", "#e0a030"
@@ -190,24 +191,24 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
     try:
         data, workers = await blocking(st, lambda: (
             service.overview(st.db, st.history, st.finished, window, after=after,
-                             limit=QUEUES_PER_PAGE, backlog_points=BACKLOG_POINTS),
+                             limit=QUEUES_PER_PAGE, backlog=False),
             service.workers(st.db)))
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)
     rows = []
+    samples = st.history.samples()
     for q in data.queues:
         times = [p.at for p in q.throughput]
         flow = charts.stacked_bars(
             f"{q.queue}: jobs finished per {data.bucket_seconds // 60} min", times,
             [charts.Series("succeeded", OK, [p.succeeded for p in q.throughput]),
              charts.Series("dead", DEAD, [p.dead for p in q.throughput])])
-        h = q.backlog_history
+        h = queue_series(samples, q.queue, BACKLOG_POINTS)
         backlog = charts.lines(
             f"{q.queue}: backlog, in-flight and stuck (sampled every {st.api.sample_interval:g}s)",
-            [p.at for p in h],
-            [charts.Series("backlog", BACKLOG, [p.backlog for p in h]),
-             charts.Series("in-flight", INFLIGHT, [p.in_flight for p in h]),
-             charts.Series("stuck", STUCK, [p.stuck for p in h])])
+            h.at, [charts.Series("backlog", BACKLOG, h.backlog),
+                   charts.Series("in-flight", INFLIGHT, h.in_flight),
+                   charts.Series("stuck", STUCK, h.stuck)])
         rows.append({"q": q, "flow": flow, "backlog": backlog})
     keep = {"window": str(window)} if window != 30 else {}
     return templates.TemplateResponse(request, "queues.html", _ctx(

@@ -73,13 +73,16 @@ def sample_groups(n: int, at_most: int | None) -> list[range]:
     """Split ``n`` samples, oldest first, into at most ``at_most`` runs of neighbours for a
     chart that plots one point per run (the largest value of each). The newest sample is a
     run of its own, so a chart's last point is the latest value and not a maximum over the
-    last few. ``None`` keeps every sample as its own run."""
-    if n <= 0:
+    last few (and ``at_most=1`` keeps only the newest). ``None`` keeps every sample as its own
+    run."""
+    if n <= 0 or at_most == 0:
         return []
     if at_most is None or n <= at_most:
         return [range(i, i + 1) for i in range(n)]
-    if at_most < 2:
-        raise ValueError(f"at_most must be at least 2, got {at_most}")
+    if at_most < 0:
+        raise ValueError(f"at_most must be at least 0, got {at_most}")
+    if at_most == 1:
+        return [range(n - 1, n)]
     older, runs = n - 1, at_most - 1
     # runs of as equal a length as integers allow, the longer ones first
     size, extra = divmod(older, runs)
@@ -90,3 +93,37 @@ def sample_groups(n: int, at_most: int | None) -> list[range]:
         start = stop
     out.append(range(n - 1, n))
     return out
+
+
+@dataclass(frozen=True)
+class QueueSeries:
+    """One queue's backlog history as columns, oldest first."""
+
+    at: list[dt.datetime]
+    backlog: list[int]
+    in_flight: list[int]
+    stuck: list[int]
+    dead: list[int]
+
+
+def queue_series(samples: Sequence[Sample], name: str, at_most: int | None) -> QueueSeries:
+    """A queue's backlog, in-flight, stuck and dead over the samples that have it (a sample
+    taken while it had no jobs has not), at most ``at_most`` points: per run of neighbouring
+    samples (sample_groups) the largest of each count, so a spike of stuck jobs between two
+    points stays on the chart, at the time of the run's last sample."""
+    rows = [(x.at, q.backlog, q.in_flight, q.stuck, q.dead)
+            for x in samples if (q := x.stats.get(name)) is not None]
+    if not rows:
+        return QueueSeries([], [], [], [], [])
+    at = [r[0] for r in rows]
+    backlog, in_flight = [r[1] for r in rows], [r[2] for r in rows]
+    stuck, dead = [r[3] for r in rows], [r[4] for r in rows]
+    runs = sample_groups(len(rows), at_most)
+    if len(runs) == len(rows):
+        return QueueSeries(at, backlog, in_flight, stuck, dead)
+
+    def peaks(column: list[int]) -> list[int]:
+        return [max(column[r.start:r.stop]) for r in runs]
+
+    return QueueSeries([at[r.stop - 1] for r in runs], peaks(backlog), peaks(in_flight),
+                       peaks(stuck), peaks(dead))

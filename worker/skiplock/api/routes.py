@@ -275,13 +275,19 @@ async def queues(st: State,
                ge=1, le=service.OVERVIEW_PAGE_MAX,
                description="queues per page (default 100, or every queue named with queue=)")
            ] = None,
+           backlog_points: Annotated[int | None, Query(
+               ge=0, le=100_000,
+               description="at most this many points of backlog_history per queue (each the "
+                           "largest of neighbouring samples, the newest sample last; 0: none); "
+                           "default every sample")] = None,
            ) -> QueuesOut:
     """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
     per bucket over the window and the backlog samples this process took. One page of queues
     in name order (`limit`, default 100, or all those named by `queue=` up to 1000);
     `next_after` names the next page, `total_queues` counts them all."""
     return await blocking(st, lambda: service.overview(
-        st.db, st.history, st.finished, window_minutes, queue, after=after, limit=limit))
+        st.db, st.history, st.finished, window_minutes, queue, after=after, limit=limit,
+        backlog_points=backlog_points))
 
 
 @router.post("/v1/queues/{queue:anytext}/pause", dependencies=Auth, tags=["queues"],

@@ -11,7 +11,7 @@ from .. import inspection, transitions
 from ..client import Client
 from ..db import Database
 from ..errors import JobNotFound
-from .history import BacklogHistory, Sample, sample_groups
+from .history import BacklogHistory, queue_series
 from .models import (
     AttemptError,
     BacklogPoint,
@@ -214,36 +214,16 @@ OVERVIEW_PAGE = 100
 OVERVIEW_PAGE_MAX = 1000
 
 
-def _backlog_points(samples: Sequence[Sample], groups: Sequence[range],
-                    name: str) -> list[BacklogPoint]:
-    """One queue's backlog history: per run of samples the largest of each count, so a spike
-    of stuck jobs between two points stays on the chart; a sample without the queue (it had
-    no jobs then) is left out."""
-    out = []
-    for run in groups:
-        if len(run) == 1:  # the common case, and every run when nothing is thinned
-            x = samples[run.start]
-            if (q := x.stats.get(name)) is not None:
-                out.append(BacklogPoint(at=x.at, backlog=q.backlog, in_flight=q.in_flight,
-                                        stuck=q.stuck, dead=q.dead))
-            continue
-        got = [q for i in run if (q := samples[i].stats.get(name)) is not None]
-        if got:
-            out.append(BacklogPoint(
-                at=samples[run.stop - 1].at, backlog=max(q.backlog for q in got),
-                in_flight=max(q.in_flight for q in got), stuck=max(q.stuck for q in got),
-                dead=max(q.dead for q in got)))
-    return out
-
-
 def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
              window_minutes: int, queues: Sequence[str] = (), *, after: str | None = None,
-             limit: int | None = None, backlog_points: int | None = None) -> QueuesOut:
+             limit: int | None = None, backlog: bool = True,
+             backlog_points: int | None = None) -> QueuesOut:
     """One page of queues in name order: the ``limit`` queues after ``after`` (of those named,
     or of every queue with a task, live jobs, a pause or a job finished within the window),
-    each counted and charted; ``next_after`` is the ``after`` of the next page. Each queue's
-    backlog history has every sample, or at most ``backlog_points`` points (the largest
-    values of neighbouring samples: a chart 320 pixels wide shows no more)."""
+    each counted and charted; ``next_after`` is the ``after`` of the next page. With
+    ``backlog`` each queue has the backlog samples this process took, all of them or at most
+    ``backlog_points`` (history.queue_series); the dashboard draws its charts from
+    queue_series itself, without the models."""
     if limit is None:  # a caller who names its queues gets them all (up to the maximum)
         limit = min(max(len(set(queues)), OVERVIEW_PAGE), OVERVIEW_PAGE_MAX)
     bucket = bucket_seconds_for(window_minutes)
@@ -258,8 +238,7 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
     total, names = db.overview_queue_names(queues, recent, after, limit)
     page, more = names[:limit], len(names) > limit
     stats = {s.queue: s for s in inspection.queue_stats(db, page)} if page else {}
-    samples = history.samples()
-    groups = sample_groups(len(samples), backlog_points)
+    samples = history.samples() if backlog else []
     out = []
     for name in page:  # the database's order: the one `after` pages by
         s = stats[name]  # queue_stats answers for every queue named, jobs or not
@@ -267,7 +246,10 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
                   for t in starts for c in (counts[t].get(name, (0, 0)),)]
         ok = sum(p.succeeded for p in series)
         dead = sum(p.dead for p in series)
-        backlog = _backlog_points(samples, groups, name)
+        h = queue_series(samples, name, backlog_points)
+        points = [BacklogPoint(at=at, backlog=b, in_flight=f, stuck=k, dead=d)
+                  for at, b, f, k, d in zip(h.at, h.backlog, h.in_flight, h.stuck, h.dead,
+                                            strict=True)]
         out.append(QueueOut(
             queue=name, backlog=s.backlog, runnable=s.runnable, scheduled=s.scheduled,
             in_flight=s.in_flight, stuck=s.stuck, dead=s.dead, dead_last_hour=s.dead_last_hour,
@@ -276,7 +258,7 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
             oldest_runnable_age_seconds=s.oldest_runnable_age,
             succeeded_in_window=ok, dead_in_window=dead,
             throughput_per_minute=round((ok + dead) / window_minutes, 3),
-            throughput=series, backlog_history=backlog,
+            throughput=series, backlog_history=points,
             # inspection.queue_stats merged the paused_queues rows (and lists a paused queue
             # that has no jobs)
             paused=s.paused, paused_at=s.paused_at, paused_by=s.paused_by))

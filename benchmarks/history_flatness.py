@@ -271,10 +271,12 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
         # (history_size 360 samples): the figures above have the one sample taken at start,
         # which hid what drawing and sending the history costs.
         history = app.state.skiplock.history
-        size = ApiSettings().history_size
+        size = app.state.skiplock.api.history_size
         log(f"  overview: taking {size} backlog samples of {QUEUES:,} queues")
-        while len(history.samples()) < size:
+        for _ in range(size):
             history.sample_once()
+        if len(history.samples()) < size:
+            raise RuntimeError(f"only {len(history.samples())} of {size} backlog samples taken")
         full = (("api_queues_full_history", "/v1/queues"),
                 ("api_queues_120_points", "/v1/queues?backlog_points=120"),
                 ("ui_overview_full_history", "/ui/"))

@@ -338,8 +338,7 @@ def test_retry_dead_matching_retries_exactly_the_matching_jobs(api: httpx.Client
 
 def _takes_many(schema: dict[str, object]) -> bool:
     options = schema.get("anyOf", [schema])
-    return any(isinstance(o, dict) and o.get("type") == "array"
-               for o in options)  # type: ignore[union-attr]
+    return any(isinstance(o, dict) and o.get("type") == "array" for o in options)
 
 
 def test_every_single_valued_query_parameter_given_twice_is_422_naming_it(
@@ -368,14 +367,14 @@ def test_every_single_valued_query_parameter_given_twice_is_422_naming_it(
     for method, path, name in many:
         url = path.replace("{job_id}", "1").replace("{queue}", "q")
         r = api.request(method, url, params=[(name, "queued"), (name, "dead")], headers=AUTH)
-        assert "more than once" not in r.text, (method, path, name, r.text)
+        assert r.status_code == 200, (method, path, name, r.text)
     both = api.get("/v1/queues", params=[("queue", "a"), ("queue", "b")])
     assert both.status_code == 200 and [q["queue"] for q in both.json()["queues"]] == ["a", "b"]
 
 
 def test_the_fuzzers_request_with_a_repeated_after_is_refused(api: httpx.Client) -> None:
-    # schemathesis found this one (CI of 3a142fe): twelve `after`s, the first empty, were
-    # answered 200 with the page after the last of them.
+    # schemathesis found this one in the CI of 3a142fe: twelve `after`s, the first empty, were
+    # answered 200 with the page after the last of them (three of them here).
     r = api.get("/v1/queues", params=[("after", ""), ("after", "é"), ("after", "-2.3e+306"),
                                       ("queue", "詯"), ("window_minutes", "137"),
                                       ("limit", "600")])

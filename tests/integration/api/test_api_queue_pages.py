@@ -4,6 +4,7 @@ counts and charts only its own queues; bad cursors get a clear 422/400."""
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import re
 from collections.abc import Callable
@@ -241,9 +242,49 @@ def test_backlog_points_thin_the_history_keeping_its_spike_and_its_newest_sample
     full, thin = history(), history(backlog_points="4")
     assert len(full) >= 11 and len(thin) == 4  # five before, the spike, five after
     assert max(p["backlog"] for p in thin) == 7  # the spike stays, whatever run it fell in
-    assert thin[-1]["backlog"] == 0 and [p["at"] for p in thin] == sorted(p["at"] for p in thin)
+    times = [dt.datetime.fromisoformat(str(p["at"])) for p in thin]
+    assert thin[-1]["backlog"] == 0 and times == sorted(times)
     assert history(backlog_points="0") == []
     assert len(history(backlog_points="1")) == 1
     for bad in ("-1", "100001", "x"):
         r = api.get("/v1/queues", params={"backlog_points": bad})
         assert r.status_code == 422 and r.json()["fields"][0]["field"] == "backlog_points", r.text
+
+
+def test_the_dashboards_backlog_chart_draws_at_most_its_points_with_the_spike(
+        database_url: str, sql: Sql) -> None:
+    from pydantic import SecretStr
+
+    from skiplock.api.config import ApiSettings
+    from tests.integration.api.conftest import READ, READ_TOKEN, settings
+    from tests.integration.api.server import client, serve
+    from tests.support.waits import wait_until
+
+    only_queues(sql, ["busy"])
+    # a sample every 20 ms: more samples than the chart's points within a few seconds
+    with serve(settings(database_url), ApiSettings(read_token=SecretStr(READ_TOKEN),
+                                                   sample_interval=0.02)) as url, \
+            client(url) as c:
+        c.headers.update(READ)
+
+        def samples() -> int:
+            body = c.get("/v1/queues", params={"queue": "busy"}).json()
+            return len(body["queues"][0]["backlog_history"])
+
+        wait_until(lambda: samples() >= 20, message="samples before the spike")
+        sql("INSERT INTO jobs (task, queue) SELECT 'task1', 'busy' FROM generate_series(1, 9)")
+        wait_until(lambda: samples() >= 30, message="the spike sampled")
+        sql("DELETE FROM jobs")
+        wait_until(lambda: samples() >= dashboard.BACKLOG_POINTS + 40, timeout=60,
+                   message="more samples than the chart draws")
+        page = c.get("/ui/")
+        assert page.status_code == 200, page.text
+    figure = re.search(r'<figure[^>]*data-queue="busy".*?</figure>', page.text, re.S)
+    assert figure is not None, page.text[:2000]
+    lines = re.findall(r'<polyline[^>]*points="([^"]+)"', figure[0])
+    assert len(lines) == 3, figure[0][:2000]  # backlog, in-flight, stuck
+    for points in lines:
+        assert len(points.split()) == dashboard.BACKLOG_POINTS
+    # the backlog line reaches its peak (9, the chart's top: y 8.0) and ends at 0 (y 102.0)
+    ys = [float(p.split(",")[1]) for p in lines[0].split()]
+    assert min(ys) == 8.0 and ys[-1] == 102.0, ys

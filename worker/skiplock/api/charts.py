@@ -78,7 +78,8 @@ def stacked_bars(title: str, times: Sequence[dt.datetime], series: Sequence[Seri
 
 
 def lines(title: str, times: Sequence[dt.datetime], series: Sequence[Series]) -> Markup:
-    """Lines over time (e.g. backlog, in-flight and stuck as sampled)."""
+    """Lines over time (e.g. backlog, in-flight and stuck as sampled); each series has one
+    value per time (a ValueError otherwise)."""
     n = len(times)
     top = max([v for s in series for v in s.values] + [1.0])
     parts = _frame(title, top, times[0] if times else None, times[-1] if times else None, series)

@@ -118,9 +118,9 @@ def queue_series(samples: Sequence[Sample], name: str, at_most: int | None) -> Q
     at = [r[0] for r in rows]
     backlog, in_flight = [r[1] for r in rows], [r[2] for r in rows]
     stuck, dead = [r[3] for r in rows], [r[4] for r in rows]
-    runs = sample_groups(len(rows), at_most)
-    if len(runs) == len(rows):
+    if at_most is None or len(rows) <= at_most:
         return QueueSeries(at, backlog, in_flight, stuck, dead)
+    runs = sample_groups(len(rows), at_most)
 
     def peaks(column: list[int]) -> list[int]:
         return [max(column[r.start:r.stop]) for r in runs]

@@ -250,7 +250,9 @@ class QueueOut(BaseModel):
     throughput_per_minute: float = Field(description="finished jobs per minute over the window")
     throughput: list[Point] = Field(description="finished jobs per bucket, oldest first")
     backlog_history: list[BacklogPoint] = Field(
-        description="samples taken by this API process since it started")
+        description="the backlog samples this API process keeps (its last history_size), "
+                    "oldest first; with backlog_points, at most that many points, each the "
+                    "largest counts of neighbouring samples, the newest sample last")
     paused: bool = Field(default=False, description="no worker claims from it (running jobs "
                                                     "finish); POST .../resume to undo")
     paused_at: dt.datetime | None = None

@@ -57,7 +57,6 @@ from benchmarks.run import (
     pgbench_path,
 )
 from skiplock import inspection
-from skiplock.api.config import ApiSettings
 from skiplock.db import Database
 from skiplock.sql import queries
 
@@ -244,6 +243,7 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from skiplock.api import create_app
+    from skiplock.api.config import ApiSettings
     from skiplock.settings import Settings
 
     app = create_app(Settings(database_url=url),
@@ -286,6 +286,7 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
                     raise RuntimeError(f"GET {path}: {r.status_code} {r.text[:300]}")
             out[name] = timed(get_full, min(calls, 10))
         out["api_queues_full_history_bytes"] = len(http.get("/v1/queues").content)
+        out["history_samples"] = size
     out["queues_listed"] = len(page["queues"])
     out["total_queues"] = page["total_queues"]
     return out
@@ -365,7 +366,7 @@ def report(res: dict[str, Any], history: int) -> list[str]:
             lines.append(f"  GET /v1/queues?limit={QUEUES} (every queue):       "
                          f"{ms(o['api_all'])}")
         if "ui_overview_full_history" in o:
-            lines.append(f"  with {ApiSettings().history_size} backlog samples (an hour's):")
+            lines.append(f"  with {o['history_samples']} backlog samples (an hour's):")
             lines.append(f"    GET /v1/queues ({o['api_queues_full_history_bytes']:,} bytes):"
                          f"     {ms(o['api_queues_full_history'])}")
             lines.append(f"    GET /v1/queues?backlog_points=120:          "

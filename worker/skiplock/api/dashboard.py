@@ -191,7 +191,7 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
     try:
         data, workers = await blocking(st, lambda: (
             service.overview(st.db, st.history, st.finished, window, after=after,
-                             limit=QUEUES_PER_PAGE, backlog=False),
+                             limit=QUEUES_PER_PAGE, backlog_points=0),
             service.workers(st.db)))
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)

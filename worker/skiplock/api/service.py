@@ -216,14 +216,13 @@ OVERVIEW_PAGE_MAX = 1000
 
 def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
              window_minutes: int, queues: Sequence[str] = (), *, after: str | None = None,
-             limit: int | None = None, backlog: bool = True,
-             backlog_points: int | None = None) -> QueuesOut:
+             limit: int | None = None, backlog_points: int | None = None) -> QueuesOut:
     """One page of queues in name order: the ``limit`` queues after ``after`` (of those named,
     or of every queue with a task, live jobs, a pause or a job finished within the window),
-    each counted and charted; ``next_after`` is the ``after`` of the next page. With
-    ``backlog`` each queue has the backlog samples this process took, all of them or at most
-    ``backlog_points`` (history.queue_series); the dashboard draws its charts from
-    queue_series itself, without the models."""
+    each counted and charted; ``next_after`` is the ``after`` of the next page. Each queue
+    has the backlog samples this process took, all of them or at most ``backlog_points``
+    (history.queue_series; 0: none, which the dashboard asks for: it draws its charts from
+    queue_series itself, without the models)."""
     if limit is None:  # a caller who names its queues gets them all (up to the maximum)
         limit = min(max(len(set(queues)), OVERVIEW_PAGE), OVERVIEW_PAGE_MAX)
     bucket = bucket_seconds_for(window_minutes)
@@ -238,7 +237,7 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
     total, names = db.overview_queue_names(queues, recent, after, limit)
     page, more = names[:limit], len(names) > limit
     stats = {s.queue: s for s in inspection.queue_stats(db, page)} if page else {}
-    samples = history.samples() if backlog else []
+    samples = history.samples() if backlog_points != 0 else []
     out = []
     for name in page:  # the database's order: the one `after` pages by
         s = stats[name]  # queue_stats answers for every queue named, jobs or not

@@ -33,13 +33,17 @@ def test_blackholed_database_gives_503_within_the_deadline(
         try:
             with serve(settings, api) as url, client(url) as c:
                 assert c.post("/v1/jobs", json=job, headers=AUTH).status_code == 201
+                # the overview pages have listed once, so their next reads start side by
+                # side on the names they listed (api/last_pages.py)
+                for page in ("/v1/queues", "/ui/"):
+                    assert c.get(page, headers=AUTH).status_code == 200
                 # "timeout" with timeout=0: data stops flowing both ways, no connection closes.
                 with proxy.toxic("timeout", stream="downstream", timeout=0), \
                         proxy.toxic("timeout", stream="upstream", timeout=0,
                                     name="timeout_up"):
                     for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
                                          ("GET", "/v1/queues"), ("GET", "/readyz"),
-                                         ("GET", "/ui/jobs")):
+                                         ("GET", "/ui/jobs"), ("GET", "/ui/")):
                         started = time.monotonic()
                         r = c.request(method, path, json=job if method == "POST" else None,
                                       headers=AUTH)
@@ -54,5 +58,8 @@ def test_blackholed_database_gives_503_within_the_deadline(
                 wait_until(lambda: c.get("/readyz").status_code == 200, timeout=60,
                            message="readiness after the blackhole")
                 assert c.get("/v1/jobs", headers=AUTH).status_code == 200
+                # no connection a cancelled side read held went back to the pool
+                for page in ("/v1/queues", "/ui/"):
+                    assert c.get(page, headers=AUTH).status_code == 200, page
         finally:
             toxiproxy.delete(proxy.name)

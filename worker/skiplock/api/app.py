@@ -34,8 +34,10 @@ from . import access, dashboard, routes
 from .config import ApiSettings
 from .deps import HERE, ApiState, blocking, public_unavailable, state_of
 from .history import BacklogHistory
+from .last_pages import LastPages
 from .limits import BodyLimit
 from .models import FieldProblem, IdempotencyProblem, Problem
+from .side_by_side import SideBySide
 from .throughput import GRACE_SECONDS, ThroughputCache
 
 log = logging.getLogger("skiplock.api")
@@ -153,7 +155,10 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                   # a finishing transaction runs a statement or two (the bulk cancel picks,
                   # then cancels), each bounded by the statement timeout workers share
                   finished=ThroughputCache(grace=max(GRACE_SECONDS, 2 * s.statement_timeout)),
-                  requests=requests, latency=latency)
+                  requests=requests, latency=latency,
+                  # no more threads than read connections: a read never waits for a thread
+                  # while holding one
+                  reads=SideBySide(a.read_pool_size), last_pages=LastPages())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,6 +167,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
             yield
         finally:
             history.stop()
+            st.reads.close()
             client.close()
             db.close()
 

@@ -23,7 +23,7 @@ from ..names import MAX_QUEUE_NAME
 from . import access, charts, service
 from .deps import HERE, State, blocking, public_unavailable
 from .history import queue_series
-from .models import BIGINT_MAX, INT_MAX, JobState, SessionIn, check_text
+from .models import BIGINT_MAX, INT_MAX, JobState, QueuesOut, SessionIn, WorkersOut, check_text
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -177,6 +177,16 @@ def _after_problem(after: str) -> str | None:
     return None
 
 
+def _overview_and_workers(st: State, window: int, after: str | None
+                          ) -> tuple[QueuesOut, WorkersOut]:
+    """The queues page's reads, the lease holders' beside the overview's."""
+    workers = st.reads.start(lambda: service.workers(st.db))
+    data = service.overview(st.db, st.history, st.finished, window, after=after,
+                            limit=QUEUES_PER_PAGE, backlog_points=0, reads=st.reads,
+                            last_pages=st.last_pages)
+    return data, workers.result()
+
+
 @router.get("/ui/", response_class=HTMLResponse)
 async def queues_page(request: Request, st: State) -> HTMLResponse:
     if (signin := _signin_needed(request, st)) is not None:
@@ -189,10 +199,7 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
             request, st, title="Bad page", message=f"after: {problem}; "
             "follow the page links, or open /ui/ for the first page"), status_code=400)
     try:
-        data, workers = await blocking(st, lambda: (
-            service.overview(st.db, st.history, st.finished, window, after=after,
-                             limit=QUEUES_PER_PAGE, backlog_points=0),
-            service.workers(st.db)))
+        data, workers = await blocking(st, lambda: _overview_and_workers(st, window, after))
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)
     rows = []

@@ -22,6 +22,8 @@ from ..preparation import Catalogue
 from . import access
 from .config import ApiSettings
 from .history import BacklogHistory
+from .last_pages import LastPages
+from .side_by_side import SideBySide
 from .throughput import ThroughputCache
 
 log = logging.getLogger("skiplock.api")
@@ -41,6 +43,10 @@ class ApiState:
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
+    # the overview's reads run side by side, started on the names its pages listed last
+    # (api/side_by_side.py, api/last_pages.py)
+    reads: SideBySide
+    last_pages: LastPages
 
 
 T = TypeVar("T")

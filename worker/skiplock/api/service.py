@@ -12,6 +12,7 @@ from ..client import Client
 from ..db import Database
 from ..errors import JobNotFound
 from .history import BacklogHistory, queue_series
+from .last_pages import LastPages, still_to_count
 from .models import (
     AttemptError,
     BacklogPoint,
@@ -31,6 +32,7 @@ from .models import (
     WorkerProcess,
     WorkersOut,
 )
+from .side_by_side import ONE_BY_ONE, SideBySide
 from .throughput import ThroughputCache
 
 # Jobs that are not finished: what "high retry" counts, offered as one filter.
@@ -216,13 +218,16 @@ OVERVIEW_PAGE_MAX = 1000
 
 def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
              window_minutes: int, queues: Sequence[str] = (), *, after: str | None = None,
-             limit: int | None = None, backlog_points: int | None = None) -> QueuesOut:
+             limit: int | None = None, backlog_points: int | None = None,
+             reads: SideBySide = ONE_BY_ONE, last_pages: LastPages | None = None
+             ) -> QueuesOut:
     """One page of queues in name order: the ``limit`` queues after ``after`` (of those named,
     or of every queue with a task, live jobs, a pause or a job finished within the window),
     each counted and charted; ``next_after`` is the ``after`` of the next page. Each queue
     has the backlog samples this process took, all of them or at most ``backlog_points``
     (history.queue_series; 0: none, which the dashboard asks for: it draws its charts from
-    queue_series itself, without the models)."""
+    queue_series itself, without the models). With ``last_pages``, the page's reads start together
+    on ``reads``, with the names this page listed last time (api/last_pages.py)."""
     if limit is None:  # a caller who names its queues gets them all (up to the maximum)
         limit = min(max(len(set(queues)), OVERVIEW_PAGE), OVERVIEW_PAGE_MAX)
     bucket = bucket_seconds_for(window_minutes)
@@ -231,12 +236,28 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
     last = epoch + dt.timedelta(seconds=((now - epoch).total_seconds() // bucket) * bucket)
     n_buckets = max(1, (window_minutes * 60) // bucket)
     starts = [last - dt.timedelta(seconds=bucket * i) for i in range(n_buckets - 1, -1, -1)]
-    counts = finished.counts(lambda since: db.finished_counts(since, bucket), now, starts,
-                             bucket)
-    recent = sorted(set().union(*counts.values())) if not queues else []
-    total, names = db.overview_queue_names(queues, recent, after, limit)
+    key = (tuple(queues), after, limit, window_minutes)
+    guessed_page = last_pages.page(key) if last_pages else None
+    guessed_finished = (() if queues else last_pages.finished(window_minutes) if last_pages
+                        else None)
+    counting = reads.start(lambda: finished.counts(
+        lambda since: db.finished_counts(since, bucket), now, starts, bucket))
+    listing = (reads.start(lambda: db.overview_queue_names(
+        queues, guessed_finished or (), after, limit)) if guessed_finished is not None else None)
+    counted = (reads.start(lambda: inspection.queue_stats(db, guessed_page or ()))
+               if guessed_page else None)
+    counts = counting.result()
+    recent = tuple(sorted(set().union(*counts.values()))) if not queues else ()
+    if listing is not None and recent == guessed_finished:
+        total, names = listing.result()
+    else:
+        total, names = db.overview_queue_names(queues, recent, after, limit)
     page, more = names[:limit], len(names) > limit
-    stats = {s.queue: s for s in inspection.queue_stats(db, page)} if page else {}
+    stats = {s.queue: s for s in counted.result()} if counted is not None else {}
+    if missing := still_to_count(page, stats):
+        stats.update((s.queue, s) for s in inspection.queue_stats(db, missing))
+    if last_pages is not None:
+        last_pages.remember(key, page, window_minutes, recent)
     samples = history.samples() if backlog_points != 0 else []
     out = []
     for name in page:  # the database's order: the one `after` pages by

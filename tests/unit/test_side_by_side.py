@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from skiplock.api.last_pages import LastPages, still_to_count
-from skiplock.api.side_by_side import ONE_BY_ONE, SideBySide
+from skiplock.api.side_by_side import ONE_BY_ONE, SideBySide, discard
 
 REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
 
@@ -48,7 +48,12 @@ def test_a_failed_read_raises_where_its_result_is_asked_for() -> None:
 
 def test_one_by_one_runs_each_read_when_started_in_the_callers_thread() -> None:
     seen: list[str] = []
-    done = ONE_BY_ONE.start(lambda: seen.append(threading.current_thread().name) or 7)
+
+    def read() -> int:
+        seen.append(threading.current_thread().name)
+        return 7
+
+    done = ONE_BY_ONE.start(read)
     assert seen == [threading.current_thread().name]  # before the result is asked for
     assert done.result() == 7
 
@@ -60,8 +65,11 @@ NAMES = st.lists(st.text(min_size=1, max_size=8), max_size=12)
 def test_still_to_count_is_the_page_less_what_was_counted_in_page_order(
         page: list[str], counted: list[str]) -> None:
     left = still_to_count(page, counted)
-    assert left == [q for q in page if q not in set(counted)]
-    assert set(left) | (set(page) & set(counted)) == set(page)
+    assert not set(left) & set(counted)  # nothing counted is counted again
+    assert set(left) | set(counted) >= set(page)  # every queue of the page is counted
+    rest = iter(page)  # in page order, each as often as the page lists it
+    assert all(any(q == p for p in rest) for q in left)
+    assert len(left) == sum(1 for q in page if q not in counted)
 
 
 def test_last_pages_keeps_the_newest_pages_and_windows_within_bounds() -> None:
@@ -76,3 +84,35 @@ def test_last_pages_keeps_the_newest_pages_and_windows_within_bounds() -> None:
     assert kept.page("b") is None
     assert (kept.page("a"), kept.page("c")) == (("q3",), ())
     assert kept.finished(60) == ()
+
+
+def test_a_discarded_read_that_has_not_started_never_runs_and_a_failed_one_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    reads = SideBySide(1)
+    gate, running, fail = threading.Event(), threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def failing_read() -> int:
+        running.set()
+        fail.wait(10)
+        return 1 // 0
+
+    try:
+        busy = reads.start(lambda: gate.wait(10))  # holds the one thread
+        queued = reads.start(lambda: ran.append("queued"))
+        discard(queued, None)
+        failing = reads.start(failing_read)
+        gate.set()
+        busy.result(timeout=10)
+        assert running.wait(10)
+        with caplog.at_level("DEBUG", logger="skiplock.api"):
+            discard(failing)  # already running: it cannot be stopped, its failure is logged
+            logged = threading.Event()  # callbacks run in order: this one after the log's
+            failing.add_done_callback(lambda _: logged.set())
+            fail.set()
+            assert logged.wait(10)
+            assert isinstance(failing.exception(timeout=10), ZeroDivisionError)
+    finally:
+        reads.close()
+    assert queued.cancelled() and ran == []
+    assert "a read whose result was not wanted failed: integer division" in caplog.text

@@ -535,10 +535,13 @@ class QueryScope:
         threading.Thread(target=self.cancel, args=(timeout,), name="skiplock-cancel",
                          daemon=True).start()
 
+    def refuse_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise DatabaseUnavailable("the request's deadline passed; its work was cancelled")
+
     def _enter(self, conn: psycopg.Connection[Any]) -> None:
         with self._lock:
-            if self.cancelled:
-                raise DatabaseUnavailable("the request's deadline passed; its work was cancelled")
+            self.refuse_if_cancelled()
             self._held.add(conn)
 
     def _leave(self, conn: psycopg.Connection[Any]) -> None:
@@ -757,6 +760,10 @@ class Database(PoolSettings):
                 yield conn
             return
         pool = self._pool if self._read_pool is None or not self._reading() else self._read_pool
+        # Work of a request that has already answered (its deadline passed) takes no
+        # connection: its reads started side by side (api/side_by_side.py) would each wait for
+        # one and ping it, ahead of live requests, only to be refused.
+        scope.refuse_if_cancelled()
         with pool.connection() as conn, _discarded_on_failover(conn):
             scope._enter(conn)
             try:

@@ -24,6 +24,7 @@ from . import access, charts, service
 from .deps import HERE, State, blocking, public_unavailable
 from .history import queue_series
 from .models import BIGINT_MAX, INT_MAX, JobState, QueuesOut, SessionIn, WorkersOut, check_text
+from .side_by_side import discard
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -181,9 +182,13 @@ def _overview_and_workers(st: State, window: int, after: str | None
                           ) -> tuple[QueuesOut, WorkersOut]:
     """The queues page's reads, the lease holders' beside the overview's."""
     workers = st.reads.start(lambda: service.workers(st.db))
-    data = service.overview(st.db, st.history, st.finished, window, after=after,
-                            limit=QUEUES_PER_PAGE, backlog_points=0, reads=st.reads,
-                            last_pages=st.last_pages)
+    try:
+        data = service.overview(st.db, st.history, st.finished, window, after=after,
+                                limit=QUEUES_PER_PAGE, backlog_points=0, reads=st.reads,
+                                last_pages=st.last_pages)
+    except BaseException:
+        discard(workers)
+        raise
     return data, workers.result()
 
 

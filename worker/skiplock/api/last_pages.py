@@ -41,10 +41,12 @@ class LastPages:
             return self._finished.get(window_minutes)
 
     def remember(self, key: Hashable, page: Sequence[str], window_minutes: int,
-                 finished: Sequence[str]) -> None:
+                 finished: Sequence[str] | None) -> None:
+        """``finished``: None when the page did not read it (its queues were named)."""
         with self._lock:
             _put(self._pages, key, tuple(page), self._limits[0])
-            _put(self._finished, window_minutes, tuple(finished), self._limits[1])
+            if finished is not None:
+                _put(self._finished, window_minutes, tuple(finished), self._limits[1])
 
 
 def _put(kept: OrderedDict[K, tuple[str, ...]], key: K, value: tuple[str, ...],

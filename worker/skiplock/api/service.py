@@ -32,7 +32,7 @@ from .models import (
     WorkerProcess,
     WorkersOut,
 )
-from .side_by_side import ONE_BY_ONE, SideBySide
+from .side_by_side import ONE_BY_ONE, SideBySide, discard
 from .throughput import ThroughputCache
 
 # Jobs that are not finished: what "high retry" counts, offered as one filter.
@@ -246,18 +246,25 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
         queues, guessed_finished or (), after, limit)) if guessed_finished is not None else None)
     counted = (reads.start(lambda: inspection.queue_stats(db, guessed_page or ()))
                if guessed_page else None)
-    counts = counting.result()
-    recent = tuple(sorted(set().union(*counts.values()))) if not queues else ()
-    if listing is not None and recent == guessed_finished:
-        total, names = listing.result()
-    else:
-        total, names = db.overview_queue_names(queues, recent, after, limit)
-    page, more = names[:limit], len(names) > limit
-    stats = {s.queue: s for s in counted.result()} if counted is not None else {}
-    if missing := still_to_count(page, stats):
-        stats.update((s.queue, s) for s in inspection.queue_stats(db, missing))
+    try:
+        counts = counting.result()
+        recent = tuple(sorted(set().union(*counts.values()))) if not queues else ()
+        if listing is not None and recent == guessed_finished:
+            total, names = listing.result()
+        else:
+            discard(listing)
+            listing = None
+            total, names = db.overview_queue_names(queues, recent, after, limit)
+        page, more = names[:limit], len(names) > limit
+        stats = {s.queue: s for s in counted.result()} if counted is not None else {}
+        if missing := still_to_count(page, stats):
+            stats.update((s.queue, s) for s in inspection.queue_stats(db, missing))
+    except BaseException:
+        discard(counting, listing, counted)
+        raise
     if last_pages is not None:
-        last_pages.remember(key, page, window_minutes, recent)
+        # a page of named queues says nothing of which queues finished jobs
+        last_pages.remember(key, page, window_minutes, None if queues else recent)
     samples = history.samples() if backlog_points != 0 else []
     out = []
     for name in page:  # the database's order: the one `after` pages by

@@ -10,11 +10,13 @@ holding none, so requests waiting on each other's reads cannot starve the pool.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("skiplock.api")
 
 
 class SideBySide:
@@ -52,3 +54,16 @@ class OneByOne(SideBySide):
 
 
 ONE_BY_ONE = OneByOne()
+
+
+def discard(*reads: Future[Any] | None) -> None:
+    """Reads whose result is not wanted (a guess that missed, or the request failed): those not
+    yet running never start; a failure of one that ran is logged, not lost."""
+    for read in reads:
+        if read is not None and not read.cancel():
+            read.add_done_callback(_log_failure)
+
+
+def _log_failure(read: Future[Any]) -> None:
+    if not read.cancelled() and (exc := read.exception()) is not None:
+        log.debug("a read whose result was not wanted failed: %s", exc)

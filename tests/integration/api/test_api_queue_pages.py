@@ -268,7 +268,8 @@ def test_the_dashboards_backlog_chart_draws_at_most_its_points_with_the_spike(
         c.headers.update(READ)
 
         def samples() -> int:
-            body = c.get("/v1/queues", params={"queue": "busy"}).json()
+            body = c.get("/v1/queues", params={"queue": "busy", "backlog_points": 100_000}
+                         ).json()
             return len(body["queues"][0]["backlog_history"])
 
         wait_until(lambda: samples() >= 20, message="samples before the spike")
@@ -279,6 +280,11 @@ def test_the_dashboards_backlog_chart_draws_at_most_its_points_with_the_spike(
                    message="more samples than the chart draws")
         page = c.get("/ui/")
         assert page.status_code == 200, page.text
+        # the API thins to the same 120 points unless asked for more
+        default = c.get("/v1/queues", params={"queue": "busy"}).json()["queues"][0]
+        every = samples()
+        assert len(default["backlog_history"]) == service.BACKLOG_POINTS < every
+        assert max(p["backlog"] for p in default["backlog_history"]) == 9
     figure = re.search(r'<figure[^>]*data-queue="busy".*?</figure>', page.text, re.S)
     assert figure is not None, page.text[:2000]
     lines = re.findall(r'<polyline[^>]*points="([^"]+)"', figure[0])

@@ -31,9 +31,9 @@ templates = Jinja2Templates(directory=HERE / "templates")
 PAGE_SIZE = 50
 # Queues on one overview page, each with two charts: at 1,000 queues the whole list took ~1.2 s.
 QUEUES_PER_PAGE = 50
-# Points per backlog chart: 2.7 pixels apart on a 320-pixel plot, enough; each costs the page's time
-# (at the default 360 samples, 50 charts of every sample, as models, were most of a page).
-BACKLOG_POINTS = 120
+# Points per backlog chart: the overview's default (each costs the page's time: at the default
+# 360 samples, 50 charts of every sample, as models, were most of a page).
+BACKLOG_POINTS = service.BACKLOG_POINTS
 WINDOWS = (15, 30, 60, 180, 720, 1440)
 OK, DEAD, BACKLOG, INFLIGHT, STUCK = "#3c9a5f", "#c8443a", "#4a78c2", "#8a6bc2", "#e0a030"
 

@@ -251,8 +251,9 @@ class QueueOut(BaseModel):
     throughput: list[Point] = Field(description="finished jobs per bucket, oldest first")
     backlog_history: list[BacklogPoint] = Field(
         description="the backlog samples this API process keeps (its last history_size), "
-                    "oldest first; with backlog_points, at most that many points, each the "
-                    "largest counts of neighbouring samples, the newest sample last")
+                    "oldest first, at most backlog_points of them (default 120): each point "
+                    "the largest counts of a run of neighbouring samples, the newest sample "
+                    "last")
     paused: bool = Field(default=False, description="no worker claims from it (running jobs "
                                                     "finish); POST .../resume to undo")
     paused_at: dt.datetime | None = None

@@ -275,11 +275,12 @@ async def queues(st: State,
                ge=1, le=service.OVERVIEW_PAGE_MAX,
                description="queues per page (default 100, or every queue named with queue=)")
            ] = None,
-           backlog_points: Annotated[int | None, Query(
+           backlog_points: Annotated[int, Query(
                ge=0, le=100_000,
                description="at most this many points of backlog_history per queue (each the "
-                           "largest of neighbouring samples, the newest sample last; 0: none); "
-                           "default every sample")] = None,
+                           "largest of neighbouring samples, the newest sample last; 0: none; "
+                           "the history size, 360 by default, or more: every sample)"
+           )] = service.BACKLOG_POINTS,
            ) -> QueuesOut:
     """Per queue: backlog, in-flight, dead, stuck, high-retry, oldest runnable age, throughput
     per bucket over the window and the backlog samples this process took. One page of queues

@@ -52,8 +52,11 @@ def read_only(pg: PgServer, url: str) -> Iterator[None]:
 
 
 def _terminate(admin: psycopg.Connection[Any], name: str) -> None:
-    """Skiplock's connections, as a failover ends them (not the test's own ``sql``)."""
-    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    """Skiplock's connections, as a failover ends them (not the test's own ``sql``). Each
+    call waits until the backend has gone (its FATAL message then waits on the client's
+    socket): without the wait a producer's next enqueue could race the termination, its
+    one try lost on the link, and its outcome honestly unknown."""
+    admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                   "WHERE datname = %s AND pid <> pg_backend_pid() "
                   "AND application_name LIKE 'skiplock%%'", [name])  # not the test's own
 

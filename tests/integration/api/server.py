@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from skiplock.api import create_app
 from skiplock.api.config import ApiSettings
@@ -19,6 +20,13 @@ from tests.support.pgserver import free_port
 @contextlib.contextmanager
 def serve(settings: Settings, api: ApiSettings) -> Iterator[str]:
     """Serve the app until the block ends; yields its base URL."""
+    with serve_app(settings, api) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_app(settings: Settings, api: ApiSettings) -> Iterator[tuple[str, FastAPI]]:
+    """serve, yielding the app too: a test may look at its state (app.state.skiplock)."""
     port = free_port()
     app = create_app(settings, api.model_copy(update={"host": "127.0.0.1", "port": port}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
@@ -31,7 +39,7 @@ def serve(settings: Settings, api: ApiSettings) -> Iterator[str]:
             raise RuntimeError(f"the API server on port {port} did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(timeout=15)

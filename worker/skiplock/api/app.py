@@ -31,6 +31,7 @@ from ..metrics import QueueStatsCollector, ScheduleCollector
 from ..preparation import Catalogue
 from ..settings import Settings
 from . import access, dashboard, routes
+from .backlog_charts import BacklogCharts
 from .config import ApiSettings
 from .deps import HERE, ApiState, blocking, public_unavailable, state_of
 from .history import BacklogHistory
@@ -158,7 +159,8 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                   requests=requests, latency=latency,
                   # no more threads than read connections: a read never waits for a thread
                   # while holding one
-                  reads=SideBySide(a.read_pool_size), last_pages=LastPages())
+                  reads=SideBySide(a.read_pool_size), last_pages=LastPages(),
+                  backlog_charts=BacklogCharts(dashboard.backlog_drawing(a.sample_interval)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

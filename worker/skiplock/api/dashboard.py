@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from .. import inspection
 from ..errors import DatabaseUnavailable, JobNotFound
 from ..names import MAX_QUEUE_NAME
 from . import access, charts, service
+from .backlog_charts import Draw
 from .deps import HERE, State, blocking, public_unavailable
-from .history import queue_series
+from .history import Sample, queue_series
 from .models import BIGINT_MAX, INT_MAX, JobState, QueuesOut, SessionIn, WorkersOut, check_text
 from .side_by_side import discard
 
@@ -178,6 +181,19 @@ def _after_problem(after: str) -> str | None:
     return None
 
 
+def backlog_drawing(sample_interval: float) -> Draw:
+    """How the queues page draws a queue's backlog chart from the sampler's ring."""
+    def draw(samples: Sequence[Sample], queue: str) -> Markup:
+        h = queue_series(samples, queue, BACKLOG_POINTS)
+        return charts.lines(
+            f"{queue}: backlog, in-flight and stuck (sampled every {sample_interval:g}s;"
+            f" at most {BACKLOG_POINTS} points, each the peak of its samples)",
+            h.at, [charts.Series("backlog", BACKLOG, h.backlog),
+                   charts.Series("in-flight", INFLIGHT, h.in_flight),
+                   charts.Series("stuck", STUCK, h.stuck)])
+    return draw
+
+
 def _overview_and_workers(st: State, window: int, after: str | None
                           ) -> tuple[QueuesOut, WorkersOut]:
     """The queues page's reads, the lease holders' beside the overview's."""
@@ -208,20 +224,14 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
     except DatabaseUnavailable as exc:
         return _unavailable(request, st, exc)
     rows = []
-    samples = st.history.samples()
+    taken, samples = st.history.snapshot()
     for q in data.queues:
         times = [p.at for p in q.throughput]
         flow = charts.stacked_bars(
             f"{q.queue}: jobs finished per {data.bucket_seconds // 60} min", times,
             [charts.Series("succeeded", OK, [p.succeeded for p in q.throughput]),
              charts.Series("dead", DEAD, [p.dead for p in q.throughput])])
-        h = queue_series(samples, q.queue, BACKLOG_POINTS)
-        backlog = charts.lines(
-            f"{q.queue}: backlog, in-flight and stuck (sampled every {st.api.sample_interval:g}s;"
-            f" at most {BACKLOG_POINTS} points, each the peak of its samples)",
-            h.at, [charts.Series("backlog", BACKLOG, h.backlog),
-                   charts.Series("in-flight", INFLIGHT, h.in_flight),
-                   charts.Series("stuck", STUCK, h.stuck)])
+        backlog = st.backlog_charts.chart(taken, samples, q.queue)
         rows.append({"q": q, "flow": flow, "backlog": backlog})
     keep = {"window": str(window)} if window != 30 else {}
     return templates.TemplateResponse(request, "queues.html", _ctx(

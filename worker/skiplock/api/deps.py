@@ -20,6 +20,7 @@ from ..db import Database, QueryScope, query_scope
 from ..errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SchemaMissing
 from ..preparation import Catalogue
 from . import access
+from .backlog_charts import BacklogCharts
 from .config import ApiSettings
 from .history import BacklogHistory
 from .last_pages import LastPages
@@ -47,6 +48,8 @@ class ApiState:
     # (api/side_by_side.py, api/last_pages.py)
     reads: SideBySide
     last_pages: LastPages
+    # the queues page's backlog charts, each drawn once per sample (api/backlog_charts.py)
+    backlog_charts: BacklogCharts
 
 
 T = TypeVar("T")

@@ -32,6 +32,7 @@ class BacklogHistory:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._taken = 0  # samples appended so far: what a chart drawn from them depends on
 
     def sample_once(self) -> None:
         try:
@@ -46,6 +47,7 @@ class BacklogHistory:
         self._failing = False
         with self._lock:
             self._ring.append(Sample(dt.datetime.now(dt.UTC), {s.queue: s for s in stats}))
+            self._taken += 1
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -65,8 +67,13 @@ class BacklogHistory:
             self._thread = None
 
     def samples(self) -> list[Sample]:
+        return self.snapshot()[1]
+
+    def snapshot(self) -> tuple[int, list[Sample]]:
+        """The samples, oldest first, with how many were ever taken: two snapshots with the
+        same count hold the same samples (the ring only changes by an append)."""
         with self._lock:
-            return list(self._ring)
+            return self._taken, list(self._ring)
 
 
 def sample_groups(n: int, at_most: int | None) -> list[range]:

@@ -32,7 +32,7 @@ from .models import (
     WorkerProcess,
     WorkersOut,
 )
-from .side_by_side import ONE_BY_ONE, SideBySide, discard
+from .side_by_side import ONE_BY_ONE, Reads, discard
 from .throughput import ThroughputCache
 
 # Jobs that are not finished: what "high retry" counts, offered as one filter.
@@ -223,7 +223,7 @@ OVERVIEW_PAGE_MAX = 1000
 def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
              window_minutes: int, queues: Sequence[str] = (), *, after: str | None = None,
              limit: int | None = None, backlog_points: int | None = None,
-             reads: SideBySide = ONE_BY_ONE, last_pages: LastPages | None = None
+             reads: Reads = ONE_BY_ONE, last_pages: LastPages | None = None
              ) -> QueuesOut:
     """One page of queues in name order: the ``limit`` queues after ``after`` (of those named,
     or of every queue with a task, live jobs, a pause or a job finished within the window),

@@ -13,10 +13,18 @@ import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("skiplock.api")
+
+
+class Reads(Protocol):
+    """How a caller runs its independent reads: SideBySide, or ONE_BY_ONE inline."""
+
+    def start(self, read: Callable[[], T]) -> Future[T]: ...
+
+    def close(self) -> None: ...
 
 
 class SideBySide:
@@ -34,12 +42,9 @@ class SideBySide:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
 
-class OneByOne(SideBySide):
+class OneByOne:
     """Each read at once in the caller's thread, when started: for callers that have no
     threads to spare (a script, a test of one read)."""
-
-    def __init__(self) -> None:
-        pass
 
     def start(self, read: Callable[[], T]) -> Future[T]:
         done: Future[T] = Future()

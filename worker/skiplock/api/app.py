@@ -31,13 +31,13 @@ from ..metrics import QueueStatsCollector, ScheduleCollector
 from ..preparation import Catalogue
 from ..settings import Settings
 from . import access, dashboard, routes
-from .backlog_charts import BacklogCharts
 from .config import ApiSettings
 from .deps import HERE, ApiState, blocking, public_unavailable, state_of
 from .history import BacklogHistory
 from .last_pages import LastPages
 from .limits import BodyLimit
 from .models import FieldProblem, IdempotencyProblem, Problem
+from .per_sample import PerSample
 from .side_by_side import SideBySide
 from .throughput import GRACE_SECONDS, ThroughputCache
 
@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                   # no more threads than read connections: a read never waits for a thread
                   # while holding one
                   reads=SideBySide(a.read_pool_size), last_pages=LastPages(),
-                  backlog_charts=BacklogCharts(dashboard.backlog_drawing(a.sample_interval)))
+                  backlog_charts=PerSample(), backlog_series=PerSample())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

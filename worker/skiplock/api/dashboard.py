@@ -9,6 +9,7 @@ forbids it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,6 @@ from .. import inspection
 from ..errors import DatabaseUnavailable, JobNotFound
 from ..names import MAX_QUEUE_NAME
 from . import access, charts, service
-from .backlog_charts import Draw
 from .deps import HERE, State, blocking, public_unavailable
 from .history import Sample, queue_series
 from .models import BIGINT_MAX, INT_MAX, JobState, QueuesOut, SessionIn, WorkersOut, check_text
@@ -181,17 +181,15 @@ def _after_problem(after: str) -> str | None:
     return None
 
 
-def backlog_drawing(sample_interval: float) -> Draw:
-    """How the queues page draws a queue's backlog chart from the sampler's ring."""
-    def draw(samples: Sequence[Sample], queue: str) -> Markup:
-        h = queue_series(samples, queue, BACKLOG_POINTS)
-        return charts.lines(
-            f"{queue}: backlog, in-flight and stuck (sampled every {sample_interval:g}s;"
-            f" at most {BACKLOG_POINTS} points, each the peak of its samples)",
-            h.at, [charts.Series("backlog", BACKLOG, h.backlog),
-                   charts.Series("in-flight", INFLIGHT, h.in_flight),
-                   charts.Series("stuck", STUCK, h.stuck)])
-    return draw
+def backlog_chart(samples: Sequence[Sample], queue: str, sample_interval: float) -> Markup:
+    """A queue's backlog chart on the queues page, from the sampler's ring."""
+    h = queue_series(samples, queue, BACKLOG_POINTS)
+    return charts.lines(
+        f"{queue}: backlog, in-flight and stuck (sampled every {sample_interval:g}s;"
+        f" at most {BACKLOG_POINTS} points, each the peak of its samples)",
+        h.at, [charts.Series("backlog", BACKLOG, h.backlog),
+               charts.Series("in-flight", INFLIGHT, h.in_flight),
+               charts.Series("stuck", STUCK, h.stuck)])
 
 
 def _overview_and_workers(st: State, window: int, after: str | None
@@ -231,7 +229,8 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
             f"{q.queue}: jobs finished per {data.bucket_seconds // 60} min", times,
             [charts.Series("succeeded", OK, [p.succeeded for p in q.throughput]),
              charts.Series("dead", DEAD, [p.dead for p in q.throughput])])
-        backlog = st.backlog_charts.chart(taken, samples, q.queue)
+        backlog = st.backlog_charts.get(taken, q.queue, functools.partial(
+            backlog_chart, samples, q.queue, st.api.sample_interval))
         rows.append({"q": q, "flow": flow, "backlog": backlog})
     keep = {"window": str(window)} if window != 30 else {}
     return templates.TemplateResponse(request, "queues.html", _ctx(

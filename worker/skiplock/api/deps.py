@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import Depends, Request
+from markupsafe import Markup
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..client import Client
@@ -20,10 +21,11 @@ from ..db import Database, QueryScope, query_scope
 from ..errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SchemaMissing
 from ..preparation import Catalogue
 from . import access
-from .backlog_charts import BacklogCharts
 from .config import ApiSettings
 from .history import BacklogHistory
 from .last_pages import LastPages
+from .models import BacklogPoint
+from .per_sample import PerSample
 from .side_by_side import SideBySide
 from .throughput import ThroughputCache
 
@@ -48,8 +50,10 @@ class ApiState:
     # (api/side_by_side.py, api/last_pages.py)
     reads: SideBySide
     last_pages: LastPages
-    # the queues page's backlog charts, each drawn once per sample (api/backlog_charts.py)
-    backlog_charts: BacklogCharts
+    # made once per backlog sample (api/per_sample.py): the queues page's charts by queue,
+    # and the API's thinned backlog history by (queue, points)
+    backlog_charts: PerSample[str, Markup]
+    backlog_series: PerSample[tuple[str, int | None], list[BacklogPoint]]
 
 
 T = TypeVar("T")

@@ -288,7 +288,8 @@ async def queues(st: State,
     `next_after` names the next page, `total_queues` counts them all."""
     return await blocking(st, lambda: service.overview(
         st.db, st.history, st.finished, window_minutes, queue, after=after, limit=limit,
-        backlog_points=backlog_points, reads=st.reads, last_pages=st.last_pages))
+        backlog_points=backlog_points, reads=st.reads, last_pages=st.last_pages,
+        backlog_series=st.backlog_series))
 
 
 @router.post("/v1/queues/{queue:anytext}/pause", dependencies=Auth, tags=["queues"],

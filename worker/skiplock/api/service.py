@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from .. import inspection, transitions
 from ..client import Client
 from ..db import Database
 from ..errors import JobNotFound
-from .history import BacklogHistory, queue_series
+from .history import BacklogHistory, Sample, queue_series
 from .last_pages import LastPages, still_to_count
 from .models import (
     AttemptError,
@@ -32,6 +33,7 @@ from .models import (
     WorkerProcess,
     WorkersOut,
 )
+from .per_sample import PerSample
 from .side_by_side import ONE_BY_ONE, Reads, discard
 from .throughput import ThroughputCache
 
@@ -220,10 +222,20 @@ BACKLOG_POINTS = 120
 OVERVIEW_PAGE_MAX = 1000
 
 
+def backlog_points_of(samples: Sequence[Sample], name: str, at_most: int | None
+                      ) -> list[BacklogPoint]:
+    """Queue ``name``'s backlog history in an overview: at most ``at_most`` points
+    (history.queue_series)."""
+    h = queue_series(samples, name, at_most)
+    return [BacklogPoint(at=at, backlog=b, in_flight=f, stuck=k, dead=d)
+            for at, b, f, k, d in zip(h.at, h.backlog, h.in_flight, h.stuck, h.dead, strict=True)]
+
+
 def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
              window_minutes: int, queues: Sequence[str] = (), *, after: str | None = None,
              limit: int | None = None, backlog_points: int | None = None,
-             reads: Reads = ONE_BY_ONE, last_pages: LastPages | None = None
+             reads: Reads = ONE_BY_ONE, last_pages: LastPages | None = None,
+             backlog_series: PerSample[tuple[str, int | None], list[BacklogPoint]] | None = None
              ) -> QueuesOut:
     """One page of queues in name order: the ``limit`` queues after ``after`` (of those named,
     or of every queue with a task, live jobs, a pause or a job finished within the window),
@@ -231,7 +243,8 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
     has the backlog samples this process took, all of them or at most ``backlog_points``
     (history.queue_series; 0: none, which the dashboard asks for: it draws its charts from
     queue_series itself, without the models). With ``last_pages``, the page's reads start together
-    on ``reads``, with the names this page listed last time (api/last_pages.py)."""
+    on ``reads``, with the names this page listed last time (api/last_pages.py). With
+    ``backlog_series``, a queue's backlog points are made once per sample (api/per_sample.py)."""
     if limit is None:  # a caller who names its queues gets them all (up to the maximum)
         limit = min(max(len(set(queues)), OVERVIEW_PAGE), OVERVIEW_PAGE_MAX)
     bucket = bucket_seconds_for(window_minutes)
@@ -269,7 +282,7 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
     if last_pages is not None:
         # a page of named queues says nothing of which queues finished jobs
         last_pages.remember(key, page, window_minutes, None if queues else recent)
-    samples = history.samples() if backlog_points != 0 else []
+    taken, samples = history.snapshot() if backlog_points != 0 else (0, [])
     out = []
     for name in page:  # the database's order: the one `after` pages by
         s = stats[name]  # queue_stats answers for every queue named, jobs or not
@@ -277,10 +290,9 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
                   for t in starts for c in (counts[t].get(name, (0, 0)),)]
         ok = sum(p.succeeded for p in series)
         dead = sum(p.dead for p in series)
-        h = queue_series(samples, name, backlog_points)
-        points = [BacklogPoint(at=at, backlog=b, in_flight=f, stuck=k, dead=d)
-                  for at, b, f, k, d in zip(h.at, h.backlog, h.in_flight, h.stuck, h.dead,
-                                            strict=True)]
+        make = functools.partial(backlog_points_of, samples, name, backlog_points)
+        points = (backlog_series.get(taken, (name, backlog_points), make)
+                  if backlog_series is not None and samples else make())
         out.append(QueueOut(
             queue=name, backlog=s.backlog, runnable=s.runnable, scheduled=s.scheduled,
             in_flight=s.in_flight, stuck=s.stuck, dead=s.dead, dead_last_hour=s.dead_last_hour,

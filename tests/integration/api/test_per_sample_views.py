@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from skiplock.api import dashboard, service
 from skiplock.api.config import ApiSettings
 from skiplock.api.deps import ApiState
+from skiplock.api.history import queue_series
 from tests.integration.api.conftest import READ, READ_TOKEN, settings
 from tests.integration.api.server import client, serve_app
 from tests.integration.api.test_api_queue_pages import only_queues
@@ -82,7 +83,7 @@ def test_the_apis_backlog_history_is_thinned_once_per_sample_and_is_what_the_sam
             got = {q["queue"]: q["backlog_history"] for q in r.json()["queues"]}
             samples = st.history.samples()
             fresh = {q: [p.model_dump(mode="json") for p in service.backlog_points_of(
-                samples, q, service.BACKLOG_POINTS if points is None else points)]
+                queue_series(samples, q, service.BACKLOG_POINTS if points is None else points))]
                 for q in NAMES}
             assert got == fresh
             return got

@@ -22,9 +22,8 @@ from ..errors import DatabaseUnavailable, EnqueueOutcomeUnknown, SchemaMissing
 from ..preparation import Catalogue
 from . import access
 from .config import ApiSettings
-from .history import BacklogHistory
+from .history import BacklogHistory, QueueSeries
 from .last_pages import LastPages
-from .models import BacklogPoint
 from .per_sample import PerSample
 from .side_by_side import SideBySide
 from .throughput import ThroughputCache
@@ -53,7 +52,7 @@ class ApiState:
     # made once per backlog sample (api/per_sample.py): the queues page's charts by queue,
     # and the API's thinned backlog history by (queue, points)
     backlog_charts: PerSample[str, Markup]
-    backlog_series: PerSample[tuple[str, int | None], list[BacklogPoint]]
+    backlog_series: PerSample[tuple[str, int | None], QueueSeries]
 
 
 T = TypeVar("T")

@@ -20,8 +20,8 @@ from typing import Generic, TypeVar
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-# Ten pages of 50 charts (~5 kB each at 120 points), or five API pages of 100 queues: a few
-# MB at most, whatever the number of queues.
+# Ten pages of 50 charts (~5 kB each at 120 points), or five API pages of 100 queues' series
+# (~5 kB each): a few MB at most, whatever the number of queues.
 KEEP = 500
 
 

@@ -12,7 +12,7 @@ from .. import inspection, transitions
 from ..client import Client
 from ..db import Database
 from ..errors import JobNotFound
-from .history import BacklogHistory, Sample, queue_series
+from .history import BacklogHistory, QueueSeries, queue_series
 from .last_pages import LastPages, still_to_count
 from .models import (
     AttemptError,
@@ -222,11 +222,8 @@ BACKLOG_POINTS = 120
 OVERVIEW_PAGE_MAX = 1000
 
 
-def backlog_points_of(samples: Sequence[Sample], name: str, at_most: int | None
-                      ) -> list[BacklogPoint]:
-    """Queue ``name``'s backlog history in an overview: at most ``at_most`` points
-    (history.queue_series)."""
-    h = queue_series(samples, name, at_most)
+def backlog_points_of(h: QueueSeries) -> list[BacklogPoint]:
+    """A queue's backlog history in an overview, from its (thinned) series."""
     return [BacklogPoint(at=at, backlog=b, in_flight=f, stuck=k, dead=d)
             for at, b, f, k, d in zip(h.at, h.backlog, h.in_flight, h.stuck, h.dead, strict=True)]
 
@@ -235,7 +232,7 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
              window_minutes: int, queues: Sequence[str] = (), *, after: str | None = None,
              limit: int | None = None, backlog_points: int | None = None,
              reads: Reads = ONE_BY_ONE, last_pages: LastPages | None = None,
-             backlog_series: PerSample[tuple[str, int | None], list[BacklogPoint]] | None = None
+             backlog_series: PerSample[tuple[str, int | None], QueueSeries] | None = None
              ) -> QueuesOut:
     """One page of queues in name order: the ``limit`` queues after ``after`` (of those named,
     or of every queue with a task, live jobs, a pause or a job finished within the window),
@@ -290,9 +287,10 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
                   for t in starts for c in (counts[t].get(name, (0, 0)),)]
         ok = sum(p.succeeded for p in series)
         dead = sum(p.dead for p in series)
-        make = functools.partial(backlog_points_of, samples, name, backlog_points)
-        points = (backlog_series.get(taken, (name, backlog_points), make)
-                  if backlog_series is not None and samples else make())
+        # the series is kept, not the models: 120 of them are ~120 kB, the series ~5 kB
+        thin = functools.partial(queue_series, samples, name, backlog_points)
+        points = backlog_points_of(backlog_series.get(taken, (name, backlog_points), thin)
+                                   if backlog_series is not None and samples else thin())
         out.append(QueueOut(
             queue=name, backlog=s.backlog, runnable=s.runnable, scheduled=s.scheduled,
             in_flight=s.in_flight, stuck=s.stuck, dead=s.dead, dead_last_hour=s.dead_last_hour,

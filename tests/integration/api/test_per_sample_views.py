@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
+import pytest
 from pydantic import SecretStr
 
 from skiplock.api import dashboard, service
@@ -32,75 +34,76 @@ def _backlog_figures(page: str) -> dict[str, str]:
         r'<figure class="queue-charts" data-queue="([^"]*)">(.*?)</figure>', page, re.S)}
 
 
-def test_a_backlog_chart_is_drawn_once_per_sample_and_is_what_the_samples_draw(
-        database_url: str, sql: Sql) -> None:
+@pytest.fixture
+def served(database_url: str, sql: Sql) -> Iterator[tuple[httpx.Client, ApiState]]:
+    """A real server over the NAMES queues, with its state (the sampler's first sample)."""
     only_queues(sql, NAMES)
     with serve_app(settings(database_url), ApiSettings(read_token=SecretStr(READ_TOKEN),
                                                        sample_interval=INTERVAL)) as (url, app), \
             client(url) as c:
         c.headers.update(READ)
-        st: ApiState = app.state.skiplock
+        yield c, app.state.skiplock
 
-        def view() -> dict[str, str]:
-            r = c.get("/ui/")
-            assert r.status_code == 200, r.text
-            assert HOSTILE not in r.text  # escaped in the chart's title as everywhere
-            charts = _backlog_figures(r.text)
-            samples = st.history.samples()
-            # what this view's samples draw, never older
-            assert charts == {q: str(dashboard.backlog_chart(samples, q, INTERVAL))
-                              for q in NAMES}, r.text[:3000]
-            return charts
 
-        first = view()
-        assert st.backlog_charts.made == len(NAMES)
-        sql("INSERT INTO jobs (task, queue) SELECT 'task1', 'busy' FROM generate_series(1, 9)")
-        again = c.get("/ui/").text
-        # the counts are read live (9 queued), the chart waits for the next sample
-        row = re.search(r'<tr data-queue="busy".*?data-col="backlog">9<', again, re.S)
-        assert row, again[:3000]
-        assert _backlog_figures(again) == first and st.backlog_charts.made == len(NAMES)
-        st.history.sample_once()
-        second = view()
-        assert st.backlog_charts.made == 2 * len(NAMES)
-        assert second["busy"] != first["busy"] and "latest 9" in second["busy"]
-        assert view() == second and st.backlog_charts.made == 2 * len(NAMES)
+def test_a_backlog_chart_is_drawn_once_per_sample_and_is_what_the_samples_draw(
+        served: tuple[httpx.Client, ApiState], sql: Sql) -> None:
+    c, st = served
+
+    def view() -> dict[str, str]:
+        r = c.get("/ui/")
+        assert r.status_code == 200, r.text
+        assert HOSTILE not in r.text  # escaped in the chart's title as everywhere
+        charts = _backlog_figures(r.text)
+        samples = st.history.samples()
+        # what this view's samples draw, never older
+        assert charts == {q: str(dashboard.backlog_chart(samples, q, INTERVAL))
+                          for q in NAMES}, r.text[:3000]
+        return charts
+
+    first = view()
+    assert st.backlog_charts.made == len(NAMES)
+    sql("INSERT INTO jobs (task, queue) SELECT 'task1', 'busy' FROM generate_series(1, 9)")
+    again = c.get("/ui/").text
+    # the counts are read live (9 queued), the chart waits for the next sample
+    row = re.search(r'<tr data-queue="busy".*?data-col="backlog">9<', again, re.S)
+    assert row, again[:3000]
+    assert _backlog_figures(again) == first and st.backlog_charts.made == len(NAMES)
+    st.history.sample_once()
+    second = view()
+    assert st.backlog_charts.made == 2 * len(NAMES)
+    assert second["busy"] != first["busy"] and "latest 9" in second["busy"]
+    assert view() == second and st.backlog_charts.made == 2 * len(NAMES)
 
 
 def test_the_apis_backlog_history_is_thinned_once_per_sample_and_is_what_the_samples_give(
-        database_url: str, sql: Sql) -> None:
-    only_queues(sql, NAMES)
-    with serve_app(settings(database_url), ApiSettings(read_token=SecretStr(READ_TOKEN),
-                                                       sample_interval=INTERVAL)) as (url, app), \
-            client(url) as c:
-        c.headers.update(READ)
-        st: ApiState = app.state.skiplock
+        served: tuple[httpx.Client, ApiState], sql: Sql) -> None:
+    c, st = served
 
-        def history(points: int | None) -> dict[str, list[dict[str, Any]]]:
-            params = {} if points is None else {"backlog_points": points}
-            r = c.get("/v1/queues", params=params)
-            assert r.status_code == 200, r.text
-            got = {q["queue"]: q["backlog_history"] for q in r.json()["queues"]}
-            samples = st.history.samples()
-            fresh = {q: [p.model_dump(mode="json") for p in service.backlog_points_of(
-                queue_series(samples, q, service.BACKLOG_POINTS if points is None else points))]
-                for q in NAMES}
-            assert got == fresh
-            return got
+    def history(points: int | None) -> dict[str, list[dict[str, Any]]]:
+        params = {} if points is None else {"backlog_points": points}
+        r = c.get("/v1/queues", params=params)
+        assert r.status_code == 200, r.text
+        got = {q["queue"]: q["backlog_history"] for q in r.json()["queues"]}
+        samples = st.history.samples()
+        fresh = {q: [p.model_dump(mode="json") for p in service.backlog_points_of(
+            queue_series(samples, q, service.BACKLOG_POINTS if points is None else points))]
+            for q in NAMES}
+        assert got == fresh
+        return got
 
-        for _ in range(4):  # samples enough for 2 points to thin them
-            st.history.sample_once()
-        sql("INSERT INTO jobs (task, queue) SELECT 'task1', 'busy' FROM generate_series(1, 9)")
-        made = st.backlog_series.made
-        first = history(None)
-        assert st.backlog_series.made == made + len(NAMES)
-        assert history(None) == first and st.backlog_series.made == made + len(NAMES)
-        assert [p["backlog"] for p in first["busy"]] == [0] * 5  # the jobs are not sampled yet
-        two = history(2)  # another number of points is kept apart
-        assert len(two["busy"]) == 2 and st.backlog_series.made == made + 2 * len(NAMES)
-        assert history(0) == {q: [] for q in NAMES}  # none: nothing to make
-        assert st.backlog_series.made == made + 2 * len(NAMES)
+    for _ in range(4):  # samples enough for 2 points to thin them
         st.history.sample_once()
-        after = history(None)
-        assert st.backlog_series.made == made + 3 * len(NAMES)
-        assert [p["backlog"] for p in after["busy"]] == [0] * 5 + [9]
+    sql("INSERT INTO jobs (task, queue) SELECT 'task1', 'busy' FROM generate_series(1, 9)")
+    made = st.backlog_series.made
+    first = history(None)
+    assert st.backlog_series.made == made + len(NAMES)
+    assert history(None) == first and st.backlog_series.made == made + len(NAMES)
+    assert [p["backlog"] for p in first["busy"]] == [0] * 5  # the jobs are not sampled yet
+    two = history(2)  # another number of points is kept apart
+    assert len(two["busy"]) == 2 and st.backlog_series.made == made + 2 * len(NAMES)
+    assert history(0) == {q: [] for q in NAMES}  # none: nothing to make
+    assert st.backlog_series.made == made + 2 * len(NAMES)
+    st.history.sample_once()
+    after = history(None)
+    assert st.backlog_series.made == made + 3 * len(NAMES)
+    assert [p["backlog"] for p in after["busy"]] == [0] * 5 + [9]

@@ -286,7 +286,7 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
                 if (r := http.get(path)).status_code != 200:
                     raise RuntimeError(f"GET {path}: {r.status_code} {r.text[:300]}")
             out[name] = timed(get_full, min(calls, 10))
-        # /ui/ above reuses each backlog chart until the next sample (api/backlog_charts.py):
+        # /ui/ above reuses each backlog chart until the next sample (api/per_sample.py):
         # a view right after a sample draws every chart of its page again
         misses = []
         for _ in range(min(calls, 10)):

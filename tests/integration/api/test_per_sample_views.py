@@ -21,6 +21,7 @@ from skiplock.api.history import queue_series
 from tests.integration.api.conftest import READ, READ_TOKEN, settings
 from tests.integration.api.server import client, serve_app
 from tests.integration.api.test_api_queue_pages import only_queues
+from tests.support.waits import wait_until
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 HOSTILE = "<script>alert(1)</script>&\"'"
@@ -42,7 +43,10 @@ def served(database_url: str, sql: Sql) -> Iterator[tuple[httpx.Client, ApiState
                                                        sample_interval=INTERVAL)) as (url, app), \
             client(url) as c:
         c.headers.update(READ)
-        yield c, app.state.skiplock
+        st: ApiState = app.state.skiplock
+        # the sampler takes its first sample in its own thread once the server is up
+        wait_until(lambda: st.history.snapshot()[0] >= 1, message="the first sample")
+        yield c, st
 
 
 def test_a_backlog_chart_is_drawn_once_per_sample_and_is_what_the_samples_draw(
@@ -102,6 +106,9 @@ def test_the_apis_backlog_history_is_thinned_once_per_sample_and_is_what_the_sam
     two = history(2)  # another number of points is kept apart
     assert len(two["busy"]) == 2 and st.backlog_series.made == made + 2 * len(NAMES)
     assert history(0) == {q: [] for q in NAMES}  # none: nothing to make
+    assert st.backlog_series.made == made + 2 * len(NAMES)
+    # more points than the default are thinned on every call, never kept
+    assert len(history(service.BACKLOG_POINTS + 1)["busy"]) == 5
     assert st.backlog_series.made == made + 2 * len(NAMES)
     st.history.sample_once()
     after = history(None)

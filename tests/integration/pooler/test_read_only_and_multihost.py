@@ -56,9 +56,10 @@ def _terminate(admin: psycopg.Connection[Any], name: str) -> None:
     call waits until the backend has gone (its FATAL message then waits on the client's
     socket): without the wait a producer's next enqueue could race the termination, its
     one try lost on the link, and its outcome honestly unknown."""
-    admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                  "WHERE datname = %s AND pid <> pg_backend_pid() "
-                  "AND application_name LIKE 'skiplock%%'", [name])  # not the test's own
+    ended = admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid() "
+                          "AND application_name LIKE 'skiplock%%'", [name]).fetchall()
+    assert all(r[0] for r in ended), f"a backend outlived its termination: {ended}"
 
 
 def test_a_read_only_server_is_reconnect_for_producers(pg: PgServer, database_url: str) -> None:

@@ -20,14 +20,16 @@ from typing import Generic, TypeVar
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-# Ten pages of 50 charts (~5 kB each at 120 points), or five API pages of 100 queues' series
-# (~5 kB each): a few MB at most, whatever the number of queues.
-KEEP = 500
+# The largest page (service.OVERVIEW_PAGE_MAX): a page of 1,000 queues finds its own values
+# again. Each value is at most ~5 kB (a chart or a series of at most 120 points: the API keeps
+# no larger series), so ~5 MB per PerSample at most, whatever the number of queues.
+KEEP = 1000
 
 
 class PerSample(Generic[K, V]):
     """Values by key, each made once per snapshot of the samples (BacklogHistory.snapshot's
-    count): kept until a newer snapshot, ``keep`` at most (the least recently used go)."""
+    count): kept until a newer snapshot, ``keep`` at most (the least recently used go). One
+    PerSample serves one BacklogHistory: the counts of two histories are not comparable."""
 
     def __init__(self, keep: int = KEEP) -> None:
         self._keep = keep

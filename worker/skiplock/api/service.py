@@ -241,7 +241,8 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
     (history.queue_series; 0: none, which the dashboard asks for: it draws its charts from
     queue_series itself, without the models). With ``last_pages``, the page's reads start together
     on ``reads``, with the names this page listed last time (api/last_pages.py). With
-    ``backlog_series``, a queue's backlog points are made once per sample (api/per_sample.py)."""
+    ``backlog_series`` (made for this ``history``), a queue's series of at most BACKLOG_POINTS
+    points is thinned once per sample (api/per_sample.py)."""
     if limit is None:  # a caller who names its queues gets them all (up to the maximum)
         limit = min(max(len(set(queues)), OVERVIEW_PAGE), OVERVIEW_PAGE_MAX)
     bucket = bucket_seconds_for(window_minutes)
@@ -280,6 +281,11 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
         # a page of named queues says nothing of which queues finished jobs
         last_pages.remember(key, page, window_minutes, None if queues else recent)
     taken, samples = history.snapshot() if backlog_points != 0 else (0, [])
+    # The series are kept, not the models (120 models are ~120 kB, their series ~5 kB), and
+    # only up to the default's points: a caller asking for every sample of a long history
+    # would otherwise keep MBs per queue until the next sample.
+    kept = (backlog_series if samples and backlog_points is not None
+            and backlog_points <= BACKLOG_POINTS else None)
     out = []
     for name in page:  # the database's order: the one `after` pages by
         s = stats[name]  # queue_stats answers for every queue named, jobs or not
@@ -287,10 +293,9 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
                   for t in starts for c in (counts[t].get(name, (0, 0)),)]
         ok = sum(p.succeeded for p in series)
         dead = sum(p.dead for p in series)
-        # the series is kept, not the models: 120 of them are ~120 kB, the series ~5 kB
         thin = functools.partial(queue_series, samples, name, backlog_points)
-        points = backlog_points_of(backlog_series.get(taken, (name, backlog_points), thin)
-                                   if backlog_series is not None and samples else thin())
+        points = backlog_points_of(kept.get(taken, (name, backlog_points), thin)
+                                   if kept is not None else thin())
         out.append(QueueOut(
             queue=name, backlog=s.backlog, runnable=s.runnable, scheduled=s.scheduled,
             in_flight=s.in_flight, stuck=s.stuck, dead=s.dead, dead_last_hour=s.dead_last_hour,

@@ -281,7 +281,7 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
         # a page of named queues says nothing of which queues finished jobs
         last_pages.remember(key, page, window_minutes, None if queues else recent)
     taken, samples = history.snapshot() if backlog_points != 0 else (0, [])
-    # The series are kept, not the models (120 models are ~120 kB, their series ~5 kB), and
+    # The series are kept, not the models (120 models are ~120 kB, their series ~9 kB), and
     # only up to the default's points: a caller asking for every sample of a long history
     # would otherwise keep MBs per queue until the next sample.
     kept = (backlog_series if samples and backlog_points is not None

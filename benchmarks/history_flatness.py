@@ -31,6 +31,7 @@ count, pgbench and the workers a time limit.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -163,11 +164,18 @@ def load_queues(url: str) -> None:
 
 # -- measurements -----------------------------------------------------------------------------
 
-def timed(fn: Callable[[], object], calls: int) -> dict[str, float]:
+def timed(fn: Callable[[], object], calls: int,
+          before: Callable[[], object] | None = None) -> dict[str, float]:
+    """``fn``'s latency over ``calls`` calls after 3 to warm up; ``before`` runs untimed
+    ahead of each call (e.g. a new backlog sample, so that each call is a cache miss)."""
     for _ in range(3):  # warm: prepared statements, caches
+        if before is not None:
+            before()
         fn()
     seconds = []
     for _ in range(calls):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
         seconds.append(time.perf_counter() - t0)
@@ -250,22 +258,21 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
                      ApiSettings(trusted_hosts=["testserver"], sample_interval=3600))
     out: dict[str, Any] = {}
     with TestClient(app) as http:
+        def get(path: str) -> None:
+            if (r := http.get(path)).status_code != 200:
+                raise RuntimeError(f"GET {path}: {r.status_code} {r.text[:300]}")
+
         # A new API process's first page reads the whole window (api/throughput.py); each
         # later one reads only the buckets still open. Both are figures.
         t0 = time.perf_counter()
-        if (r := http.get("/v1/queues")).status_code != 200:
-            raise RuntimeError(f"GET /v1/queues: {r.status_code} {r.text[:300]}")
+        get("/v1/queues")
         out["api_queues_first_ms"] = (time.perf_counter() - t0) * 1000
         # the first page of each (what an operator opens), and every queue in one call
         pages = (("api_queues", "/v1/queues"), ("ui_overview", "/ui/"),
                  ("api_all", f"/v1/queues?limit={QUEUES}"))
         for name, path in pages:
-            def get(path: str = path) -> None:
-                r = http.get(path)
-                if r.status_code != 200:
-                    raise RuntimeError(f"GET {path}: {r.status_code} {r.text[:300]}")
             # each call is ~0.5-3 s at 1,000 queues: a few calls say what it costs
-            out[name] = timed(get, min(calls, 10))
+            out[name] = timed(functools.partial(get, path), min(calls, 10))
         page = http.get("/v1/queues").json()
         # The pages again with the backlog history a default API process holds after an hour
         # (history_size 360 samples): the figures above have the one sample taken at start,
@@ -282,20 +289,11 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
                 ("api_queues_every_sample", f"/v1/queues?backlog_points={size}"),
                 ("ui_overview_full_history", "/ui/"))
         for name, path in full:
-            def get_full(path: str = path) -> None:
-                if (r := http.get(path)).status_code != 200:
-                    raise RuntimeError(f"GET {path}: {r.status_code} {r.text[:300]}")
-            out[name] = timed(get_full, min(calls, 10))
+            out[name] = timed(functools.partial(get, path), min(calls, 10))
         # /ui/ above reuses each backlog chart until the next sample (api/per_sample.py):
         # a view right after a sample draws every chart of its page again
-        misses = []
-        for _ in range(min(calls, 10)):
-            history.sample_once()
-            t0 = time.perf_counter()
-            if (r := http.get("/ui/")).status_code != 200:
-                raise RuntimeError(f"GET /ui/: {r.status_code} {r.text[:300]}")
-            misses.append(time.perf_counter() - t0)
-        out["ui_overview_after_a_sample"] = latency_summary(misses)
+        out["ui_overview_after_a_sample"] = timed(functools.partial(get, "/ui/"),
+                                                  min(calls, 10), before=history.sample_once)
         out["api_queues_full_history_bytes"] = len(http.get("/v1/queues").content)
         out["api_queues_every_sample_bytes"] = len(
             http.get(f"/v1/queues?backlog_points={size}").content)

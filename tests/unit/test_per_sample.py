@@ -3,12 +3,17 @@ come in, each gets what its own snapshot makes, and a repeat makes nothing."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from skiplock.api.history import BacklogHistory
 from skiplock.api.per_sample import PerSample
+from skiplock.inspection import QueueStats
 
 
 def _make(taken: int, key: str) -> str:
@@ -54,3 +59,28 @@ def test_views_at_once_each_get_their_value() -> None:
     for t in threads:
         t.join()
     assert wrong == []
+
+
+def test_the_sampler_survives_an_unexpected_error_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in one sample (not an outage: no SkiplockError) is logged and the next interval
+    samples again; the thread does not die silently, freezing every chart."""
+    calls: list[int] = []
+
+    def sample() -> list[QueueStats]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return []
+
+    history = BacklogHistory(sample, interval=0.01, size=5)
+    with caplog.at_level(logging.ERROR, logger="skiplock.api.history"):
+        history.start()
+        try:
+            deadline = time.monotonic() + 10
+            while history.snapshot()[0] < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            history.stop()
+    assert history.snapshot()[0] >= 2, "the sampler stopped after the error"
+    assert "unexpected error" in caplog.text and "a bug" in caplog.text

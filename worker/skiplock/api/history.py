@@ -51,7 +51,12 @@ class BacklogHistory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.sample_once()
+            try:
+                self.sample_once()
+            except Exception:  # a bug, not an outage: said, and tried again next interval
+                # (a sampler thread that died would leave every chart frozen, silently)
+                log.exception("backlog sampling: unexpected error; trying again in %gs",
+                              self.interval)
             self._stop.wait(self.interval)
 
     def start(self) -> None:

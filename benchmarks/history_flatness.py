@@ -290,10 +290,20 @@ def overview_figures(url: str, calls: int) -> dict[str, Any]:
                 ("ui_overview_full_history", "/ui/"))
         for name, path in full:
             out[name] = timed(functools.partial(get, path), min(calls, 10))
-        # /ui/ above reuses each backlog chart until the next sample (api/per_sample.py):
-        # a view right after a sample draws every chart of its page again
+        # /ui/ above reuses each backlog chart until the next sample (api/per_sample.py),
+        # and the sampler draws again, before it publishes a sample, the charts viewed since
+        # the last one: a page kept open finds them drawn. A page nobody viewed in the last
+        # interval draws its own (two samples, no view between them).
         out["ui_overview_after_a_sample"] = timed(functools.partial(get, "/ui/"),
                                                   min(calls, 10), before=history.sample_once)
+        out["ui_overview_unviewed_after_a_sample"] = timed(
+            functools.partial(get, "/ui/"), min(calls, 10),
+            before=lambda: (history.sample_once(), history.sample_once()))
+        # what the sampler's thread pays for that: a sample with nothing viewed, and one after
+        # a view of the first page (its 50 charts drawn ahead)
+        out["sample_nothing_viewed"] = timed(history.sample_once, min(calls, 10))
+        out["sample_after_a_view"] = timed(history.sample_once, min(calls, 10),
+                                           before=functools.partial(get, "/ui/"))
         out["api_queues_full_history_bytes"] = len(http.get("/v1/queues").content)
         out["api_queues_every_sample_bytes"] = len(
             http.get(f"/v1/queues?backlog_points={size}").content)
@@ -386,8 +396,16 @@ def report(res: dict[str, Any], history: int) -> list[str]:
             lines.append(f"    GET /ui/, charts kept since the last sample: "
                          f"{ms(o['ui_overview_full_history'])}")
             if "ui_overview_after_a_sample" in o:
-                lines.append(f"    GET /ui/ right after a sample (redrawn):     "
+                lines.append(f"    GET /ui/ right after a sample, page open:    "
                              f"{ms(o['ui_overview_after_a_sample'])}")
+            if "ui_overview_unviewed_after_a_sample" in o:
+                lines.append(f"    GET /ui/ after a sample, nobody viewing:     "
+                             f"{ms(o['ui_overview_unviewed_after_a_sample'])}")
+            if "sample_after_a_view" in o:
+                lines.append(f"    a sample (sampler thread), nothing viewed:   "
+                             f"{ms(o['sample_nothing_viewed'])}")
+                lines.append(f"    a sample after a /ui/ view (charts ahead):   "
+                             f"{ms(o['sample_after_a_view'])}")
     return lines
 
 

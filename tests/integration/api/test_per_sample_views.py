@@ -72,11 +72,21 @@ def test_a_backlog_chart_is_drawn_once_per_sample_and_is_what_the_samples_draw(
     row = re.search(r'<tr data-queue="busy".*?data-col="backlog">9<', again, re.S)
     assert row, again[:3000]
     assert _backlog_figures(again) == first and st.backlog_charts.made == len(NAMES)
+    # the sampler draws again, before it publishes a sample, the charts viewed since the
+    # last one: the next view draws none
     st.history.sample_once()
+    assert st.backlog_charts.renewed == len(NAMES)
     second = view()
-    assert st.backlog_charts.made == 2 * len(NAMES)
+    assert st.backlog_charts.made == len(NAMES)
     assert second["busy"] != first["busy"] and "latest 9" in second["busy"]
-    assert view() == second and st.backlog_charts.made == 2 * len(NAMES)
+    assert view() == second and st.backlog_charts.made == len(NAMES)
+    # a page nobody viewed in the last interval is not drawn ahead: its first view draws it
+    sql("DELETE FROM jobs WHERE queue = 'busy'")
+    st.history.sample_once()
+    st.history.sample_once()
+    assert st.backlog_charts.renewed == 2 * len(NAMES)
+    third = view()
+    assert st.backlog_charts.made == 2 * len(NAMES) and "latest 0" in third["busy"]
 
 
 def test_the_apis_backlog_history_is_thinned_once_per_sample_and_is_what_the_samples_give(
@@ -110,7 +120,11 @@ def test_the_apis_backlog_history_is_thinned_once_per_sample_and_is_what_the_sam
     # more points than the default are thinned on every call, never kept
     assert len(history(service.BACKLOG_POINTS + 1)["busy"]) == 5
     assert st.backlog_series.made == made + 2 * len(NAMES)
+    renewed = st.backlog_series.renewed
     st.history.sample_once()
+    # both kept numbers of points were asked for since the last sample: thinned ahead
+    assert st.backlog_series.renewed == renewed + 2 * len(NAMES)
     after = history(None)
-    assert st.backlog_series.made == made + 3 * len(NAMES)
     assert [p["backlog"] for p in after["busy"]] == [0] * 5 + [9]
+    assert len(history(2)["busy"]) == 2
+    assert st.backlog_series.made == made + 2 * len(NAMES)

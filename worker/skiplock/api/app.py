@@ -33,7 +33,7 @@ from ..settings import Settings
 from . import access, dashboard, routes
 from .config import ApiSettings
 from .deps import HERE, ApiState, blocking, public_unavailable, state_of
-from .history import BacklogHistory
+from .history import BacklogHistory, queue_series
 from .last_pages import LastPages
 from .limits import BodyLimit
 from .models import FieldProblem, IdempotencyProblem, Problem
@@ -160,7 +160,11 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                   # no more threads than read connections: a read never waits for a thread
                   # while holding one
                   reads=SideBySide(a.read_pool_size), last_pages=LastPages(),
-                  backlog_charts=PerSample(), backlog_series=PerSample())
+                  backlog_charts=PerSample(lambda samples, queue: dashboard.backlog_chart(
+                      samples, queue, a.sample_interval)),
+                  backlog_series=PerSample(lambda samples, key: queue_series(samples, *key)))
+    history.before_publish(st.backlog_charts.renew)
+    history.before_publish(st.backlog_series.renew)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -9,7 +9,6 @@ forbids it.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -229,8 +228,7 @@ async def queues_page(request: Request, st: State) -> HTMLResponse:
             f"{q.queue}: jobs finished per {data.bucket_seconds // 60} min", times,
             [charts.Series("succeeded", OK, [p.succeeded for p in q.throughput]),
              charts.Series("dead", DEAD, [p.dead for p in q.throughput])])
-        backlog = st.backlog_charts.get(taken, q.queue, functools.partial(
-            backlog_chart, samples, q.queue, st.api.sample_interval))
+        backlog = st.backlog_charts.get(taken, samples, q.queue)
         rows.append({"q": q, "flow": flow, "backlog": backlog})
     keep = {"window": str(window)} if window != 30 else {}
     return templates.TemplateResponse(request, "queues.html", _ctx(

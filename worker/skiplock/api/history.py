@@ -33,8 +33,21 @@ class BacklogHistory:
         self._thread: threading.Thread | None = None
         self._failing = False
         self._taken = 0  # samples appended so far: what a chart drawn from them depends on
+        # one sample at a time (the thread's, or a test's or benchmark's own), so a count
+        # names one list of samples
+        self._sampling = threading.Lock()
+        self._before_publish: list[Callable[[int, list[Sample]], None]] = []
+
+    def before_publish(self, renew: Callable[[int, list[Sample]], None]) -> None:
+        """Call ``renew(taken, samples)`` with each new snapshot before views can see it (in
+        the sampler's thread): what it makes from them is ready when they do."""
+        self._before_publish.append(renew)
 
     def sample_once(self) -> None:
+        with self._sampling:
+            self._sample_once()
+
+    def _sample_once(self) -> None:
         try:
             stats = self._sample()
         except SkiplockError as exc:
@@ -45,9 +58,20 @@ class BacklogHistory:
         if self._failing:
             log.info("backlog sampling resumed")
         self._failing = False
+        new = Sample(dt.datetime.now(dt.UTC), {s.queue: s for s in stats})
         with self._lock:
-            self._ring.append(Sample(dt.datetime.now(dt.UTC), {s.queue: s for s in stats}))
-            self._taken += 1
+            ring = collections.deque(self._ring, maxlen=self._ring.maxlen)
+            taken = self._taken + 1
+        ring.append(new)
+        samples = list(ring)  # what snapshot() will give once it is published
+        for renew in self._before_publish:
+            try:
+                renew(taken, samples)
+            except Exception:  # the views make their own; the sample is still published
+                log.exception("backlog sampling: making the charts ahead of views failed")
+        with self._lock:
+            self._ring.append(new)
+            self._taken = taken
 
     def _run(self) -> None:
         while not self._stop.is_set():

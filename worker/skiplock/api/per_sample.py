@@ -8,14 +8,20 @@ and every viewer asks for the same queues. With an hour of samples at 1,000 queu
 of a page of 50 charts, ~20 ms of an API page of 100 queues. So each is kept until the next
 sample and shared by every view until then. A new sample drops everything kept: what a view
 gets is never older than the samples it read.
+
+The sampler also makes again, before it publishes a sample, the values views asked for since
+the last one (``renew``): an open page then finds its charts made when it next refreshes,
+instead of the first view after each sample paying for them (~40 ms of a 50-queue page).
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
+
+from .history import Sample
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -28,30 +34,39 @@ KEEP = 1000
 
 
 class PerSample(Generic[K, V]):
-    """Values by key, each made once per snapshot of the samples (BacklogHistory.snapshot's
-    count): kept until a newer snapshot, ``keep`` at most (the least recently used go). One
-    PerSample serves one BacklogHistory: the counts of two histories are not comparable."""
+    """Values by key, each ``make(samples, key)`` once per snapshot of the samples
+    (BacklogHistory.snapshot's count): kept until a newer snapshot, ``keep`` at most (the
+    least recently used go). One PerSample serves one BacklogHistory: the counts of two
+    histories are not comparable."""
 
-    def __init__(self, keep: int = KEEP) -> None:
+    def __init__(self, make: Callable[[Sequence[Sample], K], V], keep: int = KEEP) -> None:
+        self._make = make
         self._keep = keep
         self._lock = threading.Lock()
         self._taken = -1
         self._kept: collections.OrderedDict[K, V] = collections.OrderedDict()
-        self.made = 0  # values made (the misses), for tests and benchmarks
+        # keys views asked for at self._taken, least recently first: what renew makes again
+        self._asked: collections.OrderedDict[K, None] = collections.OrderedDict()
+        self.made = 0  # values views made (their misses), for tests and benchmarks
+        self.renewed = 0  # values the sampler made ahead of views
 
-    def get(self, taken: int, key: K, make: Callable[[], V]) -> V:
-        """The value for ``key`` from snapshot ``taken``: kept, or ``make()`` (which must
-        make it from that snapshot's samples)."""
+    def get(self, taken: int, samples: Sequence[Sample], key: K) -> V:
+        """The value for ``key`` from snapshot ``taken`` (whose samples are ``samples``):
+        kept, or made now."""
         with self._lock:
             if taken > self._taken:  # a new sample: what is kept is out of date
-                self._kept.clear()
-                self._taken = taken
-            if taken == self._taken and key in self._kept:
-                self._kept.move_to_end(key)
-                return self._kept[key]
+                self._start(taken, {})
+            if taken == self._taken:
+                self._asked[key] = None
+                self._asked.move_to_end(key)
+                while len(self._asked) > self._keep:
+                    self._asked.popitem(last=False)
+                if key in self._kept:
+                    self._kept.move_to_end(key)
+                    return self._kept[key]
         # Made outside the lock: views making other keys do not wait on this one. A view
         # holding an older snapshot than what is kept makes its own and keeps none.
-        value = make()
+        value = self._make(samples, key)
         with self._lock:
             self.made += 1
             if taken == self._taken:
@@ -59,3 +74,24 @@ class PerSample(Generic[K, V]):
                 while len(self._kept) > self._keep:
                     self._kept.popitem(last=False)
         return value
+
+    def renew(self, taken: int, samples: Sequence[Sample]) -> None:
+        """Before snapshot ``taken`` is published (BacklogHistory.sample_once): make from its
+        ``samples`` the values views asked for at the snapshot before, and keep them for it.
+        Views meanwhile still get what is kept for theirs. A key nobody asks for again is made
+        once more at most."""
+        with self._lock:
+            if taken <= self._taken:
+                return
+            keys = list(self._asked)
+        made = {key: self._make(samples, key) for key in keys}  # outside the lock, as in get
+        with self._lock:
+            if taken > self._taken:
+                self.renewed += len(made)
+                self._start(taken, made)
+
+    def _start(self, taken: int, made: dict[K, V]) -> None:
+        """Keep ``made`` for snapshot ``taken``, and nothing older (the lock is held)."""
+        self._taken = taken
+        self._kept = collections.OrderedDict(made)
+        self._asked = collections.OrderedDict()

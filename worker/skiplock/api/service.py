@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -293,9 +292,9 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
                   for t in starts for c in (counts[t].get(name, (0, 0)),)]
         ok = sum(p.succeeded for p in series)
         dead = sum(p.dead for p in series)
-        thin = functools.partial(queue_series, samples, name, backlog_points)
-        points = backlog_points_of(kept.get(taken, (name, backlog_points), thin)
-                                   if kept is not None else thin())
+        points = backlog_points_of(kept.get(taken, samples, (name, backlog_points))
+                                   if kept is not None
+                                   else queue_series(samples, name, backlog_points))
         out.append(QueueOut(
             queue=name, backlog=s.backlog, runnable=s.runnable, scheduled=s.scheduled,
             in_flight=s.in_flight, stuck=s.stuck, dead=s.dead, dead_last_hour=s.dead_last_hour,

@@ -30,14 +30,13 @@ from ..errors import (
 from ..metrics import QueueStatsCollector, ScheduleCollector
 from ..preparation import Catalogue
 from ..settings import Settings
-from . import access, dashboard, routes
+from . import access, dashboard, routes, service
 from .config import ApiSettings
 from .deps import HERE, ApiState, blocking, public_unavailable, state_of
-from .history import BacklogHistory, queue_series
+from .history import BacklogHistory
 from .last_pages import LastPages
 from .limits import BodyLimit
 from .models import FieldProblem, IdempotencyProblem, Problem
-from .per_sample import PerSample
 from .side_by_side import SideBySide
 from .throughput import GRACE_SECONDS, ThroughputCache
 
@@ -160,11 +159,10 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                   # no more threads than read connections: a read never waits for a thread
                   # while holding one
                   reads=SideBySide(a.read_pool_size), last_pages=LastPages(),
-                  backlog_charts=PerSample(lambda samples, queue: dashboard.backlog_chart(
-                      samples, queue, a.sample_interval)),
-                  backlog_series=PerSample(lambda samples, key: queue_series(samples, *key)))
-    history.before_publish(st.backlog_charts.renew)
-    history.before_publish(st.backlog_series.renew)
+                  backlog_charts=dashboard.backlog_charts(a.sample_interval),
+                  backlog_series=service.backlog_series())
+    history.before_publish("the backlog charts", st.backlog_charts.renew)
+    history.before_publish("the backlog series", st.backlog_series.renew)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

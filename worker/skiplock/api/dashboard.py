@@ -26,6 +26,7 @@ from . import access, charts, service
 from .deps import HERE, State, blocking, public_unavailable
 from .history import Sample, queue_series
 from .models import BIGINT_MAX, INT_MAX, JobState, QueuesOut, SessionIn, WorkersOut, check_text
+from .per_sample import PerSample
 from .side_by_side import discard
 
 router = APIRouter(include_in_schema=False)
@@ -189,6 +190,12 @@ def backlog_chart(samples: Sequence[Sample], queue: str, sample_interval: float)
         h.at, [charts.Series("backlog", BACKLOG, h.backlog),
                charts.Series("in-flight", INFLIGHT, h.in_flight),
                charts.Series("stuck", STUCK, h.stuck)])
+
+
+def backlog_charts(sample_interval: float) -> PerSample[str, Markup]:
+    """The queues page's backlog charts by queue, made once per sample (api/per_sample.py):
+    what ``queues_page`` gets from ``State.backlog_charts``."""
+    return PerSample(lambda samples, queue: backlog_chart(samples, queue, sample_interval))
 
 
 def _overview_and_workers(st: State, window: int, after: str | None

@@ -36,12 +36,12 @@ class BacklogHistory:
         # one sample at a time (the thread's, or a test's or benchmark's own), so a count
         # names one list of samples
         self._sampling = threading.Lock()
-        self._before_publish: list[Callable[[int, list[Sample]], None]] = []
+        self._before_publish: list[tuple[str, Callable[[int, list[Sample]], None]]] = []
 
-    def before_publish(self, renew: Callable[[int, list[Sample]], None]) -> None:
+    def before_publish(self, what: str, renew: Callable[[int, list[Sample]], None]) -> None:
         """Call ``renew(taken, samples)`` with each new snapshot before views can see it (in
-        the sampler's thread): what it makes from them is ready when they do."""
-        self._before_publish.append(renew)
+        the sampler's thread): ``what`` it makes from them is ready when they do."""
+        self._before_publish.append((what, renew))
 
     def sample_once(self) -> None:
         with self._sampling:
@@ -64,14 +64,20 @@ class BacklogHistory:
             taken = self._taken + 1
         ring.append(new)
         samples = list(ring)  # what snapshot() will give once it is published
-        for renew in self._before_publish:
-            try:
-                renew(taken, samples)
-            except Exception:  # the views make their own; the sample is still published
-                log.exception("backlog sampling: making the charts ahead of views failed")
-        with self._lock:
-            self._ring.append(new)
-            self._taken = taken
+        try:
+            for what, renew in self._before_publish:
+                if self._stop.is_set():  # stopping: the views (if any) make their own
+                    break
+                try:
+                    renew(taken, samples)
+                except Exception:  # the views make their own; the sample is still published
+                    log.exception("backlog sampling: making %s ahead of views failed", what)
+        finally:
+            # Published whatever a hook did: a hook may already keep values for this count,
+            # so the count must name these samples and no others.
+            with self._lock:
+                self._ring.append(new)
+                self._taken = taken
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -4,14 +4,14 @@ A queue's backlog chart on the queues page, and its thinned history in ``GET /v1
 functions of the sampler's ring alone, which changes only when a sample is taken (every
 ``sample_interval``, 10 s by default), while an open queues page refreshes itself every 5 s
 and every viewer asks for the same queues. With an hour of samples at 1,000 queues, thinning
-360 samples to 120 points costs ~0.2 ms per queue and drawing the chart ~0.2 ms more: ~20 ms
-of a page of 50 charts, ~20 ms of an API page of 100 queues. So each is kept until the next
+360 samples to 120 points and drawing the chart cost ~0.4-0.5 ms per queue: ~20-27 ms of a
+page of 50 charts, as much of an API page of 100 queues' series. So each is kept until the next
 sample and shared by every view until then. A new sample drops everything kept: what a view
 gets is never older than the samples it read.
 
 The sampler also makes again, before it publishes a sample, the values views asked for since
 the last one (``renew``): an open page then finds its charts made when it next refreshes,
-instead of the first view after each sample paying for them (~40 ms of a 50-queue page).
+instead of the first view after each sample paying for them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ V = TypeVar("V")
 # The largest page (service.OVERVIEW_PAGE_MAX): a page of 1,000 queues finds its own values
 # again. Each value is at most ~10 kB (a chart at 120 points ~6 kB of markup, a series of at
 # most 120 points ~9 kB measured: the API keeps no larger series), so ~10 MB per PerSample at
-# most, whatever the number of queues.
+# most, whatever the number of queues (twice that while renew makes the next snapshot's).
 KEEP = 1000
 
 
@@ -57,10 +57,7 @@ class PerSample(Generic[K, V]):
             if taken > self._taken:  # a new sample: what is kept is out of date
                 self._start(taken, {})
             if taken == self._taken:
-                self._asked[key] = None
-                self._asked.move_to_end(key)
-                while len(self._asked) > self._keep:
-                    self._asked.popitem(last=False)
+                _touch(self._asked, key, None, self._keep)
                 if key in self._kept:
                     self._kept.move_to_end(key)
                     return self._kept[key]
@@ -70,28 +67,44 @@ class PerSample(Generic[K, V]):
         with self._lock:
             self.made += 1
             if taken == self._taken:
-                self._kept[key] = value
-                while len(self._kept) > self._keep:
-                    self._kept.popitem(last=False)
+                _touch(self._kept, key, value, self._keep)
         return value
 
     def renew(self, taken: int, samples: Sequence[Sample]) -> None:
         """Before snapshot ``taken`` is published (BacklogHistory.sample_once): make from its
         ``samples`` the values views asked for at the snapshot before, and keep them for it.
         Views meanwhile still get what is kept for theirs. A key nobody asks for again is made
-        once more at most."""
+        once more at most. A key whose make raises is skipped (its views make their own and
+        see the error), the others are kept, and the first error is raised at the end."""
         with self._lock:
             if taken <= self._taken:
                 return
             keys = list(self._asked)
-        made = {key: self._make(samples, key) for key in keys}  # outside the lock, as in get
+        made: dict[K, V] = {}
+        failed: Exception | None = None
+        for key in keys:  # outside the lock, as in get
+            try:
+                made[key] = self._make(samples, key)
+            except Exception as exc:
+                failed = failed or exc
         with self._lock:
             if taken > self._taken:
                 self.renewed += len(made)
                 self._start(taken, made)
+        if failed is not None:
+            raise failed
 
     def _start(self, taken: int, made: dict[K, V]) -> None:
         """Keep ``made`` for snapshot ``taken``, and nothing older (the lock is held)."""
         self._taken = taken
         self._kept = collections.OrderedDict(made)
         self._asked = collections.OrderedDict()
+
+
+def _touch(kept: collections.OrderedDict[K, V], key: K, value: V, keep: int) -> None:
+    """``key`` is now the most recently used, with ``value``; the least recently used beyond
+    ``keep`` go."""
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > keep:
+        kept.popitem(last=False)

@@ -221,6 +221,12 @@ BACKLOG_POINTS = 120
 OVERVIEW_PAGE_MAX = 1000
 
 
+def backlog_series() -> PerSample[tuple[str, int | None], QueueSeries]:
+    """Each queue's backlog series of at most ``points`` points by (queue, points), made once
+    per sample (api/per_sample.py): what ``overview`` takes as ``backlog_series``."""
+    return PerSample(lambda samples, key: queue_series(samples, *key))
+
+
 def backlog_points_of(h: QueueSeries) -> list[BacklogPoint]:
     """A queue's backlog history in an overview, from its (thinned) series."""
     return [BacklogPoint(at=at, backlog=b, in_flight=f, stuck=k, dead=d)
@@ -240,8 +246,8 @@ def overview(db: Database, history: BacklogHistory, finished: ThroughputCache,
     (history.queue_series; 0: none, which the dashboard asks for: it draws its charts from
     queue_series itself, without the models). With ``last_pages``, the page's reads start together
     on ``reads``, with the names this page listed last time (api/last_pages.py). With
-    ``backlog_series`` (made for this ``history``), a queue's series of at most BACKLOG_POINTS
-    points is thinned once per sample (api/per_sample.py)."""
+    ``backlog_series`` (from ``backlog_series()``, serving this ``history`` alone), a queue's
+    series of at most BACKLOG_POINTS points is thinned once per sample (api/per_sample.py)."""
     if limit is None:  # a caller who names its queues gets them all (up to the maximum)
         limit = min(max(len(set(queues)), OVERVIEW_PAGE), OVERVIEW_PAGE_MAX)
     bucket = bucket_seconds_for(window_minutes)
